@@ -1,0 +1,212 @@
+//! One promotion as it lives on disk: a fixed-width, 64-byte record.
+//!
+//! Records are 64 bytes so that a record never straddles a cache line or a
+//! page once the record area starts 64-byte aligned (see `format`). The byte
+//! layout is documented in `format`, the one place that owns the file format.
+
+use std::fmt;
+
+/// Bytes in one record.
+pub const RECORD_LEN: usize = 64;
+/// Most bytes an `expiration_date` may hold; shorter dates are NUL-padded.
+pub const DATE_MAX: usize = 40;
+
+const KEY_AT: usize = 0;
+const PRICE_AT: usize = 16;
+const DATE_AT: usize = 24;
+
+/// An exact decimal price: `units / 10^scale`.
+///
+/// Prices are kept as decimals, not floats, so that what a partner wrote
+/// (`60.683466`, `12`, `0.50`) is what a client reads back, digit for digit.
+/// On disk the scale takes the top 5 bits of a `u64` and the units the low 59.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Price {
+    units: u64,
+    scale: u8,
+}
+
+impl Price {
+    /// Largest number of units (about 5.7e17: 17 significant digits always fit).
+    pub const MAX_UNITS: u64 = (1 << 59) - 1;
+    /// Most digits after the decimal point.
+    pub const MAX_SCALE: u8 = 18;
+
+    /// A price of `units / 10^scale`, or `None` when it does not fit the record.
+    pub fn new(units: u64, scale: u8) -> Option<Price> {
+        (units <= Self::MAX_UNITS && scale <= Self::MAX_SCALE).then_some(Price { units, scale })
+    }
+
+    /// The integer before the scale is applied.
+    pub fn units(self) -> u64 {
+        self.units
+    }
+
+    /// Digits after the decimal point.
+    pub fn scale(self) -> u8 {
+        self.scale
+    }
+
+    fn to_bits(self) -> u64 {
+        (u64::from(self.scale) << 59) | self.units
+    }
+
+    /// Decodes the on-disk bits; `None` for a scale no encoder writes.
+    fn from_bits(bits: u64) -> Option<Price> {
+        Price::new(bits & Self::MAX_UNITS, (bits >> 59) as u8)
+    }
+}
+
+impl fmt::Display for Price {
+    /// Writes the price as a plain decimal that is also a valid JSON number.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scale = usize::from(self.scale);
+        let digits = self.units.to_string();
+        if scale == 0 {
+            return f.write_str(&digits);
+        }
+        if digits.len() > scale {
+            let (int, frac) = digits.split_at(digits.len() - scale);
+            write!(f, "{int}.{frac}")
+        } else {
+            write!(f, "0.{}{digits}", "0".repeat(scale - digits.len()))
+        }
+    }
+}
+
+/// A promotion: a 128-bit id, a price and an expiration date kept as written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Record([u8; RECORD_LEN]);
+
+impl Record {
+    /// Builds a record. `date` must be at most `DATE_MAX` bytes without NUL
+    /// bytes; row validation (`ingest`) guarantees both.
+    pub fn new(key: u128, price: Price, date: &[u8]) -> Record {
+        assert!(date.len() <= DATE_MAX, "date longer than {DATE_MAX} bytes");
+        debug_assert!(!date.contains(&0), "date holds a NUL byte");
+        let mut b = [0u8; RECORD_LEN];
+        b[KEY_AT..PRICE_AT].copy_from_slice(&key.to_be_bytes());
+        b[PRICE_AT..DATE_AT].copy_from_slice(&price.to_bits().to_le_bytes());
+        b[DATE_AT..DATE_AT + date.len()].copy_from_slice(date);
+        Record(b)
+    }
+
+    /// Reinterprets 64 bytes read from a generation file.
+    pub fn from_bytes(bytes: [u8; RECORD_LEN]) -> Record {
+        Record(bytes)
+    }
+
+    /// The bytes as they are written to disk.
+    pub fn as_bytes(&self) -> &[u8; RECORD_LEN] {
+        &self.0
+    }
+
+    /// The id as a 128-bit integer; byte order makes integer order equal
+    /// to the order of the on-disk bytes and of the UUID's text.
+    pub fn key(&self) -> u128 {
+        key_of(&self.0)
+    }
+
+    /// The price, or `None` when the bytes hold a scale no encoder writes.
+    pub fn price(&self) -> Option<Price> {
+        Price::from_bits(u64::from_le_bytes(
+            self.0[PRICE_AT..DATE_AT].try_into().unwrap(),
+        ))
+    }
+
+    /// The expiration date exactly as the partner wrote it (trimmed).
+    pub fn date(&self) -> &[u8] {
+        let d = &self.0[DATE_AT..];
+        let len = d.iter().position(|&b| b == 0).unwrap_or(DATE_MAX);
+        &d[..len]
+    }
+
+    /// Appends the API's JSON body for this record to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let id = uuid::Uuid::from_u128(self.key());
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
+        out.extend_from_slice(b"\",\"price\":");
+        // A checksummed file never holds a bad scale; show 0 rather than panic if one did.
+        let price = self.price().unwrap_or(Price { units: 0, scale: 0 });
+        write!(out, "{price}").expect("writing to a Vec cannot fail");
+        out.extend_from_slice(b",\"expiration_date\":");
+        serde_json::to_writer(&mut *out, &String::from_utf8_lossy(self.date()))
+            .expect("writing to a Vec cannot fail");
+        out.push(b'}');
+    }
+}
+
+/// The key of the record that starts at `bytes[0]`.
+#[inline]
+pub fn key_of(bytes: &[u8]) -> u128 {
+    u128::from_be_bytes(bytes[KEY_AT..PRICE_AT].try_into().unwrap())
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("id", &uuid::Uuid::from_u128(self.key()))
+            .field("price", &self.price())
+            .field("date", &String::from_utf8_lossy(self.date()))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn price_prints_as_written() {
+        assert_eq!(Price::new(60683466, 6).unwrap().to_string(), "60.683466");
+        assert_eq!(Price::new(12, 0).unwrap().to_string(), "12");
+        assert_eq!(Price::new(5, 1).unwrap().to_string(), "0.5");
+        assert_eq!(Price::new(50, 2).unwrap().to_string(), "0.50");
+        assert_eq!(Price::new(7, 3).unwrap().to_string(), "0.007");
+        assert_eq!(Price::new(0, 0).unwrap().to_string(), "0");
+    }
+
+    #[test]
+    fn price_limits() {
+        assert!(Price::new(Price::MAX_UNITS, Price::MAX_SCALE).is_some());
+        assert!(Price::new(Price::MAX_UNITS + 1, 0).is_none());
+        assert!(Price::new(1, Price::MAX_SCALE + 1).is_none());
+    }
+
+    #[test]
+    fn record_round_trips_and_prints_json() {
+        let id = uuid::Uuid::parse_str("d018ef0b-dbd9-48f1-ac1a-eb4d90e57118").unwrap();
+        let date = b"2018-08-04 05:32:31 +0200 CEST";
+        let r = Record::new(id.as_u128(), Price::new(60683466, 6).unwrap(), date);
+        let back = Record::from_bytes(*r.as_bytes());
+        assert_eq!(back.key(), id.as_u128());
+        assert_eq!(back.date(), date);
+        let mut json = Vec::new();
+        back.write_json(&mut json);
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"id":"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118","price":60.683466,"expiration_date":"2018-08-04 05:32:31 +0200 CEST"}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(parsed["price"].as_f64(), Some(60.683466));
+    }
+
+    #[test]
+    fn a_full_width_date_fills_the_record() {
+        let date = [b'9'; DATE_MAX];
+        let r = Record::new(1, Price::new(1, 0).unwrap(), &date);
+        assert_eq!(r.date(), &date);
+    }
+
+    #[test]
+    fn key_order_is_byte_order() {
+        let a = Record::new(1, Price::new(1, 0).unwrap(), b"");
+        let b = Record::new(1 << 120, Price::new(1, 0).unwrap(), b"");
+        assert!(a.as_bytes()[..16] < b.as_bytes()[..16]);
+        assert!(a.key() < b.key());
+    }
+}
