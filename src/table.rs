@@ -1,0 +1,460 @@
+//! A memory-mapped generation and its lookup.
+//!
+//! The table trusts nothing it maps: [`Table::open`] checks the header
+//! against the file's length, and [`Table::verify`] reads every byte once
+//! (which also brings a cold generation into the page cache before it goes
+//! live).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions};
+
+use crate::error::{Error, Result};
+use crate::format::{self, FormatError, Header, HEADER_LEN};
+use crate::record::{key_of, Record, RECORD_LEN};
+
+/// One generation, mapped read-only. Dropping it unmaps the file.
+pub struct Table {
+    /// The whole file. Never written while mapped: see `open`.
+    map: Mmap,
+    header: Header,
+    path: PathBuf,
+    sequence: u64,
+}
+
+impl Table {
+    /// Maps the generation at `path` and checks its header (magic, version,
+    /// record size, length); see [`Table::verify`] for the full check.
+    pub fn open(path: &Path, sequence: u64) -> Result<Table> {
+        let file = File::open(path).map_err(Error::io(path))?;
+        let len = file.metadata().map_err(Error::io(path))?.len();
+        if len < HEADER_LEN as u64 {
+            return Err(Error::format(path, FormatError::TooShort { len }));
+        }
+        // SAFETY: a published generation file is never written again: the
+        // builder writes a temporary file, makes it read-only and renames it
+        // into place, and every later generation is a new file. Deleting it
+        // (retention) leaves this mapping valid, as the mapping holds the
+        // inode. So the bytes behind this mapping do not change under us.
+        let map = unsafe { MmapOptions::new().map(&file) }.map_err(Error::io(path))?;
+        let header = Header::decode(&map, len).map_err(|e| Error::format(path, e))?;
+        Ok(Table {
+            map,
+            header,
+            path: path.to_path_buf(),
+            sequence,
+        })
+    }
+
+    /// Checks the body checksum, the key order and the fanout table.
+    pub fn verify(&self) -> Result<()> {
+        format::verify_body(&self.header, &self.map).map_err(|e| Error::format(&self.path, e))
+    }
+
+    /// Opens and fully verifies a generation: the gate before it goes live.
+    pub fn open_verified(path: &Path, sequence: u64) -> Result<Table> {
+        let table = Table::open(path, sequence)?;
+        table.verify()?;
+        Ok(table)
+    }
+
+    /// The generation's sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The file this table maps.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> u64 {
+        self.header.count
+    }
+
+    /// True when the generation holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.header.count == 0
+    }
+
+    /// The record at index `i`, which must be below `len()`.
+    pub fn record(&self, i: u64) -> Record {
+        Record::from_bytes(self.record_bytes(i).try_into().unwrap())
+    }
+
+    #[inline]
+    fn record_bytes(&self, i: u64) -> &[u8] {
+        let at = HEADER_LEN + i as usize * RECORD_LEN;
+        &self.map[at..at + RECORD_LEN]
+    }
+
+    #[inline]
+    fn key_at(&self, i: u64) -> u128 {
+        key_of(self.record_bytes(i))
+    }
+
+    #[inline]
+    fn fanout(&self, bucket: u64) -> u64 {
+        let at = self.header.fanout_offset() + bucket as usize * 8;
+        u64::from_le_bytes(self.map[at..at + 8].try_into().unwrap())
+    }
+
+    /// Finds the record with `key`.
+    ///
+    /// The fanout table narrows the search to one bucket (about 128 records);
+    /// inside it, the key's next 64 bits interpolate a guess, and a galloping
+    /// search outward from the guess finds the key within a few records when
+    /// keys are uniform, and in O(log bucket) when they are not.
+    pub fn get(&self, key: u128) -> Option<Record> {
+        self.position(key).map(|i| self.record(i))
+    }
+
+    /// Index of the record with `key`, if present.
+    pub fn position(&self, key: u128) -> Option<u64> {
+        let bits = self.header.fanout_bits;
+        let bucket = format::bucket_of(key, bits);
+        let (mut lo, mut hi) = (self.fanout(bucket), self.fanout(bucket + 1));
+        // Bad bytes on disk must not panic: verify() rejects such a table,
+        // but stay in bounds even for one that skipped it.
+        hi = hi.min(self.header.count);
+        if lo >= hi {
+            return None;
+        }
+        // The key's position inside its bucket, as a fraction of 2^64.
+        let frac = ((key << bits) >> 64) as u64;
+        let guess = lo + ((u128::from(frac) * u128::from(hi - lo)) >> 64) as u64;
+        let k = self.key_at(guess);
+        if k == key {
+            return Some(guess);
+        }
+        // Gallop away from the guess until the key is bracketed in [lo, hi).
+        let mut step = 1;
+        if k < key {
+            lo = guess + 1;
+            while lo < hi {
+                let probe = (guess + step).min(hi - 1);
+                let pk = self.key_at(probe);
+                if pk == key {
+                    return Some(probe);
+                }
+                if pk > key {
+                    hi = probe;
+                    break;
+                }
+                lo = probe + 1;
+                step *= 2;
+            }
+        } else {
+            hi = guess;
+            while lo < hi {
+                let probe = guess.saturating_sub(step).max(lo);
+                let pk = self.key_at(probe);
+                if pk == key {
+                    return Some(probe);
+                }
+                if pk < key {
+                    lo = probe + 1;
+                    break;
+                }
+                hi = probe;
+                step *= 2;
+            }
+        }
+        // Binary search what is left.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let mk = self.key_at(mid);
+            match mk.cmp(&key) {
+                std::cmp::Ordering::Equal => return Some(mid),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("path", &self.path)
+            .field("sequence", &self.sequence)
+            .field("header", &self.header)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{fanout_bits_for, Writer, VERSION};
+    use crate::record::Price;
+
+    fn splitmix(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn record(key: u128) -> Record {
+        Record::new(
+            key,
+            Price::new((key % 100_000) as u64, 3).unwrap(),
+            b"2018-08-04 05:32:31 +0200 CEST",
+        )
+    }
+
+    /// Writes sorted unique `keys` as a generation through the real writer.
+    fn write(dir: &Path, keys: &mut Vec<u128>) -> PathBuf {
+        keys.sort_unstable();
+        keys.dedup();
+        let path = dir.join("gen.promo");
+        let file = File::create(&path).unwrap();
+        let mut w = Writer::new(file, &path, keys.len() as u64).unwrap();
+        for &k in keys.iter() {
+            w.push(&record(k)).unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    /// Builds a file by hand, with valid checksums over whatever it is given.
+    fn raw(records: &[Record], bits: u32, fanout: &[u64]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for r in records {
+            body.extend_from_slice(r.as_bytes());
+        }
+        for e in fanout {
+            body.extend_from_slice(&e.to_le_bytes());
+        }
+        let header = Header {
+            count: records.len() as u64,
+            fanout_bits: bits,
+            created_ms: 0,
+            body_checksum: xxhash_rust::xxh3::xxh3_64(&body),
+        };
+        let mut out = header.encode().to_vec();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn check_all(path: &Path, keys: &[u128], seed: u64) {
+        let t = Table::open_verified(path, 7).unwrap();
+        assert_eq!(t.len(), keys.len() as u64);
+        assert_eq!(t.sequence(), 7);
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(t.position(k), Some(i as u64), "key {k:032x}");
+            assert_eq!(t.get(k).unwrap(), record(k));
+        }
+        // Absent keys: random ones, and the neighbours of present ones.
+        let mut s = seed;
+        for _ in 0..2000 {
+            let k = (u128::from(splitmix(&mut s)) << 64) | u128::from(splitmix(&mut s));
+            assert_eq!(t.get(k).is_some(), keys.binary_search(&k).is_ok());
+        }
+        for &k in keys {
+            for n in [k.wrapping_add(1), k.wrapping_sub(1)] {
+                assert_eq!(t.get(n).is_some(), keys.binary_search(&n).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn finds_every_key_and_no_other_for_uniform_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [0usize, 1, 2, 3, 127, 128, 129, 1000, 20_000] {
+            let mut s = n as u64;
+            let mut keys: Vec<u128> = (0..n)
+                .map(|_| (u128::from(splitmix(&mut s)) << 64) | u128::from(splitmix(&mut s)))
+                .collect();
+            let path = write(dir.path(), &mut keys);
+            check_all(&path, &keys, 99);
+        }
+    }
+
+    #[test]
+    fn stays_correct_for_skewed_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        // Sequential ids, all in bucket 0.
+        let mut seq: Vec<u128> = (0..5000).collect();
+        check_all(&write(dir.path(), &mut seq), &seq, 1);
+        // Time-ordered (version 7 style) ids: a 48-bit clock on top.
+        let mut s = 3;
+        let mut v7: Vec<u128> = (0..5000u128)
+            .map(|i| ((1_700_000_000_000 + i * 3) << 80) | u128::from(splitmix(&mut s)))
+            .collect();
+        check_all(&write(dir.path(), &mut v7), &v7, 2);
+        // Extremes and clusters at both ends of the key space.
+        let mut ends: Vec<u128> = (0..3000u128)
+            .flat_map(|i| [i, u128::MAX - i, (1 << 127) + i * 1_000_003])
+            .collect();
+        check_all(&write(dir.path(), &mut ends), &ends, 3);
+    }
+
+    fn refused(bytes: &[u8]) -> FormatError {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.promo");
+        std::fs::write(&path, bytes).unwrap();
+        match Table::open_verified(&path, 1) {
+            Err(Error::Format { path: p, source }) => {
+                assert_eq!(p, path, "the error names the file");
+                source
+            }
+            other => panic!("expected a format error, got {other:?}"),
+        }
+    }
+
+    fn good_file() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys: Vec<u128> = (0..1000u128)
+            .map(|i| i * 0x0123_4567_89ab_cdef_0011)
+            .collect();
+        std::fs::read(write(dir.path(), &mut keys)).unwrap()
+    }
+
+    #[test]
+    fn good_file_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ok.promo");
+        std::fs::write(&path, good_file()).unwrap();
+        assert_eq!(Table::open_verified(&path, 1).unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn zero_length_and_short_files_are_refused() {
+        assert_eq!(refused(&[]), FormatError::TooShort { len: 0 });
+        assert_eq!(
+            refused(&good_file()[..63]),
+            FormatError::TooShort { len: 63 }
+        );
+    }
+
+    #[test]
+    fn bad_magic_is_refused() {
+        let mut f = good_file();
+        f[0] = b'X';
+        assert!(matches!(refused(&f), FormatError::Magic { .. }));
+    }
+
+    #[test]
+    fn other_version_is_refused() {
+        let mut f = good_file();
+        f[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        assert_eq!(
+            refused(&f),
+            FormatError::Version {
+                expected: VERSION,
+                got: VERSION + 1
+            }
+        );
+    }
+
+    #[test]
+    fn truncated_and_extended_files_are_refused() {
+        let f = good_file();
+        for cut in [64, 65, 64 + 64 * 500, f.len() - 8, f.len() - 1] {
+            assert!(
+                matches!(refused(&f[..cut]), FormatError::Length { .. }),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = f.clone();
+        longer.push(0);
+        assert!(matches!(refused(&longer), FormatError::Length { .. }));
+    }
+
+    #[test]
+    fn any_flipped_byte_is_refused() {
+        let f = good_file();
+        // Every header byte, and a spread of body bytes (records and fanout).
+        let positions = (0..HEADER_LEN)
+            .chain((HEADER_LEN..f.len()).step_by(61))
+            .chain([f.len() - 1]);
+        for at in positions {
+            let mut bad = f.clone();
+            bad[at] ^= 0x20;
+            let err = refused(&bad);
+            if at >= HEADER_LEN {
+                assert!(
+                    matches!(err, FormatError::BodyChecksum { .. }),
+                    "byte {at}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn other_record_size_is_refused() {
+        let mut f = good_file();
+        f[12..16].copy_from_slice(&72u32.to_le_bytes());
+        // Fix the header checksum so that the record size check itself fires.
+        let sum = xxhash_rust::xxh3::xxh3_64(&f[..56]);
+        f[56..64].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(
+            refused(&f),
+            FormatError::RecordSize {
+                expected: 64,
+                got: 72
+            }
+        );
+    }
+
+    #[test]
+    fn unsorted_file_with_valid_checksums_is_refused() {
+        let recs = [record(5), record(3), record(9)];
+        let f = raw(&recs, 0, &[0, 3]);
+        assert_eq!(refused(&f), FormatError::OutOfOrder { index: 1 });
+        let dup = raw(&[record(5), record(5)], 0, &[0, 2]);
+        assert_eq!(refused(&dup), FormatError::OutOfOrder { index: 1 });
+    }
+
+    #[test]
+    fn wrong_fanout_with_valid_checksums_is_refused() {
+        let recs = [record(1), record(u128::MAX)];
+        assert!(matches!(
+            refused(&raw(&recs, 1, &[0, 2, 2])),
+            FormatError::Fanout { bucket: 1, .. }
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ok.promo");
+        std::fs::write(&path, raw(&recs, 1, &[0, 1, 2])).unwrap();
+        assert_eq!(Table::open_verified(&path, 1).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn header_with_huge_count_is_refused_without_overflow() {
+        let mut f = good_file();
+        f[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&f[..56]);
+        f[56..64].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(refused(&f), FormatError::Length { .. }));
+    }
+
+    #[test]
+    fn writer_refuses_out_of_order_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.promo");
+        let mut w = Writer::new(File::create(&path).unwrap(), &path, 2).unwrap();
+        w.push(&record(2)).unwrap();
+        assert!(w.push(&record(2)).is_err());
+        assert!(w.push(&record(1)).is_err());
+    }
+
+    #[test]
+    fn fanout_bits_grow_with_count() {
+        assert_eq!(fanout_bits_for(0), 0);
+        assert_eq!(fanout_bits_for(255), 0);
+        assert_eq!(fanout_bits_for(256), 1);
+        assert_eq!(fanout_bits_for(100_000_000), 19);
+        assert_eq!(fanout_bits_for(u64::MAX), format::MAX_FANOUT_BITS);
+    }
+}
