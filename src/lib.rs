@@ -1,6 +1,7 @@
 pub mod error;
 pub mod format;
 pub mod record;
+pub mod sort;
 pub mod table;
 
 pub use error::{Error, Result};
