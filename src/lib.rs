@@ -1,5 +1,6 @@
 pub mod error;
 pub mod format;
+pub mod generation;
 pub mod record;
 pub mod sort;
 pub mod table;
