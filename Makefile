@@ -1,0 +1,42 @@
+# The same targets a person runs and CI runs (.ci/run calls `make test`).
+
+DATA_DIR ?= data
+LISTEN ?= 0.0.0.0:1321
+CARGO ?= cargo
+PROMO := target/release/promo
+
+.PHONY: all build run demo test lint bench gen clean
+
+all: build
+
+build:
+	$(CARGO) build --release --bins
+
+# Builds, makes a demo generation from the fixtures if there is none, and serves it.
+run: build
+	@ls $(DATA_DIR)/gen-*.promo >/dev/null 2>&1 || $(MAKE) --no-print-directory demo
+	$(PROMO) serve --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+demo: build
+	$(PROMO) build fixtures/promotions.csv --data-dir $(DATA_DIR)
+
+test: lint
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench:
+	$(CARGO) bench
+
+# A generated CSV: make gen ROWS=10000000 OUT=bench-data/10m.csv
+ROWS ?= 1000000
+OUT ?= bench-data/promotions-$(ROWS).csv
+gen: build
+	@mkdir -p $(dir $(OUT))
+	target/release/gen-promotions --rows $(ROWS) --out $(OUT)
+
+clean:
+	$(CARGO) clean
+	rm -rf $(DATA_DIR)
