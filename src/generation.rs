@@ -159,7 +159,13 @@ mod tests {
         assert_eq!(file_name(7), "gen-0000000007.promo");
         assert_eq!(parse_name(&file_name(7)), Some(7));
         assert_eq!(parse_name(&file_name(12_345_678_901)), Some(12_345_678_901));
-        for bad in ["gen-.promo", "gen-12.promo.tmp", ".tmp-1.promo", "gen-1a.promo", "gen--1.promo"] {
+        for bad in [
+            "gen-.promo",
+            "gen-12.promo.tmp",
+            ".tmp-1.promo",
+            "gen-1a.promo",
+            "gen--1.promo",
+        ] {
             assert_eq!(parse_name(bad), None, "{bad}");
         }
     }
@@ -175,8 +181,15 @@ mod tests {
             assert!(fs::metadata(&e.path).unwrap().permissions().readonly());
         }
         let removed = lock.retain(dir.path(), 3).unwrap();
-        assert_eq!(removed.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1, 2]);
-        let left: Vec<u64> = list(dir.path()).unwrap().iter().map(|e| e.sequence).collect();
+        assert_eq!(
+            removed.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        let left: Vec<u64> = list(dir.path())
+            .unwrap()
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
         assert_eq!(left, [3, 4, 5]);
         // Sequences keep rising after deletions.
         let (_, tmp) = lock.temp_file(dir.path()).unwrap();

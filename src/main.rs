@@ -1,1 +1,255 @@
-fn main() {}
+//! The `promo` command line: parses arguments and calls the library.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use promo::pipeline::{self, BuildOptions, Input, InvalidLimit};
+use promo::store::Store;
+use promo::{format, generation, http, table::Table};
+
+/// Serve partner promotion feeds from immutable, memory-mapped generations.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DataDir {
+    /// Directory that holds the generations.
+    #[arg(long, env = "PROMO_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate, sort and publish a CSV as a new generation.
+    Build {
+        /// The CSV file, or `-` for standard input.
+        csv: String,
+        #[command(flatten)]
+        dir: DataDir,
+        /// Memory for sorting before runs spill to disk (bytes, or 64MiB, 1GiB...).
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        memory_limit: u64,
+        /// Most invalid rows tolerated: a count (100) or a percentage (1%).
+        #[arg(long, default_value = "1%")]
+        max_invalid: InvalidLimit,
+        /// Generations kept after publishing, the new one included.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        keep: u64,
+        /// Where sorted runs spill (default: the data directory).
+        #[arg(long)]
+        tmp_dir: Option<PathBuf>,
+    },
+    /// Serve the newest generation over HTTP, swapping to newer ones as they appear.
+    Serve {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Address to listen on.
+        #[arg(long, env = "PROMO_LISTEN", default_value = "0.0.0.0:1321")]
+        listen: SocketAddr,
+    },
+    /// Print the JSON the server would return for an id (exit 1 when not found).
+    Get {
+        /// The promotion's id (a UUID).
+        id: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List the generations and check each one.
+    Inspect {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    pipeline::parse_size(s)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match try_main(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("promo: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Build {
+            csv,
+            dir,
+            memory_limit,
+            max_invalid,
+            keep,
+            tmp_dir,
+        } => {
+            let opts = BuildOptions {
+                data_dir: dir.data_dir,
+                memory_limit,
+                max_invalid,
+                keep: keep as usize,
+                tmp_dir,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let summary = pipeline::build(&Input::from_arg(&csv), &opts)?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { dir, listen } => serve(dir.data_dir, listen),
+        Command::Get { id, dir } => {
+            let store = Store::new(&dir.data_dir);
+            store.refresh()?;
+            let current = store.current();
+            let table = current
+                .as_deref()
+                .ok_or_else(|| promo::Error::NoGeneration {
+                    path: dir.data_dir.clone(),
+                })?;
+            let key = uuid::Uuid::try_parse(id.trim())
+                .map_err(|_| anyhow::anyhow!("{id:?} is not a promotion id (a UUID)"))?;
+            match table.get(key.as_u128()) {
+                Some(record) => {
+                    let mut out = Vec::new();
+                    record.write_json(&mut out);
+                    println!("{}", String::from_utf8_lossy(&out));
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!(
+                        "promo: no promotion {key} in generation {}",
+                        table.sequence()
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Inspect { dir, json } => inspect(&dir.data_dir, json),
+    }
+}
+
+fn serve(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let metrics = promo::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+        let store = Arc::new(Store::new(&data_dir));
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.refresh()).await? {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::warn!(
+                "no valid generation in {} yet: answering 503 until one is published",
+                data_dir.display()
+            ),
+            Err(e) => tracing::warn!("scanning for generations: {e}"),
+        }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        tracing::info!("listening on {}", listener.local_addr()?);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let watcher = tokio::spawn(promo::store::watch(
+            store.clone(),
+            promo::store::WATCH_INTERVAL,
+            stopped(stop_rx.clone()),
+        ));
+        let app = http::App {
+            store,
+            metrics: Some(metrics),
+        };
+        let server = tokio::spawn(http::run(listener, app, stopped(stop_rx)));
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        let _ = watcher.await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let mut rows = Vec::new();
+    let mut live_found = false;
+    for entry in generation::list(dir)?.into_iter().rev() {
+        let bytes = std::fs::metadata(&entry.path).map(|m| m.len()).unwrap_or(0);
+        let header = format::read_header(&entry.path).ok();
+        let state = match Table::open_verified(&entry.path, entry.sequence) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => match e {
+                promo::Error::Format { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
+        };
+        let live = state == "ok" && !live_found;
+        live_found |= live;
+        rows.push(serde_json::json!({
+            "sequence": entry.sequence,
+            "path": entry.path.display().to_string(),
+            "rows": header.map(|h| h.count),
+            "bytes": bytes,
+            "created": header.map(|h| promo::format::rfc3339_utc(h.created_ms)),
+            "checksum": state,
+            "live": live,
+        }));
+    }
+    rows.reverse();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:<8}  path",
+            "sequence", "live", "rows", "bytes", "created", "checksum"
+        );
+        for r in &rows {
+            println!(
+                "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:<8}  {}",
+                r["sequence"],
+                if r["live"] == true { "*" } else { "" },
+                r["rows"].as_u64().map_or("-".into(), |n| n.to_string()),
+                r["bytes"],
+                r["created"].as_str().unwrap_or("-"),
+                r["checksum"].as_str().unwrap_or("-"),
+                r["path"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,233 @@
+//! The HTTP API: routes as pure functions, and the server around them.
+//!
+//! `route` maps a method, a path and the live table to a response without
+//! any I/O, so every answer is unit-tested without sockets; `run` serves a
+//! bound listener until a shutdown future completes, so tests bind
+//! 127.0.0.1:0 and call it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::metrics as m;
+use crate::store::Store;
+use crate::table::Table;
+
+/// The response header that names the generation an answer came from.
+pub const GENERATION_HEADER: &str = "x-promo-generation";
+/// Most connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// A client that has not sent its request headers by then is disconnected.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+const PROMOTIONS: &str = "/promotions/";
+const JSON: &str = "application/json";
+
+/// A response and the route label it is counted under.
+pub struct Routed {
+    pub route: &'static str,
+    pub response: Response<Full<Bytes>>,
+}
+
+/// Answers one request. `table` is the live generation, if any; `metrics`
+/// renders `/metrics` (tests may pass `None`).
+pub fn route(
+    method: &Method,
+    path: &str,
+    table: Option<&Table>,
+    metrics: Option<&PrometheusHandle>,
+) -> Routed {
+    if let Some(id) = path.strip_prefix(PROMOTIONS) {
+        return Routed {
+            route: "promotions",
+            response: promotion(method, id, table),
+        };
+    }
+    let (route, response) = match path {
+        "/healthz" => ("healthz", text(StatusCode::OK, "ok\n")),
+        "/readyz" => match table {
+            Some(t) => (
+                "readyz",
+                text(
+                    StatusCode::OK,
+                    &format!("ready: generation {}\n", t.sequence()),
+                ),
+            ),
+            None => (
+                "readyz",
+                text(StatusCode::SERVICE_UNAVAILABLE, "no generation loaded\n"),
+            ),
+        },
+        "/metrics" => (
+            "metrics",
+            match metrics {
+                Some(h) => {
+                    let mut r = Response::new(Full::new(Bytes::from(m::render(h))));
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    r
+                }
+                None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
+            },
+        ),
+        _ => ("other", json_error(StatusCode::NOT_FOUND, "no such route")),
+    };
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return Routed {
+            route,
+            response: method_not_allowed(),
+        };
+    }
+    Routed { route, response }
+}
+
+/// `GET /promotions/{id}`.
+pub fn promotion(method: &Method, id: &str, table: Option<&Table>) -> Response<Full<Bytes>> {
+    let mut response = if !matches!(*method, Method::GET | Method::HEAD) {
+        method_not_allowed()
+    } else if let Some(table) = table {
+        match uuid::Uuid::try_parse(id) {
+            Err(_) => {
+                metrics::counter!(m::LOOKUPS, "result" => "invalid").increment(1);
+                json_error(StatusCode::NOT_FOUND, "not a promotion id")
+            }
+            Ok(uuid) => match table.get(uuid.as_u128()) {
+                Some(record) => {
+                    metrics::counter!(m::LOOKUPS, "result" => "hit").increment(1);
+                    let mut body = Vec::with_capacity(128);
+                    record.write_json(&mut body);
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+                    r
+                }
+                None => {
+                    metrics::counter!(m::LOOKUPS, "result" => "miss").increment(1);
+                    json_error(StatusCode::NOT_FOUND, "promotion not found")
+                }
+            },
+        }
+    } else {
+        json_error(StatusCode::SERVICE_UNAVAILABLE, "no generation loaded yet")
+    };
+    // 0 means no generation is loaded.
+    let sequence = table.map_or(0, |t| t.sequence());
+    response
+        .headers_mut()
+        .insert(GENERATION_HEADER, HeaderValue::from(sequence));
+    response
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn method_not_allowed() -> Response<Full<Bytes>> {
+    let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
+}
+
+/// What every connection needs: the store and the metrics handle.
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<Store>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl App {
+    /// Answers a request against the generation live when it arrived.
+    pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let table = self.store.current();
+        let Routed { route, response } = route(
+            req.method(),
+            req.uri().path(),
+            table.as_deref(),
+            self.metrics.as_ref(),
+        );
+        metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => response.status().as_str().to_owned())
+            .increment(1);
+        metrics::histogram!(m::HTTP_DURATION, "route" => route)
+            .record(started.elapsed().as_secs_f64());
+        response
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting,
+/// lets requests in flight finish (up to `SHUTDOWN_GRACE`) and returns.
+pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: back off, never die.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let response = app.handle(&req);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended with an error: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("gave up waiting for open connections"),
+    }
+}

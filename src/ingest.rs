@@ -1,0 +1,1406 @@
+//! Partner CSV is checked here, once, so that everything downstream (the
+//! sort, the generation file, the API) can trust every [`Record`] it gets.
+//!
+//! Partner feeds are hand-edited and exported by many tools, so the dialect is
+//! lenient about layout (BOM, CRLF, quotes, blank lines, padding, an optional
+//! header) and strict about content: every accepted row has a real UUID, an
+//! exact non-negative decimal price that fits a [`Price`], and a date in one
+//! of a few known, calendar-checked formats that fits [`DATE_MAX`] bytes.
+//! Rejected rows come back with a short reason and their line number, so
+//! the caller can report them and decide whether to publish.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+
+use crate::record::{Price, Record, DATE_MAX};
+
+/// Why a row was rejected. `Display` is a short reason for a log line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RowError {
+    /// The row does not have exactly `id,price,expiration_date`.
+    #[error("expected 3 fields, found {0}")]
+    FieldCount(usize),
+    /// The id is not a UUID.
+    #[error("bad id {0:?}")]
+    BadId(String),
+    /// The price is not a plain decimal number (empty, `NaN`, `1,5`, ...).
+    #[error("bad price {0:?}")]
+    BadPrice(String),
+    /// The price starts with a minus sign (even `-0`).
+    #[error("price is negative: {0:?}")]
+    NegativePrice(String),
+    /// The price is well formed but does not fit a [`Price`].
+    #[error("price has too many digits: {0:?}")]
+    PriceTooLong(String),
+    /// The date matches none of the accepted layouts.
+    #[error("date does not match any accepted format: {0:?}")]
+    DateFormat(String),
+    /// The date has the right layout but names a moment that does not exist
+    /// (month 13, 2019-02-29, 24:00, offset +2400, ...).
+    #[error("date is not a real date and time: {0:?}")]
+    DateOutOfRange(String),
+    /// The date does not fit the record.
+    #[error("date is longer than {max} bytes: {0:?}", max = DATE_MAX)]
+    DateTooLong(String),
+}
+
+/// Longest excerpt of offending input kept in a [`RowError`], in characters;
+/// enough to recognise the value without flooding the log.
+const SNIPPET_CHARS: usize = 60;
+
+/// The offending text for an error message: lossy UTF-8, cut to
+/// [`SNIPPET_CHARS`] characters with `…` marking the cut.
+fn snippet(bytes: &[u8]) -> String {
+    // A char is at most 4 bytes, so this prefix holds every char we keep and
+    // spares converting a huge field just to throw most of it away.
+    let head = &bytes[..bytes.len().min(4 * SNIPPET_CHARS + 4)];
+    let text = String::from_utf8_lossy(head);
+    let mut chars = text.chars();
+    let mut out: String = chars.by_ref().take(SNIPPET_CHARS).collect();
+    if chars.next().is_some() || head.len() < bytes.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Parses an id (already trimmed): any UUID text `uuid` accepts, in any case.
+pub fn parse_id(field: &[u8]) -> Option<u128> {
+    uuid::Uuid::try_parse_ascii(field).ok().map(|u| u.as_u128())
+}
+
+/// Parses a price (already trimmed) into an exact decimal, keeping the digits
+/// as written (`0.50` stays units 50, scale 2).
+///
+/// Accepted: digits with an optional `.` (`12`, `0.5`, `.5`, `5.`), an
+/// optional leading `+`, and an optional exponent (`1e3`, `2.5E-2`) that only
+/// moves the scale. Trailing fractional zeros are dropped only when that is
+/// what it takes to fit a [`Price`].
+pub fn parse_price(field: &[u8]) -> Result<Price, RowError> {
+    let bad = || RowError::BadPrice(snippet(field));
+    if field.first() == Some(&b'-') {
+        return Err(RowError::NegativePrice(snippet(field)));
+    }
+    let body = field.strip_prefix(b"+").unwrap_or(field);
+    let (mantissa, exponent) = match body.iter().position(|&b| b == b'e' || b == b'E') {
+        Some(at) => (&body[..at], Some(&body[at + 1..])),
+        None => (body, None),
+    };
+    let (int, frac) = match mantissa.iter().position(|&b| b == b'.') {
+        Some(at) => (&mantissa[..at], &mantissa[at + 1..]),
+        None => (mantissa, &[][..]),
+    };
+    let all_digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    if int.len() + frac.len() == 0 || !all_digits(int) || !all_digits(frac) {
+        return Err(bad());
+    }
+    let exp = match exponent {
+        None => 0,
+        Some(e) => parse_exponent(e).ok_or_else(bad)?,
+    };
+    // `units / 10^scale` where units are the written digits, int then frac.
+    let scale = len_i64(frac.len()).saturating_sub(exp);
+    let digits = Digits::new(int, frac);
+    fit_price(&digits, scale).ok_or_else(|| RowError::PriceTooLong(snippet(field)))
+}
+
+/// Parses an exponent's `[+-]digits`, saturating far beyond any scale that
+/// could fit so that absurd exponents are "too many digits", not overflow.
+fn parse_exponent(e: &[u8]) -> Option<i64> {
+    const CAP: i64 = 1 << 40;
+    let (negative, digits) = match e.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, e),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let magnitude = digits
+        .iter()
+        .fold(0i64, |n, &d| (n * 10 + i64::from(d - b'0')).min(CAP));
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+fn len_i64(len: usize) -> i64 {
+    i64::try_from(len).unwrap_or(i64::MAX)
+}
+
+/// The significant digits of a mantissa written as `int.frac`: leading zeros
+/// dropped (they never change the value), never copied.
+struct Digits<'a> {
+    int: &'a [u8],
+    frac: &'a [u8],
+    /// Digits kept, counting from the first non-zero one.
+    len: usize,
+    /// Zeros at the end of those digits.
+    trailing_zeros: usize,
+}
+
+impl<'a> Digits<'a> {
+    fn new(int: &'a [u8], frac: &'a [u8]) -> Digits<'a> {
+        let all = || int.iter().chain(frac);
+        let leading = all().take_while(|&&d| d == b'0').count();
+        let len = int.len() + frac.len() - leading;
+        let trailing_zeros = all().rev().take(len).take_while(|&&d| d == b'0').count();
+        Digits {
+            int,
+            frac,
+            len,
+            trailing_zeros,
+        }
+    }
+
+    /// The value of the first `n` significant digits, or `None` on overflow.
+    fn value_of_first(&self, n: usize) -> Option<u64> {
+        let skip = self.int.len() + self.frac.len() - self.len;
+        self.int
+            .iter()
+            .chain(self.frac)
+            .skip(skip)
+            .take(n)
+            .try_fold(0u64, |v, &d| {
+                v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+    }
+}
+
+/// The [`Price`] `digits / 10^scale`, dropping as few trailing fractional
+/// zeros as needed to fit, or `None` when no form of it fits.
+fn fit_price(digits: &Digits, scale: i64) -> Option<Price> {
+    let max_scale = i64::from(Price::MAX_SCALE);
+    if digits.len == 0 {
+        // Zero: its fractional digits are all zeros, so any of them may go.
+        let scale = u8::try_from(scale.clamp(0, max_scale)).ok()?;
+        return Price::new(0, scale);
+    }
+    if scale < 0 {
+        // A positive exponent past the point: append zeros to the units.
+        let zeros = u32::try_from(scale.unsigned_abs()).ok()?;
+        let units = digits
+            .value_of_first(digits.len)?
+            .checked_mul(10u64.checked_pow(zeros)?)?;
+        return Price::new(units, 0);
+    }
+    // Any value of 19 or more digits is at least 10^18 > MAX_UNITS, so start
+    // at the first candidate that could fit; the loop then runs at most twice.
+    let need_for_scale = usize::try_from(scale - max_scale).unwrap_or(0);
+    let need_for_len = digits.len.saturating_sub(18);
+    let most = digits
+        .trailing_zeros
+        .min(usize::try_from(scale).unwrap_or(usize::MAX));
+    (need_for_scale.max(need_for_len)..=most).find_map(|drop| {
+        let units = digits.value_of_first(digits.len - drop)?;
+        let scale = u8::try_from(scale - len_i64(drop)).ok()?;
+        Price::new(units, scale)
+    })
+}
+
+/// Checks a date (already trimmed) against the accepted formats; the caller
+/// stores the bytes as written.
+///
+/// Accepted, with every field fixed-width digits and a real calendar date:
+/// 1. Go's `time.Time.String()`: `2006-01-02 15:04:05[.999999999] -0700 MST`,
+///    the zone name being 1-6 ASCII letters or a numeric `-03` / `+0530`;
+/// 2. `2006-01-02 15:04:05`, no zone;
+/// 3. RFC 3339: `2006-01-02T15:04:05[.fraction](Z|+hh:mm|-hh:mm)`, any case
+///    `T`/`Z`, `T` or a space between date and time (RFC 3339 §5.6 NOTE), a
+///    leap second `:60` allowed.
+pub fn check_date(field: &[u8]) -> Result<(), RowError> {
+    if field.len() > DATE_MAX {
+        return Err(RowError::DateTooLong(snippet(field)));
+    }
+    match parse_date(field) {
+        Ok(()) => Ok(()),
+        Err(DateFault::Format) => Err(RowError::DateFormat(snippet(field))),
+        Err(DateFault::Range) => Err(RowError::DateOutOfRange(snippet(field))),
+    }
+}
+
+/// Whether a date failed on its layout or on its values; layout is checked
+/// first so that garbage is never reported as "out of range".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DateFault {
+    Format,
+    Range,
+}
+
+/// A cursor over a date's bytes; every method fails with `Format`.
+struct Cursor<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.at).copied()
+    }
+
+    /// Exactly `width` ASCII digits as a number.
+    fn num(&mut self, width: usize) -> Result<u32, DateFault> {
+        let end = self.at + width;
+        let digits = self.s.get(self.at..end).ok_or(DateFault::Format)?;
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return Err(DateFault::Format);
+        }
+        self.at = end;
+        Ok(digits.iter().fold(0, |n, &d| n * 10 + u32::from(d - b'0')))
+    }
+
+    /// One byte out of `allowed`, returned.
+    fn one_of(&mut self, allowed: &[u8]) -> Result<u8, DateFault> {
+        match self.peek() {
+            Some(b) if allowed.contains(&b) => {
+                self.at += 1;
+                Ok(b)
+            }
+            _ => Err(DateFault::Format),
+        }
+    }
+
+    /// A run of ASCII digits, possibly empty; returns its length.
+    fn digit_run(&mut self) -> usize {
+        let n = self.s[self.at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        self.at += n;
+        n
+    }
+
+    fn rest(&self) -> &[u8] {
+        &self.s[self.at..]
+    }
+}
+
+fn parse_date(s: &[u8]) -> Result<(), DateFault> {
+    let mut c = Cursor { s, at: 0 };
+    let year = c.num(4)?;
+    c.one_of(b"-")?;
+    let month = c.num(2)?;
+    c.one_of(b"-")?;
+    let day = c.num(2)?;
+    let sep = c.one_of(b" Tt")?;
+    let hour = c.num(2)?;
+    c.one_of(b":")?;
+    let minute = c.num(2)?;
+    c.one_of(b":")?;
+    let second = c.num(2)?;
+    let fraction = if c.one_of(b".").is_ok() {
+        match c.digit_run() {
+            0 => return Err(DateFault::Format),
+            n => Some(n),
+        }
+    } else {
+        None
+    };
+
+    // Offsets are range-checked only once the whole layout is known good.
+    let mut offsets_ok = true;
+    let leap_second_ok = match c.peek() {
+        None => {
+            // Form 2: space-separated, no fraction, no zone.
+            if sep != b' ' || fraction.is_some() {
+                return Err(DateFault::Format);
+            }
+            false
+        }
+        Some(b' ') => {
+            // Form 1, Go: ` -0700 MST`, at most nanoseconds.
+            if sep != b' ' || fraction.is_some_and(|n| n > 9) {
+                return Err(DateFault::Format);
+            }
+            c.one_of(b" ")?;
+            c.one_of(b"+-")?;
+            let (h, m) = (c.num(2)?, c.num(2)?);
+            offsets_ok &= h <= 23 && m <= 59;
+            c.one_of(b" ")?;
+            offsets_ok &= go_zone_name(c.rest())?;
+            false
+        }
+        Some(_) => {
+            // Form 3, RFC 3339: `Z` or `+hh:mm`, then nothing.
+            if c.one_of(b"Zz").is_err() {
+                c.one_of(b"+-")?;
+                let h = c.num(2)?;
+                c.one_of(b":")?;
+                let m = c.num(2)?;
+                offsets_ok &= h <= 23 && m <= 59;
+            }
+            if !c.rest().is_empty() {
+                return Err(DateFault::Format);
+            }
+            true
+        }
+    };
+
+    let max_second = if leap_second_ok { 60 } else { 59 };
+    let in_range = (1..=12).contains(&month)
+        && (1..=days_in_month(year, month)).contains(&day)
+        && hour <= 23
+        && minute <= 59
+        && second <= max_second
+        && offsets_ok;
+    if in_range {
+        Ok(())
+    } else {
+        Err(DateFault::Range)
+    }
+}
+
+/// Checks Go's zone name: 1-6 letters (`CEST`), or, for zones without an
+/// abbreviation, the offset itself (`-03`, `+0530`). `Ok(false)` means a
+/// numeric name whose hours or minutes are out of range.
+fn go_zone_name(name: &[u8]) -> Result<bool, DateFault> {
+    if (1..=6).contains(&name.len()) && name.iter().all(u8::is_ascii_alphabetic) {
+        return Ok(true);
+    }
+    let mut c = Cursor { s: name, at: 0 };
+    c.one_of(b"+-")?;
+    let h = c.num(2)?;
+    let m = match c.rest().len() {
+        0 => 0,
+        2 => c.num(2)?,
+        _ => return Err(DateFault::Format),
+    };
+    Ok(h <= 23 && m <= 59)
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => 0,
+    }
+}
+
+/// Validates one row's three fields (trimming each first) into a [`Record`].
+/// The first bad field, in column order, is the one reported.
+pub fn parse_fields(id: &[u8], price: &[u8], date: &[u8]) -> Result<Record, RowError> {
+    let id = id.trim_ascii();
+    let key = parse_id(id).ok_or_else(|| RowError::BadId(snippet(id)))?;
+    let price = parse_price(price.trim_ascii())?;
+    let date = date.trim_ascii();
+    check_date(date)?;
+    Ok(Record::new(key, price, date))
+}
+
+/// Bytes the CSV reader asks for at a time. [`Rows`] relies on it to bound
+/// how far the reader runs ahead of the parsed position.
+const READ_BUF: usize = 64 * 1024;
+
+/// The one place that configures the CSV reader for the dialect.
+///
+/// Headers are off because the header row is optional and recognised by
+/// [`Rows`]; rows are flexible so a wrong field count is a row error rather
+/// than a stream error. Fields are not trimmed here: csv 1.4 rebuilds the
+/// whole record to trim it, an allocation per row, so [`parse_fields`] trims
+/// instead (to the same effect, quoted fields included). csv-core drops a
+/// UTF-8 BOM only when its first read sees all three bytes; [`Rows`] strips
+/// it itself so that short reads cannot leak it into the first id.
+pub fn csv_reader<R: Read>(input: R) -> csv::Reader<R> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::None)
+        .delimiter(b',')
+        .quote(b'"')
+        .double_quote(true)
+        .escape(None)
+        .comment(None)
+        .terminator(csv::Terminator::CRLF)
+        .buffer_capacity(READ_BUF)
+        .from_reader(input)
+}
+
+/// Streams rows: yields `(line number, verdict)` for each data row; the
+/// header and blank (or all-whitespace) lines are not yielded.
+///
+/// Line numbers are 1-based physical lines (counted by `\n`) where the row
+/// starts. csv's own `position().line()` is where it started *looking*, which
+/// is before any blank lines it skipped, so the start is worked out from the
+/// end of the row instead.
+///
+/// The outer `Err` is an I/O error; after one, the stream ends. Unbalanced
+/// quotes are not a stream error: csv reads to the end of the input as one
+/// field, and that row is reported with the wrong field count.
+pub struct Rows<R: Read> {
+    csv: csv::Reader<Source<R>>,
+    /// Reused for every row, so reading allocates only for unusually long rows.
+    record: csv::ByteRecord,
+    /// Whether a non-blank row was seen, after which `id,...` is data.
+    past_first: bool,
+}
+
+impl<R: Read> Rows<R> {
+    /// Starts reading `input`, which is read lazily as rows are pulled.
+    pub fn new(input: R) -> Self {
+        Rows {
+            csv: csv_reader(Source::new(input)),
+            record: csv::ByteRecord::new(),
+            past_first: false,
+        }
+    }
+
+    /// Bytes of input consumed so far (BOM included), for a progress bar.
+    pub fn bytes_read(&self) -> u64 {
+        self.csv.position().byte() + self.csv.get_ref().bom_len
+    }
+
+    /// The physical line the row just read starts on.
+    ///
+    /// csv counts every `\n` it consumes, so the row starts at the line after
+    /// reading, less the newlines inside its fields, less one if the last byte
+    /// consumed was a `\n` that ended the row. That `\n` ended the row unless
+    /// the row only ended at end of input (an unbalanced quote), in which case
+    /// it belongs to the field and was counted there.
+    fn start_line(&self) -> u64 {
+        let end = self.csv.position();
+        let src = self.csv.get_ref();
+        let inside = self
+            .record
+            .as_slice()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        let ended_by_eof = src.at_eof && end.byte() == src.served;
+        let ended_by_lf = !ended_by_eof
+            && end.byte().checked_sub(1).and_then(|last| src.byte_at(last)) == Some(b'\n');
+        let before = u64::try_from(inside)
+            .unwrap_or(u64::MAX)
+            .saturating_add(u64::from(ended_by_lf));
+        end.line().saturating_sub(before).max(1)
+    }
+}
+
+impl<R: Read> Iterator for Rows<R> {
+    type Item = Result<(u64, Result<Record, RowError>), csv::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.csv.read_byte_record(&mut self.record) {
+                Err(e) => return Some(Err(e)),
+                Ok(false) => return None,
+                Ok(true) => {}
+            }
+            let r = &self.record;
+            // csv skips only empty lines; a line of spaces is blank too.
+            if r.len() == 1 && r.get(0).is_some_and(|f| f.trim_ascii().is_empty()) {
+                continue;
+            }
+            if !self.past_first {
+                self.past_first = true;
+                let first = r.get(0).map(<[u8]>::trim_ascii);
+                if first.is_some_and(|f| f.eq_ignore_ascii_case(b"id")) {
+                    continue;
+                }
+            }
+            let verdict = match (r.len(), r.get(0), r.get(1), r.get(2)) {
+                (3, Some(id), Some(price), Some(date)) => parse_fields(id, price, date),
+                (n, ..) => Err(RowError::FieldCount(n)),
+            };
+            return Some(Ok((self.start_line(), verdict)));
+        }
+    }
+}
+
+const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+
+/// The input as csv sees it: without a leading UTF-8 BOM, and remembering
+/// the bytes most recently handed over so `Rows::start_line` can look at
+/// the byte that ended a row.
+struct Source<R> {
+    inner: R,
+    /// The first bytes, held back until we know whether they are a BOM.
+    head: VecDeque<u8>,
+    head_checked: bool,
+    bom_len: u64,
+    /// Bytes handed to csv (after the BOM); csv's byte offsets count the same.
+    served: u64,
+    /// The last `tail.len()` bytes served, at `offset % tail.len()`. csv's
+    /// buffered reader holds at most `READ_BUF` unparsed bytes, so the byte
+    /// just before its position is always in here.
+    tail: Box<[u8]>,
+    at_eof: bool,
+    /// Whether csv has had its first read (see `read`).
+    started: bool,
+}
+
+impl<R: Read> Source<R> {
+    fn new(inner: R) -> Self {
+        Source {
+            inner,
+            head: VecDeque::with_capacity(BOM.len()),
+            head_checked: false,
+            bom_len: 0,
+            served: 0,
+            tail: vec![0; 2 * READ_BUF].into_boxed_slice(),
+            at_eof: false,
+            started: false,
+        }
+    }
+
+    /// Reads until three bytes are in hand (or the input ends), however
+    /// short the reads, and drops them if they are a BOM.
+    fn check_head(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 3];
+        while self.head.len() < BOM.len() {
+            let want = BOM.len() - self.head.len();
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => self.head.extend(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.head_checked = true;
+        if self.head.iter().eq(BOM.iter()) {
+            self.head.clear();
+            self.bom_len = BOM.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The byte at `offset` if it is still remembered.
+    fn byte_at(&self, offset: u64) -> Option<u8> {
+        let len = self.tail.len() as u64;
+        if offset < self.served && self.served - offset <= len {
+            self.tail.get(usize::try_from(offset % len).ok()?).copied()
+        } else {
+            None
+        }
+    }
+
+    fn remember(&mut self, bytes: &[u8]) {
+        let len = self.tail.len();
+        // Only the last `len` bytes can ever be asked for.
+        let keep = &bytes[bytes.len().saturating_sub(len)..];
+        let start = self.served + (bytes.len() - keep.len()) as u64;
+        let at = (start % len as u64) as usize;
+        let first = keep.len().min(len - at);
+        self.tail[at..at + first].copy_from_slice(&keep[..first]);
+        self.tail[..keep.len() - first].copy_from_slice(&keep[first..]);
+        self.served += bytes.len() as u64;
+    }
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if !self.head_checked {
+            self.check_head()?;
+        }
+        // csv-core drops a BOM at the start of its first buffer if that
+        // buffer holds all of it. One byte first means it never does, so a
+        // second BOM is data however the input happens to be chunked.
+        let buf = if self.started { buf } else { &mut buf[..1] };
+        let n = if self.head.is_empty() {
+            self.inner.read(buf)?
+        } else {
+            let n = self.head.len().min(buf.len());
+            for (slot, b) in buf.iter_mut().zip(self.head.drain(..n)) {
+                *slot = b;
+            }
+            n
+        };
+        if n == 0 {
+            self.at_eof = true;
+        }
+        self.started = true;
+        self.remember(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REAL: &str = "\
+d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200 CEST
+e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
+78bfd79d-53c4-421d-b054-013ad294deab,42.780199,2018-10-07 00:55:20 +0200 CEST
+";
+    const ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
+    const DATE: &str = "2018-08-04 05:32:31 +0200 CEST";
+
+    fn uuid(s: &str) -> u128 {
+        uuid::Uuid::parse_str(s).unwrap().as_u128()
+    }
+
+    fn price(units: u64, scale: u8) -> Price {
+        Price::new(units, scale).unwrap()
+    }
+
+    /// Every yielded row of `input`, failing the test on a stream error.
+    fn rows_of(input: impl Read) -> Vec<(u64, Result<Record, RowError>)> {
+        Rows::new(input).map(|r| r.unwrap()).collect()
+    }
+
+    fn rows(input: &[u8]) -> Vec<(u64, Result<Record, RowError>)> {
+        rows_of(input)
+    }
+
+    fn lines(input: &[u8]) -> Vec<u64> {
+        rows(input).into_iter().map(|(line, _)| line).collect()
+    }
+
+    fn verdicts(input: &[u8]) -> Vec<(u64, bool)> {
+        rows(input)
+            .into_iter()
+            .map(|(l, v)| (l, v.is_ok()))
+            .collect()
+    }
+
+    /// Hands over one byte per read, the worst case for BOM detection.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match (self.0.split_first(), buf.first_mut()) {
+                (Some((&b, rest)), Some(slot)) => {
+                    *slot = b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn real_lines_parse() {
+        let got = rows(REAL.as_bytes());
+        let want = [
+            (ID, price(60683466, 6), DATE),
+            (
+                "e2649ca5-7e05-4d53-a8ff-919917a4922e",
+                price(66640497, 6),
+                "2018-08-22 18:34:11 +0200 CEST",
+            ),
+            (
+                "78bfd79d-53c4-421d-b054-013ad294deab",
+                price(42780199, 6),
+                "2018-10-07 00:55:20 +0200 CEST",
+            ),
+        ];
+        assert_eq!(got.len(), 3);
+        for (i, ((line, verdict), (id, p, date))) in got.into_iter().zip(want).enumerate() {
+            assert_eq!(line, i as u64 + 1);
+            let r = verdict.unwrap();
+            assert_eq!(r.key(), uuid(id));
+            assert_eq!(r.price(), Some(p));
+            assert_eq!(r.date(), date.as_bytes());
+        }
+    }
+
+    #[test]
+    fn real_line_json_is_digit_for_digit() {
+        let r = parse_fields(ID.as_bytes(), b"60.683466", DATE.as_bytes()).unwrap();
+        let mut json = Vec::new();
+        r.write_json(&mut json);
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            format!(r#"{{"id":"{ID}","price":60.683466,"expiration_date":"{DATE}"}}"#)
+        );
+    }
+
+    #[test]
+    fn accepted_dates() {
+        for date in [
+            // 1. Go's time.String
+            "2018-08-04 05:32:31 +0200 CEST",
+            "2018-08-04 05:32:31 +0000 UTC",
+            "2018-08-04 05:32:31 -0700 MST",
+            "2018-08-04 05:32:31 +0100 A",
+            "2018-08-04 05:32:31 +0100 ABCDEF",
+            "2018-08-04 05:32:31 +0100 cest",
+            "2018-08-04 05:32:31.5 +0200 CEST",
+            "2018-08-04 05:32:31.123456789 +0200 CEST", // exactly DATE_MAX bytes
+            "2018-08-04 05:32:31 -0300 -03",
+            "2018-08-04 05:32:31 +0530 +0530",
+            "2018-08-04 05:32:31 +2359 +2359",
+            // 2. no zone
+            "2018-08-04 05:32:31",
+            "0000-01-01 00:00:00",
+            "9999-12-31 23:59:59",
+            // 3. RFC 3339
+            "2018-08-04T05:32:31Z",
+            "2018-08-04t05:32:31z",
+            "2018-08-04T05:32:31+02:00",
+            "2018-08-04T05:32:31-07:00",
+            "2018-08-04T05:32:31.5Z",
+            "2018-08-04T05:32:31.123456789012+02:00",
+            "2018-08-04 05:32:31Z",
+            "2018-08-04 05:32:31.25-07:00",
+            "2016-12-31T23:59:60Z",
+        ] {
+            assert_eq!(DATE_MAX, 40);
+            assert_eq!(check_date(date.as_bytes()), Ok(()), "{date}");
+        }
+        assert_eq!("2018-08-04 05:32:31.123456789 +0200 CEST".len(), DATE_MAX);
+    }
+
+    #[test]
+    fn leap_years_follow_the_gregorian_rule() {
+        for ok in ["2020-02-29", "2000-02-29", "2016-02-29", "0000-02-29"] {
+            let date = format!("{ok} 12:00:00");
+            assert_eq!(check_date(date.as_bytes()), Ok(()), "{date}");
+        }
+        for bad in ["2019-02-29", "1900-02-29", "2100-02-29", "2020-02-30"] {
+            let date = format!("{bad}T12:00:00Z");
+            assert!(
+                matches!(
+                    check_date(date.as_bytes()),
+                    Err(RowError::DateOutOfRange(_))
+                ),
+                "{date}"
+            );
+        }
+        for (month, days) in [(1, 31), (4, 30), (6, 30), (9, 30), (11, 30), (12, 31)] {
+            let last = format!("2018-{month:02}-{days} 00:00:00");
+            let past = format!("2018-{month:02}-{} 00:00:00", days + 1);
+            assert_eq!(check_date(last.as_bytes()), Ok(()), "{last}");
+            assert!(check_date(past.as_bytes()).is_err(), "{past}");
+        }
+    }
+
+    #[test]
+    fn impossible_dates_are_out_of_range() {
+        for date in [
+            "2018-13-04 05:32:31 +0200 CEST",  // month 13
+            "2018-00-04 05:32:31 +0200 CEST",  // month 0
+            "2018-08-32 05:32:31 +0200 CEST",  // day 32
+            "2018-08-00 05:32:31 +0200 CEST",  // day 0
+            "2018-04-31 05:32:31",             // April has 30
+            "2019-02-29 05:32:31",             // not a leap year
+            "2018-08-04 24:00:00 +0200 CEST",  // hour 24
+            "2018-08-04 05:60:31 +0200 CEST",  // minute 60
+            "2018-08-04 05:32:60 +0200 CEST",  // Go has no leap seconds
+            "2018-08-04 05:32:60",             // nor does the zoneless form
+            "2018-08-04T05:32:61Z",            // not even RFC 3339
+            "2018-08-04 05:32:31 +2400 CEST",  // offset hours
+            "2018-08-04 05:32:31 +0260 CEST",  // offset minutes
+            "2018-08-04 05:32:31 -0300 -24",   // numeric zone name hours
+            "2018-08-04 05:32:31 +0530 +0560", // numeric zone name minutes
+            "2018-08-04T05:32:31+24:00",
+            "2018-08-04T05:32:31+02:60",
+            "2018-08-04T24:32:31Z",
+        ] {
+            assert!(
+                matches!(
+                    check_date(date.as_bytes()),
+                    Err(RowError::DateOutOfRange(_))
+                ),
+                "{date}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_dates_match_no_format() {
+        for date in [
+            "",
+            " ",
+            "2018-08-04",
+            "05:32:31",
+            "2018-8-04 05:32:31",
+            "2018-08-4 05:32:31",
+            "18-08-04 05:32:31",
+            "2018/08/04 05:32:31",
+            "2018-08-04 5:32:31",
+            "2018-08-04 05:32",
+            "2018-08-04  05:32:31",
+            "2018-08-04_05:32:31",
+            "2018-08-04\t05:32:31",
+            "2018-08-04 05:32:31 +0200",         // Go without zone name
+            "2018-08-04 05:32:31 +02 CEST",      // Go offset is 4 digits
+            "2018-08-04 05:32:31 +02:00 CEST",   // ... without a colon
+            "2018-08-04 05:32:31 0200 CEST",     // ... and signed
+            "2018-08-04 05:32:31 +0200 CESTXYZ", // zone name too long
+            "2018-08-04 05:32:31 +0200 C3ST",    // zone name not letters
+            "2018-08-04 05:32:31 +0200 -3",      // numeric name: 2 or 4 digits
+            "2018-08-04 05:32:31 +0200 +053",
+            "2018-08-04 05:32:31 +0200 0530",
+            "2018-08-04 05:32:31 +0200  CEST",     // double space
+            "2018-08-04 05:32:31 +0200 CEST x",    // trailing garbage
+            "2018-08-04 05:32:31 +0200 CEST m=+0", // Go's monotonic suffix
+            "2018-08-04T05:32:31 +0200 CEST",      // Go layout with a T
+            "2018-08-04 05:32:31.1234567890 +0200 A", // Go has at most 9 digits
+            "2018-08-04 05:32:31. +0200 CEST",
+            "2018-08-04 05:32:31.5", // zoneless form has no fraction
+            "2018-08-04T05:32:31",   // RFC 3339 needs a zone
+            "2018-08-04T05:32:31+0200",
+            "2018-08-04T05:32:31+02",
+            "2018-08-04T05:32:31+2:00",
+            "2018-08-04T05:32:31Zx", // trailing garbage
+            "2018-08-04T05:32:31ZZ",
+            "2018-08-04T05:32:31.Z",
+            "2018-08-04T05:32:31 Z",
+            "2018-08-04X05:32:31Z",
+            "+2018-08-04T05:32:31Z",
+            "-018-08-04T05:32:31Z",
+            "2018-08-04T05:32:31\0",
+            "2018-08-04\x0005:32:31",
+            "2018-08-04 05:32:31 +0200 CÉST", // non-ASCII
+            "２018-08-04 05:32:31",           // full-width digit
+        ] {
+            assert!(
+                matches!(check_date(date.as_bytes()), Err(RowError::DateFormat(_))),
+                "{date:?} gave {:?}",
+                check_date(date.as_bytes())
+            );
+        }
+        // Not even valid UTF-8.
+        assert!(matches!(
+            check_date(b"2018-08-04 05:32:31 +0200 \xff"),
+            Err(RowError::DateFormat(_))
+        ));
+    }
+
+    #[test]
+    fn dates_longer_than_date_max_are_rejected_before_parsing() {
+        let long = "2018-08-04 05:32:31.123456789 +0200 CESTX"; // 41 bytes
+        assert_eq!(long.len(), DATE_MAX + 1);
+        assert!(matches!(
+            check_date(long.as_bytes()),
+            Err(RowError::DateTooLong(_))
+        ));
+        let garbage = [b'x'; 1000];
+        assert!(matches!(
+            check_date(&garbage),
+            Err(RowError::DateTooLong(_))
+        ));
+        // Trimming happens first: padding does not count against the limit.
+        let padded = format!("   {}   ", "2018-08-04 05:32:31.123456789 +0200 CEST");
+        let r = parse_fields(ID.as_bytes(), b"1", padded.as_bytes()).unwrap();
+        assert_eq!(r.date().len(), DATE_MAX);
+    }
+
+    #[test]
+    fn accepted_prices_keep_their_digits() {
+        for (text, units, scale) in [
+            ("60.683466", 60683466, 6),
+            ("12", 12, 0),
+            ("0.5", 5, 1),
+            (".5", 5, 1),
+            ("5.", 5, 0),
+            ("+7", 7, 0),
+            ("+.5", 5, 1),
+            ("0.50", 50, 2),
+            ("007.10", 710, 2),
+            ("0", 0, 0),
+            ("0.00", 0, 2),
+            ("000", 0, 0),
+            ("1e3", 1000, 0),
+            ("1E3", 1000, 0),
+            ("1e+2", 100, 0),
+            ("2.5E-2", 25, 3),
+            ("1.5e1", 15, 0),
+            ("1.25e1", 125, 1),
+            ("12e-0", 12, 0),
+            ("0e999", 0, 0),
+            ("576460752303423487", Price::MAX_UNITS, 0),
+            ("0.576460752303423487", Price::MAX_UNITS, 18),
+            ("0.000000000000000001", 1, 18),
+            // Trailing fractional zeros go only when needed, and only as many.
+            ("1.0000000000000000000", 100_000_000_000_000_000, 17),
+            ("0.1000000000000000000000", 100_000_000_000_000_000, 18),
+            ("1.20e-17", 12, 18),
+            ("0.000000000000000000000", 0, 18),
+            ("00000000000000000000000000012", 12, 0),
+        ] {
+            assert_eq!(
+                parse_price(text.as_bytes()),
+                Ok(price(units, scale)),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_price(b"0.50").unwrap().to_string(), "0.50");
+        assert_eq!(parse_price(b"2.5E-2").unwrap().to_string(), "0.025");
+    }
+
+    #[test]
+    fn malformed_prices_are_bad() {
+        for text in [
+            "", ".", "+", "++1", "+-1", "NaN", "nan", "inf", "Infinity", "1,5", "1.2.3", "0x10",
+            "1e", "1e+", "1e-", "e3", ".e3", "1e3.5", "1e3e3", "1 000", " 1", "1 ", "1_000", "$5",
+            "5€", "１", "1\0", "½",
+        ] {
+            assert!(
+                matches!(parse_price(text.as_bytes()), Err(RowError::BadPrice(_))),
+                "{text:?} gave {:?}",
+                parse_price(text.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn negative_prices_are_rejected() {
+        for text in ["-1", "-0", "-0.0", "-.5", "-", "-abc", "-1e3"] {
+            assert!(
+                matches!(
+                    parse_price(text.as_bytes()),
+                    Err(RowError::NegativePrice(_))
+                ),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            parse_price(b"-1").unwrap_err().to_string(),
+            "price is negative: \"-1\""
+        );
+    }
+
+    #[test]
+    fn prices_that_do_not_fit_have_too_many_digits() {
+        for text in [
+            "576460752303423488", // MAX_UNITS + 1
+            "999999999999999999",
+            "99999999999999999999999",
+            "0.1234567890123456789", // 19 significant fractional digits
+            "1e-19",
+            "1e18",
+            "1e99999999999999999999",
+            "5764607523034234.880", // 19 digits; without the zero, MAX_UNITS + 1
+        ] {
+            assert!(
+                matches!(parse_price(text.as_bytes()), Err(RowError::PriceTooLong(_))),
+                "{text} gave {:?}",
+                parse_price(text.as_bytes())
+            );
+        }
+        // Same digits with a zero to spare: stripping it makes it fit.
+        assert_eq!(
+            parse_price(b"57646075230342348.70"),
+            Ok(price(576460752303423487, 1))
+        );
+    }
+
+    #[test]
+    fn ids_any_case_and_bad_ids() {
+        let lower = parse_id(ID.as_bytes());
+        assert_eq!(lower, Some(uuid(ID)));
+        assert_eq!(parse_id(ID.to_uppercase().as_bytes()), lower);
+        assert_eq!(parse_id(b"D018EF0B-dbd9-48F1-ac1a-EB4D90E57118"), lower);
+        for bad in [
+            "",
+            "xyz",
+            "d018ef0b-dbd9-48f1-ac1a-eb4d90e5711",   // 35 chars
+            "d018ef0b-dbd9-48f1-ac1a-eb4d90e571188", // 37 chars
+            "g018ef0b-dbd9-48f1-ac1a-eb4d90e57118",  // not hex
+            "d018ef0bd-bd9-48f1-ac1a-eb4d90e57118",  // hyphen moved
+            "d018ef0b dbd9 48f1 ac1a eb4d90e57118",  // spaces for hyphens
+            "d018ef0b-dbd9-48f1-ac1a-eb4d90e5711é",
+        ] {
+            assert_eq!(parse_id(bad.as_bytes()), None, "{bad}");
+            assert!(
+                matches!(
+                    parse_fields(bad.as_bytes(), b"1", DATE.as_bytes()),
+                    Err(RowError::BadId(_))
+                ),
+                "{bad}"
+            );
+        }
+        // Padding is not part of the id.
+        let padded = format!("  {ID}\t");
+        assert_eq!(parse_id(padded.as_bytes()), None);
+        assert!(parse_fields(padded.as_bytes(), b"1", DATE.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn parse_fields_reports_the_first_bad_field() {
+        assert!(matches!(
+            parse_fields(b"x", b"-1", b"nope"),
+            Err(RowError::BadId(_))
+        ));
+        assert!(matches!(
+            parse_fields(ID.as_bytes(), b"-1", b"nope"),
+            Err(RowError::NegativePrice(_))
+        ));
+        assert!(matches!(
+            parse_fields(ID.as_bytes(), b"1", b"nope"),
+            Err(RowError::DateFormat(_))
+        ));
+        assert!(matches!(
+            parse_fields(ID.as_bytes(), b"1", b""),
+            Err(RowError::DateFormat(_))
+        ));
+    }
+
+    #[test]
+    fn error_messages_are_short_and_safe_to_log() {
+        assert_eq!(
+            RowError::FieldCount(2).to_string(),
+            "expected 3 fields, found 2"
+        );
+        assert_eq!(
+            parse_fields(b"xyz", b"1", DATE.as_bytes())
+                .unwrap_err()
+                .to_string(),
+            "bad id \"xyz\""
+        );
+        let long = parse_fields(ID.as_bytes(), b"1", &[b'x'; 100]).unwrap_err();
+        assert_eq!(
+            long.to_string(),
+            format!("date is longer than 40 bytes: \"{}…\"", "x".repeat(60))
+        );
+        // Control bytes and bad UTF-8 are escaped, so one error is one line.
+        let odd = parse_fields(b"a\nb\"\xff", b"1", DATE.as_bytes()).unwrap_err();
+        assert_eq!(odd.to_string(), "bad id \"a\\nb\\\"\u{fffd}\"");
+        let huge = vec![b'9'; 1 << 20];
+        let msg = parse_price(&huge).unwrap_err().to_string();
+        assert!(msg.len() < 100, "{msg}");
+    }
+
+    #[test]
+    fn wrong_field_counts_are_row_errors() {
+        let input = format!("{ID},1\n{ID},1,{DATE},extra\nlonely\n{ID},1,{DATE}\n,,\n,,,\n");
+        let got: Vec<_> = rows(input.as_bytes())
+            .into_iter()
+            .map(|(line, v)| (line, v.err()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, Some(RowError::FieldCount(2))),
+                (2, Some(RowError::FieldCount(4))),
+                (3, Some(RowError::FieldCount(1))),
+                (4, None),
+                (5, Some(RowError::BadId(String::new()))),
+                (6, Some(RowError::FieldCount(4))),
+            ]
+        );
+    }
+
+    #[test]
+    fn header_is_skipped_only_when_first() {
+        let input = format!("id,price,expiration_date\n{ID},1,{DATE}\nid,price,expiration_date\n");
+        let got = rows(input.as_bytes());
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, 2);
+        assert!(got[0].1.is_ok());
+        assert_eq!(got[1].0, 3);
+        assert!(matches!(&got[1].1, Err(RowError::BadId(id)) if id == "id"));
+
+        // Any case, padded, quoted, after blank lines, any field count.
+        for header in [
+            " ID , Price , Expiration_Date",
+            "\"Id\",x,y",
+            "\n\n  \nid",
+            "iD,price",
+        ] {
+            let input = format!("{header}\n{ID},1,{DATE}\n");
+            let got = rows(input.as_bytes());
+            assert_eq!(got.len(), 1, "{header:?}");
+            assert!(got[0].1.is_ok());
+        }
+
+        // A first row of data is data, and then no later row is a header.
+        let input = format!("{ID},1,{DATE}\nid,price,expiration_date\n");
+        let got = verdicts(input.as_bytes());
+        assert_eq!(got, [(1, true), (2, false)]);
+
+        // Not a header: the first field must be exactly `id`.
+        assert_eq!(verdicts(b"ids,price,expiration_date\n"), [(1, false)]);
+    }
+
+    #[test]
+    fn utf8_bom_is_stripped() {
+        let plain = format!("{ID},1,{DATE}\n");
+        let with_bom = format!("\u{feff}{plain}");
+        for got in [
+            rows(with_bom.as_bytes()),
+            rows_of(Trickle(with_bom.as_bytes())),
+        ] {
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].0, 1);
+            assert_eq!(got[0].1.as_ref().unwrap().key(), uuid(ID));
+        }
+        // A second BOM is data, however the input is chunked.
+        let double = format!("\u{feff}{with_bom}");
+        for got in [rows(double.as_bytes()), rows_of(Trickle(double.as_bytes()))] {
+            assert!(matches!(&got[0].1, Err(RowError::BadId(_))), "{got:?}");
+        }
+        // A BOM before a header still lets the header be recognised.
+        let header = format!("\u{feff}id,price,expiration_date\n{plain}");
+        assert_eq!(verdicts(header.as_bytes()), [(2, true)]);
+        assert_eq!(rows_of(Trickle(header.as_bytes())).len(), 1);
+        // Only at the very start, and input shorter than a BOM is not lost.
+        let later = format!("{plain}\u{feff}{plain}");
+        assert_eq!(verdicts(later.as_bytes()), [(1, true), (2, false)]);
+        assert!(rows(b"\xEF\xBB\xBF").is_empty());
+        assert_eq!(
+            rows_of(Trickle(b"ab")).pop().map(|(l, v)| (l, v.err())),
+            Some((1, Some(RowError::FieldCount(1))))
+        );
+    }
+
+    #[test]
+    fn bytes_read_counts_the_whole_input() {
+        for input in [
+            format!("\u{feff}{REAL}"),
+            REAL.to_string(),
+            format!("{REAL}\n\n"),
+        ] {
+            let mut rows = Rows::new(input.as_bytes());
+            assert_eq!(rows.bytes_read(), 0);
+            let first = rows.next().unwrap().unwrap();
+            assert!(first.1.is_ok());
+            let after_first = rows.bytes_read();
+            assert!(after_first > 0 && after_first < input.len() as u64);
+            assert_eq!(rows.by_ref().count(), 2);
+            assert_eq!(rows.bytes_read(), input.len() as u64);
+        }
+    }
+
+    #[test]
+    fn crlf_line_endings() {
+        let input = REAL.replace('\n', "\r\n");
+        let got = rows(input.as_bytes());
+        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(got[0].1.as_ref().unwrap().date(), DATE.as_bytes());
+        // Mixed endings and CRLF blank lines.
+        let mixed = format!("{ID},1,{DATE}\r\n\r\n{ID},2,{DATE}\n\r\n{ID},3,{DATE}");
+        assert_eq!(
+            verdicts(mixed.as_bytes()),
+            [(1, true), (3, true), (5, true)]
+        );
+    }
+
+    #[test]
+    fn blank_lines_are_skipped_and_counted() {
+        let row = format!("{ID},1,{DATE}");
+        let input = format!("\n\n{row}\n\n   \n\t\n{row}\n\n\n{row}\n\n");
+        assert_eq!(
+            verdicts(input.as_bytes()),
+            [(3, true), (7, true), (10, true)]
+        );
+        assert!(rows(b"").is_empty());
+        assert!(rows(b"\n\r\n  \n").is_empty());
+    }
+
+    #[test]
+    fn quoted_fields() {
+        let input = format!(
+            "\"{ID}\",\"60.683466\",\"{DATE}\"\n\
+             {ID},\"1\",\"2018-08-04 05:32:31 +0200 \"\"CEST\"\"\"\n\
+             {ID},\"1,5\",{DATE}\n\
+             {ID},1,\"{DATE},x\"\n\
+             \" {ID} \",\" 1 \",\" {DATE} \"\n"
+        );
+        let got = rows(input.as_bytes());
+        assert_eq!(got.len(), 5);
+        let first = got[0].1.as_ref().unwrap();
+        assert_eq!(
+            (first.key(), first.price(), first.date()),
+            (uuid(ID), Some(price(60683466, 6)), DATE.as_bytes())
+        );
+        assert!(matches!(&got[1].1, Err(RowError::DateFormat(d)) if d.contains("\"CEST\"")));
+        assert!(matches!(&got[2].1, Err(RowError::BadPrice(p)) if p == "1,5"));
+        assert!(matches!(&got[3].1, Err(RowError::DateFormat(_))));
+        // Spaces inside quotes are padding too.
+        assert_eq!(got[4].1.as_ref().unwrap().date(), DATE.as_bytes());
+    }
+
+    #[test]
+    fn spaces_around_fields_are_ignored() {
+        let input = format!("  {ID} ,\t60.683466 ,  {DATE}  \t\n");
+        let got = rows(input.as_bytes());
+        let r = got[0].1.as_ref().unwrap();
+        assert_eq!(r.key(), uuid(ID));
+        assert_eq!(r.price(), Some(price(60683466, 6)));
+        assert_eq!(r.date(), DATE.as_bytes());
+        // But not inside a field.
+        let inside = format!("{ID},60. 68,{DATE}\n");
+        assert!(matches!(
+            &rows(inside.as_bytes())[0].1,
+            Err(RowError::BadPrice(_))
+        ));
+    }
+
+    #[test]
+    fn line_numbers_across_quoted_newlines() {
+        let row = format!("{ID},1,{DATE}");
+        let input = format!(
+            "{row}\n\
+             {ID},1,\"2018-08-04\n05:32:31\"\n\
+             \n\
+             {row}\n\
+             {ID},\"1\r\n\r\n2\",{DATE}\r\n\
+             {row}\n\
+             \"{ID}\n\",1\n\
+             {row}"
+        );
+        assert_eq!(
+            verdicts(input.as_bytes()),
+            [
+                (1, true),
+                (2, false),
+                (5, true),
+                (6, false),
+                (9, true),
+                (10, false),
+                (12, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn unbalanced_quote_runs_to_the_end_and_keeps_its_line() {
+        let row = format!("{ID},1,{DATE}");
+        for tail in ["", "\n", "\n\n", "\r\n"] {
+            let input = format!("{row}\n\n{ID},\"1,{DATE}\n{row}{tail}");
+            let got: Vec<_> = rows(input.as_bytes())
+                .into_iter()
+                .map(|(l, v)| (l, v.err()))
+                .collect();
+            assert_eq!(
+                got,
+                [(1, None), (3, Some(RowError::FieldCount(2)))],
+                "{tail:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn line_numbers_survive_long_rows_and_long_gaps() {
+        let row = format!("{ID},1,{DATE}");
+        // A quoted field and a run of blank lines both far longer than the
+        // reader's buffer.
+        let field = "x\n".repeat(3 * READ_BUF);
+        let blanks = "\n".repeat(3 * READ_BUF);
+        let input = format!("{row}\n{ID},\"{field}\",{DATE}\n{blanks}{row}\n");
+        let long_lines = 3 * READ_BUF as u64;
+        assert_eq!(
+            verdicts(input.as_bytes()),
+            [(1, true), (2, false), (3 + long_lines + long_lines, true)]
+        );
+        assert_eq!(lines(input.as_bytes()), lines_trickled(input.as_bytes()));
+    }
+
+    fn lines_trickled(input: &[u8]) -> Vec<u64> {
+        rows_of(Trickle(input))
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect()
+    }
+
+    #[test]
+    fn io_errors_end_the_stream() {
+        /// One good row, then a failing disk.
+        struct Broken<'a>(&'a [u8]);
+        impl Read for Broken<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::Error::other("disk on fire"));
+                }
+                let n = self.0.read(buf)?;
+                Ok(n)
+            }
+        }
+        let row = format!("{ID},1,{DATE}\n");
+        let mut rows = Rows::new(Broken(row.as_bytes()));
+        assert!(rows.next().unwrap().unwrap().1.is_ok());
+        let err = rows.next().unwrap().unwrap_err();
+        assert!(err.is_io_error(), "{err}");
+        assert!(rows.next().is_none());
+    }
+
+    /// One expected row: `(line, Ok(json))` or `(line, Err(reason))`.
+    fn expected_rows(text: &str) -> Vec<(u64, Result<String, String>)> {
+        text.lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let mut parts = l.splitn(3, '\t');
+                let line = parts.next().unwrap().parse().unwrap();
+                let verdict = parts.next().unwrap();
+                let detail = parts.next().unwrap_or_default().to_string();
+                match verdict {
+                    "valid" => (line, Ok(detail)),
+                    "invalid" => (line, Err(detail)),
+                    other => panic!("bad verdict {other:?} in {l:?}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn odd_rows_fixture() {
+        let csv = include_str!("../fixtures/odd-rows.csv");
+        let want = expected_rows(include_str!("../fixtures/odd-rows.expected"));
+        let got = rows(csv.as_bytes());
+        assert!(csv.contains("\r\n"), "the fixture must keep its CRLF line");
+        assert!(want.len() >= 30);
+        for (i, ((line, verdict), (want_line, want_verdict))) in got.iter().zip(&want).enumerate() {
+            assert_eq!(line, want_line, "row {i}");
+            match (verdict, want_verdict) {
+                (Ok(r), Ok(json)) => {
+                    let mut out = Vec::new();
+                    r.write_json(&mut out);
+                    assert_eq!(std::str::from_utf8(&out).unwrap(), json, "line {line}");
+                }
+                (Err(_), Err(_)) => {}
+                (got, want) => panic!("line {line}: got {got:?}, want {want:?}"),
+            }
+        }
+        assert_eq!(got.len(), want.len());
+        // Both the valid and the invalid sides are exercised.
+        assert!(want.iter().filter(|w| w.1.is_ok()).count() >= 10);
+        assert!(want.iter().filter(|w| w.1.is_err()).count() >= 15);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_panics(input in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let _ = parse_id(&input);
+                let _ = parse_price(&input);
+                let _ = check_date(&input);
+                let _ = parse_fields(&input, &input, &input);
+                let _ = Rows::new(&input[..]).count();
+            }
+
+            #[test]
+            fn csv_shaped_input_never_panics_and_reads_alike_in_any_chunks(
+                tokens in proptest::collection::vec(
+                    prop::sample::select(vec![
+                        "a", "id", ",", "\"", "\n", "\r", "\r\n", " ", "\u{feff}", "1.5", "-1",
+                        "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118", "2018-08-04 05:32:31",
+                    ]),
+                    0..60,
+                )
+            ) {
+                let input = tokens.concat();
+                let whole = rows(input.as_bytes());
+                let trickled = rows_of(Trickle(input.as_bytes()));
+                prop_assert_eq!(whole, trickled);
+            }
+
+            #[test]
+            fn line_numbers_match_physical_lines(
+                tokens in proptest::collection::vec(
+                    prop::sample::select(vec!["a", ",", " ", "\n", "\r\n"]),
+                    0..80,
+                )
+            ) {
+                let input = tokens.concat();
+                // Without quotes, a row is a physical line that is not blank.
+                let want: Vec<u64> = input
+                    .split('\n')
+                    .zip(1..)
+                    .filter(|(l, _)| !l.trim().is_empty())
+                    .map(|(_, n)| n)
+                    .collect();
+                prop_assert_eq!(lines(input.as_bytes()), want);
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Metric names, their help text, and the Prometheus exporter.
+//!
+//! Every metric promo exports is named here, once, so a dashboard author can
+//! read the whole list in one place.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Counter, labels `route` and `status`.
+pub const HTTP_REQUESTS: &str = "promo_http_requests_total";
+/// Histogram, label `route`.
+pub const HTTP_DURATION: &str = "promo_http_request_duration_seconds";
+/// Counter, label `result` = `hit`, `miss` or `invalid`.
+pub const LOOKUPS: &str = "promo_lookups_total";
+/// Gauge: the live generation's sequence (0 before one is loaded).
+pub const GENERATION_SEQUENCE: &str = "promo_generation_sequence";
+/// Gauge: records in the live generation.
+pub const GENERATION_ROWS: &str = "promo_generation_rows";
+/// Gauge: when the live generation went live, Unix seconds.
+pub const GENERATION_LOADED: &str = "promo_generation_loaded_timestamp_seconds";
+/// Counter: generations that went live.
+pub const GENERATION_SWAPS: &str = "promo_generation_swaps_total";
+/// Counter: generations refused because they did not validate.
+pub const GENERATION_LOAD_FAILURES: &str = "promo_generation_load_failures_total";
+/// Gauge: resident memory of the process (the conventional name).
+pub const PROCESS_RESIDENT: &str = "process_resident_memory_bytes";
+/// Gauge: open file descriptors of the process (the conventional name).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+
+/// Request duration buckets: a lookup is microseconds, a scrape milliseconds.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
+];
+
+/// Installs the global recorder and describes every metric.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &DURATION_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    // Export the counters before the first event, so rates start at zero.
+    for result in ["hit", "miss", "invalid"] {
+        metrics::counter!(LOOKUPS, "result" => result).absolute(0);
+    }
+    metrics::counter!(GENERATION_SWAPS).absolute(0);
+    metrics::counter!(GENERATION_LOAD_FAILURES).absolute(0);
+    metrics::gauge!(GENERATION_SEQUENCE).set(0.0);
+    metrics::gauge!(GENERATION_ROWS).set(0.0);
+    metrics::gauge!(GENERATION_LOADED).set(0.0);
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route and status code."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Time to answer an HTTP request, by route."
+    );
+    describe_counter!(
+        LOOKUPS,
+        "Promotion lookups: hit (found), miss (not in the live generation), invalid (not a UUID)."
+    );
+    describe_gauge!(
+        GENERATION_SEQUENCE,
+        "Sequence number of the live generation; 0 before one is loaded."
+    );
+    describe_gauge!(GENERATION_ROWS, "Records in the live generation.");
+    describe_gauge!(
+        GENERATION_LOADED,
+        Unit::Seconds,
+        "Unix time at which the live generation went live."
+    );
+    describe_counter!(
+        GENERATION_SWAPS,
+        "Generations that went live, the first one included."
+    );
+    describe_counter!(
+        GENERATION_LOAD_FAILURES,
+        "Generations refused because they failed validation; the previous one stayed live."
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT,
+        Unit::Bytes,
+        "Resident memory of the process."
+    );
+    describe_gauge!(PROCESS_OPEN_FDS, "Open file descriptors of the process.");
+}
+
+/// Renders the metrics, sampling the process figures first.
+pub fn render(handle: &PrometheusHandle) -> String {
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!(PROCESS_RESIDENT).set(rss as f64);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(PROCESS_OPEN_FDS).set(fds.count() as f64);
+    }
+    handle.render()
+}
+
+/// Resident set size from `/proc/self/status` (Linux), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,368 @@
+//! `promo build`: CSV in, one published generation out.
+//!
+//! The steps, in order: take the data directory's lock (a second build
+//! fails fast), remove leftovers of crashed builds, stream and validate the
+//! rows into the sorter, refuse the feed if too many rows are invalid, write
+//! the sorted records to a temporary file, and publish it. Nothing is
+//! visible to a server until the final rename.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::format::Writer;
+use crate::generation::{BuildLock, Entry};
+use crate::ingest::{RowError, Rows};
+use crate::sort::Sorter;
+
+/// How many invalid rows a build tolerates before it fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InvalidLimit {
+    /// At most this many rows.
+    Count(u64),
+    /// At most this percentage of the rows read.
+    Percent(f64),
+}
+
+impl InvalidLimit {
+    /// True when `invalid` of `rows` is more than the limit allows.
+    pub fn exceeded(&self, invalid: u64, rows: u64) -> bool {
+        match *self {
+            InvalidLimit::Count(n) => invalid > n,
+            InvalidLimit::Percent(p) => invalid as f64 > rows as f64 * p / 100.0,
+        }
+    }
+}
+
+impl std::str::FromStr for InvalidLimit {
+    type Err = String;
+
+    /// Parses `N` or `P%`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("invalid limit {s:?}: expected a row count (100) or a percentage (1%)");
+        match s.trim().strip_suffix('%') {
+            Some(p) => {
+                let p: f64 = p.trim().parse().map_err(|_| bad())?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(bad());
+                }
+                Ok(InvalidLimit::Percent(p))
+            }
+            None => s.trim().parse().map(InvalidLimit::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InvalidLimit::Count(n) => write!(f, "{n} rows"),
+            InvalidLimit::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Parses a byte size: `1048576`, `64MiB`, `1GiB`, `512k`, `2G`, `10MB`.
+/// Binary suffixes (`K`, `KiB`, ...) are powers of 1024; `kB`, `MB`, `GB`
+/// are powers of 1000.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || format!("invalid size {s:?}: expected bytes or a number with KiB, MiB or GiB");
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// Where the CSV comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Stdin,
+    File(PathBuf),
+}
+
+impl Input {
+    /// `-` is standard input, anything else a path.
+    pub fn from_arg(arg: &str) -> Input {
+        if arg == "-" {
+            Input::Stdin
+        } else {
+            Input::File(PathBuf::from(arg))
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Input::Stdin => "<stdin>".to_string(),
+            Input::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub data_dir: PathBuf,
+    /// Bytes the build may use for sorting before it spills runs to disk.
+    pub memory_limit: u64,
+    pub max_invalid: InvalidLimit,
+    /// Generations kept after publishing (the new one included).
+    pub keep: usize,
+    /// Where sorted runs spill; the data directory when `None`.
+    pub tmp_dir: Option<PathBuf>,
+    /// Show a progress bar on standard error.
+    pub progress: bool,
+}
+
+impl BuildOptions {
+    /// The defaults of `promo build` for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> BuildOptions {
+        BuildOptions {
+            data_dir: data_dir.into(),
+            memory_limit: 1 << 30,
+            max_invalid: InvalidLimit::Percent(1.0),
+            keep: 3,
+            tmp_dir: None,
+            progress: false,
+        }
+    }
+}
+
+/// What a successful build did.
+#[derive(Debug, Clone)]
+pub struct BuildSummary {
+    /// Data rows read (header and blank lines excluded).
+    pub rows: u64,
+    pub valid: u64,
+    pub invalid: u64,
+    /// Valid rows replaced by a later row with the same id.
+    pub duplicates: u64,
+    /// Records in the generation.
+    pub records: u64,
+    pub generation: Entry,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for BuildSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rows={} valid={} invalid={} duplicates={} records={} generation={} seconds={:.2} path={}",
+            self.rows,
+            self.valid,
+            self.invalid,
+            self.duplicates,
+            self.records,
+            self.generation.sequence,
+            self.seconds,
+            self.generation.path.display()
+        )
+    }
+}
+
+/// Invalid rows reported one by one before the rest are only counted.
+const REPORTED_INVALID: u64 = 10;
+
+/// Builds and publishes a generation from `input`.
+pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
+    let started = Instant::now();
+    let dir = &opts.data_dir;
+    let lock = BuildLock::acquire(dir)?;
+    lock.remove_leftovers(dir)?;
+
+    let (reader, total_bytes): (Box<dyn Read>, Option<u64>) = match input {
+        Input::Stdin => (Box::new(io::stdin().lock()), None),
+        Input::File(p) => {
+            let f = File::open(p).map_err(Error::io(p))?;
+            let len = f.metadata().map_err(Error::io(p))?.len();
+            (Box::new(f), Some(len))
+        }
+    };
+    let name = input.name();
+    let progress = Progress::new(opts.progress, total_bytes);
+    let tmp_dir = opts.tmp_dir.as_deref().unwrap_or(dir);
+    // Leave a sixteenth of the budget for everything but the sort buffer.
+    let budget = opts.memory_limit - opts.memory_limit / 16;
+    let mut sorter = Sorter::new(budget as usize, tmp_dir);
+
+    let (mut rows, mut valid, mut invalid) = (0u64, 0u64, 0u64);
+    let mut stream = Rows::new(reader);
+    while let Some(next) = stream.next() {
+        let (line, verdict) = next.map_err(|source| Error::Csv {
+            input: name.clone(),
+            line: source.position().map(|p| p.line()),
+            source,
+        })?;
+        rows += 1;
+        match verdict {
+            Ok(record) => {
+                valid += 1;
+                sorter.push(record)?;
+            }
+            Err(why) => {
+                invalid += 1;
+                report_invalid(&name, line, &why, invalid);
+                // A count limit can fail the build before reading the rest.
+                if matches!(opts.max_invalid, InvalidLimit::Count(_))
+                    && opts.max_invalid.exceeded(invalid, rows)
+                {
+                    break;
+                }
+            }
+        }
+        if rows % 65_536 == 0 {
+            progress.set(stream.bytes_read());
+        }
+    }
+    progress.finish();
+    if opts.max_invalid.exceeded(invalid, rows) {
+        return Err(Error::TooManyInvalid {
+            input: name,
+            invalid,
+            rows,
+            limit: opts.max_invalid.to_string(),
+        });
+    }
+    if valid == 0 {
+        return Err(Error::NoValidRows { input: name, rows });
+    }
+
+    let (file, tmp_path) = lock.temp_file(dir)?;
+    let tmp = RemoveOnDrop(Some(tmp_path.clone()));
+    let mut writer = Writer::new(file, &tmp_path, valid)?;
+    let stats = sorter.finish(|record| writer.push(record))?;
+    writer.finish()?;
+    let generation = lock.publish(dir, &tmp_path)?;
+    tmp.disarm();
+    for old in lock.retain(dir, opts.keep)? {
+        tracing::info!(path = %old.path.display(), "removed an old generation");
+    }
+    Ok(BuildSummary {
+        rows,
+        valid,
+        invalid,
+        duplicates: stats.duplicates,
+        records: stats.unique,
+        generation,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn report_invalid(input: &str, line: u64, why: &RowError, nth: u64) {
+    if nth <= REPORTED_INVALID {
+        tracing::warn!("{input}:{line}: invalid row: {why}");
+    }
+    if nth == REPORTED_INVALID {
+        tracing::warn!("{input}: further invalid rows are counted, not reported");
+    }
+}
+
+/// Deletes a temporary file unless disarmed: a failed build leaves no litter.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A progress bar on standard error, or nothing.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(enabled: bool, total_bytes: Option<u64>) -> Progress {
+        if !enabled {
+            return Progress(None);
+        }
+        let bar = match total_bytes {
+            Some(n) => indicatif::ProgressBar::new(n).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} reading [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            ),
+            None => indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} reading {bytes} {bytes_per_sec}",
+                )
+                .expect("a valid template"),
+            ),
+        };
+        Progress(Some(bar))
+    }
+
+    fn set(&self, bytes: u64) {
+        if let Some(b) = &self.0 {
+            b.set_position(bytes);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        for bad in [
+            "",
+            "MiB",
+            "1.5GiB",
+            "-1",
+            "12 parsecs",
+            "99999999999999999999",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn invalid_limits_parse_and_apply() {
+        let pct: InvalidLimit = "1%".parse().unwrap();
+        assert!(!pct.exceeded(1, 100));
+        assert!(pct.exceeded(2, 100));
+        let n: InvalidLimit = "3".parse().unwrap();
+        assert!(!n.exceeded(3, 4));
+        assert!(n.exceeded(4, 1_000_000));
+        assert!("0%".parse::<InvalidLimit>().unwrap().exceeded(1, 1_000_000));
+        for bad in ["", "x", "101%", "-1", "1.5"] {
+            assert!(bad.parse::<InvalidLimit>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Helpers for end-to-end tests: the real binary, real files, real HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn promo() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_promo"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Runs `promo build <csv> --data-dir <dir> <extra...>`.
+pub fn build(dir: &Path, csv: &Path, extra: &[&str]) -> Output {
+    promo()
+        .arg("build")
+        .arg(csv)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("running promo build")
+}
+
+/// Like `build`, but the build must succeed; returns its summary line.
+pub fn build_ok(dir: &Path, csv: &Path, extra: &[&str]) -> String {
+    let out = build(dir, csv, extra);
+    assert!(
+        out.status.success(),
+        "build failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A field of the build's summary line, `name=value`.
+pub fn summary_field(summary: &str, name: &str) -> String {
+    summary
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {name}= in {summary:?}"))
+        .to_string()
+}
+
+/// A deterministic id for row `i` of data set `set`.
+pub fn id(set: u64, i: u64) -> String {
+    let mut x = set.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut next = || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let v = (u128::from(next()) << 64) | u128::from(next());
+    uuid::Uuid::from_u128(v).hyphenated().to_string()
+}
+
+/// Writes a CSV of `rows` (id, price, date) to `path`.
+pub fn write_csv(path: &Path, rows: &[(String, String, String)]) {
+    let mut s = String::new();
+    for (id, price, date) in rows {
+        s.push_str(&format!("{id},{price},{date}\n"));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// A running `promo serve`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(dir: &Path) -> Server {
+        let mut child = promo()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting promo serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                }
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server did not say where it listens");
+        Server { child, addr, log }
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        request(self.addr, "GET", path)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Polls until `ready` holds for a response to `path`, or panics after `limit`.
+    pub fn wait_for(
+        &self,
+        path: &str,
+        limit: Duration,
+        ready: impl Fn(&Response) -> bool,
+    ) -> Response {
+        let start = Instant::now();
+        loop {
+            let r = self.get(path);
+            if ready(&r) {
+                return r;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "gave up waiting on {path}: last {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
+    }
+}
+
+/// One request on a new connection (`Connection: close`).
+pub fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
+    let mut c = Client::connect(addr);
+    c.request_with(method, path, true)
+}
+
+/// A keep-alive HTTP/1.1 client, just enough for these tests.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).expect("connecting");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        self.request_with("GET", path, false)
+    }
+
+    pub fn request_with(&mut self, method: &str, path: &str, close: bool) -> Response {
+        let conn = if close { "close" } else { "keep-alive" };
+        // One write: several small ones would wait on Nagle and delayed ACKs.
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: {conn}\r\n\r\n");
+        self.writer.write_all(head.as_bytes()).unwrap();
+        let mut status_line = String::new();
+        self.reader.read_line(&mut status_line).unwrap();
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"))
+            .parse()
+            .unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line.split_once(':').unwrap();
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or(0);
+        let mut body = vec![0; if method == "HEAD" { 0 } else { len }];
+        self.reader.read_exact(&mut body).unwrap();
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! End to end: build with the real binary, serve on 127.0.0.1:0, real HTTP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const REAL: [(&str, &str); 3] = [
+    (
+        "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118",
+        r#"{"id":"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118","price":60.683466,"expiration_date":"2018-08-04 05:32:31 +0200 CEST"}"#,
+    ),
+    (
+        "e2649ca5-7e05-4d53-a8ff-919917a4922e",
+        r#"{"id":"e2649ca5-7e05-4d53-a8ff-919917a4922e","price":66.640497,"expiration_date":"2018-08-22 18:34:11 +0200 CEST"}"#,
+    ),
+    (
+        "78bfd79d-53c4-421d-b054-013ad294deab",
+        r#"{"id":"78bfd79d-53c4-421d-b054-013ad294deab","price":42.780199,"expiration_date":"2018-10-07 00:55:20 +0200 CEST"}"#,
+    ),
+];
+
+#[test]
+fn build_then_serve_hits_misses_and_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let rows = std::fs::read_to_string(fixture("promotions.csv"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(summary_field(&summary, "rows"), rows.to_string());
+    assert_eq!(summary_field(&summary, "invalid"), "0");
+    assert_eq!(summary_field(&summary, "generation"), "1");
+
+    let server = Server::start(dir.path());
+    for (id, json) in REAL {
+        let r = server.get(&format!("/promotions/{id}"));
+        assert_eq!(r.status, 200, "{id}");
+        assert_eq!(r.text(), json);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("x-promo-generation"), Some("1"));
+        // Any case in the URL; the answer is lowercase.
+        let upper = server.get(&format!("/promotions/{}", id.to_uppercase()));
+        assert_eq!((upper.status, upper.text()), (200, json.to_string()));
+    }
+
+    let miss = server.get("/promotions/00000000-0000-4000-8000-000000000000");
+    assert_eq!(miss.status, 404);
+    assert!(miss.json()["error"].is_string());
+    assert_eq!(miss.header("x-promo-generation"), Some("1"));
+    for bad in [
+        "not-a-uuid",
+        "",
+        "d018ef0b-dbd9-48f1-ac1a-eb4d90e5711",
+        "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118/x",
+    ] {
+        let r = server.get(&format!("/promotions/{bad}"));
+        assert_eq!(r.status, 404, "{bad:?}");
+        assert!(r.json()["error"].is_string());
+        assert_eq!(r.header("x-promo-generation"), Some("1"));
+    }
+
+    let head = request(server.addr, "HEAD", &format!("/promotions/{}", REAL[0].0));
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(REAL[0].1.len().to_string().as_str())
+    );
+    assert!(head.body.is_empty());
+    for method in ["POST", "PUT", "DELETE"] {
+        let r = request(server.addr, method, &format!("/promotions/{}", REAL[0].0));
+        assert_eq!(r.status, 405, "{method}");
+        assert_eq!(r.header("allow"), Some("GET, HEAD"));
+        assert_eq!(r.header("x-promo-generation"), Some("1"));
+    }
+    assert_eq!(server.get("/nowhere").status, 404);
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(server.get("/readyz").status, 200);
+
+    // Many requests on one keep-alive connection.
+    let mut client = Client::connect(server.addr);
+    for _ in 0..200 {
+        assert_eq!(
+            client.get(&format!("/promotions/{}", REAL[1].0)).text(),
+            REAL[1].1
+        );
+    }
+
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    let samples = parse_metrics(&metrics.text());
+    let value = |name: &str| {
+        samples
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no sample {name}"))
+    };
+    assert!(value(r#"promo_lookups_total{result="hit"}"#) >= 206.0);
+    assert!(value(r#"promo_lookups_total{result="miss"}"#) >= 1.0);
+    assert!(value(r#"promo_lookups_total{result="invalid"}"#) >= 3.0);
+    assert_eq!(value("promo_generation_sequence"), 1.0);
+    assert_eq!(value("promo_generation_rows"), rows as f64);
+    assert_eq!(value("promo_generation_swaps_total"), 1.0);
+    assert_eq!(value("promo_generation_load_failures_total"), 0.0);
+    assert!(value("promo_generation_loaded_timestamp_seconds") > 1.6e9);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value(r#"promo_http_requests_total{route="promotions",status="200"}"#) >= 206.0);
+    assert!(value(r#"promo_http_requests_total{route="promotions",status="405"}"#) >= 3.0);
+    assert!(value(r#"promo_http_request_duration_seconds_count{route="promotions"}"#) >= 206.0);
+    for name in [
+        "promo_http_requests_total",
+        "promo_http_request_duration_seconds",
+        "promo_lookups_total",
+        "promo_generation_sequence",
+        "promo_generation_rows",
+        "promo_generation_loaded_timestamp_seconds",
+        "promo_generation_swaps_total",
+        "promo_generation_load_failures_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            metrics.text().contains(&format!("# HELP {name} ")),
+            "no help for {name}"
+        );
+    }
+    promtool_check(&metrics.text());
+
+    let status = server.terminate();
+    assert!(status.success(), "serve exited with {status}");
+}
+
+/// Parses the text exposition format into (name{labels}, value), checking
+/// each line's shape on the way.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            assert!(
+                line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.push((name.to_string(), value));
+    }
+    out
+}
+
+/// Runs `promtool check metrics` when promtool is installed (CI installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool is not installed: checked the format with the parser above only");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn serve_starts_empty_then_goes_live_when_a_generation_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(server.get("/readyz").status, 503);
+    let r = server.get(&format!("/promotions/{}", REAL[0].0));
+    assert_eq!(r.status, 503);
+    assert!(r.json()["error"].is_string());
+
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let published = Instant::now();
+    let r = server.wait_for(
+        &format!("/promotions/{}", REAL[0].0),
+        Duration::from_secs(5),
+        |r| r.status == 200,
+    );
+    let took = published.elapsed();
+    assert_eq!(r.text(), REAL[0].1);
+    assert!(took < Duration::from_secs(1), "went live after {took:?}");
+    assert_eq!(server.get("/readyz").status, 200);
+}
+
+/// Every response during a swap is a whole answer from one generation, and
+/// the new generation goes live within a second of being published.
+#[test]
+fn swap_under_load_never_fails_or_mixes_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000u64;
+    let date = "2019-01-01 00:00:00 +0000 UTC".to_string();
+    // Generation 1: ids 0..n priced 1.<i>. Generation 2: ids n/2..n+n/2 priced 2.<i>.
+    let g1: Vec<_> = (0..n)
+        .map(|i| (id(1, i), format!("1.{i}"), date.clone()))
+        .collect();
+    let g2: Vec<_> = (n / 2..n + n / 2)
+        .map(|i| (id(1, i), format!("2.{i}"), date.clone()))
+        .collect();
+    let csv1 = dir.path().join("g1.csv");
+    let csv2 = dir.path().join("g2.csv");
+    write_csv(&csv1, &g1);
+    write_csv(&csv2, &g2);
+    let data = dir.path().join("data");
+    build_ok(&data, &csv1, &[]);
+    let server = Server::start(&data);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|c| {
+            let (addr, stop) = (server.addr, stop.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let mut seen = Vec::new();
+                let mut i = c;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let k = (i * 7919) % (n + n / 2);
+                    let r = client.get(&format!("/promotions/{}", id(1, k)));
+                    let generation: u64 = r.header("x-promo-generation").unwrap().parse().unwrap();
+                    seen.push((k, generation, r.status, r.text(), Instant::now()));
+                    i += 2;
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    build_ok(&data, &csv2, &[]);
+    let published = Instant::now();
+    server.wait_for("/readyz", Duration::from_secs(5), |r| {
+        r.text().contains("generation 2")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut first_new = None;
+    let mut total = 0;
+    for c in clients {
+        let seen = c.join().unwrap();
+        let mut last_generation = 1;
+        for (k, generation, status, body, at) in seen {
+            total += 1;
+            assert!(
+                generation >= last_generation,
+                "went back to generation {generation}"
+            );
+            last_generation = generation;
+            let present = match generation {
+                1 => k < n,
+                2 => k >= n / 2,
+                g => panic!("unexpected generation {g}"),
+            };
+            if present {
+                assert_eq!(status, 200, "id {k} in generation {generation}: {body}");
+                let expected = format!(
+                    r#"{{"id":"{}","price":{generation}.{k},"expiration_date":"{date}"}}"#,
+                    id(1, k)
+                );
+                assert_eq!(body, expected);
+            } else {
+                assert_eq!(status, 404, "id {k} in generation {generation}: {body}");
+            }
+            if generation == 2 {
+                first_new = Some(first_new.map_or(at, |f: Instant| f.min(at)));
+            }
+        }
+    }
+    assert!(total > 100, "only {total} requests were made");
+    let first_new = first_new.expect("no client saw generation 2");
+    let delay = first_new.saturating_duration_since(published);
+    assert!(
+        delay < Duration::from_secs(1),
+        "generation 2 went live {delay:?} after publishing"
+    );
+}
