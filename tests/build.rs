@@ -1,0 +1,351 @@
+//! End to end: `promo build`, `get` and `inspect` with the real binary and real files.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use promo::generation;
+use promo::table::Table;
+
+fn generations(dir: &Path) -> Vec<u64> {
+    generation::list(dir)
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The expected verdicts of fixtures/odd-rows.csv: (line, Some(json) | None).
+fn odd_rows_expected() -> Vec<(u64, Option<String>)> {
+    std::fs::read_to_string(fixture("odd-rows.expected"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.splitn(3, '\t');
+            let line = f.next().unwrap().parse().unwrap();
+            match f.next().unwrap() {
+                "valid" => (line, Some(f.next().unwrap().to_string())),
+                _ => (line, None),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn odd_rows_are_reported_by_line_and_the_later_duplicate_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = odd_rows_expected();
+    let invalid: Vec<u64> = expected
+        .iter()
+        .filter(|e| e.1.is_none())
+        .map(|e| e.0)
+        .collect();
+    let valid: Vec<&String> = expected.iter().filter_map(|e| e.1.as_ref()).collect();
+
+    // With the default limit of 1% the feed is refused, and says why.
+    let out = build(dir.path(), &fixture("odd-rows.csv"), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{} of {} rows are invalid",
+            invalid.len(),
+            expected.len()
+        )),
+        "{err}"
+    );
+    assert!(
+        generations(dir.path()).is_empty(),
+        "a refused feed published something"
+    );
+
+    let out = build(
+        dir.path(),
+        &fixture("odd-rows.csv"),
+        &["--max-invalid", "100%"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    // The first ten invalid rows are reported with their line numbers.
+    for line in &invalid[..10] {
+        assert!(
+            err.contains(&format!("odd-rows.csv:{line}: invalid row")),
+            "line {line} not reported:\n{err}"
+        );
+    }
+    assert!(!err.contains(&format!("odd-rows.csv:{}: invalid row", invalid[10])));
+    let summary = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(summary_field(&summary, "rows"), expected.len().to_string());
+    assert_eq!(
+        summary_field(&summary, "invalid"),
+        invalid.len().to_string()
+    );
+    assert_eq!(summary_field(&summary, "valid"), valid.len().to_string());
+    assert_eq!(summary_field(&summary, "duplicates"), "1");
+
+    // Every valid row is served as expected; of the two rows with the same
+    // id, the later one (the last in the list) is the one served.
+    let table = Table::open_verified(&generation::list(dir.path()).unwrap()[0].path, 1).unwrap();
+    assert_eq!(table.len(), valid.len() as u64 - 1);
+    let mut by_id = std::collections::HashMap::new();
+    for json in &valid {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        by_id.insert(v["id"].as_str().unwrap().to_string(), json.to_string());
+    }
+    for (id, json) in &by_id {
+        let out = promo()
+            .args(["get", id, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), json);
+    }
+    assert!(by_id["d018ef0b-dbd9-48f1-ac1a-eb4d90e57118"].contains("99.99"));
+}
+
+#[test]
+fn a_failed_build_publishes_nothing_and_keeps_the_old_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let before = std::fs::read(dir.path().join(generation::file_name(1))).unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "garbage\nmore garbage,1\n").unwrap();
+    let out = build(dir.path(), &bad, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("2 of 2 rows are invalid"),
+        "{}",
+        stderr(&out)
+    );
+    let empty = dir.path().join("empty.csv");
+    std::fs::write(&empty, "").unwrap();
+    let out = build(dir.path(), &empty, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no valid rows"), "{}", stderr(&out));
+    let out = build(dir.path(), &dir.path().join("missing.csv"), &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing.csv"), "{}", stderr(&out));
+    assert_eq!(generations(dir.path()), [1]);
+    assert_eq!(
+        std::fs::read(dir.path().join(generation::file_name(1))).unwrap(),
+        before
+    );
+    // No temporary file is left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with(".tmp-")), "{names:?}");
+}
+
+#[test]
+fn a_count_limit_on_invalid_rows_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    let mut rows: Vec<_> = (0..20)
+        .map(|i| (id(5, i), "1".into(), "2020-01-01 00:00:00".into()))
+        .collect();
+    rows.push(("x".into(), "1".into(), "2020-01-01 00:00:00".into()));
+    rows.push(("y".into(), "1".into(), "2020-01-01 00:00:00".into()));
+    write_csv(&csv, &rows);
+    assert!(!build(dir.path(), &csv, &["--max-invalid", "1"])
+        .status
+        .success());
+    assert!(generations(dir.path()).is_empty());
+    build_ok(dir.path(), &csv, &["--max-invalid", "2"]);
+    assert_eq!(generations(dir.path()), [1]);
+}
+
+/// Row counts at and around the sorter's spill boundaries, with a memory
+/// limit of 1 KiB (13 rows a run): every row must come back, exactly once.
+#[test]
+fn builds_are_exact_at_and_around_spill_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    let per_run = (1024 - 1024 / 16) / promo::sort::ITEM_LEN; // as pipeline::build sizes it
+    assert_eq!(per_run, 13);
+    let mut counts = vec![1, 2];
+    for k in [1, 2, 3, 10, 77] {
+        for base in [per_run * k, (per_run + 1) * k] {
+            counts.extend([base - 1, base, base + 1]);
+        }
+    }
+    counts.sort_unstable();
+    counts.dedup();
+    for (round, &n) in counts.iter().enumerate() {
+        // Every fifth id repeats an earlier one with a new price: the later row wins.
+        let rows: Vec<_> = (0..n as u64)
+            .map(|i| {
+                let key = if i % 5 == 4 { i / 2 } else { i };
+                (
+                    id(9, key),
+                    format!("{i}.5"),
+                    "2020-01-01 00:00:00".to_string(),
+                )
+            })
+            .collect();
+        write_csv(&csv, &rows);
+        let data = dir.path().join(format!("d{round}"));
+        let summary = build_ok(&data, &csv, &["--memory-limit", "1KiB"]);
+        let mut model = std::collections::BTreeMap::new();
+        for (i, (id, _, _)) in rows.iter().enumerate() {
+            model.insert(uuid::Uuid::parse_str(id).unwrap().as_u128(), i);
+        }
+        assert_eq!(
+            summary_field(&summary, "records"),
+            model.len().to_string(),
+            "{n} rows"
+        );
+        assert_eq!(
+            summary_field(&summary, "duplicates"),
+            (n - model.len()).to_string()
+        );
+        let table = Table::open_verified(&data.join(generation::file_name(1)), 1).unwrap();
+        assert_eq!(table.len(), model.len() as u64, "{n} rows");
+        for (i, (&key, &row)) in model.iter().enumerate() {
+            let r = table.record(i as u64);
+            assert_eq!(r.key(), key);
+            assert_eq!(
+                r.price().unwrap().to_string(),
+                format!("{row}.5"),
+                "{n} rows, key {i}"
+            );
+            assert_eq!(table.get(key), Some(r));
+        }
+    }
+}
+
+#[test]
+fn reads_standard_input_and_keeps_the_newest_generations() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = std::fs::read(fixture("promotions.csv")).unwrap();
+    for round in 1..=4u64 {
+        let mut child = promo()
+            .args(["build", "-", "--keep", "2", "--data-dir"])
+            .arg(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&csv).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            summary_field(&String::from_utf8(out.stdout).unwrap(), "generation"),
+            round.to_string()
+        );
+    }
+    assert_eq!(generations(dir.path()), [3, 4]);
+    let published = dir.path().join(generation::file_name(4));
+    assert!(std::fs::metadata(published)
+        .unwrap()
+        .permissions()
+        .readonly());
+}
+
+#[test]
+fn a_second_concurrent_build_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = generation::BuildLock::acquire(dir.path()).unwrap();
+    let out = build(dir.path(), &fixture("promotions.csv"), &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("another `promo build` is running"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(generations(dir.path()).is_empty());
+}
+
+#[test]
+fn get_and_inspect_report_generations_and_skip_corrupt_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let id = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
+    let get = |id: &str| {
+        promo()
+            .args(["get", id, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let hit = get(id);
+    assert!(hit.status.success());
+    assert!(String::from_utf8_lossy(&hit.stdout).contains("\"price\":60.683466"));
+    assert_eq!(
+        get("00000000-0000-4000-8000-000000000000").status.code(),
+        Some(1)
+    );
+
+    // A newer generation with one flipped byte: skipped by get, flagged by inspect.
+    let mut bytes = std::fs::read(dir.path().join(generation::file_name(1))).unwrap();
+    let last = bytes.len() - 100;
+    bytes[last] ^= 1;
+    std::fs::write(dir.path().join(generation::file_name(2)), &bytes).unwrap();
+    assert!(get(id).status.success());
+    let out = promo()
+        .args(["inspect", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["sequence"], 1);
+    assert_eq!(list[0]["checksum"], "ok");
+    assert_eq!(list[0]["live"], true);
+    assert_eq!(list[0]["rows"], 203);
+    assert_eq!(list[1]["sequence"], 2);
+    assert!(list[1]["checksum"]
+        .as_str()
+        .unwrap()
+        .contains("checksum mismatch"));
+    assert_eq!(list[1]["live"], false);
+    let text = promo()
+        .args(["inspect", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("gen-0000000001.promo"));
+}
+
+#[test]
+fn serve_skips_corrupt_generations_at_start_and_refuses_them_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let good = std::fs::read(dir.path().join(generation::file_name(1))).unwrap();
+    std::fs::write(
+        dir.path().join(generation::file_name(2)),
+        &good[..good.len() / 2],
+    )
+    .unwrap();
+    let server = Server::start(dir.path());
+    let id = "/promotions/d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
+    let r = server.get(id);
+    assert_eq!((r.status, r.header("x-promo-generation")), (200, Some("1")));
+    assert!(
+        server.log().contains("gen-0000000002.promo"),
+        "{}",
+        server.log()
+    );
+
+    // While running: a newer generation with a wrong magic is refused.
+    let mut bad = good.clone();
+    bad[0] = b'X';
+    std::fs::write(dir.path().join(generation::file_name(3)), &bad).unwrap();
+    let metrics = server.wait_for("/metrics", std::time::Duration::from_secs(5), |r| {
+        r.text().contains("promo_generation_load_failures_total 2")
+    });
+    assert!(metrics.text().contains("promo_generation_sequence 1"));
+    assert!(server.log().contains("gen-0000000003.promo") && server.log().contains("magic"));
+    assert_eq!(server.get(id).header("x-promo-generation"), Some("1"));
+}
