@@ -21,7 +21,7 @@ demo: build
 	$(PROMO) build fixtures/promotions.csv --data-dir $(DATA_DIR)
 
 test: lint
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,1 +1,71 @@
-fn main() {}
+//! Lookup speed on a real generation file: hits and misses, hot.
+//!
+//! `PROMO_BENCH_RECORDS` sets the generation size (default 10^7).
+
+use std::fs::File;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use promo::format::Writer;
+use promo::record::{Price, Record};
+use promo::table::Table;
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn key(state: &mut u64) -> u128 {
+    (u128::from(splitmix(state)) << 64) | u128::from(splitmix(state))
+}
+
+fn lookups(c: &mut Criterion) {
+    let n: u64 = std::env::var("PROMO_BENCH_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.promo");
+    let mut s = 1;
+    let mut keys: Vec<u128> = (0..n).map(|_| key(&mut s)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut w = Writer::new(File::create(&path).unwrap(), &path, keys.len() as u64).unwrap();
+    let price = Price::new(60_683_466, 6).unwrap();
+    for &k in &keys {
+        w.push(&Record::new(k, price, b"2018-08-04 05:32:31 +0200 CEST"))
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let table = Table::open_verified(&path, 1).unwrap();
+
+    // Probe in a shuffled order so the CPU cannot predict the next record.
+    let probe: Vec<u128> = (0..1 << 16)
+        .map(|_| keys[(splitmix(&mut s) % keys.len() as u64) as usize])
+        .collect();
+    let absent: Vec<u128> = (0..1 << 16).map(|_| key(&mut s)).collect();
+    probe.iter().for_each(|k| assert!(table.get(*k).is_some()));
+    drop(keys);
+
+    let mut g = c.benchmark_group(format!("lookup/{n}"));
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    g.bench_function("hit", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            black_box(table.get(black_box(probe[i])))
+        })
+    });
+    g.bench_function("miss", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            black_box(table.get(black_box(absent[i])))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, lookups);
+criterion_main!(benches);

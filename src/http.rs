@@ -231,3 +231,111 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("gave up waiting for open connections"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Writer;
+    use crate::record::{Price, Record};
+    use http_body_util::BodyExt;
+
+    const ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
+
+    fn table(dir: &std::path::Path) -> Table {
+        let path = dir.join("t.promo");
+        let key = uuid::Uuid::parse_str(ID).unwrap().as_u128();
+        let mut w = Writer::new(std::fs::File::create(&path).unwrap(), &path, 1).unwrap();
+        w.push(&Record::new(
+            key,
+            Price::new(60683466, 6).unwrap(),
+            b"2018-08-04 05:32:31 +0200 CEST",
+        ))
+        .unwrap();
+        w.finish().unwrap();
+        Table::open_verified(&path, 42).unwrap()
+    }
+
+    fn body(r: Response<Full<Bytes>>) -> String {
+        let bytes = block_on(r.into_body().collect()).unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// Runs a future to completion on a small runtime.
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn promotions_hit_miss_invalid_and_methods() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path());
+        let r = route(&Method::GET, &format!("/promotions/{ID}"), Some(&t), None);
+        assert_eq!(r.route, "promotions");
+        assert_eq!(r.response.status(), StatusCode::OK);
+        assert_eq!(r.response.headers()[GENERATION_HEADER], "42");
+        assert_eq!(r.response.headers()[CONTENT_TYPE], JSON);
+        assert_eq!(
+            body(r.response),
+            r#"{"id":"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118","price":60.683466,"expiration_date":"2018-08-04 05:32:31 +0200 CEST"}"#
+        );
+        let upper = route(
+            &Method::GET,
+            &format!("/promotions/{}", ID.to_uppercase()),
+            Some(&t),
+            None,
+        );
+        assert_eq!(upper.response.status(), StatusCode::OK);
+        for path in [
+            "/promotions/00000000-0000-0000-0000-000000000000",
+            "/promotions/nope",
+            "/promotions/",
+        ] {
+            let r = route(&Method::GET, path, Some(&t), None);
+            assert_eq!(r.response.status(), StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(r.response.headers()[GENERATION_HEADER], "42");
+            let v: serde_json::Value = serde_json::from_str(&body(r.response)).unwrap();
+            assert!(v["error"].is_string());
+        }
+        let post = route(&Method::POST, &format!("/promotions/{ID}"), Some(&t), None);
+        assert_eq!(post.response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.response.headers()[ALLOW], "GET, HEAD");
+        assert_eq!(post.response.headers()[GENERATION_HEADER], "42");
+    }
+
+    #[test]
+    fn without_a_generation_lookups_are_unavailable_and_not_ready() {
+        let r = route(&Method::GET, &format!("/promotions/{ID}"), None, None);
+        assert_eq!(r.response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.response.headers()[GENERATION_HEADER], "0");
+        let ready = route(&Method::GET, "/readyz", None, None);
+        assert_eq!(ready.response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            route(&Method::GET, "/healthz", None, None)
+                .response
+                .status(),
+            StatusCode::OK
+        );
+    }
+
+    #[test]
+    fn other_routes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path());
+        assert_eq!(
+            route(&Method::GET, "/readyz", Some(&t), None)
+                .response
+                .status(),
+            StatusCode::OK
+        );
+        let r = route(&Method::GET, "/promotions", Some(&t), None);
+        assert_eq!(
+            (r.route, r.response.status()),
+            ("other", StatusCode::NOT_FOUND)
+        );
+        let r = route(&Method::DELETE, "/healthz", Some(&t), None);
+        assert_eq!(r.response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+}
