@@ -48,6 +48,18 @@ fn lookups(c: &mut Criterion) {
     let absent: Vec<u128> = (0..1 << 16).map(|_| key(&mut s)).collect();
     probe.iter().for_each(|k| assert!(table.get(*k).is_some()));
     drop(keys);
+    let pages = |keys: &[u128]| {
+        let counts: Vec<usize> = keys.iter().map(|&k| table.pages_touched(k)).collect();
+        let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;
+        (mean, *counts.iter().max().unwrap())
+    };
+    let (hit_mean, hit_max) = pages(&probe);
+    let (miss_mean, miss_max) = pages(&absent);
+    println!(
+        "lookup/{n}: 4 KiB pages touched per lookup: hit mean {hit_mean:.3} max {hit_max}, \
+         miss mean {miss_mean:.3} max {miss_max} (fanout bits {})",
+        table.header().fanout_bits
+    );
 
     let mut g = c.benchmark_group(format!("lookup/{n}"));
     g.throughput(Throughput::Elements(1));
