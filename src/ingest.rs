@@ -444,6 +444,15 @@ impl<R: Read> Rows<R> {
         }
     }
 
+    /// Reads a piece of input that starts right after a row of a larger
+    /// input: no BOM is stripped and no header is recognised.
+    pub fn continuation(input: R) -> Self {
+        let mut rows = Rows::new(input);
+        rows.csv.get_mut().head_checked = true;
+        rows.past_first = true;
+        rows
+    }
+
     /// Bytes of input consumed so far (BOM included), for a progress bar.
     pub fn bytes_read(&self) -> u64 {
         self.csv.position().byte() + self.csv.get_ref().bom_len
@@ -506,7 +515,133 @@ impl<R: Read> Iterator for Rows<R> {
     }
 }
 
-const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+/// What parsing one chunk of the input found.
+#[derive(Debug, Default)]
+pub struct ChunkRows {
+    /// The valid rows' records, in input order.
+    pub records: Vec<Record>,
+    /// Data rows (header and blank lines excluded).
+    pub rows: u64,
+    /// Invalid rows.
+    pub invalid: u64,
+    /// The first invalid rows: line (1-based, within the chunk) and why.
+    pub first_invalid: Vec<(u64, RowError)>,
+    /// Newlines in the chunk, to number the lines of the chunks after it.
+    pub newlines: u64,
+}
+
+/// Invalid rows a [`ChunkRows`] keeps the reasons of.
+pub const CHUNK_INVALID_KEPT: usize = 10;
+
+impl ChunkRows {
+    fn verdict(&mut self, line: u64, verdict: Result<Record, RowError>) {
+        self.rows += 1;
+        match verdict {
+            Ok(record) => self.records.push(record),
+            Err(why) => {
+                self.invalid += 1;
+                if self.first_invalid.len() < CHUNK_INVALID_KEPT {
+                    self.first_invalid.push((line, why));
+                }
+            }
+        }
+    }
+}
+
+/// Parses a chunk of the input: whole rows, starting at the start of the
+/// input (`first`, where a BOM and a header may be) or right after a row.
+///
+/// Chunks can be parsed in parallel; together they give what [`Rows`] gives
+/// for the whole input. Chunks without quotes and without a lone carriage
+/// return (nearly all of a real feed) take a fast path that splits lines and
+/// fields directly; the others go through the CSV reader.
+pub fn parse_chunk(chunk: &[u8], first: bool) -> ChunkRows {
+    let mut out = ChunkRows {
+        records: Vec::with_capacity(chunk.len() / 64),
+        newlines: memchr::memchr_iter(b'\n', chunk).count() as u64,
+        ..ChunkRows::default()
+    };
+    if !plain(chunk) {
+        let rows = if first { Rows::new(chunk) } else { Rows::continuation(chunk) };
+        for row in rows {
+            // Reading from memory cannot fail.
+            let (line, verdict) = row.expect("reading a slice cannot fail");
+            out.verdict(line, verdict);
+        }
+        return out;
+    }
+    let mut body = chunk;
+    if first {
+        body = body.strip_prefix(BOM).unwrap_or(body);
+    }
+    let mut past_first = !first;
+    let mut line = 0u64;
+    for text in body.split(|&b| b == b'\n') {
+        line += 1;
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.trim_ascii().is_empty() {
+            continue;
+        }
+        let mut fields = text.splitn(4, |&b| b == b',');
+        let (id, price, date, more) = (fields.next(), fields.next(), fields.next(), fields.next());
+        if !past_first {
+            past_first = true;
+            if id.is_some_and(|f| f.trim_ascii().eq_ignore_ascii_case(b"id")) {
+                continue;
+            }
+        }
+        let verdict = match (id, price, date, more) {
+            (Some(id), Some(price), Some(date), None) => parse_fields(id, price, date),
+            _ => Err(RowError::FieldCount(memchr::memchr_iter(b',', text).count() + 1)),
+        };
+        out.verdict(line, verdict);
+    }
+    out
+}
+
+/// True when `chunk` has no quote and no carriage return other than before
+/// a line feed: then a row is a line and a field is what commas separate.
+fn plain(chunk: &[u8]) -> bool {
+    memchr::memchr(b'"', chunk).is_none()
+        && memchr::memchr_iter(b'\r', chunk).all(|at| chunk.get(at + 1) == Some(&b'\n'))
+}
+
+/// Where to end a chunk taken from the front of `buf`: just after the last
+/// line feed that is outside quotes, or `None` if there is none.
+pub fn chunk_end(buf: &[u8]) -> Option<usize> {
+    if memchr::memchr(b'"', buf).is_none() {
+        return memchr::memrchr(b'\n', buf).map(|at| at + 1);
+    }
+    // Follow the CSV reader's states: a quote opens a quoted field only at
+    // the start of a field, and a doubled quote inside one is a quote.
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        QuoteInQuoted,
+    }
+    let mut state = State::FieldStart;
+    let mut end = None;
+    for (at, &b) in buf.iter().enumerate() {
+        state = match (state, b) {
+            (State::Quoted, b'"') => State::QuoteInQuoted,
+            (State::Quoted, _) => State::Quoted,
+            (State::QuoteInQuoted, b'"') => State::Quoted,
+            (State::FieldStart, b'"') => State::Quoted,
+            (_, b'\n') => {
+                end = Some(at + 1);
+                State::FieldStart
+            }
+            (_, b',' | b'\r') => State::FieldStart,
+            _ => State::Unquoted,
+        };
+    }
+    end
+}
+
+/// The UTF-8 byte order mark, dropped from the start of the input.
+pub const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
 
 /// The input as csv sees it: without a leading UTF-8 BOM, and remembering
 /// the bytes most recently handed over so `Rows::start_line` can look at

@@ -14,7 +14,8 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::format::Writer;
 use crate::generation::{BuildLock, Entry};
-use crate::ingest::{RowError, Rows};
+use crate::ingest;
+use rayon::prelude::*;
 use crate::sort::Sorter;
 
 /// How many invalid rows a build tolerates before it fails.
@@ -185,8 +186,8 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     let lock = BuildLock::acquire(dir)?;
     lock.remove_leftovers(dir)?;
 
-    let (reader, total_bytes): (Box<dyn Read>, Option<u64>) = match input {
-        Input::Stdin => (Box::new(io::stdin().lock()), None),
+    let (reader, total_bytes): (Box<dyn Read + Send>, Option<u64>) = match input {
+        Input::Stdin => (Box::new(io::stdin()), None),
         Input::File(p) => {
             let f = File::open(p).map_err(Error::io(p))?;
             let len = f.metadata().map_err(Error::io(p))?.len();
@@ -200,36 +201,55 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     let budget = opts.memory_limit - opts.memory_limit / 16;
     let mut sorter = Sorter::new(budget as usize, tmp_dir);
 
-    let (mut rows, mut valid, mut invalid) = (0u64, 0u64, 0u64);
-    let mut stream = Rows::new(reader);
-    while let Some(next) = stream.next() {
-        let (line, verdict) = next.map_err(|source| Error::Csv {
-            input: name.clone(),
-            line: source.position().map(|p| p.line()),
-            source,
-        })?;
-        rows += 1;
-        match verdict {
-            Ok(record) => {
-                valid += 1;
-                sorter.push(record)?;
-            }
-            Err(why) => {
-                invalid += 1;
-                report_invalid(&name, line, &why, invalid);
-                // A count limit can fail the build before reading the rest.
-                if matches!(opts.max_invalid, InvalidLimit::Count(_))
-                    && opts.max_invalid.exceeded(invalid, rows)
-                {
-                    break;
+    // Read a batch of chunks while the previous batch is parsed in parallel;
+    // then hand the rows to the sorter in input order.
+    let batch_len = 2 * rayon::current_num_threads();
+    let mut chunks = Chunker::new(reader, CHUNK_LEN);
+    let read_err = |e| Error::Io {
+        path: PathBuf::from(&name),
+        source: e,
+    };
+    let mut batch = chunks.batch(batch_len).map_err(read_err)?;
+    let (mut rows, mut valid, mut invalid, mut reported) = (0u64, 0u64, 0u64, 0u64);
+    let (mut lines_before, mut bytes) = (0u64, 0u64);
+    while !batch.is_empty() {
+        let (parsed, next) = rayon::join(
+            || {
+                batch
+                    .par_iter()
+                    .map(|c| ingest::parse_chunk(&c.bytes, c.first))
+                    .collect::<Vec<_>>()
+            },
+            || chunks.batch(batch_len),
+        );
+        for (chunk, parsed) in batch.iter().zip(parsed) {
+            rows += parsed.rows;
+            valid += parsed.records.len() as u64;
+            invalid += parsed.invalid;
+            for (line, why) in &parsed.first_invalid {
+                if reported < REPORTED_INVALID {
+                    tracing::warn!("{name}:{}: invalid row: {why}", lines_before + line);
+                    reported += 1;
                 }
             }
+            for record in parsed.records {
+                sorter.push(record)?;
+            }
+            lines_before += parsed.newlines;
+            bytes += chunk.bytes.len() as u64;
         }
-        if rows % 65_536 == 0 {
-            progress.set(stream.bytes_read());
+        progress.set(bytes);
+        // A count limit can fail the build before reading the rest.
+        if matches!(opts.max_invalid, InvalidLimit::Count(_)) && opts.max_invalid.exceeded(invalid, rows) {
+            break;
         }
+        batch = next.map_err(read_err)?;
     }
     progress.finish();
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), rows, "read and parsed");
+    if invalid > reported {
+        tracing::warn!("{name}: {} more invalid rows were counted, not reported", invalid - reported);
+    }
     if opts.max_invalid.exceeded(invalid, rows) {
         return Err(Error::TooManyInvalid {
             input: name,
@@ -247,6 +267,7 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     let mut writer = Writer::new(file, &tmp_path, valid)?;
     let stats = sorter.finish(|record| writer.push(record))?;
     writer.finish()?;
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), runs = stats.runs, "sorted and written");
     let generation = lock.publish(dir, &tmp_path)?;
     tmp.disarm();
     for old in lock.retain(dir, opts.keep)? {
@@ -263,12 +284,89 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     })
 }
 
-fn report_invalid(input: &str, line: u64, why: &RowError, nth: u64) {
-    if nth <= REPORTED_INVALID {
-        tracing::warn!("{input}:{line}: invalid row: {why}");
+/// Bytes of input parsed as one chunk.
+const CHUNK_LEN: usize = 4 << 20;
+
+/// A piece of the input that holds whole rows.
+struct Chunk {
+    bytes: Vec<u8>,
+    /// The first chunk, where a BOM and a header may be.
+    first: bool,
+}
+
+/// Cuts the input into chunks of whole rows, so they can be parsed apart.
+struct Chunker<R> {
+    input: R,
+    /// Bytes read past the end of the last chunk.
+    carry: Vec<u8>,
+    eof: bool,
+    first: bool,
+    chunk_len: usize,
+}
+
+impl<R: Read> Chunker<R> {
+    fn new(input: R, chunk_len: usize) -> Self {
+        Chunker {
+            input,
+            carry: Vec::new(),
+            eof: false,
+            first: true,
+            chunk_len,
+        }
     }
-    if nth == REPORTED_INVALID {
-        tracing::warn!("{input}: further invalid rows are counted, not reported");
+
+    /// Up to `n` next chunks; none at the end of the input.
+    fn batch(&mut self, n: usize) -> io::Result<Vec<Chunk>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.next_chunk()? {
+                Some(c) => out.push(c),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
+        let mut buf = std::mem::take(&mut self.carry);
+        let mut want = self.chunk_len.max(buf.len());
+        loop {
+            while buf.len() < want && !self.eof {
+                let old = buf.len();
+                buf.resize(want, 0);
+                let n = loop {
+                    match self.input.read(&mut buf[old..]) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        other => break other?,
+                    }
+                };
+                buf.truncate(old + n);
+                self.eof = n == 0;
+            }
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            // A BOM is not part of the first field (the CSV reader drops it).
+            let bom = if self.first && buf.starts_with(ingest::BOM) { ingest::BOM.len() } else { 0 };
+            let end = if self.eof {
+                Some(buf.len())
+            } else {
+                ingest::chunk_end(&buf[bom..]).map(|end| end + bom)
+            };
+            // The first chunk must hold the first row that is not blank:
+            // only there is a header recognised.
+            let blank = |b: &[u8]| b.iter().all(|c| c.is_ascii_whitespace());
+            let end = end.filter(|&end| !(self.first && !self.eof && blank(&buf[bom..end])));
+            match end {
+                Some(end) => {
+                    self.carry = buf.split_off(end);
+                    let first = std::mem::replace(&mut self.first, false);
+                    return Ok(Some(Chunk { bytes: buf, first }));
+                }
+                // A row longer than the chunk: read more of it.
+                None => want = buf.len().max(1) * 2,
+            }
+        }
     }
 }
 
@@ -331,6 +429,71 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Every row verdict (global line, verdict) of `input`, chunk by chunk.
+    fn chunked(input: &[u8], chunk_len: usize) -> Vec<(u64, Result<crate::record::Record, ingest::RowError>)> {
+        let mut chunks = Chunker::new(input, chunk_len);
+        let mut out = Vec::new();
+        let mut lines_before = 0;
+        while let Some(c) = chunks.next_chunk().unwrap() {
+            let parsed = ingest::parse_chunk(&c.bytes, c.first);
+            // Valid rows come back as records; pair them with their lines
+            // through a second, sequential pass over the same chunk.
+            let lines: Vec<_> = if c.first {
+                ingest::Rows::new(&c.bytes[..]).map(|r| r.unwrap()).collect()
+            } else {
+                ingest::Rows::continuation(&c.bytes[..]).map(|r| r.unwrap()).collect()
+            };
+            assert_eq!(parsed.rows as usize, lines.len());
+            let mut records = parsed.records.iter();
+            let mut invalid = parsed.first_invalid.iter();
+            for (line, verdict) in lines {
+                match &verdict {
+                    Ok(r) => assert_eq!(records.next(), Some(r)),
+                    Err(e) => {
+                        if let Some((l, why)) = invalid.next() {
+                            assert_eq!((*l, why), (line, e));
+                        }
+                    }
+                }
+                out.push((lines_before + line, verdict));
+            }
+            assert!(records.next().is_none());
+            lines_before += parsed.newlines;
+        }
+        out
+    }
+
+    const PIECES: &[&str] = &[
+        "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118,60.683466,2018-08-04 05:32:31 +0200 CEST\n",
+        "e2649ca5-7e05-4d53-a8ff-919917a4922e,1,2018-08-22 18:34:11\r\n",
+        "\"78bfd79d-53c4-421d-b054-013ad294deab\",\"4\n2\",2018-10-07 00:55:20\n",
+        "\"78bfd79d-53c4-421d-b054-013ad294deab\",\"4\"\"2\",x\n",
+        "not-an-id,1,2018-08-04 05:32:31\n",
+        "a,b\"c,d\n",
+        "\n",
+        "   \n",
+        "id,price,expiration_date\n",
+        "x\ry\n",
+        "1,2,3,4\n",
+        "\"unterminated,1,2\n",
+        "\u{feff}",
+    ];
+
+    proptest! {
+        /// Cutting the input into chunks and parsing them apart finds the
+        /// same rows, verdicts and line numbers as reading it whole.
+        #[test]
+        fn chunks_parse_like_the_whole_input(
+            pieces in proptest::collection::vec(0..PIECES.len(), 0..40),
+            chunk_len in 1usize..300,
+        ) {
+            let input: String = pieces.iter().map(|&i| PIECES[i]).collect();
+            let whole: Vec<_> = ingest::Rows::new(input.as_bytes()).map(|r| r.unwrap()).collect();
+            prop_assert_eq!(chunked(input.as_bytes(), chunk_len), whole);
+        }
+    }
 
     #[test]
     fn sizes_parse_with_binary_and_decimal_units() {

@@ -173,7 +173,7 @@ impl Table {
         let to = (guess + PREFETCH_RECORDS).min(hi - 1);
         for i in from..=to {
             touch(record_at(i));
-            self.prefetch(i);
+            crate::record::prefetch(&self.record_bytes(i)[0]);
         }
         let mut probe = |i: u64| {
             touch(record_at(i));
@@ -226,22 +226,6 @@ impl Table {
             }
         }
         None
-    }
-
-    /// Hints the CPU to load record `i`'s cache line.
-    #[inline(always)]
-    fn prefetch(&self, i: u64) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let line = self.record_bytes(i).as_ptr();
-            // SAFETY: a prefetch is only a hint: it never faults and never
-            // changes memory; the pointer is in bounds of the mapping anyway.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.cast())
-            };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = i;
     }
 }
 
