@@ -318,22 +318,28 @@ impl Writer {
 
     /// Appends the next record; its key must be greater than the last one's.
     pub fn push(&mut self, record: &Record) -> Result<()> {
-        let key = record.key();
-        if self.prev.is_some_and(|p| p >= key) {
-            // A sorter bug, caught before it reaches a reader.
-            return Err(Error::format(
-                &self.path,
-                FormatError::OutOfOrder {
-                    index: self.fanout.count,
-                },
-            ));
+        self.push_block(record.as_bytes())
+    }
+
+    /// Appends whole records, each key greater than the one before.
+    pub fn push_block(&mut self, block: &[u8]) -> Result<()> {
+        assert_eq!(block.len() % RECORD_LEN, 0, "a block holds whole records");
+        for record in block.chunks_exact(RECORD_LEN) {
+            let key = key_of(record);
+            if self.prev.is_some_and(|p| p >= key) {
+                // A sorter bug, caught before it reaches a reader.
+                return Err(Error::format(
+                    &self.path,
+                    FormatError::OutOfOrder {
+                        index: self.fanout.count,
+                    },
+                ));
+            }
+            self.prev = Some(key);
+            self.fanout.push(key);
         }
-        self.prev = Some(key);
-        self.fanout.push(key);
-        self.hasher.update(record.as_bytes());
-        self.out
-            .write_all(record.as_bytes())
-            .map_err(Error::io(&self.path))
+        self.hasher.update(block);
+        self.out.write_all(block).map_err(Error::io(&self.path))
     }
 
     /// Writes the fanout table and the header, and syncs the file to disk.

@@ -499,12 +499,8 @@ impl<R: Read> Iterator for Rows<R> {
             if r.len() == 1 && r.get(0).is_some_and(|f| f.trim_ascii().is_empty()) {
                 continue;
             }
-            if !self.past_first {
-                self.past_first = true;
-                let first = r.get(0).map(<[u8]>::trim_ascii);
-                if first.is_some_and(|f| f.eq_ignore_ascii_case(b"id")) {
-                    continue;
-                }
+            if !std::mem::replace(&mut self.past_first, true) && r.get(0).is_some_and(is_header) {
+                continue;
             }
             let verdict = match (r.len(), r.get(0), r.get(1), r.get(2)) {
                 (3, Some(id), Some(price), Some(date)) => parse_fields(id, price, date),
@@ -576,27 +572,38 @@ pub fn parse_chunk(chunk: &[u8], first: bool) -> ChunkRows {
     }
     let mut past_first = !first;
     let mut line = 0u64;
-    for text in body.split(|&b| b == b'\n') {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    for end in ends {
+        let text = &body[start..end];
+        start = end + 1;
         line += 1;
         let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if text.trim_ascii().is_empty() {
-            continue;
-        }
-        let mut fields = text.splitn(4, |&b| b == b',');
-        let (id, price, date, more) = (fields.next(), fields.next(), fields.next(), fields.next());
-        if !past_first {
-            past_first = true;
-            if id.is_some_and(|f| f.trim_ascii().eq_ignore_ascii_case(b"id")) {
+        let mut commas = memchr::memchr_iter(b',', text);
+        let (Some(c1), Some(c2), None) = (commas.next(), commas.next(), commas.next()) else {
+            // Not three fields: blank, a lone header word, or a bad row.
+            if text.trim_ascii().is_empty() {
                 continue;
             }
-        }
-        let verdict = match (id, price, date, more) {
-            (Some(id), Some(price), Some(date), None) => parse_fields(id, price, date),
-            _ => Err(RowError::FieldCount(memchr::memchr_iter(b',', text).count() + 1)),
+            let n = memchr::memchr_iter(b',', text).count() + 1;
+            let id = &text[..memchr::memchr(b',', text).unwrap_or(text.len())];
+            if std::mem::replace(&mut past_first, true) || !is_header(id) {
+                out.verdict(line, Err(RowError::FieldCount(n)));
+            }
+            continue;
         };
-        out.verdict(line, verdict);
+        let (id, price, date) = (&text[..c1], &text[c1 + 1..c2], &text[c2 + 1..]);
+        if !std::mem::replace(&mut past_first, true) && is_header(id) {
+            continue;
+        }
+        out.verdict(line, parse_fields(id, price, date));
     }
     out
+}
+
+/// True for the first field of a header row.
+fn is_header(first_field: &[u8]) -> bool {
+    first_field.trim_ascii().eq_ignore_ascii_case(b"id")
 }
 
 /// True when `chunk` has no quote and no carriage return other than before

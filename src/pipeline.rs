@@ -201,50 +201,55 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     let budget = opts.memory_limit - opts.memory_limit / 16;
     let mut sorter = Sorter::new(budget as usize, tmp_dir);
 
-    // Read a batch of chunks while the previous batch is parsed in parallel;
-    // then hand the rows to the sorter in input order.
+    // Three things at once: parse a batch of chunks in parallel, hand the
+    // previous batch's rows to the sorter in input order, read the next batch.
     let batch_len = 2 * rayon::current_num_threads();
     let mut chunks = Chunker::new(reader, CHUNK_LEN);
     let read_err = |e| Error::Io {
         path: PathBuf::from(&name),
         source: e,
     };
+    let mut tally = Tally::default();
     let mut batch = chunks.batch(batch_len).map_err(read_err)?;
-    let (mut rows, mut valid, mut invalid, mut reported) = (0u64, 0u64, 0u64, 0u64);
-    let (mut lines_before, mut bytes) = (0u64, 0u64);
-    while !batch.is_empty() {
-        let (parsed, next) = rayon::join(
+    let mut parsed: Vec<(usize, ingest::ChunkRows)> = Vec::new();
+    while !batch.is_empty() || !parsed.is_empty() {
+        let (next_parsed, (absorbed, next_batch)) = rayon::join(
             || {
                 batch
                     .par_iter()
-                    .map(|c| ingest::parse_chunk(&c.bytes, c.first))
+                    .map(|c| (c.bytes.len(), ingest::parse_chunk(&c.bytes, c.first)))
                     .collect::<Vec<_>>()
             },
-            || chunks.batch(batch_len),
+            || {
+                let absorbed = parsed
+                    .drain(..)
+                    .try_for_each(|(len, rows)| tally.absorb(&name, len, rows, &mut sorter));
+                let next = if batch.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    chunks.batch(batch_len)
+                };
+                (absorbed, next)
+            },
         );
-        for (chunk, parsed) in batch.iter().zip(parsed) {
-            rows += parsed.rows;
-            valid += parsed.records.len() as u64;
-            invalid += parsed.invalid;
-            for (line, why) in &parsed.first_invalid {
-                if reported < REPORTED_INVALID {
-                    tracing::warn!("{name}:{}: invalid row: {why}", lines_before + line);
-                    reported += 1;
-                }
-            }
-            for record in parsed.records {
-                sorter.push(record)?;
-            }
-            lines_before += parsed.newlines;
-            bytes += chunk.bytes.len() as u64;
-        }
-        progress.set(bytes);
+        absorbed?;
+        progress.set(tally.bytes);
         // A count limit can fail the build before reading the rest.
-        if matches!(opts.max_invalid, InvalidLimit::Count(_)) && opts.max_invalid.exceeded(invalid, rows) {
+        if matches!(opts.max_invalid, InvalidLimit::Count(_))
+            && opts.max_invalid.exceeded(tally.invalid, tally.rows)
+        {
             break;
         }
-        batch = next.map_err(read_err)?;
+        parsed = next_parsed;
+        batch = next_batch.map_err(read_err)?;
     }
+    let Tally {
+        rows,
+        valid,
+        invalid,
+        reported,
+        ..
+    } = tally;
     progress.finish();
     tracing::debug!(seconds = started.elapsed().as_secs_f64(), rows, "read and parsed");
     if invalid > reported {
@@ -265,7 +270,7 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     let (file, tmp_path) = lock.temp_file(dir)?;
     let tmp = RemoveOnDrop(Some(tmp_path.clone()));
     let mut writer = Writer::new(file, &tmp_path, valid)?;
-    let stats = sorter.finish(|record| writer.push(record))?;
+    let stats = sorter.finish(|block| writer.push_block(block))?;
     writer.finish()?;
     tracing::debug!(seconds = started.elapsed().as_secs_f64(), runs = stats.runs, "sorted and written");
     let generation = lock.publish(dir, &tmp_path)?;
@@ -282,6 +287,41 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
         generation,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Counts of the rows read so far.
+#[derive(Default)]
+struct Tally {
+    rows: u64,
+    valid: u64,
+    invalid: u64,
+    /// Invalid rows reported with their line.
+    reported: u64,
+    /// Lines in the chunks absorbed so far.
+    lines: u64,
+    bytes: u64,
+}
+
+impl Tally {
+    /// Counts a parsed chunk of `len` bytes, reports its first invalid rows
+    /// and hands its records to the sorter.
+    fn absorb(&mut self, name: &str, len: usize, parsed: ingest::ChunkRows, sorter: &mut Sorter) -> Result<()> {
+        self.rows += parsed.rows;
+        self.valid += parsed.records.len() as u64;
+        self.invalid += parsed.invalid;
+        for (line, why) in &parsed.first_invalid {
+            if self.reported < REPORTED_INVALID {
+                tracing::warn!("{name}:{}: invalid row: {why}", self.lines + line);
+                self.reported += 1;
+            }
+        }
+        for record in parsed.records {
+            sorter.push(record)?;
+        }
+        self.lines += parsed.newlines;
+        self.bytes += len as u64;
+        Ok(())
+    }
 }
 
 /// Bytes of input parsed as one chunk.

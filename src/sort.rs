@@ -22,10 +22,10 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use rayon::slice::ParallelSliceMut;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::record::{prefetch, Record, RECORD_LEN};
@@ -36,7 +36,7 @@ pub const ITEM_LEN: usize = RECORD_LEN + 16;
 /// Collects records and hands them back sorted by key, one per key.
 pub struct Sorter {
     /// Buffered records, in arrival order.
-    records: Vec<Record>,
+    records: RecordBuf,
     /// One entry per buffered record: `key >> 64 << 64 | index`.
     order: Vec<u128>,
     /// Records the buffer may hold before it spills.
@@ -70,7 +70,7 @@ impl Sorter {
         let capacity = (memory_limit / ITEM_LEN).clamp(2, u32::MAX as usize);
         Sorter {
             // Reserved, not touched: memory is only resident once written.
-            records: Vec::with_capacity(capacity),
+            records: RecordBuf::new(capacity),
             order: Vec::with_capacity(capacity),
             capacity,
             memory_limit,
@@ -104,7 +104,7 @@ impl Sorter {
     /// index of each key's winning record, and `n` is returned.
     fn sort_buffer(&mut self) -> usize {
         self.order.par_sort_unstable();
-        let (records, order) = (&self.records, &mut self.order);
+        let (records, order) = (self.records.as_slice(), &mut self.order);
         let mut kept = 0;
         let mut i = 0;
         let mut group: Vec<(u128, u32)> = Vec::new();
@@ -140,16 +140,42 @@ impl Sorter {
         kept
     }
 
-    /// Calls `each` on the buffer's winning records in key order.
-    fn drain_sorted(&mut self, mut each: impl FnMut(&Record) -> Result<()>) -> Result<u64> {
+    /// Hands the buffer's winning records to `sink` in key order, in blocks
+    /// of whole records, and empties the buffer.
+    ///
+    /// The records are scattered in the buffer, so gathering them is a
+    /// random read each: blocks are gathered in parallel, the next batch
+    /// while `sink` writes the last one.
+    fn drain_sorted(&mut self, sink: &mut (impl FnMut(&[u8]) -> Result<()> + Send)) -> Result<u64> {
+        let started = std::time::Instant::now();
         let kept = self.sort_buffer();
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), records = kept, "sorted a buffer");
         let winners = &self.order[..kept];
-        for (n, &index) in winners.iter().enumerate() {
-            // The records are visited out of order: fetch a few ahead.
-            if let Some(&ahead) = winners.get(n + 8) {
-                prefetch(&self.records[ahead as usize]);
-            }
-            each(&self.records[index as usize])?;
+        let records = self.records.as_slice();
+        let gather = |batch: &[u128]| -> Vec<Vec<u8>> {
+            batch
+                .par_chunks(BLOCK_RECORDS)
+                .map(|indices| {
+                    let mut block = Vec::with_capacity(indices.len() * RECORD_LEN);
+                    for (n, &index) in indices.iter().enumerate() {
+                        if let Some(&ahead) = indices.get(n + 16) {
+                            prefetch(&records[ahead as usize]);
+                        }
+                        block.extend_from_slice(records[index as usize].as_bytes());
+                    }
+                    block
+                })
+                .collect()
+        };
+        let mut batches = winners.chunks(BLOCK_RECORDS * 2 * rayon::current_num_threads());
+        let mut current = batches.next().map(gather);
+        while let Some(blocks) = current {
+            let (next, written) = rayon::join(
+                || batches.next().map(gather),
+                || blocks.iter().try_for_each(|b| sink(b)),
+            );
+            written?;
+            current = next;
         }
         self.records.clear();
         self.order.clear();
@@ -159,11 +185,7 @@ impl Sorter {
     fn spill(&mut self) -> Result<()> {
         let mut run = self.new_run()?;
         let tmp = self.tmp_dir.clone();
-        {
-            let mut out = BufWriter::with_capacity(1 << 20, &mut run);
-            self.drain_sorted(|r| out.write_all(r.as_bytes()).map_err(Error::io(&tmp)))?;
-            out.flush().map_err(Error::io(&tmp))?;
-        }
+        self.drain_sorted(&mut |block: &[u8]| run.write_all(block).map_err(Error::io(&tmp)))?;
         self.runs.push(run);
         self.spilled += 1;
         Ok(())
@@ -173,10 +195,11 @@ impl Sorter {
         tempfile::tempfile_in(&self.tmp_dir).map_err(Error::io(&self.tmp_dir))
     }
 
-    /// Hands every distinct key's winning record to `sink`, in key order.
-    pub fn finish(mut self, mut sink: impl FnMut(&Record) -> Result<()>) -> Result<SortStats> {
+    /// Hands every distinct key's winning record to `sink`, in key order,
+    /// in blocks of whole records.
+    pub fn finish(mut self, mut sink: impl FnMut(&[u8]) -> Result<()> + Send) -> Result<SortStats> {
         if self.runs.is_empty() {
-            let unique = self.drain_sorted(sink)?;
+            let unique = self.drain_sorted(&mut sink)?;
             return Ok(SortStats {
                 unique,
                 duplicates: self.duplicates,
@@ -187,7 +210,7 @@ impl Sorter {
             self.spill()?;
         }
         // Give the buffer's memory back to the merge.
-        self.records = Vec::new();
+        self.records = RecordBuf::new(0);
         self.order = Vec::new();
         let mut runs = std::mem::take(&mut self.runs);
         // Merge groups of neighbouring runs, keeping their order, until one
@@ -198,20 +221,16 @@ impl Sorter {
             while rest.peek().is_some() {
                 let group: Vec<File> = rest.by_ref().take(self.max_fan_in).collect();
                 let mut merged = self.new_run()?;
-                {
-                    let mut out = BufWriter::with_capacity(1 << 20, &mut merged);
-                    let tmp = self.tmp_dir.clone();
-                    self.merge(group, |r| out.write_all(r.as_bytes()).map_err(Error::io(&tmp)))?;
-                    out.flush().map_err(Error::io(&self.tmp_dir))?;
-                }
+                let tmp = self.tmp_dir.clone();
+                self.merge(group, |block| merged.write_all(block).map_err(Error::io(&tmp)))?;
                 merged_runs.push(merged);
             }
             runs = merged_runs;
         }
         let mut unique = 0;
-        self.merge(runs, |record| {
-            unique += 1;
-            sink(record)
+        self.merge(runs, |block| {
+            unique += (block.len() / RECORD_LEN) as u64;
+            sink(block)
         })?;
         Ok(SortStats {
             unique,
@@ -222,7 +241,7 @@ impl Sorter {
 
     /// Merges sorted, duplicate-free runs (oldest first) into `sink`; of
     /// records with the same key, the one from the latest run wins.
-    fn merge(&mut self, runs: Vec<File>, mut sink: impl FnMut(&Record) -> Result<()>) -> Result<()> {
+    fn merge(&mut self, runs: Vec<File>, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let io = |e| Error::io(&self.tmp_dir)(e);
         let buf_len = (self.memory_limit / 2 / runs.len()).clamp(8 * RECORD_LEN, 4 << 20);
         let mut readers = Vec::with_capacity(runs.len());
@@ -241,6 +260,15 @@ impl Sorter {
         }
         let mut pending: Option<Record> = None;
         let mut duplicates = 0;
+        let mut block = Vec::with_capacity(BLOCK_RECORDS * RECORD_LEN);
+        let mut emit = |record: &Record| {
+            block.extend_from_slice(record.as_bytes());
+            if block.len() == block.capacity() {
+                sink(&block)?;
+                block.clear();
+            }
+            Ok::<_, Error>(())
+        };
         while let Some(Reverse((_, i))) = heap.pop() {
             let record = heads[i].take().expect("a run in the heap has a head");
             let next = read_record(&mut readers[i]).map_err(io)?;
@@ -251,16 +279,68 @@ impl Sorter {
             // Equal keys pop in run order, so the last one seen wins.
             match pending {
                 Some(p) if p.key() == record.key() => duplicates += 1,
-                Some(p) => sink(&p)?,
+                Some(p) => emit(&p)?,
                 None => {}
             }
             pending = Some(record);
         }
         if let Some(p) = pending {
-            sink(&p)?;
+            emit(&p)?;
+        }
+        if !block.is_empty() {
+            sink(&block)?;
         }
         self.duplicates += duplicates;
         Ok(())
+    }
+}
+
+/// Records in a block handed to a sink: 1 MiB.
+const BLOCK_RECORDS: usize = 1 << 14;
+
+/// Records in arrival order, in anonymous memory that asks for huge pages:
+/// gathering them in key order is a random read each, and huge pages spare
+/// most of those reads a TLB miss.
+struct RecordBuf {
+    map: memmap2::MmapMut,
+    len: usize,
+}
+
+impl RecordBuf {
+    /// Room for `capacity` records, reserved but not yet resident.
+    fn new(capacity: usize) -> RecordBuf {
+        let map = memmap2::MmapOptions::new()
+            .len((capacity * RECORD_LEN).max(1))
+            .map_anon()
+            .expect("reserving address space for the sort buffer");
+        // Only a hint: without transparent huge pages this is a no-op.
+        let _ = map.advise(memmap2::Advice::HugePage);
+        RecordBuf { map, len: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, record: Record) {
+        let at = self.len * RECORD_LEN;
+        self.map[at..at + RECORD_LEN].copy_from_slice(record.as_bytes());
+        self.len += 1;
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn as_slice(&self) -> &[Record] {
+        let bytes = &self.map[..self.len * RECORD_LEN];
+        // SAFETY: `Record` is `repr(transparent)` over `[u8; RECORD_LEN]`:
+        // same size, alignment 1, and every byte pattern is a valid value.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<Record>(), self.len) }
     }
 }
 
@@ -292,8 +372,12 @@ mod tests {
         }
         let mut out = Vec::new();
         let stats = s
-            .finish(|r| {
-                out.push((r.key(), r.price().unwrap().units()));
+            .finish(|block| {
+                assert_eq!(block.len() % RECORD_LEN, 0);
+                for r in block.chunks_exact(RECORD_LEN) {
+                    let r = Record::from_bytes(r.try_into().unwrap());
+                    out.push((r.key(), r.price().unwrap().units()));
+                }
                 Ok(())
             })
             .unwrap();
