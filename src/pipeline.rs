@@ -371,17 +371,12 @@ impl<R: Read> Chunker<R> {
         let mut buf = std::mem::take(&mut self.carry);
         let mut want = self.chunk_len.max(buf.len());
         loop {
-            while buf.len() < want && !self.eof {
-                let old = buf.len();
-                buf.resize(want, 0);
-                let n = loop {
-                    match self.input.read(&mut buf[old..]) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        other => break other?,
-                    }
-                };
-                buf.truncate(old + n);
-                self.eof = n == 0;
+            if buf.len() < want && !self.eof {
+                // read_to_end reads into spare capacity without zeroing it first.
+                buf.reserve_exact(want - buf.len());
+                let asked = (want - buf.len()) as u64;
+                let n = (&mut self.input).take(asked).read_to_end(&mut buf)?;
+                self.eof = (n as u64) < asked;
             }
             if buf.is_empty() {
                 return Ok(None);
