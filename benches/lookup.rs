@@ -1,4 +1,5 @@
-//! Lookup speed on a real generation file: hits and misses, hot.
+//! Lookup speed on a real generation file: hits and misses, with the file
+//! in the page cache (random keys across the table), and cache-resident.
 //!
 //! `PROMO_BENCH_RECORDS` sets the generation size (default 10^7).
 
@@ -21,13 +22,18 @@ fn key(state: &mut u64) -> u128 {
     (u128::from(splitmix(state)) << 64) | u128::from(splitmix(state))
 }
 
-fn lookups(c: &mut Criterion) {
+/// The table to look up in: `PROMO_BENCH_GENERATION` names an existing
+/// generation file; otherwise one of `PROMO_BENCH_RECORDS` random keys
+/// (default 10^7) is written to a temporary directory.
+fn table(dir: &std::path::Path) -> Table {
+    if let Ok(path) = std::env::var("PROMO_BENCH_GENERATION") {
+        return Table::open_verified(std::path::Path::new(&path), 1).unwrap();
+    }
     let n: u64 = std::env::var("PROMO_BENCH_RECORDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.promo");
+    let path = dir.join("bench.promo");
     let mut s = 1;
     let mut keys: Vec<u128> = (0..n).map(|_| key(&mut s)).collect();
     keys.sort_unstable();
@@ -39,15 +45,20 @@ fn lookups(c: &mut Criterion) {
             .unwrap();
     }
     w.finish().unwrap();
-    let table = Table::open_verified(&path, 1).unwrap();
+    Table::open_verified(&path, 1).unwrap()
+}
 
-    // Probe in a shuffled order so the CPU cannot predict the next record.
+fn lookups(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let table = table(dir.path());
+    let n = table.len();
+    let mut s = 7;
+    // Probe in a random order so the CPU cannot predict the next record.
     let probe: Vec<u128> = (0..1 << 16)
-        .map(|_| keys[(splitmix(&mut s) % keys.len() as u64) as usize])
+        .map(|_| table.record(splitmix(&mut s) % n).key())
         .collect();
     let absent: Vec<u128> = (0..1 << 16).map(|_| key(&mut s)).collect();
     probe.iter().for_each(|k| assert!(table.get(*k).is_some()));
-    drop(keys);
     let pages = |keys: &[u128]| {
         let counts: Vec<usize> = keys.iter().map(|&k| table.pages_touched(k)).collect();
         let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;
@@ -68,6 +79,23 @@ fn lookups(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) & 0xffff;
             black_box(table.get(black_box(probe[i])))
+        })
+    });
+    // The same 1,024 keys over and over: their records stay in the CPU's
+    // caches, so this measures the search itself rather than memory latency.
+    g.bench_function("hit-cached", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0x3ff;
+            black_box(table.get(black_box(probe[i])))
+        })
+    });
+    // The floor: one read of a random record, no search at all. On a
+    // virtual machine this is a TLB miss plus a DRAM access.
+    let indices: Vec<u64> = (0..1 << 16).map(|_| splitmix(&mut s) % n).collect();
+    g.bench_function("one-random-record-read", |b| {
+        b.iter(|| {
+            i = (i + 1) & 0xffff;
+            black_box(table.record(black_box(indices[i])).key())
         })
     });
     g.bench_function("miss", |b| {

@@ -405,7 +405,10 @@ impl Writer {
         file.write_all(&header.encode()).map_err(io)?;
         let started = std::time::Instant::now();
         file.sync_all().map_err(io)?;
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "synced the generation file");
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "synced the generation file"
+        );
         Ok(header)
     }
 

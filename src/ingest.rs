@@ -581,7 +581,11 @@ pub fn parse_chunk(chunk: &[u8], first: bool) -> ChunkRows {
     };
     if !plain(chunk) {
         out.newlines = memchr::memchr_iter(b'\n', chunk).count() as u64;
-        let rows = if first { Rows::new(chunk) } else { Rows::continuation(chunk) };
+        let rows = if first {
+            Rows::new(chunk)
+        } else {
+            Rows::continuation(chunk)
+        };
         for row in rows {
             // Reading from memory cannot fail.
             let (line, verdict) = row.expect("reading a slice cannot fail");

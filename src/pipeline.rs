@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::format::Writer;
 use crate::generation::{BuildLock, Entry};
 use crate::ingest;
-use rayon::prelude::*;
 use crate::sort::Sorter;
+use rayon::prelude::*;
 
 /// How many invalid rows a build tolerates before it fails.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -251,9 +251,16 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
         ..
     } = tally;
     progress.finish();
-    tracing::debug!(seconds = started.elapsed().as_secs_f64(), rows, "read and parsed");
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        rows,
+        "read and parsed"
+    );
     if invalid > reported {
-        tracing::warn!("{name}: {} more invalid rows were counted, not reported", invalid - reported);
+        tracing::warn!(
+            "{name}: {} more invalid rows were counted, not reported",
+            invalid - reported
+        );
     }
     if opts.max_invalid.exceeded(invalid, rows) {
         return Err(Error::TooManyInvalid {
@@ -272,7 +279,11 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     let mut writer = Writer::new(file, &tmp_path, valid)?;
     let stats = sorter.finish(|block| writer.push_block(block))?;
     writer.finish()?;
-    tracing::debug!(seconds = started.elapsed().as_secs_f64(), runs = stats.runs, "sorted and written");
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        runs = stats.runs,
+        "sorted and written"
+    );
     let generation = lock.publish(dir, &tmp_path)?;
     tmp.disarm();
     for old in lock.retain(dir, opts.keep)? {
@@ -305,7 +316,13 @@ struct Tally {
 impl Tally {
     /// Counts a parsed chunk of `len` bytes, reports its first invalid rows
     /// and hands its records to the sorter.
-    fn absorb(&mut self, name: &str, len: usize, parsed: ingest::ChunkRows, sorter: &mut Sorter) -> Result<()> {
+    fn absorb(
+        &mut self,
+        name: &str,
+        len: usize,
+        parsed: ingest::ChunkRows,
+        sorter: &mut Sorter,
+    ) -> Result<()> {
         self.rows += parsed.rows;
         self.valid += parsed.records.len() as u64;
         self.invalid += parsed.invalid;
@@ -382,7 +399,11 @@ impl<R: Read> Chunker<R> {
                 return Ok(None);
             }
             // A BOM is not part of the first field (the CSV reader drops it).
-            let bom = if self.first && buf.starts_with(ingest::BOM) { ingest::BOM.len() } else { 0 };
+            let bom = if self.first && buf.starts_with(ingest::BOM) {
+                ingest::BOM.len()
+            } else {
+                0
+            };
             let end = if self.eof {
                 Some(buf.len())
             } else {
@@ -467,7 +488,10 @@ mod tests {
     use proptest::prelude::*;
 
     /// Every row verdict (global line, verdict) of `input`, chunk by chunk.
-    fn chunked(input: &[u8], chunk_len: usize) -> Vec<(u64, Result<crate::record::Record, ingest::RowError>)> {
+    fn chunked(
+        input: &[u8],
+        chunk_len: usize,
+    ) -> Vec<(u64, Result<crate::record::Record, ingest::RowError>)> {
         let mut chunks = Chunker::new(input, chunk_len);
         let mut out = Vec::new();
         let mut lines_before = 0;
@@ -476,9 +500,13 @@ mod tests {
             // Valid rows come back as records; pair them with their lines
             // through a second, sequential pass over the same chunk.
             let lines: Vec<_> = if c.first {
-                ingest::Rows::new(&c.bytes[..]).map(|r| r.unwrap()).collect()
+                ingest::Rows::new(&c.bytes[..])
+                    .map(|r| r.unwrap())
+                    .collect()
             } else {
-                ingest::Rows::continuation(&c.bytes[..]).map(|r| r.unwrap()).collect()
+                ingest::Rows::continuation(&c.bytes[..])
+                    .map(|r| r.unwrap())
+                    .collect()
             };
             assert_eq!(parsed.rows as usize, lines.len());
             let mut records = parsed.records.iter();

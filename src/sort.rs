@@ -149,7 +149,11 @@ impl Sorter {
     fn drain_sorted(&mut self, sink: &mut (impl FnMut(&[u8]) -> Result<()> + Send)) -> Result<u64> {
         let started = std::time::Instant::now();
         let kept = self.sort_buffer();
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), records = kept, "sorted a buffer");
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            records = kept,
+            "sorted a buffer"
+        );
         let winners = &self.order[..kept];
         let records = self.records.as_slice();
         let gather = |batch: &[u128]| -> Vec<Vec<u8>> {
@@ -222,7 +226,9 @@ impl Sorter {
                 let group: Vec<File> = rest.by_ref().take(self.max_fan_in).collect();
                 let mut merged = self.new_run()?;
                 let tmp = self.tmp_dir.clone();
-                self.merge(group, |block| merged.write_all(block).map_err(Error::io(&tmp)))?;
+                self.merge(group, |block| {
+                    merged.write_all(block).map_err(Error::io(&tmp))
+                })?;
                 merged_runs.push(merged);
             }
             runs = merged_runs;
