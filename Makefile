@@ -27,8 +27,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# promo beside nginx, DuckDB and GNU sort; writes BENCHMARKS.md and benchmarks.png.
+# Sizes: make bench BENCH_ARGS="--rows 1000000 --big-rows 0 --duration 5"
 bench:
-	$(CARGO) bench
+	python3 scripts/bench.py $(BENCH_ARGS)
 
 # A generated CSV: make gen ROWS=10000000 OUT=bench-data/10m.csv
 ROWS ?= 1000000

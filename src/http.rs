@@ -35,10 +35,31 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const PROMOTIONS: &str = "/promotions/";
 const JSON: &str = "application/json";
 
-/// A response and the route label it is counted under.
+/// What a lookup found, for `promo_lookups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Hit,
+    Miss,
+    /// The id is not a UUID.
+    Invalid,
+}
+
+impl Lookup {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::Invalid => "invalid",
+        }
+    }
+}
+
+/// A response, the route label it is counted under, and the lookup it made.
 pub struct Routed {
     pub route: &'static str,
     pub response: Response<Full<Bytes>>,
+    pub lookup: Option<Lookup>,
 }
 
 /// Answers one request. `table` is the live generation, if any; `metrics`
@@ -50,9 +71,11 @@ pub fn route(
     metrics: Option<&PrometheusHandle>,
 ) -> Routed {
     if let Some(id) = path.strip_prefix(PROMOTIONS) {
+        let (response, lookup) = promotion(method, id, table);
         return Routed {
             route: "promotions",
-            response: promotion(method, id, table),
+            response,
+            lookup,
         };
     }
     let (route, response) = match path {
@@ -86,50 +109,59 @@ pub fn route(
         ),
         _ => ("other", json_error(StatusCode::NOT_FOUND, "no such route")),
     };
-    if !matches!(*method, Method::GET | Method::HEAD) {
-        return Routed {
-            route,
-            response: method_not_allowed(),
-        };
+    let response = if matches!(*method, Method::GET | Method::HEAD) {
+        response
+    } else {
+        method_not_allowed()
+    };
+    Routed {
+        route,
+        response,
+        lookup: None,
     }
-    Routed { route, response }
 }
 
-/// `GET /promotions/{id}`.
-pub fn promotion(method: &Method, id: &str, table: Option<&Table>) -> Response<Full<Bytes>> {
-    let mut response = if !matches!(*method, Method::GET | Method::HEAD) {
-        method_not_allowed()
+/// `GET /promotions/{id}`: the response, and what the lookup found.
+pub fn promotion(
+    method: &Method,
+    id: &str,
+    table: Option<&Table>,
+) -> (Response<Full<Bytes>>, Option<Lookup>) {
+    let (mut response, lookup) = if !matches!(*method, Method::GET | Method::HEAD) {
+        (method_not_allowed(), None)
     } else if let Some(table) = table {
         match uuid::Uuid::try_parse(id) {
-            Err(_) => {
-                metrics::counter!(m::LOOKUPS, "result" => "invalid").increment(1);
-                json_error(StatusCode::NOT_FOUND, "not a promotion id")
-            }
+            Err(_) => (
+                json_error(StatusCode::NOT_FOUND, "not a promotion id"),
+                Some(Lookup::Invalid),
+            ),
             Ok(uuid) => match table.get(uuid.as_u128()) {
                 Some(record) => {
-                    metrics::counter!(m::LOOKUPS, "result" => "hit").increment(1);
                     let mut body = Vec::with_capacity(128);
                     record.write_json(&mut body);
                     let mut r = Response::new(Full::new(Bytes::from(body)));
                     r.headers_mut()
                         .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
-                    r
+                    (r, Some(Lookup::Hit))
                 }
-                None => {
-                    metrics::counter!(m::LOOKUPS, "result" => "miss").increment(1);
-                    json_error(StatusCode::NOT_FOUND, "promotion not found")
-                }
+                None => (
+                    json_error(StatusCode::NOT_FOUND, "promotion not found"),
+                    Some(Lookup::Miss),
+                ),
             },
         }
     } else {
-        json_error(StatusCode::SERVICE_UNAVAILABLE, "no generation loaded yet")
+        (
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "no generation loaded yet"),
+            None,
+        )
     };
     // 0 means no generation is loaded.
     let sequence = table.map_or(0, |t| t.sequence());
     response
         .headers_mut()
         .insert(GENERATION_HEADER, HeaderValue::from(sequence));
-    response
+    (response, lookup)
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
@@ -163,25 +195,117 @@ fn method_not_allowed() -> Response<Full<Bytes>> {
 pub struct App {
     pub store: Arc<Store>,
     pub metrics: Option<PrometheusHandle>,
+    counters: Arc<Counters>,
+}
+
+/// Metric handles registered once, so that a request does not look its
+/// metrics up by name and labels.
+struct Counters {
+    /// (route, status, counter) for the answers promo gives.
+    requests: Vec<(&'static str, StatusCode, metrics::Counter)>,
+    durations: Vec<(&'static str, metrics::Histogram)>,
+    lookups: [metrics::Counter; 3],
+}
+
+const ROUTES: [&str; 5] = ["promotions", "healthz", "readyz", "metrics", "other"];
+
+impl Counters {
+    fn new() -> Counters {
+        let statuses = [
+            StatusCode::OK,
+            StatusCode::NOT_FOUND,
+            StatusCode::METHOD_NOT_ALLOWED,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ];
+        let mut requests = Vec::new();
+        for route in ROUTES {
+            for status in statuses {
+                let counter = metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => status.as_str().to_owned());
+                requests.push((route, status, counter));
+            }
+        }
+        Counters {
+            requests,
+            durations: ROUTES
+                .iter()
+                .map(|&route| {
+                    (
+                        route,
+                        metrics::histogram!(m::HTTP_DURATION, "route" => route),
+                    )
+                })
+                .collect(),
+            lookups: [Lookup::Hit, Lookup::Miss, Lookup::Invalid]
+                .map(|l| metrics::counter!(m::LOOKUPS, "result" => l.label())),
+        }
+    }
+
+    fn count(&self, routed: &Routed, seconds: f64) {
+        let status = routed.response.status();
+        match self
+            .requests
+            .iter()
+            .find(|(r, s, _)| *r == routed.route && *s == status)
+        {
+            Some((_, _, c)) => c.increment(1),
+            None => metrics::counter!(m::HTTP_REQUESTS, "route" => routed.route, "status" => status.as_str().to_owned())
+                .increment(1),
+        }
+        if let Some((_, h)) = self.durations.iter().find(|(r, _)| *r == routed.route) {
+            h.record(seconds);
+        }
+        if let Some(lookup) = routed.lookup {
+            self.lookups[lookup as usize].increment(1);
+        }
+    }
 }
 
 impl App {
+    /// The state shared by every connection. Registers the metric handles,
+    /// so install the metrics recorder first.
+    pub fn new(store: Arc<Store>, metrics: Option<PrometheusHandle>) -> App {
+        App {
+            store,
+            metrics,
+            counters: Arc::new(Counters::new()),
+        }
+    }
+
     /// Answers a request against the generation live when it arrived.
     pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let table = self.store.current();
-        let Routed { route, response } = route(
+        let routed = route(
             req.method(),
             req.uri().path(),
             table.as_deref(),
             self.metrics.as_ref(),
         );
-        metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => response.status().as_str().to_owned())
-            .increment(1);
-        metrics::histogram!(m::HTTP_DURATION, "route" => route)
-            .record(started.elapsed().as_secs_f64());
-        response
+        self.counters
+            .count(&routed, started.elapsed().as_secs_f64());
+        routed.response
     }
+}
+
+/// Binds `n` listeners to `addr` with SO_REUSEPORT, so that `n` threads can
+/// each accept and serve their own connections without handing work to
+/// each other. With port 0, all take the port the first one got.
+pub fn bind(addr: std::net::SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting,
@@ -274,6 +398,7 @@ mod tests {
         let t = table(dir.path());
         let r = route(&Method::GET, &format!("/promotions/{ID}"), Some(&t), None);
         assert_eq!(r.route, "promotions");
+        assert_eq!(r.lookup, Some(Lookup::Hit));
         assert_eq!(r.response.status(), StatusCode::OK);
         assert_eq!(r.response.headers()[GENERATION_HEADER], "42");
         assert_eq!(r.response.headers()[CONTENT_TYPE], JSON);

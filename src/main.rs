@@ -150,49 +150,79 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Serves with one single-threaded runtime per core, each accepting on its
+/// own SO_REUSEPORT listener: a connection lives on one thread, and no
+/// request is handed between threads. The watcher has a thread of its own.
 fn serve(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let metrics = promo::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    let store = Arc::new(Store::new(&data_dir));
+    match store.refresh() {
+        Ok(Some(_)) => {}
+        Ok(None) => tracing::warn!(
+            "no valid generation in {} yet: answering 503 until one is published",
+            data_dir.display()
+        ),
+        Err(e) => tracing::warn!("scanning for generations: {e}"),
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listeners =
+        http::bind(listen, workers).with_context(|| format!("listening on {listen}"))?;
+    tracing::info!(
+        "listening on {} ({workers} threads)",
+        listeners[0].local_addr()?
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let app = http::App::new(store.clone(), Some(metrics));
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (app, stop) = (app.clone(), stopped(stop_rx.clone()));
+        threads.push(spawn_runtime(format!("promo-http-{i}"), async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            http::run(listener, app, stop).await;
+            Ok(())
+        })?);
+    }
+    let watch = promo::store::watch(store, promo::store::WATCH_INTERVAL, stopped(stop_rx));
+    threads.push(spawn_runtime("promo-watch".into(), async move {
+        watch.await;
+        Ok(())
+    })?);
+
+    single_thread_runtime()?.block_on(shutdown_signal());
+    tracing::info!("shutting down: finishing requests in flight");
+    let _ = stop_tx.send(true);
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("{e}"),
+            Err(_) => tracing::error!("a server thread panicked"),
+        }
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async move {
-        let metrics = promo::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
-        let store = Arc::new(Store::new(&data_dir));
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.refresh()).await? {
-            Ok(Some(_)) => {}
-            Ok(None) => tracing::warn!(
-                "no valid generation in {} yet: answering 503 until one is published",
-                data_dir.display()
-            ),
-            Err(e) => tracing::warn!("scanning for generations: {e}"),
-        }
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
-        tracing::info!("listening on {}", listener.local_addr()?);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let watcher = tokio::spawn(promo::store::watch(
-            store.clone(),
-            promo::store::WATCH_INTERVAL,
-            stopped(stop_rx.clone()),
-        ));
-        let app = http::App {
-            store,
-            metrics: Some(metrics),
-        };
-        let server = tokio::spawn(http::run(listener, app, stopped(stop_rx)));
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests in flight");
-        let _ = stop_tx.send(true);
-        let _ = server.await;
-        let _ = watcher.await;
-        tracing::info!("stopped");
-        Ok(ExitCode::SUCCESS)
-    })
+        .context("starting a runtime")
+}
+
+/// Runs `task` to completion on a new thread with its own runtime.
+fn spawn_runtime(
+    name: String,
+    task: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    let runtime = single_thread_runtime()?;
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || runtime.block_on(task))
+        .context("starting a thread")
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -98,7 +98,8 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                    let addr = addr.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
                 }
                 sink.lock().unwrap().push_str(&line);
                 sink.lock().unwrap().push('\n');

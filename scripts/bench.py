@@ -1,0 +1,453 @@
+#!/usr/bin/env python3
+"""`make bench`: promo measured beside its peers, in one run, on this machine.
+
+Installs what it needs (Debian's nginx, wrk and time; PyPI's duckdb and
+matplotlib), generates its data with the project's generator, runs the build,
+serve, lookup, memory and swap benchmarks, and writes BENCHMARKS.md and
+benchmarks.png. Absolute figures move from run to run on a shared machine;
+the ratios between tools measured back to back are what to read.
+
+    python3 scripts/bench.py [--rows 10000000] [--big-rows 100000000] [--duration 20]
+
+Everything it makes goes to --work (default bench-data/), which it reuses:
+generated CSVs are kept between runs.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMO = ROOT / "target/release/promo"
+GEN = ROOT / "target/release/gen-promotions"
+WRK_SCRIPT = ROOT / "scripts/wrk-lookups.lua"
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd, timeout=3600, **kw):
+    return subprocess.run(cmd, check=True, timeout=timeout, **kw)
+
+
+def ensure_tools():
+    apt = [pkg for tool, pkg in [("wrk", "wrk"), ("nginx", "nginx"), ("/usr/bin/time", "time")]
+           if not shutil.which(tool)]
+    if apt:
+        log(f"installing {' '.join(apt)} (Debian)")
+        run(["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL)
+        run(["apt-get", "install", "-y", "-qq", *apt], stdout=subprocess.DEVNULL,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    try:
+        import duckdb  # noqa: F401
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("installing duckdb and matplotlib (PyPI)")
+        run([sys.executable, "-m", "pip", "install", "-q", "duckdb", "matplotlib"])
+
+
+def machine():
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return {"cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "cpu": cpu,
+            "kernel": platform.release()}
+
+
+def timed(cmd, **kw):
+    """Runs cmd under /usr/bin/time: (wall seconds, peak RSS bytes, stdout)."""
+    out = Path(kw.pop("time_file", "/tmp/promo-bench-time"))
+    p = run(["/usr/bin/time", "-f", "%e %M", "-o", str(out), *map(str, cmd)],
+            stdout=subprocess.PIPE, text=True, **kw)
+    wall, rss_kb = out.read_text().split()[-2:]
+    return float(wall), int(rss_kb) * 1024, p.stdout
+
+
+def generate(work, rows):
+    csv = work / f"promotions-{rows}.csv"
+    ids = work / f"ids-{rows}.txt"
+    if not csv.exists() or not ids.exists():
+        log(f"generating {rows:,} rows")
+        run([GEN, "--rows", str(rows), "--seed", "1", "--out", csv, "--ids-out", ids,
+             "--ids-sample", "100000"])
+    return csv, ids
+
+
+def warm(path):
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read()
+
+
+def wait_ready(url, limit=600):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            if http_get(url)[0] == 200:
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} never became ready")
+
+
+class Serve:
+    """A `promo serve` on a data dir, stopped with SIGTERM."""
+
+    def __init__(self, data_dir):
+        self.port = free_port()
+        self.proc = subprocess.Popen([PROMO, "serve", "--data-dir", data_dir, "--listen",
+                                      f"127.0.0.1:{self.port}"], stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_ready(self.url + "/readyz")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def wrk(url, ids, duration, extra=()):
+    cmd = ["wrk", "-t2", "-c64", f"-d{duration}s", "--latency", "-s", str(WRK_SCRIPT), *extra, url]
+    p = run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "IDS": str(ids)},
+            timeout=duration + 120)
+    text = p.stdout
+    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        return float(m.group(1)) * unit[m.group(2)]
+
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", text).group(1)),
+        "p50": pct(50), "p99": pct(99),
+        "socket_errors": sum(map(int, errors.groups())) if errors else 0,
+        "command": " ".join(cmd),
+    }
+
+
+def status_counts(url):
+    """promo's own count of /promotions/ answers by status."""
+    text = http_get(url + "/metrics")[1].decode()
+    counts = {}
+    for m in re.finditer(r'^promo_http_requests_total\{route="promotions",status="(\d+)"\} (\d+)',
+                         text, re.M):
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def bench_build(work, rows, results):
+    csv, _ = generate(work, rows)
+    mb = csv.stat().st_size / 1e6
+    warm(csv)
+    data = work / "data-build"
+    shutil.rmtree(data, ignore_errors=True)
+    log("build: promo")
+    wall, rss, out = timed([PROMO, "build", csv, "--data-dir", data])
+    builds = {"promo": {"wall": wall, "rss": rss, "command": f"promo build {csv.name}"}}
+    log(f"  {out.strip()}")
+    log("build: duckdb")
+    parquet = work / "x.parquet"
+    sql = (f"COPY (SELECT * FROM read_csv('{csv}', header=false, columns={{'id':'UUID',"
+           f"'price':'DOUBLE','expiration_date':'VARCHAR'}}) ORDER BY id) TO '{parquet}' (FORMAT parquet)")
+    code = f"import duckdb; c = duckdb.connect(); c.execute('SET threads TO 2'); c.execute({sql!r})"
+    wall, rss, _ = timed([sys.executable, "-c", code])
+    builds["duckdb"] = {"wall": wall, "rss": rss, "command": f"duckdb (2 threads): {sql}"}
+    parquet.unlink(missing_ok=True)
+    log("build: GNU sort")
+    sorted_csv = work / "sorted.csv"
+    cmd = ["sort", "-t,", "-k1,1", "--parallel=2", "-S", "1G", "-o", sorted_csv, csv]
+    wall, rss, _ = timed(cmd, env={**os.environ, "LC_ALL": "C"})
+    builds["sort"] = {"wall": wall, "rss": rss, "command": "LC_ALL=C " + " ".join(map(str, cmd[:-3])) + " -o out.csv in.csv"}
+    sorted_csv.unlink(missing_ok=True)
+    for b in builds.values():
+        b["rows_per_s"] = rows / b["wall"]
+        b["mb_per_s"] = mb / b["wall"]
+    results["build"] = {"rows": rows, "csv_mb": mb, "tools": builds}
+    return data
+
+
+def bench_big_build(work, rows, results):
+    csv, ids = generate(work, rows)
+    data = work / "data-big"
+    shutil.rmtree(data, ignore_errors=True)
+    warm(csv)
+    log(f"build: promo, {rows:,} rows, --memory-limit 1GiB")
+    wall, rss, out = timed([PROMO, "build", csv, "--data-dir", data, "--memory-limit", "1GiB",
+                            "--tmp-dir", work])
+    log(f"  {out.strip()}")
+    results["big_build"] = {"rows": rows, "wall": wall, "rss": rss, "rows_per_s": rows / wall,
+                            "command": f"promo build {csv.name} --memory-limit 1GiB"}
+    csv.unlink()  # the generation is what the next steps need; keep the disk free
+    return data, ids
+
+
+def bench_serve(work, data, ids, duration, results):
+    log("serve: promo")
+    server = Serve(data)
+    wrk(server.url, ids, 3)  # warm up
+    promo = wrk(server.url, ids, duration)
+    body = http_get(server.url + "/promotions/" + Path(ids).read_text().split()[0])[1]
+    server.stop()
+    log("serve: nginx, fixed body of the same size")
+    port = free_port()
+    prefix = work / "nginx"
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location /promotions/ {{
+            default_type application/json;
+            return 200 '{body.decode()}';
+        }}
+    }}
+}}
+""")
+    nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"],
+                             stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/promotions/x", 30)
+    wrk(url, ids, 3)
+    peer = wrk(url, ids, duration)
+    nginx.send_signal(signal.SIGQUIT)
+    nginx.wait(timeout=30)
+    results["serve"] = {"promo": promo, "nginx": peer, "body_bytes": len(body)}
+
+
+def criterion_estimate(name):
+    path = ROOT / "target/criterion" / name / "new/estimates.json"
+    return json.loads(path.read_text())["median"]["point_estimate"]
+
+
+def bench_lookup(generation, results):
+    log(f"lookup: criterion on {generation.name}")
+    p = run(["cargo", "bench", "--bench", "lookup", "--", "--warm-up-time", "2",
+             "--measurement-time", "5"], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PROMO_BENCH_GENERATION": str(generation)})
+    m = re.search(r"lookup/(\d+): 4 KiB pages touched per lookup: hit mean ([\d.]+) max (\d+), "
+                  r"miss mean ([\d.]+) max (\d+)", p.stdout)
+    n = m.group(1)
+    entry = {"records": int(n), "pages_hit_mean": float(m.group(2)), "pages_max": max(int(m.group(3)), int(m.group(5)))}
+    for case in ["hit", "miss", "hit-cached", "one-random-record-read"]:
+        entry[case] = criterion_estimate(f"lookup_{n}/{case}")
+    results.setdefault("lookup", []).append(entry)
+
+
+def bench_build_criterion(results):
+    log("build: criterion, 1M rows")
+    run(["cargo", "bench", "--bench", "build"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        env={**os.environ, "PROMO_BENCH_BUILD_ROWS": "1000000"})
+    found = {}
+    for est in (ROOT / "target/criterion/build").glob("*/new/estimates.json"):
+        found[est.parent.parent.name] = json.loads(est.read_text())["median"]["point_estimate"] / 1e9
+    results["build_criterion"] = found
+
+
+def bench_memory(data, ids, seconds, results):
+    log(f"memory: promo serve on the big generation, {seconds}s of load")
+    server = Serve(data)
+    load = wrk(server.url, ids, seconds)
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    kb = lambda key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) * 1024
+    results["memory"] = {"rss_anon": kb("RssAnon"), "rss_file": kb("RssFile"), "rps": load["rps"],
+                         "seconds": seconds}
+    server.stop()
+
+
+def bench_swap(work, generation, ids, duration, results):
+    log("swap: a new generation published under load")
+    data = work / "data-swap"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir()
+    os.link(generation, data / "gen-0000000001.promo")
+    server = Serve(data)
+    wrk(server.url, ids, 3)
+    steady = wrk(server.url, ids, duration)
+    before = status_counts(server.url)
+    # Publish while wrk runs: copy to a temporary name, then rename.
+    def publish():
+        time.sleep(duration / 3)
+        tmp = data / ".tmp-bench.promo"
+        shutil.copyfile(generation, tmp)
+        os.rename(tmp, data / "gen-0000000002.promo")
+    import threading
+    t = threading.Thread(target=publish)
+    t.start()
+    swap = wrk(server.url, ids, duration)
+    t.join()
+    after = status_counts(server.url)
+    live = urllib.request.urlopen(server.url + "/readyz").read().decode().strip()
+    server.stop()
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    failed = sum(v for k, v in delta.items() if k not in ("200", "404")) + swap["socket_errors"]
+    results["swap"] = {"steady": steady, "swap": swap, "failed": failed, "statuses": delta, "live_after": live}
+
+
+def fmt_bytes(n):
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def write_report(results, path, chart):
+    b = results["build"]["tools"]
+    s = results["serve"]
+    ratio = lambda a, c: a / c if c else float("nan")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` (scripts/bench.py) on {results['date']}.",
+        f"Machine: {results['machine']['cores']} cores ({results['machine']['cpu']}), "
+        f"{results['machine']['memory_gib']} GiB, Linux {results['machine']['kernel']}. "
+        "A shared virtual machine: absolute figures move between runs, so each peer "
+        "runs right after promo, on the same data, and the ratios are what to read.",
+        "",
+        f"![promo beside its peers]({chart.name})",
+        "",
+        f"## Build: {results['build']['rows']:,} generated rows ({results['build']['csv_mb']:,.0f} MB of CSV)",
+        "",
+        "| tool | wall | rows/s | MB/s | peak RSS | promo's rows/s against it |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ["promo", "duckdb", "sort"]:
+        t = b[name]
+        lines.append(f"| {name} | {t['wall']:.2f} s | {t['rows_per_s']:,.0f} | {t['mb_per_s']:,.0f} | "
+                     f"{fmt_bytes(t['rss'])} | {ratio(t['wall'], b['promo']['wall']):.2f}x |")
+    lines += ["", "Commands:", ""] + [f"- {n}: `{b[n]['command']}`" for n in ["promo", "duckdb", "sort"]]
+    if "big_build" in results:
+        bb = results["big_build"]
+        ten_x = 10 * b["promo"]["wall"] * bb["rows"] / (10 * results["build"]["rows"])
+        lines += ["", f"### {bb['rows']:,} rows, `--memory-limit 1GiB` (spilling)", "",
+                  f"`{bb['command']}`: {bb['wall']:.1f} s ({bb['rows_per_s']:,.0f} rows/s), "
+                  f"peak RSS {fmt_bytes(bb['rss'])}; {bb['wall'] / ten_x:.2f}x of ten times the "
+                  f"{results['build']['rows']:,}-row time."]
+    if results.get("build_criterion"):
+        lines += ["", "Criterion (`benches/build.rs`, 1M rows): " + ", ".join(
+            f"{k}: {v:.3f} s" for k, v in sorted(results["build_criterion"].items())) + "."]
+    lines += ["", f"## Serve: `wrk -t2 -c64 -d{results['duration']}s --latency`, 90% present ids, 10% absent",
+              "", "| server | requests/s | p50 | p99 |", "|---|---:|---:|---:|"]
+    for name in ["promo", "nginx"]:
+        w = s[name]
+        lines.append(f"| {name} | {w['rps']:,.0f} | {w['p50'] * 1e3:.2f} ms | {w['p99'] * 1e3:.2f} ms |")
+    lines += ["", f"promo serves {ratio(s['promo']['rps'], s['nginx']['rps']):.2f}x nginx's requests/s; "
+              f"its p99 is {ratio(s['promo']['p99'], s['nginx']['p99']):.2f}x nginx's. nginx returns a fixed "
+              f"{s['body_bytes']}-byte JSON body for every `/promotions/` path (the HTTP/1.1 ceiling here).",
+              "", f"Command: `IDS=ids.txt {s['promo']['command']}`"]
+    lines += ["", "## Lookup (criterion, `benches/lookup.rs`)", "",
+              "| records | hit | miss | hit, cache-resident | one random record read | pages touched (mean / max) |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for l in results.get("lookup", []):
+        lines.append(f"| {l['records']:,} | {l['hit']:.0f} ns | {l['miss']:.0f} ns | {l['hit-cached']:.0f} ns | "
+                     f"{l['one-random-record-read']:.0f} ns | {l['pages_hit_mean']:.2f} / {l['pages_max']} |")
+    lines += ["", "Hits and misses probe random keys across the whole table (the file is in the page cache); "
+              "\"cache-resident\" repeats 1,024 keys. \"one random record read\" is no search at all, and "
+              "independent reads overlap, so it is a throughput floor, not a latency."]
+    if "memory" in results:
+        m = results["memory"]
+        lines += ["", "## Serve memory", "",
+                  f"`promo serve` on the {results['big_build']['rows']:,}-record generation after {m['seconds']} s "
+                  f"of wrk load ({m['rps']:,.0f} requests/s): anonymous RSS {fmt_bytes(m['rss_anon'])}, "
+                  f"file-backed RSS {fmt_bytes(m['rss_file'])}."]
+    if "swap" in results:
+        w = results["swap"]
+        lines += ["", "## Swap under load", "",
+                  f"wrk as above for {results['duration']} s while a new generation is copied into the data "
+                  f"directory and renamed into place a third of the way in. Failed requests (statuses other "
+                  f"than 200 and 404, and socket errors): **{w['failed']}** of {w['swap']['requests']:,}. "
+                  f"Statuses seen by promo: {w['statuses']}. After: {w['live_after']}.", "",
+                  "| run | requests/s | p50 | p99 |", "|---|---:|---:|---:|",
+                  f"| steady | {w['steady']['rps']:,.0f} | {w['steady']['p50'] * 1e3:.2f} ms | {w['steady']['p99'] * 1e3:.2f} ms |",
+                  f"| with a swap | {w['swap']['rps']:,.0f} | {w['swap']['p50'] * 1e3:.2f} ms | {w['swap']['p99'] * 1e3:.2f} ms |",
+                  "", f"p99 with a swap is {ratio(w['swap']['p99'], w['steady']['p99']):.2f}x the steady p99."]
+    lines += ["", "Raw results: `bench-data/results.json`.", ""]
+    path.write_text("\n".join(lines))
+
+
+def chart(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    tools = results["build"]["tools"]
+    names = ["promo", "duckdb", "sort"]
+    a.bar(names, [tools[n]["rows_per_s"] / 1e6 for n in names], color=["#2a7", "#999", "#bbb"])
+    a.set_title(f"build {results['build']['rows'] / 1e6:.0f}M rows: million rows/s")
+    serve = results["serve"]
+    b.bar(["promo", "nginx (fixed body)"], [serve["promo"]["rps"] / 1e3, serve["nginx"]["rps"] / 1e3],
+          color=["#2a7", "#999"])
+    b.set_title("serve: thousand requests/s")
+    fig.suptitle(f"promo beside its peers, {results['machine']['cores']} cores, {results['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--big-rows", type=int, default=100_000_000, help="0 skips the spilling build, memory and big lookups")
+    ap.add_argument("--duration", type=int, default=20, help="seconds of each wrk run")
+    ap.add_argument("--memory-seconds", type=int, default=60)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench-data")
+    ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = ap.parse_args()
+    started = time.time()
+    ensure_tools()
+    log("building promo (release)")
+    run(["cargo", "build", "--release", "--bins"], cwd=ROOT)
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "duration": args.duration}
+    data = bench_build(args.work, args.rows, results)
+    generation = sorted(data.glob("gen-*.promo"))[-1]
+    _, ids = generate(args.work, args.rows)
+    bench_serve(args.work, data, ids, args.duration, results)
+    bench_swap(args.work, generation, ids, args.duration, results)
+    bench_lookup(generation, results)
+    bench_build_criterion(results)
+    if args.big_rows:
+        big, big_ids = bench_big_build(args.work, args.big_rows, results)
+        big_gen = sorted(big.glob("gen-*.promo"))[-1]
+        bench_lookup(big_gen, results)
+        bench_memory(big, big_ids, args.memory_seconds, results)
+    results["seconds"] = time.time() - started
+    (args.work / "results.json").write_text(json.dumps(results, indent=2))
+    png = args.out.with_name("benchmarks.png")
+    chart(results, png)
+    write_report(results, args.out, png)
+    log(f"wrote {args.out} and {png} in {results['seconds'] / 60:.1f} minutes")
+
+
+if __name__ == "__main__":
+    main()
