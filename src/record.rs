@@ -57,20 +57,41 @@ impl Price {
     }
 }
 
+impl Price {
+    /// Appends the price as a plain decimal that is also a valid JSON
+    /// number (`60.683466`, `12`, `0.05`), without allocating.
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        // u64::MAX has 20 digits; a scale of up to 18 adds "0." in front.
+        let mut digits = [b'0'; 20];
+        let mut n = self.units;
+        let mut len = 0;
+        while n > 0 || len == 0 {
+            digits[19 - len] = b'0' + (n % 10) as u8;
+            n /= 10;
+            len += 1;
+        }
+        let digits = &digits[20 - len..];
+        let scale = usize::from(self.scale);
+        if scale == 0 {
+            out.extend_from_slice(digits);
+        } else if len > scale {
+            out.extend_from_slice(&digits[..len - scale]);
+            out.push(b'.');
+            out.extend_from_slice(&digits[len - scale..]);
+        } else {
+            out.extend_from_slice(b"0.");
+            out.extend(std::iter::repeat_n(b'0', scale - len));
+            out.extend_from_slice(digits);
+        }
+    }
+}
+
 impl fmt::Display for Price {
     /// Writes the price as a plain decimal that is also a valid JSON number.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scale = usize::from(self.scale);
-        let digits = self.units.to_string();
-        if scale == 0 {
-            return f.write_str(&digits);
-        }
-        if digits.len() > scale {
-            let (int, frac) = digits.split_at(digits.len() - scale);
-            write!(f, "{int}.{frac}")
-        } else {
-            write!(f, "0.{}{digits}", "0".repeat(scale - digits.len()))
-        }
+        let mut out = Vec::with_capacity(24);
+        self.write_to(&mut out);
+        f.write_str(std::str::from_utf8(&out).expect("digits and a dot are ASCII"))
     }
 }
 
@@ -124,18 +145,24 @@ impl Record {
 
     /// Appends the API's JSON body for this record to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
         let id = uuid::Uuid::from_u128(self.key());
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         out.extend_from_slice(b"{\"id\":\"");
         out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
         out.extend_from_slice(b"\",\"price\":");
         // A checksummed file never holds a bad scale; show 0 rather than panic if one did.
-        let price = self.price().unwrap_or(Price { units: 0, scale: 0 });
-        write!(out, "{price}").expect("writing to a Vec cannot fail");
+        self.price().unwrap_or(Price { units: 0, scale: 0 }).write_to(out);
         out.extend_from_slice(b",\"expiration_date\":");
-        serde_json::to_writer(&mut *out, &String::from_utf8_lossy(self.date()))
-            .expect("writing to a Vec cannot fail");
+        let date = self.date();
+        if date.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ') {
+            // What validation lets through: nothing to escape.
+            out.push(b'"');
+            out.extend_from_slice(date);
+            out.push(b'"');
+        } else {
+            serde_json::to_writer(&mut *out, &String::from_utf8_lossy(date))
+                .expect("writing to a Vec cannot fail");
+        }
         out.push(b'}');
     }
 }
@@ -183,6 +210,33 @@ mod tests {
         assert_eq!(Price::new(50, 2).unwrap().to_string(), "0.50");
         assert_eq!(Price::new(7, 3).unwrap().to_string(), "0.007");
         assert_eq!(Price::new(0, 0).unwrap().to_string(), "0");
+    }
+
+    #[test]
+    fn price_write_to_matches_display_at_every_length() {
+        for units in [0, 1, 9, 10, 99, 100, 123_456, Price::MAX_UNITS] {
+            for scale in 0..=Price::MAX_SCALE {
+                let p = Price::new(units, scale).unwrap();
+                let mut out = Vec::new();
+                p.write_to(&mut out);
+                let text = String::from_utf8(out).unwrap();
+                // The text is the same decimal: parse it back exactly.
+                let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+                assert_eq!(frac.len(), usize::from(scale), "{text}");
+                let back: u128 = format!("{int}{frac}").parse().unwrap();
+                assert_eq!(back, u128::from(units), "{text}");
+                assert!(!int.is_empty() && (int == "0" || !int.starts_with('0')), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn dates_with_odd_bytes_are_escaped_in_json() {
+        let r = Record::new(1, Price::new(1, 0).unwrap(), b"a\"b\\c\x01");
+        let mut json = Vec::new();
+        r.write_json(&mut json);
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["expiration_date"], "a\"b\\c\u{1}");
     }
 
     #[test]
