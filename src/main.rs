@@ -176,7 +176,7 @@ fn serve(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let app = http::App::new(store.clone(), Some(metrics));
+    let app = http::App::new(store.clone(), Some(metrics.clone()));
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let (app, stop) = (app.clone(), stopped(stop_rx.clone()));
@@ -186,9 +186,14 @@ fn serve(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
             Ok(())
         })?);
     }
-    let watch = promo::store::watch(store, promo::store::WATCH_INTERVAL, stopped(stop_rx));
+    let watch = promo::store::watch(
+        store,
+        promo::store::WATCH_INTERVAL,
+        stopped(stop_rx.clone()),
+    );
+    let upkeep = promo::metrics::upkeep(metrics, stopped(stop_rx));
     threads.push(spawn_runtime("promo-watch".into(), async move {
-        watch.await;
+        tokio::join!(watch, upkeep);
         Ok(())
     })?);
 

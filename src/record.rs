@@ -151,10 +151,15 @@ impl Record {
         out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
         out.extend_from_slice(b"\",\"price\":");
         // A checksummed file never holds a bad scale; show 0 rather than panic if one did.
-        self.price().unwrap_or(Price { units: 0, scale: 0 }).write_to(out);
+        self.price()
+            .unwrap_or(Price { units: 0, scale: 0 })
+            .write_to(out);
         out.extend_from_slice(b",\"expiration_date\":");
         let date = self.date();
-        if date.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ') {
+        if date
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ')
+        {
             // What validation lets through: nothing to escape.
             out.push(b'"');
             out.extend_from_slice(date);
@@ -225,7 +230,10 @@ mod tests {
                 assert_eq!(frac.len(), usize::from(scale), "{text}");
                 let back: u128 = format!("{int}{frac}").parse().unwrap();
                 assert_eq!(back, u128::from(units), "{text}");
-                assert!(!int.is_empty() && (int == "0" || !int.starts_with('0')), "{text}");
+                assert!(
+                    !int.is_empty() && (int == "0" || !int.starts_with('0')),
+                    "{text}"
+                );
             }
         }
     }
