@@ -191,7 +191,7 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
         Input::File(p) => {
             let f = File::open(p).map_err(Error::io(p))?;
             let len = f.metadata().map_err(Error::io(p))?.len();
-            (Box::new(f), Some(len))
+            (Box::new(DropBehind::new(f)), Some(len))
         }
     };
     let name = input.name();
@@ -423,6 +423,53 @@ impl<R: Read> Chunker<R> {
                 None => want = buf.len().max(1) * 2,
             }
         }
+    }
+}
+
+/// Reads a file once, telling the kernel to drop what was read from the
+/// page cache: a feed is read once, and caching it would push out the sorted
+/// runs the merge is about to read back, and the generation servers map.
+struct DropBehind {
+    file: File,
+    read: u64,
+    dropped: u64,
+}
+
+impl DropBehind {
+    const STEP: u64 = 64 << 20;
+
+    fn new(file: File) -> DropBehind {
+        DropBehind {
+            file,
+            read: 0,
+            dropped: 0,
+        }
+    }
+}
+
+impl Read for DropBehind {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read += n as u64;
+        if self.read - self.dropped >= Self::STEP {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::fd::AsRawFd;
+                // SAFETY: posix_fadvise only reads its arguments, and the
+                // descriptor is open for as long as `self.file` lives. It is
+                // advice: failure changes nothing but the page cache.
+                unsafe {
+                    libc::posix_fadvise(
+                        self.file.as_raw_fd(),
+                        self.dropped as libc::off_t,
+                        (self.read - self.dropped) as libc::off_t,
+                        libc::POSIX_FADV_DONTNEED,
+                    )
+                };
+            }
+            self.dropped = self.read;
+        }
+        Ok(n)
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Sorter {
     tmp_dir: PathBuf,
     /// Most runs merged at once; more are first merged in groups.
     max_fan_in: usize,
+    /// Records of all runs together in one range of the final merge.
+    range_records: usize,
     duplicates: u64,
     spilled: usize,
 }
@@ -77,6 +79,7 @@ impl Sorter {
             runs: Vec::new(),
             tmp_dir: tmp_dir.to_path_buf(),
             max_fan_in: 64,
+            range_records: 4 * BLOCK_RECORDS,
             duplicates: 0,
             spilled: 0,
         }
@@ -85,6 +88,13 @@ impl Sorter {
     /// Sets the most runs merged at once (at least 2).
     pub fn with_max_fan_in(mut self, n: usize) -> Sorter {
         self.max_fan_in = n.max(2);
+        self
+    }
+
+    /// Sets how many records (of all runs together) one range of the final
+    /// merge holds, at least one per run.
+    pub fn with_range_records(mut self, n: usize) -> Sorter {
+        self.range_records = n.max(1);
         self
     }
 
@@ -233,16 +243,105 @@ impl Sorter {
             }
             runs = merged_runs;
         }
-        let mut unique = 0;
-        self.merge(runs, |block| {
-            unique += (block.len() / RECORD_LEN) as u64;
-            sink(block)
-        })?;
+        let unique = self.merge_parallel(&runs, &mut sink)?;
         Ok(SortStats {
             unique,
             duplicates: self.duplicates,
             runs: self.spilled,
         })
+    }
+
+    /// Merges sorted, duplicate-free runs (oldest first) into `sink`, key
+    /// range by key range, ranges in parallel; of records with the same key,
+    /// the one from the latest run wins. Returns the records handed out.
+    ///
+    /// Every `stride`-th key of every run is a split point, so a range holds
+    /// at most `stride` records of each run whatever the key distribution.
+    /// Ranges are read with positioned reads: the runs are never mapped, so
+    /// they do not count in the process's memory.
+    fn merge_parallel(
+        &mut self,
+        runs: &[File],
+        sink: &mut (impl FnMut(&[u8]) -> Result<()> + Send),
+    ) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let tmp = self.tmp_dir.clone();
+        let io = |e| Error::io(&tmp)(e);
+        let key_at = |run: &File, i: u64| -> Result<u128> {
+            let mut key = [0u8; 16];
+            run.read_exact_at(&mut key, i * RECORD_LEN as u64)
+                .map_err(io)?;
+            Ok(u128::from_be_bytes(key))
+        };
+        let mut lens = Vec::with_capacity(runs.len());
+        for run in runs {
+            lens.push(run.metadata().map_err(io)?.len() / RECORD_LEN as u64);
+        }
+        let stride = (self.range_records / runs.len()).max(1) as u64;
+        let mut splits = Vec::new();
+        for (run, &len) in runs.iter().zip(&lens) {
+            for i in (stride..len).step_by(stride as usize) {
+                splits.push(key_at(run, i)?);
+            }
+        }
+        splits.sort_unstable();
+        splits.dedup();
+        // bounds[r][j]: the first record of run r whose key is >= splits[j].
+        let mut bounds = Vec::with_capacity(runs.len());
+        for (run, &len) in runs.iter().zip(&lens) {
+            let mut b = Vec::with_capacity(splits.len() + 2);
+            b.push(0);
+            for &split in &splits {
+                let (mut lo, mut hi) = (*b.last().unwrap(), len);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if key_at(run, mid)? < split {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                b.push(lo);
+            }
+            b.push(len);
+            bounds.push(b);
+        }
+        let merge_range = |j: usize| -> Result<(Vec<u8>, u64)> {
+            let mut parts = Vec::with_capacity(runs.len());
+            for (run, b) in runs.iter().zip(&bounds) {
+                let mut part = vec![0u8; ((b[j + 1] - b[j]) as usize) * RECORD_LEN];
+                run.read_exact_at(&mut part, b[j] * RECORD_LEN as u64)
+                    .map_err(io)?;
+                parts.push(part);
+            }
+            Ok(merge_slices(&parts))
+        };
+        let ranges: Vec<usize> = (0..=splits.len()).collect();
+        let batch = 2 * rayon::current_num_threads();
+        let mut batches = ranges.chunks(batch);
+        let gather = |js: &[usize]| js.par_iter().map(|&j| merge_range(j)).collect::<Vec<_>>();
+        let mut current = batches.next().map(gather);
+        let mut unique = 0;
+        while let Some(merged) = current {
+            let (next, written) = rayon::join(
+                || batches.next().map(gather),
+                || -> Result<(u64, u64)> {
+                    let (mut records, mut duplicates) = (0, 0);
+                    for m in merged {
+                        let (block, dups) = m?;
+                        records += (block.len() / RECORD_LEN) as u64;
+                        duplicates += dups;
+                        sink(&block)?;
+                    }
+                    Ok((records, duplicates))
+                },
+            );
+            let (records, duplicates) = written?;
+            unique += records;
+            self.duplicates += duplicates;
+            current = next;
+        }
+        Ok(unique)
     }
 
     /// Merges sorted, duplicate-free runs (oldest first) into `sink`; of
@@ -350,6 +449,40 @@ impl RecordBuf {
     }
 }
 
+/// Merges sorted, duplicate-free slices of records (oldest first): the
+/// records in key order, the latest slice winning a tie, and the number of
+/// records dropped for a tie.
+fn merge_slices(parts: &[Vec<u8>]) -> (Vec<u8>, u64) {
+    let total = parts.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    let mut at = vec![0usize; parts.len()];
+    let mut heap = BinaryHeap::with_capacity(parts.len());
+    for (i, p) in parts.iter().enumerate() {
+        if !p.is_empty() {
+            heap.push(Reverse((crate::record::key_of(p), i)));
+        }
+    }
+    let mut duplicates = 0;
+    let mut last: Option<u128> = None;
+    while let Some(Reverse((key, i))) = heap.pop() {
+        let record = &parts[i][at[i]..at[i] + RECORD_LEN];
+        at[i] += RECORD_LEN;
+        if at[i] < parts[i].len() {
+            heap.push(Reverse((crate::record::key_of(&parts[i][at[i]..]), i)));
+        }
+        // Equal keys pop in slice order: the later one replaces the earlier.
+        if last == Some(key) {
+            let len = out.len();
+            out[len - RECORD_LEN..].copy_from_slice(record);
+            duplicates += 1;
+        } else {
+            out.extend_from_slice(record);
+            last = Some(key);
+        }
+    }
+    (out, duplicates)
+}
+
 fn read_record(input: &mut impl Read) -> std::io::Result<Option<Record>> {
     let mut buf = [0u8; RECORD_LEN];
     match input.read_exact(&mut buf) {
@@ -371,8 +504,17 @@ mod tests {
     /// Sorts `keys` (tagging each record with its input position) and checks
     /// the output against a plain in-memory model.
     fn check(keys: &[u128], memory_limit: usize, fan_in: usize) -> SortStats {
+        // Ranges of a few records, so that the final merge splits its work.
+        let small = check_ranges(keys, memory_limit, fan_in, 7);
+        assert_eq!(small, check_ranges(keys, memory_limit, fan_in, 1 << 20));
+        small
+    }
+
+    fn check_ranges(keys: &[u128], memory_limit: usize, fan_in: usize, range: usize) -> SortStats {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Sorter::new(memory_limit, dir.path()).with_max_fan_in(fan_in);
+        let mut s = Sorter::new(memory_limit, dir.path())
+            .with_max_fan_in(fan_in)
+            .with_range_records(range);
         for (i, &k) in keys.iter().enumerate() {
             s.push(rec(k, i as u64)).unwrap();
         }
