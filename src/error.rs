@@ -19,14 +19,6 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Format { path: PathBuf, source: FormatError },
 
-    /// The input is not CSV we can read (an I/O error or broken quoting).
-    #[error("{input}{}: {source}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
-    Csv {
-        input: String,
-        line: Option<u64>,
-        source: csv::Error,
-    },
-
     /// More rows were invalid than `--max-invalid` allows.
     #[error(
         "{input}: {invalid} of {rows} rows are invalid, more than the limit of {limit}; \

@@ -476,11 +476,6 @@ impl<R: Read> Rows<R> {
         rows
     }
 
-    /// Bytes of input consumed so far (BOM included), for a progress bar.
-    pub fn bytes_read(&self) -> u64 {
-        self.csv.position().byte() + self.csv.get_ref().bom_len
-    }
-
     /// The physical line the row just read starts on.
     ///
     /// csv counts every `\n` it consumes, so the row starts at the line after
@@ -691,7 +686,6 @@ struct Source<R> {
     /// The first bytes, held back until we know whether they are a BOM.
     head: VecDeque<u8>,
     head_checked: bool,
-    bom_len: u64,
     /// Bytes handed to csv (after the BOM); csv's byte offsets count the same.
     served: u64,
     /// The last `tail.len()` bytes served, at `offset % tail.len()`. csv's
@@ -709,7 +703,6 @@ impl<R: Read> Source<R> {
             inner,
             head: VecDeque::with_capacity(BOM.len()),
             head_checked: false,
-            bom_len: 0,
             served: 0,
             tail: vec![0; 2 * READ_BUF].into_boxed_slice(),
             at_eof: false,
@@ -733,7 +726,6 @@ impl<R: Read> Source<R> {
         self.head_checked = true;
         if self.head.iter().eq(BOM.iter()) {
             self.head.clear();
-            self.bom_len = BOM.len() as u64;
         }
         Ok(())
     }
@@ -1313,24 +1305,6 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
             rows_of(Trickle(b"ab")).pop().map(|(l, v)| (l, v.err())),
             Some((1, Some(RowError::FieldCount(1))))
         );
-    }
-
-    #[test]
-    fn bytes_read_counts_the_whole_input() {
-        for input in [
-            format!("\u{feff}{REAL}"),
-            REAL.to_string(),
-            format!("{REAL}\n\n"),
-        ] {
-            let mut rows = Rows::new(input.as_bytes());
-            assert_eq!(rows.bytes_read(), 0);
-            let first = rows.next().unwrap().unwrap();
-            assert!(first.1.is_ok());
-            let after_first = rows.bytes_read();
-            assert!(after_first > 0 && after_first < input.len() as u64);
-            assert_eq!(rows.by_ref().count(), 2);
-            assert_eq!(rows.bytes_read(), input.len() as u64);
-        }
     }
 
     #[test]
