@@ -14,7 +14,9 @@
 //! share their top 64 bits (duplicates, almost always) are then ordered by
 //! their whole key. The sorted, deduplicated buffer is either handed out
 //! directly or spilled as a run to an unnamed temporary file (gone even if
-//! the process is killed), and runs are merged with a heap.
+//! the process is killed). Runs are merged key range by key range, ranges in
+//! parallel, each with a heap (past 64 runs, groups of runs are first merged
+//! into bigger ones).
 //!
 //! Duplicates resolve by input order whatever the sort does: inside a
 //! buffer the highest index wins, across runs the latest run wins.
