@@ -199,7 +199,7 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     let tmp_dir = opts.tmp_dir.as_deref().unwrap_or(dir);
     // Leave a sixteenth of the budget for everything but the sort buffer.
     let budget = opts.memory_limit - opts.memory_limit / 16;
-    let mut sorter = Sorter::new(budget as usize, tmp_dir);
+    let mut sorter = Sorter::new(budget as usize, tmp_dir)?;
 
     // Three things at once: parse a batch of chunks in parallel, hand the
     // previous batch's rows to the sorter in input order, read the next batch.

@@ -24,7 +24,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -43,8 +43,6 @@ pub struct Sorter {
     order: Vec<u128>,
     /// Records the buffer may hold before it spills.
     capacity: usize,
-    /// Bytes for the readers' buffers while merging.
-    memory_limit: usize,
     /// Spilled runs, oldest first: a later run's record wins a tie.
     runs: Vec<File>,
     tmp_dir: PathBuf,
@@ -70,21 +68,25 @@ pub struct SortStats {
 impl Sorter {
     /// A sorter that keeps about `memory_limit` bytes of records in memory
     /// and spills runs to unnamed temporary files in `tmp_dir`.
-    pub fn new(memory_limit: usize, tmp_dir: &Path) -> Sorter {
+    pub fn new(memory_limit: usize, tmp_dir: &Path) -> Result<Sorter> {
         let capacity = (memory_limit / ITEM_LEN).clamp(2, u32::MAX as usize);
-        Sorter {
+        let records = RecordBuf::new(capacity).map_err(|e| {
+            Error::Usage(format!(
+                "cannot reserve {memory_limit} bytes of memory for sorting: {e}"
+            ))
+        })?;
+        Ok(Sorter {
             // Reserved, not touched: memory is only resident once written.
-            records: RecordBuf::new(capacity),
+            records,
             order: Vec::with_capacity(capacity),
             capacity,
-            memory_limit,
             runs: Vec::new(),
             tmp_dir: tmp_dir.to_path_buf(),
             max_fan_in: 64,
             range_records: 4 * BLOCK_RECORDS,
             duplicates: 0,
             spilled: 0,
-        }
+        })
     }
 
     /// Sets the most runs merged at once (at least 2).
@@ -226,7 +228,7 @@ impl Sorter {
             self.spill()?;
         }
         // Give the buffer's memory back to the merge.
-        self.records = RecordBuf::new(0);
+        self.records = RecordBuf::new(0).map_err(Error::io(&self.tmp_dir))?;
         self.order = Vec::new();
         let mut runs = std::mem::take(&mut self.runs);
         // Merge groups of neighbouring runs, keeping their order, until one
@@ -238,7 +240,7 @@ impl Sorter {
                 let group: Vec<File> = rest.by_ref().take(self.max_fan_in).collect();
                 let mut merged = self.new_run()?;
                 let tmp = self.tmp_dir.clone();
-                self.merge(group, |block| {
+                self.merge_parallel(&group, &mut |block: &[u8]| {
                     merged.write_all(block).map_err(Error::io(&tmp))
                 })?;
                 merged_runs.push(merged);
@@ -345,61 +347,6 @@ impl Sorter {
         }
         Ok(unique)
     }
-
-    /// Merges sorted, duplicate-free runs (oldest first) into `sink`; of
-    /// records with the same key, the one from the latest run wins.
-    fn merge(&mut self, runs: Vec<File>, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        let io = |e| Error::io(&self.tmp_dir)(e);
-        let buf_len = (self.memory_limit / 2 / runs.len()).clamp(8 * RECORD_LEN, 4 << 20);
-        let mut readers = Vec::with_capacity(runs.len());
-        for mut run in runs {
-            run.seek(SeekFrom::Start(0)).map_err(io)?;
-            readers.push(BufReader::with_capacity(buf_len, run));
-        }
-        let mut heads: Vec<Option<Record>> = Vec::with_capacity(readers.len());
-        let mut heap = BinaryHeap::with_capacity(readers.len());
-        for (i, r) in readers.iter_mut().enumerate() {
-            let head = read_record(r).map_err(io)?;
-            if let Some(record) = &head {
-                heap.push(Reverse((record.key(), i)));
-            }
-            heads.push(head);
-        }
-        let mut pending: Option<Record> = None;
-        let mut duplicates = 0;
-        let mut block = Vec::with_capacity(BLOCK_RECORDS * RECORD_LEN);
-        let mut emit = |record: &Record| {
-            block.extend_from_slice(record.as_bytes());
-            if block.len() == block.capacity() {
-                sink(&block)?;
-                block.clear();
-            }
-            Ok::<_, Error>(())
-        };
-        while let Some(Reverse((_, i))) = heap.pop() {
-            let record = heads[i].take().expect("a run in the heap has a head");
-            let next = read_record(&mut readers[i]).map_err(io)?;
-            if let Some(n) = &next {
-                heap.push(Reverse((n.key(), i)));
-            }
-            heads[i] = next;
-            // Equal keys pop in run order, so the last one seen wins.
-            match pending {
-                Some(p) if p.key() == record.key() => duplicates += 1,
-                Some(p) => emit(&p)?,
-                None => {}
-            }
-            pending = Some(record);
-        }
-        if let Some(p) = pending {
-            emit(&p)?;
-        }
-        if !block.is_empty() {
-            sink(&block)?;
-        }
-        self.duplicates += duplicates;
-        Ok(())
-    }
 }
 
 /// Records in a block handed to a sink: 1 MiB.
@@ -415,14 +362,13 @@ struct RecordBuf {
 
 impl RecordBuf {
     /// Room for `capacity` records, reserved but not yet resident.
-    fn new(capacity: usize) -> RecordBuf {
+    fn new(capacity: usize) -> std::io::Result<RecordBuf> {
         let map = memmap2::MmapOptions::new()
             .len((capacity * RECORD_LEN).max(1))
-            .map_anon()
-            .expect("reserving address space for the sort buffer");
+            .map_anon()?;
         // Only a hint: without transparent huge pages this is a no-op.
         let _ = map.advise(memmap2::Advice::HugePage);
-        RecordBuf { map, len: 0 }
+        Ok(RecordBuf { map, len: 0 })
     }
 
     fn len(&self) -> usize {
@@ -485,15 +431,6 @@ fn merge_slices(parts: &[Vec<u8>]) -> (Vec<u8>, u64) {
     (out, duplicates)
 }
 
-fn read_record(input: &mut impl Read) -> std::io::Result<Option<Record>> {
-    let mut buf = [0u8; RECORD_LEN];
-    match input.read_exact(&mut buf) {
-        Ok(()) => Ok(Some(Record::from_bytes(buf))),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,6 +452,7 @@ mod tests {
     fn check_ranges(keys: &[u128], memory_limit: usize, fan_in: usize, range: usize) -> SortStats {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Sorter::new(memory_limit, dir.path())
+            .unwrap()
             .with_max_fan_in(fan_in)
             .with_range_records(range);
         for (i, &k) in keys.iter().enumerate() {
