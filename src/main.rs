@@ -79,15 +79,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Builds and servers log what they do; queries print only their answer.
+    let default_level = match cli.command {
+        Command::Get { .. } | Command::Inspect { .. } => "warn",
+        Command::Build { .. } | Command::Serve { .. } => "info",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
-    match try_main(Cli::parse()) {
+    match try_main(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("promo: error: {e:#}");
@@ -277,10 +283,10 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         for r in &rows {
             println!(
                 "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:<8}  {}",
-                r["sequence"],
+                r["sequence"].as_u64().unwrap_or_default(),
                 if r["live"] == true { "*" } else { "" },
                 r["rows"].as_u64().map_or("-".into(), |n| n.to_string()),
-                r["bytes"],
+                r["bytes"].as_u64().unwrap_or_default(),
                 r["created"].as_str().unwrap_or("-"),
                 r["checksum"].as_str().unwrap_or("-"),
                 r["path"].as_str().unwrap_or("-"),
