@@ -35,6 +35,20 @@ pub enum Error {
     #[error("{input}: no valid rows ({rows} rows read); nothing was published")]
     NoValidRows { input: String, rows: u64 },
 
+    /// The new generation would shrink more than `--max-shrink` allows.
+    #[error(
+        "{input}: the new generation would hold {records} records against {current} in generation \
+         {sequence}, a drop of more than --max-shrink {max_shrink}%; nothing was published \
+         (check the feed, or pass --force to publish it anyway)"
+    )]
+    Shrink {
+        input: String,
+        records: u64,
+        current: u64,
+        sequence: u64,
+        max_shrink: f64,
+    },
+
     /// Another build holds the data directory's lock.
     #[error(
         "{}: another `promo build` is running in this data directory; \

@@ -48,6 +48,13 @@ enum Command {
         /// Where sorted runs spill (default: the data directory).
         #[arg(long)]
         tmp_dir: Option<PathBuf>,
+        /// Refuse a generation with more than this percentage fewer records
+        /// than the newest one (50% or 50).
+        #[arg(long, default_value = "50%", value_parser = parse_percent)]
+        max_shrink: f64,
+        /// Publish even if the generation shrinks more than --max-shrink.
+        #[arg(long)]
+        force: bool,
     },
     /// Serve the newest generation over HTTP, swapping to newer ones as they appear.
     Serve {
@@ -76,6 +83,19 @@ enum Command {
 
 fn parse_size(s: &str) -> Result<u64, String> {
     pipeline::parse_size(s)
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("invalid percentage {s:?}"))?;
+    if (0.0..=100.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("invalid percentage {s:?}: expected 0% to 100%"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -111,6 +131,8 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             max_invalid,
             keep,
             tmp_dir,
+            max_shrink,
+            force,
         } => {
             let opts = BuildOptions {
                 data_dir: dir.data_dir,
@@ -119,6 +141,8 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 keep: keep as usize,
                 tmp_dir,
                 progress: std::io::stderr().is_terminal(),
+                max_shrink,
+                force,
             };
             let summary = pipeline::build(&Input::from_arg(&csv), &opts)?;
             println!("{summary}");

@@ -128,6 +128,12 @@ pub struct BuildOptions {
     pub tmp_dir: Option<PathBuf>,
     /// Show a progress bar on standard error.
     pub progress: bool,
+    /// Most a generation may shrink against the newest one, in percent of
+    /// its records; a smaller feed is refused (a truncated or half-empty
+    /// feed must not replace good data).
+    pub max_shrink: f64,
+    /// Publish even if the shrink guard would refuse.
+    pub force: bool,
 }
 
 impl BuildOptions {
@@ -140,6 +146,8 @@ impl BuildOptions {
             keep: 3,
             tmp_dir: None,
             progress: false,
+            max_shrink: 50.0,
+            force: false,
         }
     }
 }
@@ -273,11 +281,16 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     if valid == 0 {
         return Err(Error::NoValidRows { input: name, rows });
     }
+    // Unique records are at most the valid rows: refuse early when even
+    // those are too few, and exactly once the sort has counted them.
+    let current = newest_count(dir);
+    check_shrink(opts, &name, valid, current)?;
 
     let (file, tmp_path) = lock.temp_file(dir)?;
     let tmp = RemoveOnDrop(Some(tmp_path.clone()));
     let mut writer = Writer::new(file, &tmp_path, valid)?;
     let stats = sorter.finish(|block| writer.push_block(block))?;
+    check_shrink(opts, &name, stats.unique, current)?;
     writer.finish()?;
     tracing::debug!(
         seconds = started.elapsed().as_secs_f64(),
@@ -297,6 +310,41 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
         records: stats.unique,
         generation,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The sequence and record count of the newest generation in `dir` whose
+/// header is sound, if any.
+fn newest_count(dir: &std::path::Path) -> Option<(u64, u64)> {
+    let entries = crate::generation::list(dir).ok()?;
+    entries.iter().rev().find_map(|e| {
+        crate::format::read_header(&e.path)
+            .ok()
+            .map(|h| (e.sequence, h.count))
+    })
+}
+
+/// Refuses `records` if they are more than `--max-shrink` fewer than the
+/// newest generation's, unless `--force`.
+fn check_shrink(
+    opts: &BuildOptions,
+    input: &str,
+    records: u64,
+    current: Option<(u64, u64)>,
+) -> Result<()> {
+    let Some((sequence, count)) = current else {
+        return Ok(());
+    };
+    let floor = count as f64 * (100.0 - opts.max_shrink) / 100.0;
+    if opts.force || records as f64 >= floor {
+        return Ok(());
+    }
+    Err(Error::Shrink {
+        input: input.to_string(),
+        records,
+        current: count,
+        sequence,
+        max_shrink: opts.max_shrink,
     })
 }
 
@@ -623,6 +671,24 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_shrink_guard_refuses_big_drops_unless_forced() {
+        let mut opts = BuildOptions::new("unused");
+        let current = Some((4, 1000));
+        assert!(check_shrink(&opts, "in", 500, current).is_ok());
+        let err = check_shrink(&opts, "in", 499, current).unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+        assert!(
+            check_shrink(&opts, "in", 0, None).is_ok(),
+            "nothing to shrink from"
+        );
+        opts.max_shrink = 10.0;
+        assert!(check_shrink(&opts, "in", 900, current).is_ok());
+        assert!(check_shrink(&opts, "in", 899, current).is_err());
+        opts.force = true;
+        assert!(check_shrink(&opts, "in", 1, current).is_ok());
     }
 
     #[test]

@@ -349,3 +349,41 @@ fn serve_skips_corrupt_generations_at_start_and_refuses_them_while_running() {
     assert!(server.log().contains("gen-0000000003.promo") && server.log().contains("magic"));
     assert_eq!(server.get(id).header("x-promo-generation"), Some("1"));
 }
+
+#[test]
+fn a_feed_that_shrinks_too_much_is_refused_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let before = std::fs::read(dir.path().join(generation::file_name(1))).unwrap();
+    let small = dir.path().join("small.csv");
+    let rows: Vec<_> = (0..50)
+        .map(|i| (id(7, i), "1".into(), "2020-01-01 00:00:00".into()))
+        .collect();
+    write_csv(&small, &rows);
+
+    let out = build(dir.path(), &small, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("50 records against 203 in generation 1"),
+        "{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(generations(dir.path()), [1]);
+    assert_eq!(
+        std::fs::read(dir.path().join(generation::file_name(1))).unwrap(),
+        before
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with(".tmp-")), "{names:?}");
+
+    // A looser guard, then an explicit override, let it through.
+    build_ok(dir.path(), &small, &["--max-shrink", "80%"]);
+    assert_eq!(generations(dir.path()), [1, 2]);
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    build_ok(dir.path(), &small, &["--force"]);
+    assert_eq!(generations(dir.path()), [2, 3, 4]);
+}
