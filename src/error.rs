@@ -61,6 +61,10 @@ pub enum Error {
     #[error("{}: no valid generation (run `promo build <CSV>` first)", path.display())]
     NoGeneration { path: PathBuf },
 
+    /// There is no valid generation before the live one.
+    #[error("{}: no valid generation before the live one: nothing to roll back to", path.display())]
+    NothingToRollBack { path: PathBuf },
+
     /// A bad command-line value.
     #[error("{0}")]
     Usage(String),

@@ -127,6 +127,14 @@ impl BuildLock {
         Ok(Entry { sequence, path })
     }
 
+    /// Publishes the generation at `source` again as the next generation,
+    /// through a hard link: the bytes are shared, never copied or written.
+    pub fn republish(&self, dir: &Path, source: &Path) -> Result<Entry> {
+        let tmp = dir.join(format!("{TMP_PREFIX}{}{SUFFIX}", std::process::id()));
+        fs::hard_link(source, &tmp).map_err(Error::io(&tmp))?;
+        self.publish(dir, &tmp)
+    }
+
     /// Deletes all but the newest `keep` generations (at least one is kept).
     /// Servers that still map a deleted file keep reading it safely.
     pub fn retain(&self, dir: &Path, keep: usize) -> Result<Vec<Entry>> {

@@ -71,6 +71,11 @@ enum Command {
         #[command(flatten)]
         dir: DataDir,
     },
+    /// Make the generation before the live one live again (as a new generation).
+    Rollback {
+        #[command(flatten)]
+        dir: DataDir,
+    },
     /// List the generations and check each one.
     Inspect {
         #[command(flatten)]
@@ -103,7 +108,7 @@ fn main() -> ExitCode {
     // Builds and servers log what they do; queries print only their answer.
     let default_level = match cli.command {
         Command::Get { .. } | Command::Inspect { .. } => "warn",
-        Command::Build { .. } | Command::Serve { .. } => "info",
+        Command::Build { .. } | Command::Serve { .. } | Command::Rollback { .. } => "info",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -177,6 +182,15 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Inspect { dir, json } => inspect(&dir.data_dir, json),
+        Command::Rollback { dir } => {
+            let (from, to) = pipeline::rollback(&dir.data_dir)?;
+            println!(
+                "generation {from} is live again as generation {} ({})",
+                to.sequence,
+                to.path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

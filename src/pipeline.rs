@@ -313,6 +313,31 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     })
 }
 
+/// `promo rollback`: makes the generation before the live one live again.
+///
+/// It is published again under a new sequence (a hard link), so that "the
+/// newest valid generation is live" still holds and servers swap to it as to
+/// any new generation. A second rollback undoes the first. Returns the
+/// sequence rolled back to and the generation that now holds it.
+pub fn rollback(dir: &std::path::Path) -> Result<(u64, Entry)> {
+    let lock = BuildLock::acquire(dir)?;
+    lock.remove_leftovers(dir)?;
+    // Newest first, verifying only until the live one and the one before it.
+    let valid: Vec<Entry> = crate::generation::list(dir)?
+        .into_iter()
+        .rev()
+        .filter(|e| crate::table::Table::open_verified(&e.path, e.sequence).is_ok())
+        .take(2)
+        .collect();
+    let [_live, previous] = valid.as_slice() else {
+        return Err(Error::NothingToRollBack {
+            path: dir.to_path_buf(),
+        });
+    };
+    let entry = lock.republish(dir, &previous.path)?;
+    Ok((previous.sequence, entry))
+}
+
 /// The sequence and record count of the newest generation in `dir` whose
 /// header is sound, if any.
 fn newest_count(dir: &std::path::Path) -> Option<(u64, u64)> {

@@ -297,3 +297,69 @@ fn swap_under_load_never_fails_or_mixes_generations() {
         "generation 2 went live {delay:?} after publishing"
     );
 }
+
+/// `promo rollback` makes the previous generation live again on a running server.
+#[test]
+fn rollback_brings_the_previous_generation_back_on_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    build_ok(&data, &fixture("promotions.csv"), &[]);
+    // Generation 2: the same ids, every price 1.
+    let repriced: String = std::fs::read_to_string(fixture("promotions.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            format!("{},1,{}\n", f[0], f[2])
+        })
+        .collect();
+    let csv2 = dir.path().join("repriced.csv");
+    std::fs::write(&csv2, repriced).unwrap();
+    build_ok(&data, &csv2, &[]);
+
+    let server = Server::start(&data);
+    let path = format!("/promotions/{}", REAL[0].0);
+    let r = server.get(&path);
+    assert_eq!((r.status, r.header("x-promo-generation")), (200, Some("2")));
+    assert!(r.text().contains("\"price\":1,"), "{}", r.text());
+
+    let out = promo()
+        .args(["rollback", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        said.contains("generation 1 is live again as generation 3"),
+        "{said}"
+    );
+    let r = server.wait_for(&path, Duration::from_secs(5), |r| {
+        r.header("x-promo-generation") == Some("3")
+    });
+    assert_eq!(
+        r.text(),
+        REAL[0].1,
+        "generation 3 answers as generation 1 did"
+    );
+    let published = data.join(promo::generation::file_name(3));
+    assert!(std::fs::metadata(published)
+        .unwrap()
+        .permissions()
+        .readonly());
+
+    // With one valid generation only, there is nothing to roll back to.
+    let lone = dir.path().join("lone");
+    build_ok(&lone, &fixture("promotions.csv"), &[]);
+    let out = promo()
+        .args(["rollback", "--data-dir"])
+        .arg(&lone)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to roll back to"));
+}
