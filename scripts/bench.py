@@ -71,7 +71,8 @@ def machine():
 
 def timed(cmd, **kw):
     """Runs cmd under /usr/bin/time: (wall seconds, peak RSS bytes, stdout)."""
-    out = Path(kw.pop("time_file", "/tmp/promo-bench-time"))
+    out = Path(kw.pop("time_file", ROOT / "bench-data" / "time.txt"))
+    out.parent.mkdir(parents=True, exist_ok=True)
     p = run(["/usr/bin/time", "-f", "%e %M", "-o", str(out), *map(str, cmd)],
             stdout=subprocess.PIPE, text=True, **kw)
     wall, rss_kb = out.read_text().split()[-2:]
@@ -336,6 +337,11 @@ def bench_swap(work, generation, ids, duration, results):
     results["swap"] = {"steady": steady, "swap": swap, "failed": failed, "statuses": delta, "live_after": live}
 
 
+def rel(text):
+    """The text with this checkout's absolute paths made relative to it."""
+    return str(text).replace(str(ROOT) + "/", "")
+
+
 def fmt_bytes(n):
     return f"{n / 2**20:,.0f} MiB"
 
@@ -364,7 +370,7 @@ def write_report(results, path, chart):
         t = b[name]
         lines.append(f"| {name} | {t['wall']:.2f} s | {t['rows_per_s']:,.0f} | {t['mb_per_s']:,.0f} | "
                      f"{fmt_bytes(t['rss'])} | {ratio(t['wall'], b['promo']['wall']):.2f}x |")
-    lines += ["", "Commands:", ""] + [f"- {n}: `{b[n]['command']}`" for n in ["promo", "duckdb", "sort"]]
+    lines += ["", "Commands:", ""] + [f"- {n}: `{rel(b[n]['command'])}`" for n in ["promo", "duckdb", "sort"]]
     if "big_build" in results:
         bb = results["big_build"]
         ten_x = 10 * b["promo"]["wall"] * bb["rows"] / (10 * results["build"]["rows"])
@@ -386,7 +392,7 @@ def write_report(results, path, chart):
     lines += ["", f"promo serves {ratio(s['promo']['rps'], s['nginx']['rps']):.2f}x nginx's mean requests/s; "
               f"its p99 is {ratio(s['promo']['p99'], s['nginx']['p99']):.2f}x nginx's. nginx returns a fixed "
               f"{s['body_bytes']}-byte JSON body for every `/promotions/` path (the HTTP/1.1 ceiling here).",
-              "", f"Command: `IDS=ids.txt {s['promo']['command']}`"]
+              "", f"Command: `IDS=ids.txt {rel(s['promo']['command'])}`"]
     lines += ["", "## Lookup (criterion, `benches/lookup.rs`)", "",
               "| records | hit | miss | hit, cache-resident | one random record read | pages touched (mean / max) |",
               "|---:|---:|---:|---:|---:|---:|"]
