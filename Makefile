@@ -5,7 +5,7 @@ LISTEN ?= 0.0.0.0:1321
 CARGO ?= cargo
 PROMO := target/release/promo
 
-.PHONY: all build run demo test lint bench gen clean
+.PHONY: all build run demo test lint bench gen clean fault
 
 all: build
 
@@ -42,3 +42,7 @@ gen: build
 clean:
 	$(CARGO) clean
 	rm -rf $(DATA_DIR)
+
+# Kill `promo build` with SIGKILL at 30 points and check nothing partial is seen.
+fault:
+	PROMO_FAULT_RUNS=30 $(CARGO) test --release --test fault -- --nocapture
