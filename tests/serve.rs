@@ -290,6 +290,12 @@ fn swap_under_load_never_fails_or_mixes_generations() {
         }
     }
     assert!(total > 100, "only {total} requests were made");
+    // The old generation is unmapped once its last request is done: one
+    // generation file stays mapped.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.child.id())).unwrap();
+    let mapped: Vec<&str> = maps.lines().filter(|l| l.contains(".promo")).collect();
+    assert_eq!(mapped.len(), 1, "{mapped:#?}");
+    assert!(mapped[0].contains("gen-0000000002.promo"), "{mapped:#?}");
     let first_new = first_new.expect("no client saw generation 2");
     let delay = first_new.saturating_duration_since(published);
     assert!(
