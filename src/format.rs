@@ -411,11 +411,6 @@ impl Writer {
         );
         Ok(header)
     }
-
-    /// Records written so far.
-    pub fn count(&self) -> u64 {
-        self.fanout.count
-    }
 }
 
 /// Reads and checks the header of the file at `path` without mapping it.

@@ -138,11 +138,7 @@ fn a_failed_build_publishes_nothing_and_keeps_the_old_generation() {
         before
     );
     // No temporary file is left behind.
-    let names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(names.iter().all(|n| !n.starts_with(".tmp-")), "{names:?}");
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
 }
 
 #[test]
@@ -374,11 +370,7 @@ fn a_feed_that_shrinks_too_much_is_refused_unless_forced() {
         std::fs::read(dir.path().join(generation::file_name(1))).unwrap(),
         before
     );
-    let names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(names.iter().all(|n| !n.starts_with(".tmp-")), "{names:?}");
+    assert_eq!(temp_files(dir.path()), Vec::<String>::new());
 
     // A looser guard, then an explicit override, let it through.
     build_ok(dir.path(), &small, &["--max-shrink", "80%"]);

@@ -51,6 +51,15 @@ pub fn summary_field(summary: &str, name: &str) -> String {
         .to_string()
 }
 
+/// Temporary files (`.tmp-*`) in `dir`: what a build left behind.
+pub fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect()
+}
+
 /// A deterministic id for row `i` of data set `set`.
 pub fn id(set: u64, i: u64) -> String {
     let mut x = set.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_mul(0xbf58_476d_1ce4_e5b9);
