@@ -5,7 +5,7 @@ LISTEN ?= 0.0.0.0:1321
 CARGO ?= cargo
 PROMO := target/release/promo
 
-.PHONY: all build run demo test lint bench gen clean fault
+.PHONY: all build run demo test lint bench gen clean fault fuzz soak
 
 all: build
 
@@ -46,3 +46,13 @@ clean:
 # Kill `promo build` with SIGKILL at 30 points and check nothing partial is seen.
 fault:
 	PROMO_FAULT_RUNS=30 $(CARGO) test --release --test fault -- --nocapture
+
+# Each fuzz target for FUZZ_SECONDS (default 60); installs cargo-fuzz if missing.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
+# Ten minutes of load with a new generation every 20 s, then a report.
+# Shorter: make soak SOAK_ARGS="--minutes 1"
+soak: build
+	python3 scripts/soak.py $(SOAK_ARGS)
