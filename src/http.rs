@@ -25,12 +25,36 @@ use crate::table::Table;
 
 /// The response header that names the generation an answer came from.
 pub const GENERATION_HEADER: &str = "x-promo-generation";
-/// Most connections served at once; more wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 16_384;
-/// A client that has not sent its request headers by then is disconnected.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The longest request target (path and query) answered; longer ones get
+/// 414. An id URL is under 100 bytes.
+pub const MAX_TARGET_LEN: usize = 2048;
+/// The most bytes of request line and headers read; more gets 431 from
+/// hyper. This also bounds what a slow client can make a connection buffer.
+pub const MAX_HEAD_LEN: usize = 16 * 1024;
+
+/// What the server holds back from any one client.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections open at once, over all threads; further clients
+    /// wait in the kernel's accept backlog until one closes.
+    pub max_connections: usize,
+    /// A client that has not sent a whole request head this long after the
+    /// server started reading one (a new connection, or the next request on
+    /// a kept-alive one) is disconnected: slow and idle clients cannot hold
+    /// connections for ever.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 16_384,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 const PROMOTIONS: &str = "/promotions/";
 const JSON: &str = "application/json";
@@ -62,14 +86,24 @@ pub struct Routed {
     pub lookup: Option<Lookup>,
 }
 
-/// Answers one request. `table` is the live generation, if any; `metrics`
+/// Answers one request. `target` is the request's path and query, as sent:
+/// paths are matched exactly, without normalising `..` or `//`, and the
+/// query is ignored. `table` is the live generation, if any; `metrics`
 /// renders `/metrics` (tests may pass `None`).
 pub fn route(
     method: &Method,
-    path: &str,
+    target: &str,
     table: Option<&Table>,
     metrics: Option<&PrometheusHandle>,
 ) -> Routed {
+    if target.len() > MAX_TARGET_LEN {
+        return Routed {
+            route: "other",
+            response: json_error(StatusCode::URI_TOO_LONG, "request target too long"),
+            lookup: None,
+        };
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
     if let Some(id) = path.strip_prefix(PROMOTIONS) {
         let (response, lookup) = promotion(method, id, table);
         return Routed {
@@ -130,12 +164,12 @@ pub fn promotion(
     let (mut response, lookup) = if !matches!(*method, Method::GET | Method::HEAD) {
         (method_not_allowed(), None)
     } else if let Some(table) = table {
-        match uuid::Uuid::try_parse(id) {
+        match parse_id(id) {
             Err(_) => (
                 json_error(StatusCode::NOT_FOUND, "not a promotion id"),
                 Some(Lookup::Invalid),
             ),
-            Ok(uuid) => match table.get(uuid.as_u128()) {
+            Ok(key) => match table.get(key) {
                 Some(record) => {
                     let mut body = Vec::with_capacity(128);
                     record.write_json(&mut body);
@@ -162,6 +196,40 @@ pub fn promotion(
         .headers_mut()
         .insert(GENERATION_HEADER, generation_header(sequence));
     (response, lookup)
+}
+
+/// The id in a promotion URL. Percent-encoded characters are decoded first
+/// (`%2D` is `-`, as RFC 3986 makes them equivalent); what does not decode
+/// to a UUID is an error.
+fn parse_id(id: &str) -> Result<u128, ()> {
+    let parse = |bytes: &[u8]| {
+        uuid::Uuid::try_parse_ascii(bytes)
+            .map(|u| u.as_u128())
+            .map_err(|_| ())
+    };
+    if !id.contains('%') {
+        return parse(id.as_bytes());
+    }
+    // The longest accepted form, urn:uuid:..., is 45 bytes.
+    let mut decoded = [0u8; 64];
+    let (mut n, mut rest) = (0, id.as_bytes());
+    while let Some((&b, tail)) = rest.split_first() {
+        let (byte, tail) = match (b, tail) {
+            (b'%', [h, l, tail @ ..]) => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(*h), hex(*l)) {
+                    (Some(h), Some(l)) => ((h * 16 + l) as u8, tail),
+                    _ => return Err(()),
+                }
+            }
+            (b'%', _) => return Err(()),
+            _ => (b, tail),
+        };
+        *decoded.get_mut(n).ok_or(())? = byte;
+        n += 1;
+        rest = tail;
+    }
+    parse(&decoded[..n])
 }
 
 /// The `x-promo-generation` value, formatted once per generation and thread.
@@ -205,12 +273,15 @@ fn method_not_allowed() -> Response<Full<Bytes>> {
     r
 }
 
-/// What every connection needs: the store and the metrics handle.
+/// What every connection needs: the store, the metrics handle, and the
+/// limits, whose connection permits all serving threads share.
 #[derive(Clone)]
 pub struct App {
     pub store: Arc<Store>,
     pub metrics: Option<PrometheusHandle>,
     counters: Arc<Counters>,
+    limits: Limits,
+    connections: Arc<Semaphore>,
 }
 
 /// Metric handles registered once, so that a request does not look its
@@ -220,6 +291,7 @@ struct Counters {
     requests: Vec<(&'static str, StatusCode, metrics::Counter)>,
     durations: Vec<(&'static str, metrics::Histogram)>,
     lookups: [metrics::Counter; 3],
+    open_connections: metrics::Gauge,
 }
 
 const ROUTES: [&str; 5] = ["promotions", "healthz", "readyz", "metrics", "other"];
@@ -230,6 +302,7 @@ impl Counters {
             StatusCode::OK,
             StatusCode::NOT_FOUND,
             StatusCode::METHOD_NOT_ALLOWED,
+            StatusCode::URI_TOO_LONG,
             StatusCode::SERVICE_UNAVAILABLE,
         ];
         let mut requests = Vec::new();
@@ -252,6 +325,7 @@ impl Counters {
                 .collect(),
             lookups: [Lookup::Hit, Lookup::Miss, Lookup::Invalid]
                 .map(|l| metrics::counter!(m::LOOKUPS, "result" => l.label())),
+            open_connections: metrics::gauge!(m::HTTP_OPEN_CONNECTIONS),
         }
     }
 
@@ -278,11 +352,13 @@ impl Counters {
 impl App {
     /// The state shared by every connection. Registers the metric handles,
     /// so install the metrics recorder first.
-    pub fn new(store: Arc<Store>, metrics: Option<PrometheusHandle>) -> App {
+    pub fn new(store: Arc<Store>, metrics: Option<PrometheusHandle>, limits: Limits) -> App {
         App {
             store,
             metrics,
             counters: Arc::new(Counters::new()),
+            limits,
+            connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
         }
     }
 
@@ -292,7 +368,7 @@ impl App {
         let table = self.store.current();
         let routed = route(
             req.method(),
-            req.uri().path(),
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
             table.as_deref(),
             self.metrics.as_ref(),
         );
@@ -327,17 +403,18 @@ pub fn bind(addr: std::net::SocketAddr, n: usize) -> std::io::Result<Vec<std::ne
 /// lets requests in flight finish (up to `SHUTDOWN_GRACE`) and returns.
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(app.limits.header_timeout)
+        .max_buf_size(MAX_HEAD_LEN)
+        .max_header_size(MAX_HEAD_LEN)
         .keep_alive(true)
         // Responses are a few hundred bytes: one copy beats a writev.
         .writev(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            p = app.connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
         let stream = tokio::select! {
@@ -353,6 +430,8 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let open = app.counters.open_connections.clone();
+        open.increment(1);
         let app = app.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let response = app.handle(&req);
@@ -363,6 +442,7 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             if let Err(e) = conn.await {
                 tracing::debug!("connection ended with an error: {e}");
             }
+            open.decrement(1);
             drop(permit);
         });
     }
@@ -479,5 +559,106 @@ mod tests {
         );
         let r = route(&Method::DELETE, "/healthz", Some(&t), None);
         assert_eq!(r.response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn targets_are_matched_as_sent_with_the_query_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path());
+        let status = |target: &str| {
+            route(&Method::GET, target, Some(&t), None)
+                .response
+                .status()
+        };
+        assert_eq!(status(&format!("/promotions/{ID}?a=1&b")), StatusCode::OK);
+        assert_eq!(status("/healthz?"), StatusCode::OK);
+        let encoded = ID.replace('-', "%2d");
+        assert_eq!(status(&format!("/promotions/{encoded}")), StatusCode::OK);
+        for odd in [
+            format!("/promotions/{ID}/"),
+            format!("//promotions/{ID}"),
+            format!("/promotions//{ID}"),
+            format!("/promotions/./{ID}"),
+            format!("/promotions/{ID}%"),
+            format!("/promotions/{ID}%2"),
+            "/promotions/%zz".to_owned(),
+            format!("/promotions/{}", "%41".repeat(70)),
+            "/".to_owned(),
+            "*".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(status(&odd), StatusCode::NOT_FOUND, "{odd:?}");
+        }
+        let longest = format!("/healthz?{}", "x".repeat(MAX_TARGET_LEN - 9));
+        assert_eq!(status(&longest), StatusCode::OK);
+        assert_eq!(status(&format!("{longest}x")), StatusCode::URI_TOO_LONG);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A table of `n` keys 0, 2^120, 2*2^120, ... (so none is 0 or 1).
+        fn keys_table(dir: &std::path::Path, n: u128) -> Table {
+            let path = dir.join("k.promo");
+            let mut w =
+                Writer::new(std::fs::File::create(&path).unwrap(), &path, n as u64).unwrap();
+            for i in 1..=n {
+                let price = Price::new(i as u64, 2).unwrap();
+                w.push(&Record::new(i << 120, price, b"2030-01-01"))
+                    .unwrap();
+            }
+            w.finish().unwrap();
+            Table::open_verified(&path, 7).unwrap()
+        }
+
+        proptest! {
+            #[test]
+            fn any_request_gets_a_defined_answer(
+                method in "[A-Z]{1,8}",
+                target in ".{0,80}|/promotions/.{0,60}",
+                loaded in any::<bool>(),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let t = keys_table(dir.path(), 3);
+                let method = Method::from_bytes(method.as_bytes()).unwrap();
+                let r = route(&method, &target, loaded.then_some(&t), None);
+                let status = r.response.status();
+                let allowed = [200, 404, 405, 503];
+                prop_assert!(allowed.contains(&status.as_u16()), "{} for {:?}", status, target);
+                prop_assert!(status != StatusCode::SERVICE_UNAVAILABLE || !loaded);
+                prop_assert_eq!(r.lookup.is_some(), r.route == "promotions" && loaded && matches!(method, Method::GET | Method::HEAD));
+            }
+
+            #[test]
+            fn every_spelling_of_a_stored_id_finds_it(
+                i in 1u128..=16,
+                spelling in 0..5,
+                encode in proptest::collection::vec(any::<bool>(), 36),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let t = keys_table(dir.path(), 16);
+                let u = uuid::Uuid::from_u128(i << 120);
+                let id = match spelling {
+                    0 => u.hyphenated().to_string(),
+                    1 => u.simple().to_string(),
+                    2 => u.hyphenated().to_string().to_uppercase(),
+                    3 => u.braced().to_string(),
+                    // Any characters percent-encoded.
+                    _ => u
+                        .hyphenated()
+                        .to_string()
+                        .chars()
+                        .zip(&encode)
+                        .map(|(c, &e)| if e { format!("%{:02X}", c as u32) } else { c.to_string() })
+                        .collect(),
+                };
+                let r = route(&Method::GET, &format!("/promotions/{id}"), Some(&t), None);
+                prop_assert_eq!(r.lookup, Some(Lookup::Hit));
+                let json: serde_json::Value = serde_json::from_str(&body(r.response)).unwrap();
+                prop_assert_eq!(json["id"].as_str().unwrap(), u.hyphenated().to_string());
+                prop_assert_eq!(json["price"].as_f64().unwrap(), i as f64 / 100.0);
+            }
+        }
     }
 }

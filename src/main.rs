@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -63,6 +64,15 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "PROMO_LISTEN", default_value = "0.0.0.0:1321")]
         listen: SocketAddr,
+        /// Most client connections open at once; more wait in the kernel's
+        /// accept backlog until one closes.
+        #[arg(long, default_value_t = http::Limits::default().max_connections)]
+        max_connections: usize,
+        /// Seconds a client has to send a request's headers, on a new
+        /// connection or for the next request on a kept-alive one; then it
+        /// is disconnected.
+        #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+        header_timeout: Duration,
     },
     /// Print the JSON the server would return for an id (exit 1 when not found).
     Get {
@@ -88,6 +98,14 @@ enum Command {
 
 fn parse_size(s: &str) -> Result<u64, String> {
     pipeline::parse_size(s)
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("invalid duration {s:?}: expected seconds, such as 10 or 0.5"))
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -153,7 +171,19 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { dir, listen } => serve(dir.data_dir, listen),
+        Command::Serve {
+            dir,
+            listen,
+            max_connections,
+            header_timeout,
+        } => serve(
+            dir.data_dir,
+            listen,
+            http::Limits {
+                max_connections,
+                header_timeout,
+            },
+        ),
         Command::Get { id, dir } => {
             let store = Store::new(&dir.data_dir);
             store.refresh()?;
@@ -197,7 +227,8 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Serves with one single-threaded runtime per core, each accepting on its
 /// own SO_REUSEPORT listener: a connection lives on one thread, and no
 /// request is handed between threads. The watcher has a thread of its own.
-fn serve(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+fn serve(data_dir: PathBuf, listen: SocketAddr, limits: http::Limits) -> anyhow::Result<ExitCode> {
+    raise_open_files_limit(limits.max_connections);
     let metrics = promo::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let store = Arc::new(Store::new(&data_dir));
     match store.refresh() {
@@ -220,7 +251,7 @@ fn serve(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let app = http::App::new(store.clone(), Some(metrics.clone()));
+    let app = http::App::new(store.clone(), Some(metrics.clone()), limits);
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let (app, stop) = (app.clone(), stopped(stop_rx.clone()));
@@ -253,6 +284,33 @@ fn serve(data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each connection is a file descriptor: lift the soft limit on open files
+/// to the hard one, as servers do, and say so if even that is too low for
+/// `connections` (accept then fails and backs off until some close).
+fn raise_open_files_limit(connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write only the struct passed,
+    // which lives on this stack frame for the duration of each call.
+    let ok = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    // Generation files, listeners, the metrics and the standard streams.
+    let wanted = connections as u64 + 64;
+    if !ok || lim.rlim_cur < wanted {
+        tracing::warn!(
+            "the open files limit ({}) is below --max-connections plus 64 ({wanted}): \
+             raise it (ulimit -n, or LimitNOFILE= in a systemd unit)",
+            lim.rlim_cur
+        );
+    }
 }
 
 fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -9,6 +9,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const HTTP_REQUESTS: &str = "promo_http_requests_total";
 /// Histogram, label `route`.
 pub const HTTP_DURATION: &str = "promo_http_request_duration_seconds";
+/// Gauge: client connections open now.
+pub const HTTP_OPEN_CONNECTIONS: &str = "promo_http_open_connections";
 /// Counter, label `result` = `hit`, `miss` or `invalid`.
 pub const LOOKUPS: &str = "promo_lookups_total";
 /// Gauge: the live generation's sequence (0 before one is loaded).
@@ -48,6 +50,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::counter!(GENERATION_LOAD_FAILURES).absolute(0);
     metrics::gauge!(GENERATION_SEQUENCE).set(0.0);
     metrics::gauge!(GENERATION_ROWS).set(0.0);
+    metrics::gauge!(HTTP_OPEN_CONNECTIONS).set(0.0);
     metrics::gauge!(GENERATION_LOADED).set(0.0);
     Ok(handle)
 }
@@ -72,6 +75,10 @@ fn describe() {
         "Sequence number of the live generation; 0 before one is loaded."
     );
     describe_gauge!(GENERATION_ROWS, "Records in the live generation.");
+    describe_gauge!(
+        HTTP_OPEN_CONNECTIONS,
+        "Client connections open now (at most serve --max-connections)."
+    );
     describe_gauge!(
         GENERATION_LOADED,
         Unit::Seconds,

@@ -92,9 +92,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    /// `promo serve` with extra arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
         let mut child = promo()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -229,11 +235,23 @@ impl Client {
         self.request_with("GET", path, false)
     }
 
+    /// Waits (up to the read timeout) for the server to close the
+    /// connection; true if it did, without sending anything first.
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+
     pub fn request_with(&mut self, method: &str, path: &str, close: bool) -> Response {
         let conn = if close { "close" } else { "keep-alive" };
-        // One write: several small ones would wait on Nagle and delayed ACKs.
         let head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: {conn}\r\n\r\n");
-        self.writer.write_all(head.as_bytes()).unwrap();
+        self.send(head.as_bytes(), method == "HEAD")
+    }
+
+    /// Sends `bytes` as they are, in one write (several small ones would
+    /// wait on Nagle and delayed ACKs), and reads one response.
+    pub fn send(&mut self, bytes: &[u8], head_only: bool) -> Response {
+        self.writer.write_all(bytes).unwrap();
         let mut status_line = String::new();
         self.reader.read_line(&mut status_line).unwrap();
         let status: u16 = status_line
@@ -258,7 +276,7 @@ impl Client {
             .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
             .map(|(_, v)| v.parse().unwrap())
             .unwrap_or(0);
-        let mut body = vec![0; if method == "HEAD" { 0 } else { len }];
+        let mut body = vec![0; if head_only { 0 } else { len }];
         self.reader.read_exact(&mut body).unwrap();
         Response {
             status,
