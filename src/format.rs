@@ -304,6 +304,11 @@ pub struct Writer {
     flushed: u64,
 }
 
+/// What a failed write was doing, for the error message: on a full disk
+/// (`No space left on device`, or `File too large` past `ulimit -f`) the
+/// message names the file and says that it was the generation being written.
+const WRITING: &str = "writing the new generation";
+
 /// Bytes between two early writeback requests.
 const WRITEBACK_STEP: u64 = 64 << 20;
 
@@ -312,7 +317,8 @@ impl Writer {
     /// bounds the records to come and sizes the fanout table.
     pub fn new(file: File, path: &Path, max_count: u64) -> Result<Writer> {
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&[0u8; HEADER_LEN]).map_err(Error::io(path))?;
+        out.write_all(&[0u8; HEADER_LEN])
+            .map_err(Error::io_op(WRITING, path))?;
         Ok(Writer {
             out,
             hasher: Xxh3::new(),
@@ -347,7 +353,9 @@ impl Writer {
             self.fanout.push(key);
         }
         self.hasher.update(block);
-        self.out.write_all(block).map_err(Error::io(&self.path))?;
+        self.out
+            .write_all(block)
+            .map_err(Error::io_op(WRITING, &self.path))?;
         self.written += block.len() as u64;
         if self.written - self.flushed >= WRITEBACK_STEP {
             self.start_writeback()?;
@@ -358,7 +366,9 @@ impl Writer {
     /// Asks the kernel to start writing what was written so far, without
     /// waiting, so that the final fsync has little left to do.
     fn start_writeback(&mut self) -> Result<()> {
-        self.out.flush().map_err(Error::io(&self.path))?;
+        self.out
+            .flush()
+            .map_err(Error::io_op(WRITING, &self.path))?;
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
@@ -383,7 +393,7 @@ impl Writer {
 
     /// Writes the fanout table and the header, and syncs the file to disk.
     pub fn finish(mut self) -> Result<Header> {
-        let io = |e| Error::io(&self.path)(e);
+        let io = |e| Error::io_op(WRITING, &self.path)(e);
         let count = self.fanout.count;
         let bits = self.fanout.bits;
         for entry in std::mem::replace(&mut self.fanout, FanoutBuilder::new(0)).finish() {
@@ -404,7 +414,10 @@ impl Writer {
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&header.encode()).map_err(io)?;
         let started = std::time::Instant::now();
-        file.sync_all().map_err(io)?;
+        file.sync_all().map_err(Error::io_op(
+            "syncing the new generation to disk",
+            &self.path,
+        ))?;
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
             "synced the generation file"

@@ -190,6 +190,7 @@ const REPORTED_INVALID: u64 = 10;
 /// Builds and publishes a generation from `input`.
 pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     let started = Instant::now();
+    ignore_file_size_signal();
     let dir = &opts.data_dir;
     let lock = BuildLock::acquire(dir)?;
     lock.remove_leftovers(dir)?;
@@ -347,6 +348,23 @@ fn newest_count(dir: &std::path::Path) -> Option<(u64, u64)> {
             .ok()
             .map(|h| (e.sequence, h.count))
     })
+}
+
+/// Makes a write past the file size limit (`ulimit -f`, `RLIMIT_FSIZE`) fail
+/// with `EFBIG` ("File too large") instead of killing the process.
+///
+/// Such a write makes the kernel send `SIGXFSZ`, whose default action kills
+/// the process: the build would die without a word and leave its temporary
+/// file behind. With the signal ignored, the write fails like a write to a
+/// full disk, and the build fails the usual way: a message that names the
+/// file and the cause, nothing published, no file left behind. It is done
+/// here rather than in `main` so that every caller of [`build`] gets that
+/// error rather than a dead process; it changes nothing else, as promo
+/// handles every failed write as an error already.
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler
+    // and touches no memory of ours; it is sound at any time, from any thread.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 }
 
 /// Refuses `records` if they are more than `--max-shrink` fewer than the

@@ -203,14 +203,18 @@ impl Sorter {
     fn spill(&mut self) -> Result<()> {
         let mut run = self.new_run()?;
         let tmp = self.tmp_dir.clone();
-        self.drain_sorted(&mut |block: &[u8]| run.write_all(block).map_err(Error::io(&tmp)))?;
+        self.drain_sorted(&mut |block: &[u8]| {
+            run.write_all(block)
+                .map_err(Error::io_op("writing a sorted run", &tmp))
+        })?;
         self.runs.push(run);
         self.spilled += 1;
         Ok(())
     }
 
     fn new_run(&self) -> Result<File> {
-        tempfile::tempfile_in(&self.tmp_dir).map_err(Error::io(&self.tmp_dir))
+        tempfile::tempfile_in(&self.tmp_dir)
+            .map_err(Error::io_op("creating a sorted run", &self.tmp_dir))
     }
 
     /// Hands every distinct key's winning record to `sink`, in key order,
@@ -241,7 +245,9 @@ impl Sorter {
                 let mut merged = self.new_run()?;
                 let tmp = self.tmp_dir.clone();
                 self.merge_parallel(&group, &mut |block: &[u8]| {
-                    merged.write_all(block).map_err(Error::io(&tmp))
+                    merged
+                        .write_all(block)
+                        .map_err(Error::io_op("writing a merged run", &tmp))
                 })?;
                 merged_runs.push(merged);
             }
@@ -270,7 +276,7 @@ impl Sorter {
     ) -> Result<u64> {
         use std::os::unix::fs::FileExt;
         let tmp = self.tmp_dir.clone();
-        let io = |e| Error::io(&tmp)(e);
+        let io = |e| Error::io_op("reading a sorted run", &tmp)(e);
         let key_at = |run: &File, i: u64| -> Result<u128> {
             let mut key = [0u8; 16];
             run.read_exact_at(&mut key, i * RECORD_LEN as u64)
