@@ -5,7 +5,7 @@
 //! one, which is unmapped when its last request drops it. So a request sees
 //! exactly one generation, and a swap fails no request.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,9 +22,34 @@ use crate::table::Table;
 pub struct Store {
     dir: PathBuf,
     live: ArcSwapOption<Table>,
-    /// Sequences that failed validation. Published files never change, so
-    /// they are not retried (nor counted as failures again) on every scan.
-    refused: Mutex<HashSet<u64>>,
+    /// Generations that failed validation, and the file each one was then.
+    /// A published file never changes, so the same file is not read (nor
+    /// counted as a failure) again on every scan; but a file put in its
+    /// place, say a whole copy renamed over a partial one, is checked.
+    refused: Mutex<HashMap<u64, FileId>>,
+}
+
+/// What tells one file from another under the same name: its inode, and
+/// its length and modification time, should it be rewritten in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        })
+    }
 }
 
 impl Store {
@@ -33,7 +58,7 @@ impl Store {
         Store {
             dir: dir.into(),
             live: ArcSwapOption::empty(),
-            refused: Mutex::new(HashSet::new()),
+            refused: Mutex::new(HashMap::new()),
         }
     }
 
@@ -58,18 +83,24 @@ impl Store {
             if entry.sequence <= live {
                 break;
             }
-            if self.refused.lock().unwrap().contains(&entry.sequence) {
+            // Taken before the file is read: should it be replaced
+            // meanwhile, the next scan sees another file and reads it.
+            let id = FileId::of(&entry.path);
+            if id.is_some() && self.refused.lock().unwrap().get(&entry.sequence) == id.as_ref() {
                 continue;
             }
             match Table::open_verified(&entry.path, entry.sequence) {
                 Ok(table) => {
+                    self.refused.lock().unwrap().remove(&entry.sequence);
                     self.go_live(table);
                     return Ok(Some(entry.sequence));
                 }
                 Err(e) => {
                     tracing::error!("refused generation {}: {e}", entry.sequence);
                     metrics::counter!(m::GENERATION_LOAD_FAILURES).increment(1);
-                    self.refused.lock().unwrap().insert(entry.sequence);
+                    if let Some(id) = id {
+                        self.refused.lock().unwrap().insert(entry.sequence, id);
+                    }
                 }
             }
         }
@@ -132,5 +163,60 @@ pub async fn watch(store: Arc<Store>, interval: Duration, shutdown: impl Future<
             Ok(Err(e)) => tracing::warn!("scanning for generations: {e}"),
             Err(e) => tracing::error!("generation scan panicked: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Writer;
+    use crate::record::{Price, Record};
+
+    /// Writes a valid generation of `n` records at `path`, whole, through a
+    /// rename (as a copy should arrive).
+    fn put_generation(path: &Path, n: u128) {
+        let tmp = path.with_extension("part");
+        let file = std::fs::File::create(&tmp).unwrap();
+        let mut w = Writer::new(file, &tmp, n as u64).unwrap();
+        for k in 1..=n {
+            let price = Price::new(k as u64, 2).unwrap();
+            w.push(&Record::new(k << 100, price, b"2020-01-01 00:00:00"))
+                .unwrap();
+        }
+        w.finish().unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    fn put_bytes(path: &Path, bytes: &[u8]) {
+        let tmp = path.with_extension("part");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn a_refused_file_is_not_read_again_but_one_put_in_its_place_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let gen = |s| dir.path().join(generation::file_name(s));
+        put_generation(&gen(1), 3);
+        let store = Store::new(dir.path());
+        assert_eq!(store.refresh().unwrap(), Some(1));
+
+        put_bytes(&gen(2), b"half a generation");
+        assert_eq!(store.refresh().unwrap(), None);
+        let refused = *store.refused.lock().unwrap().get(&2).unwrap();
+        assert_eq!(Some(refused), FileId::of(&gen(2)));
+        // The same file: skipped, and remembered as it was.
+        assert_eq!(store.refresh().unwrap(), None);
+        assert_eq!(store.refused.lock().unwrap().get(&2), Some(&refused));
+        assert_eq!(store.current().as_ref().unwrap().sequence(), 1);
+
+        // Another bad file in its place is refused in turn, a good one goes live.
+        put_bytes(&gen(2), b"another half");
+        assert_eq!(store.refresh().unwrap(), None);
+        assert_ne!(store.refused.lock().unwrap().get(&2), Some(&refused));
+        put_generation(&gen(2), 5);
+        assert_eq!(store.refresh().unwrap(), Some(2));
+        assert_eq!(store.current().as_ref().unwrap().len(), 5);
+        assert!(store.refused.lock().unwrap().is_empty());
     }
 }

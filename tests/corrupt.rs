@@ -321,3 +321,27 @@ fn builds_number_past_corrupt_generations_and_measure_shrink_against_valid_ones(
     let summary = build_ok(&data, &feed(dir.path(), "d.csv", 4, 60), &keep);
     assert_eq!(summary_field(&summary, "generation"), "6");
 }
+
+/// A refused file is not read again on every scan, but a whole copy renamed
+/// over it (after a partial copy, say) is checked, and goes live.
+#[test]
+fn a_refused_generation_replaced_by_a_whole_copy_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    build_ok(data, &fixture("promotions.csv"), &[]);
+    let good = std::fs::read(data.join(generation::file_name(1))).unwrap();
+    let server = Server::start(data);
+    drop_generation(data, 2, &good[..good.len() - 100]);
+    server.wait_for("/metrics", LIMIT, |r| {
+        r.text()
+            .contains("promo_generation_load_failures_total 1\n")
+    });
+    assert_live(&server, 1);
+
+    drop_generation(data, 2, &good);
+    server.wait_for(&format!("/promotions/{REAL_ID}"), LIMIT, |r| {
+        r.header("x-promo-generation") == Some("2")
+    });
+    assert_live(&server, 2);
+    assert_eq!(metric(&server, "promo_generation_load_failures_total"), 1.0);
+}
