@@ -5,6 +5,19 @@
 //! temporary file in the same directory, fsync it, make it read-only, rename
 //! it into place, fsync the directory. The rename is the commit: a crash
 //! leaves only a temporary file, which the next build removes.
+//!
+//! Retention ([`BuildLock::retain`]) keeps the `--keep` newest *sound*
+//! generations and deletes only files older than the oldest of them. A
+//! corrupt file (a truncated or damaged copy) does not count, so a run of
+//! them can never push the last good generations out and leave `promo
+//! rollback` nothing to go back to; corrupt files newer than the cut are
+//! left alone (servers refuse them, `promo inspect` shows them) and age out
+//! like any other once enough sound generations follow. Sound means: what
+//! the build already knows ([`Known`]: the generation it wrote, and what the
+//! shrink guard verified in full on its way from the newest file to the
+//! first valid one), else a header that checks (magic, version, header
+//! checksum, length). Old generations can be tens of gigabytes, so they are
+//! never read in full just to decide what to delete.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -36,6 +49,36 @@ pub fn parse_name(name: &str) -> Option<u64> {
 pub struct Entry {
     pub sequence: u64,
     pub path: PathBuf,
+}
+
+/// What a build already knows of some generations in its data directory,
+/// so that retention need not read them again.
+///
+/// A verdict is about the file as it was when it was checked: a file copied
+/// over it since is judged by that verdict all the same. At worst that
+/// keeps a file too many (a bad one replaced by a good copy) or counts a
+/// replaced good one as sound; servers verify every file anyway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Sequences that verified in full, or that the build just wrote.
+    pub good: Vec<u64>,
+    /// Sequences that failed a full verification.
+    pub bad: Vec<u64>,
+}
+
+impl Known {
+    /// Whether `entry` counts towards `--keep`: the known verdict, else
+    /// whether its header checks ([`crate::format::read_header`]: magic,
+    /// version, header checksum, the length it describes).
+    pub fn sound(&self, entry: &Entry) -> bool {
+        if self.bad.contains(&entry.sequence) {
+            false
+        } else if self.good.contains(&entry.sequence) {
+            true
+        } else {
+            crate::format::read_header(&entry.path).is_ok()
+        }
+    }
 }
 
 /// The generations in `dir`, oldest first. A missing directory holds none.
@@ -135,12 +178,24 @@ impl BuildLock {
         self.publish(dir, &tmp)
     }
 
-    /// Deletes all but the newest `keep` generations (at least one is kept).
-    /// Servers that still map a deleted file keep reading it safely.
-    pub fn retain(&self, dir: &Path, keep: usize) -> Result<Vec<Entry>> {
+    /// Keeps the newest `keep` sound generations (at least one; see
+    /// [`Known::sound`]) and deletes every generation older than the oldest
+    /// of them; with fewer than `keep` sound ones, deletes nothing. Corrupt
+    /// files newer than that stay. Only the headers of the files from the
+    /// newest down to the cut are read, and only those `known` does not
+    /// judge. Servers that still map a deleted file keep reading it safely.
+    pub fn retain(&self, dir: &Path, keep: usize, known: &Known) -> Result<Vec<Entry>> {
         let all = list(dir)?;
-        let excess = all.len().saturating_sub(keep.max(1));
-        let old: Vec<Entry> = all.into_iter().take(excess).collect();
+        let cut = all
+            .iter()
+            .rev()
+            .filter(|e| known.sound(e))
+            .nth(keep.max(1) - 1)
+            .map(|e| e.sequence);
+        let old: Vec<Entry> = match cut {
+            Some(cut) => all.into_iter().take_while(|e| e.sequence < cut).collect(),
+            None => Vec::new(),
+        };
         for e in &old {
             fs::remove_file(&e.path).map_err(Error::io(&e.path))?;
         }
@@ -188,7 +243,12 @@ mod tests {
             assert_eq!(e.sequence, i);
             assert!(fs::metadata(&e.path).unwrap().permissions().readonly());
         }
-        let removed = lock.retain(dir.path(), 3).unwrap();
+        // Empty files: sound only because the build "knows" them.
+        let known = Known {
+            good: (1..=5).collect(),
+            bad: Vec::new(),
+        };
+        let removed = lock.retain(dir.path(), 3, &known).unwrap();
         assert_eq!(
             removed.iter().map(|e| e.sequence).collect::<Vec<_>>(),
             [1, 2]
@@ -202,6 +262,67 @@ mod tests {
         // Sequences keep rising after deletions.
         let (_, tmp) = lock.temp_file(dir.path()).unwrap();
         assert_eq!(lock.publish(dir.path(), &tmp).unwrap().sequence, 6);
+    }
+
+    /// Writes a valid generation `sequence` of three records into `dir`.
+    fn put_generation(dir: &Path, sequence: u64) -> PathBuf {
+        use crate::record::{Price, Record};
+        let path = dir.join(file_name(sequence));
+        let file = File::create(&path).unwrap();
+        let mut w = crate::format::Writer::new(file, &path, 3).unwrap();
+        for k in 1..=3u128 {
+            let price = Price::new(k as u64, 2).unwrap();
+            w.push(&Record::new(k << 100, price, b"2020-01-01 00:00:00"))
+                .unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    fn sequences(dir: &Path) -> Vec<u64> {
+        list(dir).unwrap().iter().map(|e| e.sequence).collect()
+    }
+
+    #[test]
+    fn retain_counts_only_sound_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let lock = BuildLock::acquire(d).unwrap();
+        // 1 truncated, 2 and 3 good, 4 truncated, 5 with a flipped body
+        // byte (its header sound), 6 good.
+        let good = fs::read(put_generation(d, 1)).unwrap();
+        fs::write(d.join(file_name(1)), &good[..good.len() / 2]).unwrap();
+        put_generation(d, 2);
+        put_generation(d, 3);
+        fs::write(d.join(file_name(4)), &good[..good.len() - 1]).unwrap();
+        let mut flipped = good.clone();
+        flipped[64 + 20] ^= 1;
+        fs::write(d.join(file_name(5)), &flipped).unwrap();
+        put_generation(d, 6);
+
+        // Fewer sound generations than asked for: nothing goes.
+        assert_eq!(lock.retain(d, 5, &Known::default()).unwrap(), []);
+        assert_eq!(sequences(d), [1, 2, 3, 4, 5, 6]);
+
+        // What the build verified: 5 is bad (whatever its header says), 6 is
+        // good. Kept: 6, 3, 2; the corrupt 4 and 5 between them stay, the
+        // corrupt 1 before them goes.
+        let known = Known {
+            good: vec![6],
+            bad: vec![5],
+        };
+        let removed = lock.retain(d, 3, &known).unwrap();
+        assert_eq!(removed.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1]);
+        assert_eq!(sequences(d), [2, 3, 4, 5, 6]);
+
+        // Headers only (a build with --force): 5 counts, 4 does not.
+        let removed = lock.retain(d, 3, &Known::default()).unwrap();
+        assert_eq!(removed.iter().map(|e| e.sequence).collect::<Vec<_>>(), [2]);
+        assert_eq!(sequences(d), [3, 4, 5, 6]);
+
+        // --keep 1 keeps the newest sound generation only.
+        lock.retain(d, 1, &known).unwrap();
+        assert_eq!(sequences(d), [6]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::format::Writer;
-use crate::generation::{BuildLock, Entry};
+use crate::generation::{BuildLock, Entry, Known};
 use crate::ingest;
 use crate::sort::Sorter;
 use rayon::prelude::*;
@@ -290,14 +290,16 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     if valid == 0 {
         return Err(Error::NoValidRows { input: name, rows });
     }
-    // Unique records are at most the valid rows: refuse early when even
-    // those are too few, and exactly once the sort has counted them.
-    let current = match newest {
+    // What the guard verified also tells retention which files are good
+    // and which are bad; without the guard, retention checks headers only.
+    let Scan { current, mut known } = match newest {
         Some(thread) => thread
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-        None => None,
+        None => Scan::default(),
     };
+    // Unique records are at most the valid rows: refuse early when even
+    // those are too few, and exactly once the sort has counted them.
     check_shrink(opts, &name, valid, current)?;
 
     let (file, tmp_path) = lock.temp_file(dir)?;
@@ -313,7 +315,8 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     );
     let generation = lock.publish(dir, &tmp_path)?;
     tmp.disarm();
-    for old in lock.retain(dir, opts.keep)? {
+    known.good.push(generation.sequence);
+    for old in lock.retain(dir, opts.keep, &known)? {
         tracing::info!(path = %old.path.display(), "removed an old generation");
     }
     Ok(BuildSummary {
@@ -352,19 +355,38 @@ pub fn rollback(dir: &std::path::Path) -> Result<(u64, Entry)> {
     Ok((previous.sequence, entry))
 }
 
-/// The sequence and record count of the newest generation in `dir` that
-/// fully verifies, if any: the one servers have live. A newer file that does
-/// not verify (a bad copy, a flipped bit) is refused by servers, so the
-/// shrink guard must not measure a feed against it either, even when its
-/// header alone is sound. Usually the newest file verifies, and it is the
-/// only one read.
-fn newest_valid_count(dir: &std::path::Path) -> Option<(u64, u64)> {
-    let entries = crate::generation::list(dir).ok()?;
-    entries.iter().rev().find_map(|e| {
-        crate::table::Table::open_verified(&e.path, e.sequence)
-            .ok()
-            .map(|t| (e.sequence, t.len()))
-    })
+/// What the shrink guard's scan of the data directory found.
+#[derive(Default)]
+struct Scan {
+    /// The sequence and record count of the newest generation that fully
+    /// verifies, if any.
+    current: Option<(u64, u64)>,
+    /// That generation as good, and every newer file, which failed, as bad:
+    /// retention counts on it.
+    known: Known,
+}
+
+/// Finds the newest generation in `dir` that fully verifies: the one
+/// servers have live. A newer file that does not verify (a bad copy, a
+/// flipped bit) is refused by servers, so the shrink guard must not measure
+/// a feed against it either, even when its header alone is sound. Usually
+/// the newest file verifies, and it is the only one read.
+fn newest_valid_count(dir: &std::path::Path) -> Scan {
+    let mut scan = Scan::default();
+    let Ok(entries) = crate::generation::list(dir) else {
+        return scan;
+    };
+    for e in entries.iter().rev() {
+        match crate::table::Table::open_verified(&e.path, e.sequence) {
+            Ok(t) => {
+                scan.current = Some((e.sequence, t.len()));
+                scan.known.good.push(e.sequence);
+                break;
+            }
+            Err(_) => scan.known.bad.push(e.sequence),
+        }
+    }
+    scan
 }
 
 /// Makes a write past the file size limit (`ulimit -f`, `RLIMIT_FSIZE`) fail

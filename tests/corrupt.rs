@@ -345,3 +345,68 @@ fn a_refused_generation_replaced_by_a_whole_copy_goes_live() {
     assert_live(&server, 2);
     assert_eq!(metric(&server, "promo_generation_load_failures_total"), 1.0);
 }
+
+/// `promo get <id>` against `data`: the JSON printed, or `None` when not found.
+fn get(data: &Path, id: &str) -> Option<String> {
+    let out = promo()
+        .args(["get", id, "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    match out.status.code() {
+        Some(0) => Some(String::from_utf8(out.stdout).unwrap().trim().to_string()),
+        Some(1) => None,
+        _ => panic!("promo get: {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// Retention counts sound generations only: corrupt files newer than the
+/// last good ones do not push the good ones out, so a rollback still has
+/// something to go back to.
+#[test]
+fn retention_keeps_good_generations_behind_newer_corrupt_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    build_ok(&data, &feed(dir.path(), "a.csv", 1, 100), &[]);
+    build_ok(&data, &feed(dir.path(), "b.csv", 2, 100), &[]);
+    let good = std::fs::read(data.join(generation::file_name(2))).unwrap();
+    // 3: a truncated copy of 2; 4: a copy with one flipped body byte, its
+    // header sound.
+    drop_generation(&data, 3, &good[..good.len() / 2]);
+    let mut flipped = good.clone();
+    flipped[HEADER_LEN + 10 * RECORD_LEN + 30] ^= 0x04;
+    promo::format::Header::decode(&flipped, flipped.len() as u64).unwrap();
+    drop_generation(&data, 4, &flipped);
+
+    // The default --keep 3: generation 5 and the two good ones before it
+    // are kept, and the corrupt files between them are left alone.
+    let summary = build_ok(&data, &feed(dir.path(), "c.csv", 3, 100), &[]);
+    assert_eq!(summary_field(&summary, "generation"), "5");
+    let sequences: Vec<u64> = generation::list(&data)
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(sequences, [1, 2, 3, 4, 5]);
+    assert!(get(&data, &id(3, 0)).is_some());
+
+    // Rolling back skips the corrupt files and brings generation 2 back.
+    let out = promo()
+        .args(["rollback", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        said.starts_with("generation 2 is live again as generation 6"),
+        "{said}"
+    );
+    let json = get(&data, &id(2, 7)).expect("generation 2's data is back");
+    assert!(json.contains("\"price\":7.5"), "{json}");
+    assert_eq!(get(&data, &id(3, 0)), None);
+}
