@@ -459,3 +459,80 @@ pub fn rfc3339_utc(ms: u64) -> String {
         rem % 60
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header() -> impl Strategy<Value = Header> {
+        (
+            0u64..1 << 40,
+            0..=MAX_FANOUT_BITS,
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(|(count, fanout_bits, created_ms, body_checksum)| Header {
+                count,
+                fanout_bits,
+                created_ms,
+                body_checksum,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail_without_panicking(
+            bytes in proptest::collection::vec(any::<u8>(), 0..160),
+            file_len in any::<u64>(),
+        ) {
+            if let Ok(h) = Header::decode(&bytes, file_len) {
+                prop_assert_eq!(h.file_len(), file_len);
+                prop_assert_eq!(Header::decode(&h.encode(), file_len), Ok(h));
+            }
+        }
+
+        #[test]
+        fn headers_round_trip_against_their_length(h in header()) {
+            let bytes = h.encode();
+            prop_assert_eq!(Header::decode(&bytes, h.file_len()), Ok(h));
+            let short = Header::decode(&bytes, h.file_len() - 1);
+            let long = Header::decode(&bytes, h.file_len() + 1);
+            prop_assert!(matches!(short, Err(FormatError::Length { .. })), "{:?}", short);
+            prop_assert!(matches!(long, Err(FormatError::Length { .. })), "{:?}", long);
+        }
+
+        /// Every byte of the header is covered: magic, version or checksum.
+        #[test]
+        fn any_flipped_header_bit_is_refused(h in header(), at in 0..HEADER_LEN, bit in 0..8u32) {
+            let mut bytes = h.encode();
+            bytes[at] ^= 1 << bit;
+            prop_assert!(Header::decode(&bytes, h.file_len()).is_err());
+        }
+    }
+
+    #[test]
+    fn a_header_names_what_is_wrong() {
+        let h = Header {
+            count: 10,
+            fanout_bits: 1,
+            created_ms: 0,
+            body_checksum: 0,
+        };
+        let mut bytes = h.encode();
+        bytes[8] = 2;
+        let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..56]);
+        bytes[56..64].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(
+            Header::decode(&bytes, h.file_len()),
+            Err(FormatError::Version {
+                expected: VERSION,
+                got: 2
+            })
+        );
+        assert_eq!(
+            Header::decode(&bytes[..10], 10),
+            Err(FormatError::TooShort { len: 10 })
+        );
+    }
+}

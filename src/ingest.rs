@@ -1534,6 +1534,47 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
             }
 
             #[test]
+            fn ids_round_trip_in_every_spelling(key in any::<u128>(), form in 0..4) {
+                let u = uuid::Uuid::from_u128(key);
+                let text = match form {
+                    0 => u.hyphenated().to_string(),
+                    1 => u.hyphenated().to_string().to_uppercase(),
+                    2 => u.simple().to_string(),
+                    _ => u.urn().to_string(),
+                };
+                prop_assert_eq!(parse_id(text.as_bytes()), Some(key));
+            }
+
+            /// A row written from any valid record parses back to it.
+            #[test]
+            fn valid_rows_round_trip(
+                key in any::<u128>(),
+                units in 0..=Price::MAX_UNITS,
+                scale in 0..=Price::MAX_SCALE,
+                (y, mo, d, h, mi, sec) in (1u32..=9999, 1u32..=12, 1u32..=28, 0u32..24, 0u32..60, 0u32..60),
+                zone in prop::sample::select(vec![" +0200 CEST", " -0300 -03", "Z", "+05:30", ""]),
+                pad in prop::sample::select(vec!["", " ", "  "]),
+            ) {
+                let price = Price::new(units, scale).unwrap();
+                let sep = if zone.starts_with(' ') || zone.is_empty() { ' ' } else { 'T' };
+                let date = format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{sec:02}{zone}");
+                let id = uuid::Uuid::from_u128(key).hyphenated().to_string();
+                let line = format!("{pad}{id}{pad},{pad}{price}{pad},{pad}{date}{pad}\n");
+                let want = Record::new(key, price, date.as_bytes());
+                let got = parse_fields(id.as_bytes(), price.to_string().as_bytes(), date.as_bytes());
+                prop_assert_eq!(got.as_ref().map(|r| r.as_bytes().to_vec()), Ok(want.as_bytes().to_vec()));
+                // And the same through the chunk parser and the CSV reader.
+                let chunk = parse_chunk(line.as_bytes(), true);
+                prop_assert_eq!(chunk.records.len(), 1);
+                prop_assert_eq!(chunk.records[0].as_bytes(), want.as_bytes());
+                let read: Vec<_> = rows(line.as_bytes())
+                    .into_iter()
+                    .map(|(l, r)| (l, r.map(|r| r.as_bytes().to_vec())))
+                    .collect();
+                prop_assert_eq!(read, vec![(1, Ok(want.as_bytes().to_vec()))]);
+            }
+
+            #[test]
             fn line_numbers_match_physical_lines(
                 tokens in proptest::collection::vec(
                     prop::sample::select(vec!["a", ",", " ", "\n", "\r\n"]),
