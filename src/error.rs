@@ -52,6 +52,15 @@ pub enum Error {
         max_shrink: f64,
     },
 
+    /// A directory named by `option` (`--tmp-dir`, `--data-dir`) that a
+    /// build cannot use, found before the feed is read.
+    Dir {
+        option: &'static str,
+        path: PathBuf,
+        /// "does not exist", "is not a directory", ...
+        reason: String,
+    },
+
     /// Another build holds the data directory's lock.
     Locked { path: PathBuf },
 
@@ -98,6 +107,15 @@ impl fmt::Display for Error {
                 "{input}: the new generation would hold {records} records against {current} in \
                  generation {sequence}, a drop of more than --max-shrink {max_shrink}%; nothing \
                  was published (check the feed, or pass --force to publish it anyway)"
+            ),
+            Error::Dir {
+                option,
+                path,
+                reason,
+            } => write!(
+                f,
+                "{option} {}: {reason}; nothing was read or published",
+                path.display()
             ),
             Error::Locked { path } => write!(
                 f,

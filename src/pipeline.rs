@@ -1,6 +1,7 @@
 //! `promo build`: CSV in, one published generation out.
 //!
-//! The steps, in order: take the data directory's lock (a second build
+//! The steps, in order: check that the data directory and `--tmp-dir` can
+//! be written, take the data directory's lock (a second build
 //! fails fast), remove leftovers of crashed builds, stream and validate the
 //! rows into the sorter, refuse the feed if too many rows are invalid, write
 //! the sorted records to a temporary file, and publish it. Nothing is
@@ -192,6 +193,12 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     let started = Instant::now();
     ignore_file_size_signal();
     let dir = &opts.data_dir;
+    // Directories are checked before the feed is read, not at the first
+    // write after reading (maybe) gigabytes of it.
+    if let Some(tmp_dir) = &opts.tmp_dir {
+        usable_dir("--tmp-dir", tmp_dir, false)?;
+    }
+    usable_dir("--data-dir", dir, true)?;
     let lock = BuildLock::acquire(dir)?;
     lock.remove_leftovers(dir)?;
     // What the shrink guard measures against, found while the feed is read:
@@ -387,6 +394,38 @@ fn newest_valid_count(dir: &std::path::Path) -> Scan {
         }
     }
     scan
+}
+
+/// Fails with [`Error::Dir`] naming `option` unless `dir` is a directory
+/// (created first if `create`) in which a file can be created: an unnamed
+/// temporary file, gone at once. Run before the feed is read, so that a
+/// mistyped or read-only directory fails the build in a moment, not at the
+/// first sorted run or at the generation file.
+fn usable_dir(option: &'static str, dir: &std::path::Path, create: bool) -> Result<()> {
+    let fail = |reason: String| Error::Dir {
+        option,
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let created = if create {
+        std::fs::create_dir_all(dir)
+    } else {
+        Ok(())
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => return Err(fail("is not a directory".into())),
+        Ok(_) => {}
+        Err(e) => {
+            return Err(fail(match created {
+                Err(e) => format!("cannot be created: {e}"),
+                Ok(()) if e.kind() == io::ErrorKind::NotFound => "does not exist".into(),
+                Ok(()) => e.to_string(),
+            }))
+        }
+    }
+    tempfile::tempfile_in(dir)
+        .map(drop)
+        .map_err(|e| fail(format!("cannot create a file in it: {e}")))
 }
 
 /// Makes a write past the file size limit (`ulimit -f`, `RLIMIT_FSIZE`) fail

@@ -347,3 +347,66 @@ fn a_feed_that_shrinks_too_much_is_refused_unless_forced() {
     build_ok(dir.path(), &small, &["--force"]);
     assert_eq!(generations(dir.path()), [2, 3, 4]);
 }
+
+/// A `--tmp-dir` that does not exist or is not a directory, or a
+/// `--data-dir` that cannot be created, fails the build before it reads
+/// the feed, not at the first spill after reading all of it.
+#[test]
+fn an_unusable_tmp_dir_or_data_dir_fails_before_the_feed_is_read() {
+    use std::io::Seek;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let cases = [
+        (
+            "--tmp-dir",
+            dir.path().join("missing"),
+            data.clone(),
+            "does not exist",
+        ),
+        (
+            "--tmp-dir",
+            file.clone(),
+            data.clone(),
+            "is not a directory",
+        ),
+        (
+            "--data-dir",
+            dir.path().to_path_buf(),
+            file.join("data"),
+            "cannot be created",
+        ),
+    ];
+    for (option, tmp_dir, data_dir, reason) in cases {
+        // The feed on standard input is an open file whose offset the build
+        // shares: it stays at 0 unless the build reads.
+        let feed = std::fs::File::open(fixture("promotions.csv")).unwrap();
+        // 1 KiB of memory: the sort would spill after a dozen rows.
+        let out = promo()
+            .args(["build", "-", "--memory-limit", "1KiB", "--tmp-dir"])
+            .arg(&tmp_dir)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .stdin(feed.try_clone().unwrap())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        let path = if option == "--tmp-dir" {
+            &tmp_dir
+        } else {
+            &data_dir
+        };
+        let named = format!("{option} {}: {reason}", path.display());
+        assert!(err.contains(&named), "{named:?} not in {err}");
+        assert!(err.contains("nothing was read or published"), "{err}");
+        assert_eq!(
+            (&feed).stream_position().unwrap(),
+            0,
+            "the feed was read: {err}"
+        );
+    }
+    // Not even the data directory was made.
+    assert!(!data.exists());
+}
