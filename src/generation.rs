@@ -158,7 +158,8 @@ impl BuildLock {
     }
 
     /// Publishes the finished, synced temporary file `tmp` as the next
-    /// generation and returns it. The rename is the commit point.
+    /// generation and returns it. The rename is the commit point: an error
+    /// before it means nothing was published, and nothing after it is one.
     pub fn publish(&self, dir: &Path, tmp: &Path) -> Result<Entry> {
         let sequence = list(dir)?.last().map_or(1, |e| e.sequence + 1);
         let path = dir.join(file_name(sequence));
@@ -166,7 +167,19 @@ impl BuildLock {
         perms.set_readonly(true);
         fs::set_permissions(tmp, perms).map_err(Error::io(tmp))?;
         fs::rename(tmp, &path).map_err(Error::io(&path))?;
-        sync_dir(dir)?;
+        // Published: servers may be serving it already, so reporting a
+        // failed build now would be false. If the directory's fsync fails,
+        // the rename may not survive a crash; then the previous generation
+        // is the newest again after a reboot, the state before this build,
+        // which is consistent. So a warning and success, as most systems
+        // that publish by rename do.
+        if let Err(e) = sync_dir(dir) {
+            tracing::warn!(
+                path = %path.display(),
+                "published, but the directory could not be synced, so the \
+                 rename may not survive a crash: {e}"
+            );
+        }
         Ok(Entry { sequence, path })
     }
 
@@ -184,26 +197,55 @@ impl BuildLock {
     /// files newer than that stay. Only the headers of the files from the
     /// newest down to the cut are read, and only those `known` does not
     /// judge. Servers that still map a deleted file keep reading it safely.
-    pub fn retain(&self, dir: &Path, keep: usize, known: &Known) -> Result<Vec<Entry>> {
-        let all = list(dir)?;
+    ///
+    /// It runs after a generation is published, when nothing can fail the
+    /// build any more, so it returns what went wrong rather than stopping
+    /// at it: a generation that cannot be removed does not keep the others.
+    pub fn retain(&self, dir: &Path, keep: usize, known: &Known) -> Retention {
+        let mut done = Retention::default();
+        let all = match list(dir) {
+            Ok(all) => all,
+            Err(e) => {
+                done.failed.push(e);
+                return done;
+            }
+        };
         let cut = all
             .iter()
             .rev()
             .filter(|e| known.sound(e))
             .nth(keep.max(1) - 1)
             .map(|e| e.sequence);
-        let old: Vec<Entry> = match cut {
-            Some(cut) => all.into_iter().take_while(|e| e.sequence < cut).collect(),
-            None => Vec::new(),
-        };
-        for e in &old {
-            fs::remove_file(&e.path).map_err(Error::io(&e.path))?;
+        let old = all
+            .into_iter()
+            .take_while(|e| cut.is_some_and(|cut| e.sequence < cut));
+        for e in old {
+            match fs::remove_file(&e.path) {
+                Ok(()) => done.removed.push(e),
+                Err(err) => done
+                    .failed
+                    .push(Error::io_op("removing an old generation", &e.path)(err)),
+            }
         }
-        if !old.is_empty() {
-            sync_dir(dir)?;
+        if !done.removed.is_empty() {
+            // Unsynced, a removal may be undone by a crash: the file comes
+            // back, and the next build removes it.
+            if let Err(e) = sync_dir(dir) {
+                done.failed.push(e);
+            }
         }
-        Ok(old)
+        done
     }
+}
+
+/// What [`BuildLock::retain`] did.
+#[derive(Debug, Default)]
+pub struct Retention {
+    /// The generations deleted.
+    pub removed: Vec<Entry>,
+    /// What failed (listing the directory, removing a generation, syncing
+    /// the directory), each naming its file.
+    pub failed: Vec<Error>,
 }
 
 /// Makes a directory's entries (a rename, an unlink) durable.
@@ -248,7 +290,7 @@ mod tests {
             good: (1..=5).collect(),
             bad: Vec::new(),
         };
-        let removed = lock.retain(dir.path(), 3, &known).unwrap();
+        let removed = lock.retain(dir.path(), 3, &known).removed;
         assert_eq!(
             removed.iter().map(|e| e.sequence).collect::<Vec<_>>(),
             [1, 2]
@@ -301,7 +343,7 @@ mod tests {
         put_generation(d, 6);
 
         // Fewer sound generations than asked for: nothing goes.
-        assert_eq!(lock.retain(d, 5, &Known::default()).unwrap(), []);
+        assert_eq!(lock.retain(d, 5, &Known::default()).removed, []);
         assert_eq!(sequences(d), [1, 2, 3, 4, 5, 6]);
 
         // What the build verified: 5 is bad (whatever its header says), 6 is
@@ -311,18 +353,43 @@ mod tests {
             good: vec![6],
             bad: vec![5],
         };
-        let removed = lock.retain(d, 3, &known).unwrap();
+        let removed = lock.retain(d, 3, &known).removed;
         assert_eq!(removed.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1]);
         assert_eq!(sequences(d), [2, 3, 4, 5, 6]);
 
         // Headers only (a build with --force): 5 counts, 4 does not.
-        let removed = lock.retain(d, 3, &Known::default()).unwrap();
+        let removed = lock.retain(d, 3, &Known::default()).removed;
         assert_eq!(removed.iter().map(|e| e.sequence).collect::<Vec<_>>(), [2]);
         assert_eq!(sequences(d), [3, 4, 5, 6]);
 
         // --keep 1 keeps the newest sound generation only.
-        lock.retain(d, 1, &known).unwrap();
+        assert!(lock.retain(d, 1, &known).failed.is_empty());
         assert_eq!(sequences(d), [6]);
+    }
+
+    #[test]
+    fn retain_removes_what_it_can_and_reports_what_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let lock = BuildLock::acquire(d).unwrap();
+        // A directory where generation 1 should be: remove_file fails on it
+        // (EISDIR), whoever runs the test.
+        fs::create_dir(d.join(file_name(1))).unwrap();
+        fs::write(d.join(file_name(1)).join("x"), b"x").unwrap();
+        put_generation(d, 2);
+        put_generation(d, 3);
+        let done = lock.retain(d, 1, &Known::default());
+        assert_eq!(
+            done.removed.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [2]
+        );
+        assert_eq!(done.failed.len(), 1);
+        let message = done.failed[0].to_string();
+        assert!(
+            message.contains(&format!("{}: removing an old generation", file_name(1))),
+            "{message}"
+        );
+        assert_eq!(sequences(d), [1, 3]);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! fails fast), remove leftovers of crashed builds, stream and validate the
 //! rows into the sorter, refuse the feed if too many rows are invalid, write
 //! the sorted records to a temporary file, and publish it. Nothing is
-//! visible to a server until the final rename.
+//! visible to a server until the final rename, and once it is done the
+//! build has succeeded: trouble after it (syncing the directory, removing
+//! old generations) is logged as a warning.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -322,9 +324,15 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     );
     let generation = lock.publish(dir, &tmp_path)?;
     tmp.disarm();
+    // Published: from here on the build has succeeded, and what fails is a
+    // warning (the file and the error), not a failed build.
     known.good.push(generation.sequence);
-    for old in lock.retain(dir, opts.keep, &known)? {
+    let retention = lock.retain(dir, opts.keep, &known);
+    for old in &retention.removed {
         tracing::info!(path = %old.path.display(), "removed an old generation");
+    }
+    for e in &retention.failed {
+        tracing::warn!("{e} (generation {} is published)", generation.sequence);
     }
     Ok(BuildSummary {
         rows,

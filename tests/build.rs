@@ -410,3 +410,41 @@ fn an_unusable_tmp_dir_or_data_dir_fails_before_the_feed_is_read() {
     // Not even the data directory was made.
     assert!(!data.exists());
 }
+
+/// Once the new generation is renamed into place the build has succeeded:
+/// an old generation that cannot be removed is a warning, not a failure.
+/// (A directory named like a generation: removing it as a file fails, even
+/// for root.)
+#[test]
+fn a_failure_to_remove_an_old_generation_after_publishing_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = dir.path().join(generation::file_name(1));
+    std::fs::create_dir(&stuck).unwrap();
+    std::fs::write(stuck.join("something"), "in the way").unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    assert_eq!(generations(dir.path()), [1, 2]);
+
+    let out = promo()
+        .args(["build", "--keep", "1", "--data-dir"])
+        .arg(dir.path())
+        .arg(fixture("promotions.csv"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let summary = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(summary_field(&summary, "generation"), "3");
+    assert!(
+        err.contains("WARN") && err.contains(&format!("{}: removing", stuck.display())),
+        "{err}"
+    );
+    // The other old generation is removed all the same; the new one serves.
+    assert_eq!(generations(dir.path()), [1, 3]);
+    let get = promo()
+        .args(["get", "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(get.status.success(), "{}", stderr(&get));
+}
