@@ -1,6 +1,5 @@
 //! The library's one error type; every variant says where (a path, a line).
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -12,27 +11,35 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in promo, with the context to act on it.
 ///
 /// Each message is complete on its own, the underlying cause included, so
-/// the type reports no [`source`](std::error::Error::source): a report that
+/// no variant reports a [`source`](std::error::Error::source) (the causes
+/// are in fields named `cause`, which thiserror leaves alone): a report that
 /// walks the chain of sources (anyhow's `{:#}`) would otherwise print every
 /// cause twice ("x.csv: No such file or directory (os error 2): No such
 /// file or directory (os error 2)").
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O error on a named file or directory.
-    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
 
     /// An I/O error while doing `op` ("writing a sorted run") with a named
     /// file or directory: the messages a full disk produces.
+    #[error("{}: {op}: {cause}", path.display())]
     IoOp {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
 
     /// A generation file that must not go live.
-    Format { path: PathBuf, source: FormatError },
+    #[error("{}: {cause}", path.display())]
+    Format { path: PathBuf, cause: FormatError },
 
     /// More rows were invalid than `--max-invalid` allows.
+    #[error(
+        "{input}: {invalid} of {rows} rows are invalid, more than the limit of {limit}; \
+         nothing was published (see the lines reported above, or raise --max-invalid)"
+    )]
     TooManyInvalid {
         input: String,
         invalid: u64,
@@ -41,9 +48,15 @@ pub enum Error {
     },
 
     /// The input held no valid row; publishing it would empty the service.
+    #[error("{input}: no valid rows ({rows} rows read); nothing was published")]
     NoValidRows { input: String, rows: u64 },
 
     /// The new generation would shrink more than `--max-shrink` allows.
+    #[error(
+        "{input}: the new generation would hold {records} records against {current} in generation \
+         {sequence}, a drop of more than --max-shrink {max_shrink}%; nothing was published \
+         (check the feed, or pass --force to publish it anyway)"
+    )]
     Shrink {
         input: String,
         records: u64,
@@ -54,6 +67,7 @@ pub enum Error {
 
     /// A directory named by `option` (`--tmp-dir`, `--data-dir`) that a
     /// build cannot use, found before the feed is read.
+    #[error("{option} {}: {reason}; nothing was read or published", path.display())]
     Dir {
         option: &'static str,
         path: PathBuf,
@@ -62,104 +76,45 @@ pub enum Error {
     },
 
     /// Another build holds the data directory's lock.
+    #[error(
+        "{}: another `promo build` is running in this data directory; \
+         wait for it to finish (nothing was changed)",
+        path.display()
+    )]
     Locked { path: PathBuf },
 
     /// The data directory holds no generation that validates.
+    #[error("{}: no valid generation (run `promo build <CSV>` first)", path.display())]
     NoGeneration { path: PathBuf },
 
     /// There is no valid generation before the live one.
+    #[error("{}: no valid generation before the live one: nothing to roll back to", path.display())]
     NothingToRollBack { path: PathBuf },
 
     /// A bad command-line value.
+    #[error("{0}")]
     Usage(String),
 }
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            Error::IoOp { op, path, source } => {
-                write!(f, "{}: {op}: {source}", path.display())
-            }
-            Error::Format { path, source } => write!(f, "{}: {source}", path.display()),
-            Error::TooManyInvalid {
-                input,
-                invalid,
-                rows,
-                limit,
-            } => write!(
-                f,
-                "{input}: {invalid} of {rows} rows are invalid, more than the limit of {limit}; \
-                 nothing was published (see the lines reported above, or raise --max-invalid)"
-            ),
-            Error::NoValidRows { input, rows } => write!(
-                f,
-                "{input}: no valid rows ({rows} rows read); nothing was published"
-            ),
-            Error::Shrink {
-                input,
-                records,
-                current,
-                sequence,
-                max_shrink,
-            } => write!(
-                f,
-                "{input}: the new generation would hold {records} records against {current} in \
-                 generation {sequence}, a drop of more than --max-shrink {max_shrink}%; nothing \
-                 was published (check the feed, or pass --force to publish it anyway)"
-            ),
-            Error::Dir {
-                option,
-                path,
-                reason,
-            } => write!(
-                f,
-                "{option} {}: {reason}; nothing was read or published",
-                path.display()
-            ),
-            Error::Locked { path } => write!(
-                f,
-                "{}: another `promo build` is running in this data directory; \
-                 wait for it to finish (nothing was changed)",
-                path.display()
-            ),
-            Error::NoGeneration { path } => write!(
-                f,
-                "{}: no valid generation (run `promo build <CSV>` first)",
-                path.display()
-            ),
-            Error::NothingToRollBack { path } => write!(
-                f,
-                "{}: no valid generation before the live one: nothing to roll back to",
-                path.display()
-            ),
-            Error::Usage(message) => f.write_str(message),
-        }
-    }
-}
-
-/// No `source()`: see the type's documentation.
-impl std::error::Error for Error {}
 
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> Error {
         let path = path.as_ref().to_path_buf();
-        move |source| Error::Io { path, source }
+        move |cause| Error::Io { path, cause }
     }
 
     /// Wraps an I/O error with what was being done (`op`, "writing a sorted
     /// run") and the path it was done to.
     pub fn io_op(op: &'static str, path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> Error {
         let path = path.as_ref().to_path_buf();
-        move |source| Error::IoOp { op, path, source }
+        move |cause| Error::IoOp { op, path, cause }
     }
 
     /// Wraps a format error with the file it was found in.
-    pub fn format(path: impl AsRef<Path>, source: FormatError) -> Error {
+    pub fn format(path: impl AsRef<Path>, cause: FormatError) -> Error {
         Error::Format {
             path: path.as_ref().to_path_buf(),
-            source,
+            cause,
         }
     }
 }

@@ -352,7 +352,7 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         let state = match Table::open_verified(&entry.path, entry.sequence) {
             Ok(_) => "ok".to_string(),
             Err(e) => match e {
-                promo::Error::Format { source, .. } => source.to_string(),
+                promo::Error::Format { cause, .. } => cause.to_string(),
                 other => other.to_string(),
             },
         };

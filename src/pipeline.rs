@@ -233,7 +233,7 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     let mut chunks = Chunker::new(reader, CHUNK_LEN);
     let read_err = |e| Error::Io {
         path: PathBuf::from(&name),
-        source: e,
+        cause: e,
     };
     let mut tally = Tally::default();
     let mut batch = chunks.batch(batch_len).map_err(read_err)?;

@@ -362,9 +362,9 @@ mod tests {
         let path = dir.path().join("bad.promo");
         std::fs::write(&path, bytes).unwrap();
         match Table::open_verified(&path, 1) {
-            Err(Error::Format { path: p, source }) => {
+            Err(Error::Format { path: p, cause }) => {
                 assert_eq!(p, path, "the error names the file");
-                source
+                cause
             }
             other => panic!("expected a format error, got {other:?}"),
         }
