@@ -106,7 +106,12 @@ const SECS_PER_DAY: i64 = 86_400;
 
 /// Generate a realistic, reproducible promotions CSV (id,price,expiration_date).
 #[derive(Parser, Debug)]
-#[command(name = "gen-promotions", version, about, long_about = None)]
+#[command(
+    name = "gen-promotions",
+    version,
+    about = "A fast, seeded generator of realistic partner promotion feeds (CSV).",
+    long_about = None
+)]
 struct Args {
     /// Rows to write.
     #[arg(long, default_value_t = 1000)]

@@ -10,6 +10,17 @@ if #ids == 0 then
   error("no ids in " .. path)
 end
 
+-- Each wrk thread has its own Lua state: give each its own random ids.
+local thread_count = 0
+setup = function(thread)
+  thread_count = thread_count + 1
+  thread:set("seed", thread_count)
+end
+
+init = function(args)
+  math.randomseed(os.time() * 1000 + (seed or 0))
+end
+
 local counter = 0
 request = function()
   counter = counter + 1
