@@ -50,12 +50,10 @@ import datetime
 import json
 import math
 import os
-import platform
 import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,6 +63,8 @@ import urllib.error
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
+
+from bench import free_port, machine  # the same as make bench reports
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMO = ROOT / "target/release/promo"
@@ -168,17 +168,6 @@ def revision():
     return out or "unknown"
 
 
-def machine():
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    return {"cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "cpu": cpu,
-            "kernel": platform.release()}
-
-
 def append_generated(cmd, out_path, timeout=1800):
     """Appends gen-promotions' output for `cmd` to out_path."""
     with open(out_path, "ab") as f:
@@ -240,12 +229,6 @@ def make_feeds(work, rows):
 # ---------------------------------------------------------------------------
 # Talking to the server
 # ---------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def http_get(url, timeout=10):
     """(status, headers, body); 4xx and 5xx are answers, not exceptions."""

@@ -391,17 +391,7 @@ fn retention_keeps_good_generations_behind_newer_corrupt_ones() {
     assert!(get(&data, &id(3, 0)).is_some());
 
     // Rolling back skips the corrupt files and brings generation 2 back.
-    let out = promo()
-        .args(["rollback", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8(out.stdout).unwrap();
+    let said = rollback_ok(&data);
     assert!(
         said.starts_with("generation 2 is live again as generation 6"),
         "{said}"

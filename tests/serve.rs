@@ -329,17 +329,7 @@ fn rollback_brings_the_previous_generation_back_on_a_running_server() {
     assert_eq!((r.status, r.header("x-promo-generation")), (200, Some("2")));
     assert!(r.text().contains("\"price\":1,"), "{}", r.text());
 
-    let out = promo()
-        .args(["rollback", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8(out.stdout).unwrap();
+    let said = rollback_ok(&data);
     assert!(
         said.contains("generation 1 is live again as generation 3"),
         "{said}"

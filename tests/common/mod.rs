@@ -43,6 +43,21 @@ pub fn build_ok(dir: &Path, csv: &Path, extra: &[&str]) -> String {
 }
 
 /// A field of the build's summary line, `name=value`.
+/// Runs `promo rollback` and returns what it printed; panics if it failed.
+pub fn rollback_ok(dir: &Path) -> String {
+    let out = promo()
+        .args(["rollback", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub fn summary_field(summary: &str, name: &str) -> String {
     summary
         .split_whitespace()
