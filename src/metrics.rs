@@ -101,7 +101,7 @@ fn describe() {
 }
 
 /// How often histogram samples are folded into their buckets.
-pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Folds recorded histogram samples into buckets every `UPKEEP_INTERVAL`,
 /// until `shutdown` completes. The exporter keeps every sample until then:
