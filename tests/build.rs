@@ -448,3 +448,72 @@ fn a_failure_to_remove_an_old_generation_after_publishing_is_a_warning() {
         .unwrap();
     assert!(get.status.success(), "{}", stderr(&get));
 }
+
+/// The feeds a partner gets wrong: each fails with a message that says why,
+/// or is refused by the shrink guard, and the live generation stays.
+#[test]
+fn bad_feeds_fail_clearly_and_replace_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let good = std::fs::read(fixture("promotions.csv")).unwrap();
+    build_ok(&data, &fixture("promotions.csv"), &[]);
+    let before = std::fs::read(data.join(generation::file_name(1))).unwrap();
+    let feed = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+
+    // Cut in half, mid-row: the shrink guard refuses it.
+    let half = feed("half.csv", &good[..good.len() / 2]);
+    let err = stderr(&build(&data, &half, &["--max-invalid", "5"]));
+    assert!(
+        err.contains("half.csv: the new generation would hold"),
+        "{err}"
+    );
+    assert!(err.contains("--max-shrink 50%"), "{err}");
+
+    // Another delimiter: every row is one field.
+    for (name, delimiter) in [("semicolons.csv", ";"), ("tabs.csv", "\t")] {
+        let text = String::from_utf8(good.clone())
+            .unwrap()
+            .replace(',', delimiter);
+        let out = build(&data, &feed(name, text.as_bytes()), &[]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{name}");
+        assert!(
+            err.contains(&format!(
+                "{name}:1: invalid row: expected 3 fields, found 1"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains("rows are invalid, more than the limit"),
+            "{err}"
+        );
+    }
+
+    // Binary garbage.
+    let mut noise = Vec::new();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..50_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.push(x as u8);
+    }
+    let out = build(&data, &feed("noise.bin", &noise), &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("noise.bin:") && err.contains("nothing was published"),
+        "{err}"
+    );
+
+    assert_eq!(generations(&data), [1]);
+    assert_eq!(
+        std::fs::read(data.join(generation::file_name(1))).unwrap(),
+        before
+    );
+    assert_eq!(temp_files(&data), Vec::<String>::new());
+}
