@@ -2,19 +2,9 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use promo::generation;
 use promo::table::Table;
-
-fn generations(dir: &Path) -> Vec<u64> {
-    generation::list(dir)
-        .unwrap()
-        .iter()
-        .map(|e| e.sequence)
-        .collect()
-}
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -61,7 +51,7 @@ fn odd_rows_are_reported_by_line_and_the_later_duplicate_wins() {
         "{err}"
     );
     assert!(
-        generations(dir.path()).is_empty(),
+        sequences(dir.path()).is_empty(),
         "a refused feed published something"
     );
 
@@ -132,7 +122,7 @@ fn a_failed_build_publishes_nothing_and_keeps_the_old_generation() {
     let out = build(dir.path(), &dir.path().join("missing.csv"), &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("missing.csv"), "{}", stderr(&out));
-    assert_eq!(generations(dir.path()), [1]);
+    assert_eq!(sequences(dir.path()), [1]);
     assert_eq!(
         std::fs::read(dir.path().join(generation::file_name(1))).unwrap(),
         before
@@ -154,9 +144,9 @@ fn a_count_limit_on_invalid_rows_is_exact() {
     assert!(!build(dir.path(), &csv, &["--max-invalid", "1"])
         .status
         .success());
-    assert!(generations(dir.path()).is_empty());
+    assert!(sequences(dir.path()).is_empty());
     build_ok(dir.path(), &csv, &["--max-invalid", "2"]);
-    assert_eq!(generations(dir.path()), [1]);
+    assert_eq!(sequences(dir.path()), [1]);
 }
 
 /// Row counts at and around the sorter's spill boundaries, with a memory
@@ -239,7 +229,7 @@ fn reads_standard_input_and_keeps_the_newest_generations() {
             round.to_string()
         );
     }
-    assert_eq!(generations(dir.path()), [3, 4]);
+    assert_eq!(sequences(dir.path()), [3, 4]);
     let published = dir.path().join(generation::file_name(4));
     assert!(std::fs::metadata(published)
         .unwrap()
@@ -258,7 +248,7 @@ fn a_second_concurrent_build_fails_fast() {
         "{}",
         stderr(&out)
     );
-    assert!(generations(dir.path()).is_empty());
+    assert!(sequences(dir.path()).is_empty());
 }
 
 #[test]
@@ -333,7 +323,7 @@ fn a_feed_that_shrinks_too_much_is_refused_unless_forced() {
         "{err}"
     );
     assert!(err.contains("--force"), "{err}");
-    assert_eq!(generations(dir.path()), [1]);
+    assert_eq!(sequences(dir.path()), [1]);
     assert_eq!(
         std::fs::read(dir.path().join(generation::file_name(1))).unwrap(),
         before
@@ -342,10 +332,10 @@ fn a_feed_that_shrinks_too_much_is_refused_unless_forced() {
 
     // A looser guard, then an explicit override, let it through.
     build_ok(dir.path(), &small, &["--max-shrink", "80%"]);
-    assert_eq!(generations(dir.path()), [1, 2]);
+    assert_eq!(sequences(dir.path()), [1, 2]);
     build_ok(dir.path(), &fixture("promotions.csv"), &[]);
     build_ok(dir.path(), &small, &["--force"]);
-    assert_eq!(generations(dir.path()), [2, 3, 4]);
+    assert_eq!(sequences(dir.path()), [2, 3, 4]);
 }
 
 /// A `--tmp-dir` that does not exist or is not a directory, or a
@@ -422,7 +412,7 @@ fn a_failure_to_remove_an_old_generation_after_publishing_is_a_warning() {
     std::fs::create_dir(&stuck).unwrap();
     std::fs::write(stuck.join("something"), "in the way").unwrap();
     build_ok(dir.path(), &fixture("promotions.csv"), &[]);
-    assert_eq!(generations(dir.path()), [1, 2]);
+    assert_eq!(sequences(dir.path()), [1, 2]);
 
     let out = promo()
         .args(["build", "--keep", "1", "--data-dir"])
@@ -440,7 +430,7 @@ fn a_failure_to_remove_an_old_generation_after_publishing_is_a_warning() {
         "{err}"
     );
     // The other old generation is removed all the same; the new one serves.
-    assert_eq!(generations(dir.path()), [1, 3]);
+    assert_eq!(sequences(dir.path()), [1, 3]);
     let get = promo()
         .args(["get", "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118", "--data-dir"])
         .arg(dir.path())
@@ -510,7 +500,7 @@ fn bad_feeds_fail_clearly_and_replace_nothing() {
         "{err}"
     );
 
-    assert_eq!(generations(&data), [1]);
+    assert_eq!(sequences(&data), [1]);
     assert_eq!(
         std::fs::read(data.join(generation::file_name(1))).unwrap(),
         before

@@ -312,12 +312,7 @@ fn builds_number_past_corrupt_generations_and_measure_shrink_against_valid_ones(
         err.contains("40 records against 100 in generation 4"),
         "{err}"
     );
-    let sequences: Vec<u64> = generation::list(&data)
-        .unwrap()
-        .iter()
-        .map(|e| e.sequence)
-        .collect();
-    assert_eq!(sequences, [1, 2, 3, 4, 5]);
+    assert_eq!(sequences(&data), [1, 2, 3, 4, 5]);
     let summary = build_ok(&data, &feed(dir.path(), "d.csv", 4, 60), &keep);
     assert_eq!(summary_field(&summary, "generation"), "6");
 }
@@ -382,12 +377,7 @@ fn retention_keeps_good_generations_behind_newer_corrupt_ones() {
     // are kept, and the corrupt files between them are left alone.
     let summary = build_ok(&data, &feed(dir.path(), "c.csv", 3, 100), &[]);
     assert_eq!(summary_field(&summary, "generation"), "5");
-    let sequences: Vec<u64> = generation::list(&data)
-        .unwrap()
-        .iter()
-        .map(|e| e.sequence)
-        .collect();
-    assert_eq!(sequences, [1, 2, 3, 4, 5]);
+    assert_eq!(sequences(&data), [1, 2, 3, 4, 5]);
     assert!(get(&data, &id(3, 0)).is_some());
 
     // Rolling back skips the corrupt files and brings generation 2 back.

@@ -18,7 +18,6 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-use promo::generation;
 
 const REAL_ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
 /// Rows of the big feed: a 1.9 MB generation, or three sorted runs at
@@ -175,14 +174,6 @@ fn big_feed(dir: &Path) -> PathBuf {
         .collect();
     write_csv(&csv, &rows);
     csv
-}
-
-fn sequences(dir: &Path) -> Vec<u64> {
-    generation::list(dir)
-        .unwrap()
-        .iter()
-        .map(|e| e.sequence)
-        .collect()
 }
 
 /// Every file in `dir`, hidden ones included.

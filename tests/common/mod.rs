@@ -43,6 +43,15 @@ pub fn build_ok(dir: &Path, csv: &Path, extra: &[&str]) -> String {
 }
 
 /// A field of the build's summary line, `name=value`.
+/// The sequences of the generations in `dir`, oldest first.
+pub fn sequences(dir: &Path) -> Vec<u64> {
+    promo::generation::list(dir)
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect()
+}
+
 /// Runs `promo rollback` and returns what it printed; panics if it failed.
 pub fn rollback_ok(dir: &Path) -> String {
     let out = promo()
