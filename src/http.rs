@@ -19,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::ingest;
 use crate::metrics as m;
 use crate::store::Store;
 use crate::table::Table;
@@ -164,12 +165,12 @@ pub fn promotion(
     let (mut response, lookup) = if !matches!(*method, Method::GET | Method::HEAD) {
         (method_not_allowed(), None)
     } else if let Some(table) = table {
-        match parse_id(id) {
-            Err(_) => (
+        match id_in_url(id) {
+            None => (
                 json_error(StatusCode::NOT_FOUND, "not a promotion id"),
                 Some(Lookup::Invalid),
             ),
-            Ok(key) => match table.get(key) {
+            Some(key) => match table.get(key) {
                 Some(record) => {
                     let mut body = Vec::with_capacity(128);
                     record.write_json(&mut body);
@@ -198,17 +199,13 @@ pub fn promotion(
     (response, lookup)
 }
 
-/// The id in a promotion URL. Percent-encoded characters are decoded first
+/// The id in a promotion URL, parsed as a feed's ids are
+/// ([`ingest::parse_id`]). Percent-encoded characters are decoded first
 /// (`%2D` is `-`, as RFC 3986 makes them equivalent); what does not decode
-/// to a UUID is an error.
-fn parse_id(id: &str) -> Result<u128, ()> {
-    let parse = |bytes: &[u8]| {
-        uuid::Uuid::try_parse_ascii(bytes)
-            .map(|u| u.as_u128())
-            .map_err(|_| ())
-    };
+/// to a UUID is `None`.
+fn id_in_url(id: &str) -> Option<u128> {
     if !id.contains('%') {
-        return parse(id.as_bytes());
+        return ingest::parse_id(id.as_bytes());
     }
     // The longest accepted form, urn:uuid:..., is 45 bytes.
     let mut decoded = [0u8; 64];
@@ -217,19 +214,16 @@ fn parse_id(id: &str) -> Result<u128, ()> {
         let (byte, tail) = match (b, tail) {
             (b'%', [h, l, tail @ ..]) => {
                 let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(*h), hex(*l)) {
-                    (Some(h), Some(l)) => ((h * 16 + l) as u8, tail),
-                    _ => return Err(()),
-                }
+                ((hex(*h)? * 16 + hex(*l)?) as u8, tail)
             }
-            (b'%', _) => return Err(()),
+            (b'%', _) => return None,
             _ => (b, tail),
         };
-        *decoded.get_mut(n).ok_or(())? = byte;
+        *decoded.get_mut(n)? = byte;
         n += 1;
         rest = tail;
     }
-    parse(&decoded[..n])
+    ingest::parse_id(&decoded[..n])
 }
 
 /// The `x-promo-generation` value, formatted once per generation and thread.

@@ -193,9 +193,9 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| promo::Error::NoGeneration {
                     path: dir.data_dir.clone(),
                 })?;
-            let key = uuid::Uuid::try_parse(id.trim())
-                .map_err(|_| anyhow::anyhow!("{id:?} is not a promotion id (a UUID)"))?;
-            match table.get(key.as_u128()) {
+            let key = promo::ingest::parse_id(id.trim().as_bytes())
+                .ok_or_else(|| anyhow::anyhow!("{id:?} is not a promotion id (a UUID)"))?;
+            match table.get(key) {
                 Some(record) => {
                     let mut out = Vec::new();
                     record.write_json(&mut out);
