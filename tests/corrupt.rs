@@ -152,14 +152,6 @@ fn drop_generation(dir: &Path, sequence: u64, bytes: &[u8]) {
     std::fs::rename(&tmp, dir.join(generation::file_name(sequence))).unwrap();
 }
 
-/// The value of the sample `name` (with its labels, if any) on /metrics.
-fn metric(server: &Server, name: &str) -> f64 {
-    let text = server.get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
-}
-
 /// Waits for a line of the server's log that holds every one of `words`.
 fn wait_for_log_line(server: &Server, words: &[&str]) -> String {
     let start = Instant::now();
@@ -195,7 +187,7 @@ fn corrupt_generations_are_refused_while_serving_and_the_live_one_stays() {
     let good = std::fs::read(data.join(generation::file_name(1))).unwrap();
     let server = Server::start(data);
     assert_live(&server, 1);
-    assert_eq!(metric(&server, "promo_generation_load_failures_total"), 0.0);
+    assert_eq!(server.metric("promo_generation_load_failures_total"), 0.0);
 
     let variants = variants(&good);
     for (k, v) in variants.iter().enumerate() {
@@ -212,12 +204,12 @@ fn corrupt_generations_are_refused_while_serving_and_the_live_one_stays() {
         eprintln!("{}: {line}", v.what);
         assert_live(&server, 1);
         assert_eq!(
-            metric(&server, "promo_generation_sequence"),
+            server.metric("promo_generation_sequence"),
             1.0,
             "{}",
             v.what
         );
-        assert_eq!(metric(&server, "promo_generation_swaps_total"), 1.0);
+        assert_eq!(server.metric("promo_generation_swaps_total"), 1.0);
     }
     let refused = variants.len() as u64;
 
@@ -231,10 +223,10 @@ fn corrupt_generations_are_refused_while_serving_and_the_live_one_stays() {
     });
     assert_live(&server, next);
     assert_eq!(
-        metric(&server, "promo_generation_load_failures_total"),
+        server.metric("promo_generation_load_failures_total"),
         refused as f64
     );
-    assert_eq!(metric(&server, "promo_generation_swaps_total"), 2.0);
+    assert_eq!(server.metric("promo_generation_swaps_total"), 2.0);
 }
 
 #[test]
@@ -252,9 +244,9 @@ fn serve_starts_on_the_newest_valid_generation_past_corrupt_ones() {
     let server = Server::start(data);
     // Live before it listens: no waiting.
     assert_live(&server, 2);
-    assert_eq!(metric(&server, "promo_generation_sequence"), 2.0);
+    assert_eq!(server.metric("promo_generation_sequence"), 2.0);
     assert_eq!(
-        metric(&server, "promo_generation_load_failures_total"),
+        server.metric("promo_generation_load_failures_total"),
         variants.len() as f64
     );
     for (k, v) in variants.iter().enumerate() {
@@ -338,7 +330,7 @@ fn a_refused_generation_replaced_by_a_whole_copy_goes_live() {
         r.header("x-promo-generation") == Some("2")
     });
     assert_live(&server, 2);
-    assert_eq!(metric(&server, "promo_generation_load_failures_total"), 1.0);
+    assert_eq!(server.metric("promo_generation_load_failures_total"), 1.0);
 }
 
 /// `promo get <id>` against `data`: the JSON printed, or `None` when not found.

@@ -211,13 +211,7 @@ fn slow_clients_do_not_keep_others_waiting() {
     for _ in 0..20 {
         assert_eq!(c.get(&format!("/promotions/{REAL_ID}")).status, 200);
     }
-    let metrics = c.get("/metrics").text();
-    let open: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("promo_http_open_connections "))
-        .expect("the open connections gauge")
-        .parse()
-        .unwrap();
+    let open = server.metric("promo_http_open_connections");
     assert!(open >= 17.0, "{open} open connections");
     // ...and the slow ones are still being waited for, not dropped.
     for t in slow {

@@ -154,6 +154,14 @@ impl Server {
         request(self.addr, "GET", path)
     }
 
+    /// The value of the sample `name` (with its labels, if any) on /metrics.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
