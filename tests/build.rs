@@ -89,13 +89,7 @@ fn odd_rows_are_reported_by_line_and_the_later_duplicate_wins() {
         by_id.insert(v["id"].as_str().unwrap().to_string(), json.to_string());
     }
     for (id, json) in &by_id {
-        let out = promo()
-            .args(["get", id, "--data-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), json);
+        assert_eq!(promo_get(dir.path(), id).as_ref(), Some(json));
     }
     assert!(by_id["d018ef0b-dbd9-48f1-ac1a-eb4d90e57118"].contains("99.99"));
 }
@@ -431,12 +425,7 @@ fn a_failure_to_remove_an_old_generation_after_publishing_is_a_warning() {
     );
     // The other old generation is removed all the same; the new one serves.
     assert_eq!(sequences(dir.path()), [1, 3]);
-    let get = promo()
-        .args(["get", "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(get.status.success(), "{}", stderr(&get));
+    assert!(promo_get(dir.path(), "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118").is_some());
 }
 
 /// The feeds a partner gets wrong: each fails with a message that says why,

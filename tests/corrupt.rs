@@ -333,20 +333,6 @@ fn a_refused_generation_replaced_by_a_whole_copy_goes_live() {
     assert_eq!(server.metric("promo_generation_load_failures_total"), 1.0);
 }
 
-/// `promo get <id>` against `data`: the JSON printed, or `None` when not found.
-fn get(data: &Path, id: &str) -> Option<String> {
-    let out = promo()
-        .args(["get", id, "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    match out.status.code() {
-        Some(0) => Some(String::from_utf8(out.stdout).unwrap().trim().to_string()),
-        Some(1) => None,
-        _ => panic!("promo get: {}", String::from_utf8_lossy(&out.stderr)),
-    }
-}
-
 /// Retention counts sound generations only: corrupt files newer than the
 /// last good ones do not push the good ones out, so a rollback still has
 /// something to go back to.
@@ -370,7 +356,7 @@ fn retention_keeps_good_generations_behind_newer_corrupt_ones() {
     let summary = build_ok(&data, &feed(dir.path(), "c.csv", 3, 100), &[]);
     assert_eq!(summary_field(&summary, "generation"), "5");
     assert_eq!(sequences(&data), [1, 2, 3, 4, 5]);
-    assert!(get(&data, &id(3, 0)).is_some());
+    assert!(promo_get(&data, &id(3, 0)).is_some());
 
     // Rolling back skips the corrupt files and brings generation 2 back.
     let said = rollback_ok(&data);
@@ -378,7 +364,7 @@ fn retention_keeps_good_generations_behind_newer_corrupt_ones() {
         said.starts_with("generation 2 is live again as generation 6"),
         "{said}"
     );
-    let json = get(&data, &id(2, 7)).expect("generation 2's data is back");
+    let json = promo_get(&data, &id(2, 7)).expect("generation 2's data is back");
     assert!(json.contains("\"price\":7.5"), "{json}");
-    assert_eq!(get(&data, &id(3, 0)), None);
+    assert_eq!(promo_get(&data, &id(3, 0)), None);
 }

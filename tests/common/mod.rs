@@ -52,6 +52,21 @@ pub fn sequences(dir: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// `promo get <id>` against `dir`: the JSON printed, or `None` when not
+/// found; panics on any other outcome.
+pub fn promo_get(dir: &Path, id: &str) -> Option<String> {
+    let out = promo()
+        .args(["get", id, "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    match out.status.code() {
+        Some(0) => Some(String::from_utf8(out.stdout).unwrap().trim().to_string()),
+        Some(1) => None,
+        _ => panic!("promo get: {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
 /// Runs `promo rollback` and returns what it printed; panics if it failed.
 pub fn rollback_ok(dir: &Path) -> String {
     let out = promo()
