@@ -71,8 +71,9 @@ enum Command {
         /// Seconds a client has to send a request's headers, on a new
         /// connection or for the next request on a kept-alive one; then it
         /// is disconnected.
-        #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
-        header_timeout: Duration,
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds,
+              default_value_t = http::Limits::default().header_timeout.as_secs_f64())]
+        header_timeout: f64,
     },
     /// Print the JSON the server would return for an id (exit 1 when not found).
     Get {
@@ -100,11 +101,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
     pipeline::parse_size(s)
 }
 
-fn parse_seconds(s: &str) -> Result<Duration, String> {
+/// A positive number of seconds that a `Duration` can hold.
+fn parse_seconds(s: &str) -> Result<f64, String> {
     s.parse::<f64>()
         .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .filter(|d| !d.is_zero())
+        .filter(|&secs| Duration::try_from_secs_f64(secs).is_ok_and(|d| !d.is_zero()))
         .ok_or_else(|| format!("invalid duration {s:?}: expected seconds, such as 10 or 0.5"))
 }
 
@@ -181,7 +182,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             http::Limits {
                 max_connections,
-                header_timeout,
+                header_timeout: Duration::from_secs_f64(header_timeout),
             },
         ),
         Command::Get { id, dir } => {
