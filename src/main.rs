@@ -297,19 +297,26 @@ fn raise_open_files_limit(connections: usize) {
     };
     // SAFETY: getrlimit and setrlimit read or write only the struct passed,
     // which lives on this stack frame for the duration of each call.
-    let ok = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+    let limit = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            0
+        } else {
+            let soft = lim.rlim_cur;
             lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                lim.rlim_max
+            } else {
+                soft
+            }
         }
     };
     // Generation files, listeners, the metrics and the standard streams.
     let wanted = connections as u64 + 64;
-    if !ok || lim.rlim_cur < wanted {
+    if limit < wanted {
         tracing::warn!(
             "the open files limit ({}) is below --max-connections plus 64 ({wanted}): \
              raise it (ulimit -n, or LimitNOFILE= in a systemd unit)",
-            lim.rlim_cur
+            limit
         );
     }
 }
