@@ -395,18 +395,28 @@ fn parse_after_id(key: u128, price: &[u8], date: &[u8]) -> Result<Record, RowErr
 /// The row every feed is made of, checked in one pass with fixed offsets:
 /// a lower- or upper-case hyphenated id, a plain decimal price of at most
 /// 18 digits, and a Go date without fractional seconds and with a named
-/// zone. It accepts nothing the general path would refuse and gives the
-/// same record; `None` means "not this shape", never "invalid", and sends
-/// the row to [`parse_usual`].
+/// zone, then `\n`, `\r\n` or the end of `rest`. It accepts nothing the
+/// general path would refuse and gives the same record; `None` means "not
+/// this shape", never "invalid", and sends the row the general way.
+///
+/// `rest` is the input from the start of a row on; the row's end is found
+/// here rather than by a search for `\n` first. Returns the fields and the
+/// bytes up to the next row, counting a missing last line feed as one.
 #[inline]
-fn parse_fast(text: &[u8]) -> Option<(u128, Price, &[u8])> {
-    let (id, rest) = text.split_first_chunk::<36>()?;
-    let rest = rest.strip_prefix(b",")?;
+fn parse_fast(rest: &[u8]) -> Option<(u128, Price, &[u8], usize)> {
+    let (id, after) = rest.split_first_chunk::<36>()?;
+    let after = after.strip_prefix(b",")?;
     let key = hyphenated_id(id)?;
-    let comma = rest.iter().position(|&b| b == b',')?;
-    let price = plain_price(&rest[..comma])?;
-    let date = &rest[comma + 1..];
-    go_date(date).then_some((key, price, date))
+    let (price, comma) = plain_price(after)?;
+    let tail = &after[comma + 1..];
+    let date_len = go_date_len(tail)?;
+    let ending = match &tail[date_len..] {
+        [] | [b'\n', ..] => 1,
+        [b'\r', b'\n', ..] => 2,
+        _ => return None,
+    };
+    let len = id.len() + 1 + comma + 1 + date_len + ending;
+    Some((key, price, &tail[..date_len], len))
 }
 
 /// Hex digit values; 0xff marks a byte that is not one.
@@ -433,54 +443,68 @@ fn hyphenated_id(s: &[u8; 36]) -> Option<u128> {
         return None;
     }
     let mut bad = 0;
-    let mut half = |at: [usize; 4]| {
-        let mut v = 0u64;
-        for start in at {
-            for &b in &s[start..start + 4] {
-                let h = HEX[usize::from(b)];
-                bad |= h;
-                v = v << 4 | u64::from(h);
-            }
-        }
-        v
-    };
-    let high = half([0, 4, 9, 14]);
-    let low = half([19, 24, 28, 32]);
+    let high = hex_digits(
+        s,
+        [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17],
+        &mut bad,
+    );
+    let low = hex_digits(
+        s,
+        [
+            19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
+        ],
+        &mut bad,
+    );
     (bad & 0xf0 == 0).then_some(u128::from(high) << 64 | u128::from(low))
 }
 
-/// Digits with at most one `.`, at most 18 digits in all, that fit a
-/// [`Price`] as written: what [`parse_price`] gives for such a field.
+/// The hex digits of `s` at `at` as a number; `bad` collects 0xff for a
+/// byte that is not a hex digit.
+#[inline(always)]
+fn hex_digits(s: &[u8; 36], at: [usize; 16], bad: &mut u8) -> u64 {
+    at.into_iter().fold(0, |v, i| {
+        let h = HEX[usize::from(s[i])];
+        *bad |= h;
+        v << 4 | u64::from(h)
+    })
+}
+
+/// The price that `field` starts with, up to the comma that ends it, and
+/// where that comma is: digits with at most one `.`, at most 18 digits in
+/// all, that fit a [`Price`] as written, which is what [`parse_price`]
+/// gives for such a field. One pass finds the comma and the value.
 #[inline]
-fn plain_price(field: &[u8]) -> Option<Price> {
+fn plain_price(field: &[u8]) -> Option<(Price, usize)> {
     let (mut units, mut digits, mut dot) = (0u64, 0usize, None);
     for (at, &b) in field.iter().enumerate() {
         match b {
-            b'0'..=b'9' => {
+            b'0'..=b'9' if digits < 18 => {
                 units = units * 10 + u64::from(b - b'0');
                 digits += 1;
-                if digits > 18 {
-                    return None;
-                }
             }
             b'.' if dot.is_none() => dot = Some(at),
+            b',' if digits > 0 => {
+                let scale = dot.map_or(0, |dot| at - dot - 1);
+                return Some((Price::new(units, u8::try_from(scale).ok()?)?, at));
+            }
             _ => return None,
         }
     }
-    let scale = dot.map_or(0, |at| field.len() - at - 1);
-    if digits == 0 {
-        return None;
-    }
-    Price::new(units, u8::try_from(scale).ok()?)
+    None
 }
 
-/// Go's `2006-01-02 15:04:05 -0700 MST` with a 1-6 letter zone name and a
-/// real calendar date: the form [`check_date`] accepts first.
+/// The length of the Go date `2006-01-02 15:04:05 -0700 MST`, with a 1-6
+/// letter zone name and a real calendar date, that `tail` starts with: the
+/// form [`check_date`] accepts first.
 #[inline]
-fn go_date(d: &[u8]) -> bool {
-    if !(27..=32).contains(&d.len()) {
-        return false;
-    }
+fn go_date_len(tail: &[u8]) -> Option<usize> {
+    const FIXED: usize = 26;
+    let (d, zone) = tail.split_first_chunk::<FIXED>()?;
+    let letters = zone
+        .iter()
+        .take(7)
+        .take_while(|b| b.is_ascii_alphabetic())
+        .count();
     let layout = d[4] == b'-'
         && d[7] == b'-'
         && d[10] == b' '
@@ -489,7 +513,7 @@ fn go_date(d: &[u8]) -> bool {
         && d[19] == b' '
         && (d[20] == b'+' || d[20] == b'-')
         && d[25] == b' '
-        && d[26..].iter().all(u8::is_ascii_alphabetic);
+        && (1..=6).contains(&letters);
     let digit = |at: usize| u32::from(d[at].wrapping_sub(b'0'));
     let mut not_digit = false;
     let mut num = |at: usize, width: usize| {
@@ -501,7 +525,7 @@ fn go_date(d: &[u8]) -> bool {
     let (year, month, day) = (num(0, 4), num(5, 2), num(8, 2));
     let (hour, minute, second) = (num(11, 2), num(14, 2), num(17, 2));
     let (zone_h, zone_m) = (num(21, 2), num(23, 2));
-    layout
+    let valid = layout
         && !not_digit
         && (1..=12).contains(&month)
         && (1..=days_in_month(year, month)).contains(&day)
@@ -509,7 +533,8 @@ fn go_date(d: &[u8]) -> bool {
         && minute <= 59
         && second <= 59
         && zone_h <= 23
-        && zone_m <= 59
+        && zone_m <= 59;
+    valid.then_some(FIXED + letters)
 }
 
 /// The common row, a hyphenated id then a comma, without scanning the id
@@ -723,17 +748,19 @@ pub fn parse_chunk(chunk: &[u8], first: bool) -> ChunkRows {
     let mut past_first = !first;
     let mut line = 0u64;
     let mut start = 0;
-    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
-    for end in ends {
-        let text = &body[start..end];
-        start = end + 1;
+    // Every row, the text after the last line feed included, even if empty.
+    while start <= body.len() {
         line += 1;
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if let Some((key, price, date)) = parse_fast(text) {
+        if let Some((key, price, date, len)) = parse_fast(&body[start..]) {
             past_first = true;
             out.accept(key, price, date);
+            start += len;
             continue;
         }
+        let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |at| start + at);
+        let text = &body[start..end];
+        start = end + 1;
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
         if let Some(verdict) = parse_usual(text) {
             past_first = true;
             out.verdict(line, verdict);
@@ -1741,18 +1768,24 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
                 (y, mo, d, h, mi, sec) in (0u32..=9999, 0u32..=13, 0u32..=32, 0u32..=24, 0u32..=60, 0u32..=60),
                 (sign, zh, zm) in (prop::sample::select(vec!['+', '-']), 0u32..=24, 0u32..=60),
                 zone in prop::sample::select(vec!["CEST", "Z", "ABCDEF", "ABCDEFG", "", "-03", "C1"]),
+                ending in prop::sample::select(vec!["", "\n", "\r\n", "\nnext", "\r", " "]),
                 flip in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
             ) {
                 let date = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{sec:02} {sign}{zh:02}{zm:02} {zone}");
                 let id = uuid::Uuid::from_u128(key).hyphenated().to_string();
                 let id = if upper { id.to_uppercase() } else { id };
-                let mut text = format!("{id},{price},{date}").into_bytes();
+                let mut text = format!("{id},{price},{date}{ending}").into_bytes();
                 if let Some((at, byte)) = flip {
                     let at = at.index(text.len());
                     text[at] = byte;
                 }
-                if let Some((k, p, d)) = parse_fast(&text) {
-                    let fields: Vec<&[u8]> = text.split(|&b| b == b',').collect();
+                if let Some((k, p, d, len)) = parse_fast(&text) {
+                    // The row ends at the first line feed, or at the end.
+                    let end = text.iter().position(|&b| b == b'\n').unwrap_or(text.len());
+                    prop_assert_eq!(len, end + 1);
+                    let row = &text[..end];
+                    let row = row.strip_suffix(b"\r").unwrap_or(row);
+                    let fields: Vec<&[u8]> = row.split(|&b| b == b',').collect();
                     prop_assert_eq!(fields.len(), 3);
                     let general = parse_fields(fields[0], fields[1], fields[2]);
                     prop_assert_eq!(
