@@ -98,6 +98,19 @@ fn lookups(c: &mut Criterion) {
             black_box(table.record(black_box(indices[i])).key())
         })
     });
+    // The latency floor: each read's index comes from the key the last one
+    // read, so reads cannot overlap. One lookup cannot beat one of these.
+    // (A step count is mixed in, or the walk would soon run in a short
+    // cycle of records that stay cached.)
+    let (mut at, mut step) = (0u64, 0u64);
+    g.bench_function("dependent-random-record-read", |b| {
+        b.iter(|| {
+            step += 1;
+            let mut s = table.record(black_box(at)).key() as u64 ^ step;
+            at = splitmix(&mut s) % n;
+            at
+        })
+    });
     g.bench_function("miss", |b| {
         b.iter(|| {
             i = (i + 1) & 0xffff;
