@@ -442,19 +442,13 @@ fn hyphenated_id(s: &[u8; 36]) -> Option<u128> {
     if s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
         return None;
     }
+    // Where the id's 32 hex digits are: the key's high and low 64 bits.
+    const HIGH: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17];
+    const LOW: [usize; 16] = [
+        19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
+    ];
     let mut bad = 0;
-    let high = hex_digits(
-        s,
-        [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17],
-        &mut bad,
-    );
-    let low = hex_digits(
-        s,
-        [
-            19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
-        ],
-        &mut bad,
-    );
+    let (high, low) = (hex_digits(s, HIGH, &mut bad), hex_digits(s, LOW, &mut bad));
     (bad & 0xf0 == 0).then_some(u128::from(high) << 64 | u128::from(low))
 }
 
