@@ -4,7 +4,7 @@
 //! with the project's generator.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use promo::pipeline::{build, BuildOptions, Input};
+use promo::builder::pipeline::{build, BuildOptions, Input};
 
 fn builds(c: &mut Criterion) {
     let rows: u64 = std::env::var("PROMO_BENCH_BUILD_ROWS")

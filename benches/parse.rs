@@ -3,7 +3,7 @@
 //! across its cores.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use promo::ingest::parse_chunk;
+use promo::builder::ingest::parse_chunk;
 
 fn parse(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::format::FormatError;
+use crate::generation::format::FormatError;
 
 /// A `Result` whose error is promo's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -77,8 +77,8 @@ pub enum Error {
 
     /// Another build holds the data directory's lock.
     #[error(
-        "{}: another `promo build` is running in this data directory; \
-         wait for it to finish (nothing was changed)",
+        "{}: another `promo build`, `promo fetch` or `promo rollback` is using this data \
+         directory; wait for it to finish (nothing was changed)",
         path.display()
     )]
     Locked { path: PathBuf },
@@ -90,6 +90,51 @@ pub enum Error {
     /// There is no valid generation before the live one.
     #[error("{}: no valid generation before the live one: nothing to roll back to", path.display())]
     NothingToRollBack { path: PathBuf },
+
+    /// A store URL that cannot be used, found before anything is contacted.
+    #[error("{url}: {reason}")]
+    Url { url: String, reason: String },
+
+    /// The object store at `url` failed while doing `op` ("listing
+    /// manifests"): unreachable, refusing the credentials, or erroring.
+    #[error("{url}: {op}: {cause}")]
+    Remote {
+        url: String,
+        op: &'static str,
+        cause: String,
+    },
+
+    /// A manifest in the store that cannot be used.
+    #[error("{url}: manifest {sequence}: {reason}; skipped")]
+    Manifest {
+        url: String,
+        sequence: u64,
+        reason: String,
+    },
+
+    /// Another builder committed the same sequence first.
+    #[error(
+        "{url}: another builder published generation {sequence} first; this build's upload \
+         was not made visible there (the local generation stays): run the build again"
+    )]
+    SequenceTaken { url: String, sequence: u64 },
+
+    /// The store holds no generation that can be used.
+    #[error("{url}: {reason}")]
+    NothingInStore { url: String, reason: String },
+
+    /// Too little free disk for a download.
+    #[error(
+        "{}: {needed} bytes are needed for generation {sequence} but only {free} are free; \
+         nothing was downloaded (free some space)",
+        path.display()
+    )]
+    DiskSpace {
+        path: PathBuf,
+        sequence: u64,
+        needed: u64,
+        free: u64,
+    },
 
     /// A bad command-line value.
     #[error("{0}")]

@@ -3,33 +3,37 @@
 //! The data flow, and the module for each step:
 //!
 //! ```text
-//! CSV --ingest--> Record rows --sort--> sorted, deduplicated records
-//!     --format::Writer--> temporary file --generation::publish--> gen-N.promo
-//!     --table (mmap, verify)--> store (ArcSwap, watcher) --http--> JSON
+//! build side   CSV --ingest--> rows --sort--> sorted records
+//!                  --format::Writer--> temporary file --local::publish--> gen-N.promo
+//!                  (--publish--> object store: generation object, then manifest)
+//! serve side   (object store --fetch--> temporary file, verified --> gen-N.promo)
+//!              gen-N.promo --table (mmap, verify)--> live (ArcSwap, watcher) --http--> JSON
 //! ```
 //!
-//! - [`ingest`]: the CSV dialect and row validation, with line numbers.
-//! - [`record`]: one promotion as a 64-byte record; exact decimal prices.
-//! - [`sort`]: external sort by key; among equal keys the later row wins.
-//! - [`format`](mod@format): the generation file, byte by byte; writer and verifier.
-//! - [`generation`]: naming, atomic publishing, retention, the build lock.
-//! - [`pipeline`]: `promo build` from CSV to a published generation.
-//! - [`table`]: a mapped generation and its fanout-plus-interpolation lookup.
-//! - [`store`]: the live generation, its atomic swap and the directory watcher.
-//! - [`http`]: routes as pure functions, and the hyper server.
+//! The folders follow that split:
+//!
+//! - [`builder`]: the build side. [`builder::ingest`] (the CSV dialect and
+//!   row validation, with line numbers), [`builder::sort`] (external sort
+//!   by key; among equal keys the later row wins), [`builder::pipeline`]
+//!   (`promo build` from CSV to a published generation) and
+//!   [`builder::publish`] (to an object store, and a store's rollback).
+//! - [`generation`]: what both sides share. [`generation::record`] (one
+//!   promotion as a 64-byte record), [`generation::format`] (the file, byte
+//!   by byte), [`generation::local`] (the data directory: naming, atomic
+//!   publishing, retention, the lock) and [`generation::remote`] (the
+//!   object store's layout, object by object).
+//! - [`server`]: the serve side. [`server::table`] (a mapped generation and
+//!   its lookup), [`server::live`] (the live generation, its atomic swap and
+//!   the directory watcher), [`server::http`] (routes as pure functions and
+//!   the hyper server), [`server::fetch`] (from an object store) and
+//!   [`server::Server`] (the whole serving process, startable from a test).
 //! - [`metrics`]: metric names, help text and the Prometheus exporter.
-//! - [`error`]: the one error type, with paths and lines.
+//! - [`error`]: the one error type, with paths, lines and URLs.
 
+pub mod builder;
 pub mod error;
-pub mod format;
 pub mod generation;
-pub mod http;
-pub mod ingest;
 pub mod metrics;
-pub mod pipeline;
-pub mod record;
-pub mod sort;
-pub mod store;
-pub mod table;
+pub mod server;
 
 pub use error::{Error, Result};

@@ -4,15 +4,14 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use promo::pipeline::{self, BuildOptions, Input, InvalidLimit};
-use promo::store::Store;
-use promo::{format, generation, http, table::Table};
+use promo::builder::pipeline::{self, BuildOptions, Input, InvalidLimit};
+use promo::builder::publish;
+use promo::generation::{format, local, remote::Remote};
+use promo::server::{self, fetch, http, live::Live, table::Table};
 
 /// Serve partner promotion feeds from immutable, memory-mapped generations.
 #[derive(Parser)]
@@ -56,6 +55,11 @@ enum Command {
         /// Publish even if the generation shrinks more than --max-shrink.
         #[arg(long)]
         force: bool,
+        /// Then upload the generation to this object store and make it the
+        /// store's newest (s3://bucket/prefix, gs://, az://, file:///dir);
+        /// the store keeps the newest --keep generations.
+        #[arg(long, value_name = "URL")]
+        publish: Option<String>,
     },
     /// Serve the newest generation over HTTP, swapping to newer ones as they appear.
     Serve {
@@ -74,6 +78,27 @@ enum Command {
         #[arg(long, value_name = "SECONDS", value_parser = parse_seconds,
               default_value_t = http::Limits::default().header_timeout.as_secs_f64())]
         header_timeout: f64,
+        /// Fetch new generations from this object store into --data-dir
+        /// (s3://bucket/prefix, gs://, az://, file:///dir); keeps the
+        /// newest 2 there.
+        #[arg(long, value_name = "URL", env = "PROMO_SOURCE")]
+        source: Option<String>,
+        /// Seconds between polls of --source.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds,
+              default_value_t = fetch::DEFAULT_INTERVAL.as_secs_f64())]
+        source_interval: f64,
+        #[command(flatten)]
+        rate: FetchRate,
+    },
+    /// Download the store's newest valid generation into the data directory
+    /// if it is newer than the newest there, once.
+    Fetch {
+        /// The store (s3://bucket/prefix, gs://, az://, file:///dir).
+        url: String,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        rate: FetchRate,
     },
     /// Print the JSON the server would return for an id (exit 1 when not found).
     Get {
@@ -86,15 +111,31 @@ enum Command {
     Rollback {
         #[command(flatten)]
         dir: DataDir,
+        /// Roll back this object store instead of the data directory: its
+        /// generation before the newest is published again, and every
+        /// replica swaps to it.
+        #[arg(long, value_name = "URL")]
+        publish: Option<String>,
     },
     /// List the generations and check each one.
     Inspect {
         #[command(flatten)]
         dir: DataDir,
+        /// List this object store's generations instead of the data directory's.
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Clone, Copy)]
+struct FetchRate {
+    /// Most bytes a second a download from the store takes (bytes, or
+    /// 50MiB...); unlimited by default.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    fetch_rate: Option<u64>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -127,7 +168,10 @@ fn main() -> ExitCode {
     // Builds and servers log what they do; queries print only their answer.
     let default_level = match cli.command {
         Command::Get { .. } | Command::Inspect { .. } => "warn",
-        Command::Build { .. } | Command::Serve { .. } | Command::Rollback { .. } => "info",
+        Command::Build { .. }
+        | Command::Serve { .. }
+        | Command::Rollback { .. }
+        | Command::Fetch { .. } => "info",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -157,7 +201,12 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             tmp_dir,
             max_shrink,
             force,
+            publish,
         } => {
+            // A bad URL fails before the feed is read.
+            if let Some(url) = &publish {
+                Remote::open(url)?;
+            }
             let opts = BuildOptions {
                 data_dir: dir.data_dir,
                 memory_limit,
@@ -170,6 +219,22 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let summary = pipeline::build(&Input::from_arg(&csv), &opts)?;
             println!("{summary}");
+            if let Some(url) = publish {
+                let p = publish::publish(&url, &summary.generation.path, keep as usize).map_err(
+                    |e| {
+                        anyhow::anyhow!(
+                            "{e}\npublishing to the store failed; generation {} stays \
+                             published in {}",
+                            summary.generation.sequence,
+                            opts.data_dir.display()
+                        )
+                    },
+                )?;
+                println!(
+                    "published generation {} to {url} as its generation {} ({} bytes in {:.2} s)",
+                    summary.generation.sequence, p.sequence, p.bytes, p.seconds
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve {
@@ -177,16 +242,54 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             max_connections,
             header_timeout,
-        } => serve(
-            dir.data_dir,
-            listen,
-            http::Limits {
-                max_connections,
-                header_timeout: Duration::from_secs_f64(header_timeout),
-            },
-        ),
+            source,
+            source_interval,
+            rate,
+        } => {
+            // A bad URL stops serve at start, not at its first poll.
+            if let Some(url) = &source {
+                Remote::open(url)?;
+            }
+            let config = server::Config {
+                limits: http::Limits {
+                    max_connections,
+                    header_timeout: Duration::from_secs_f64(header_timeout),
+                },
+                source: source.map(|url| fetch::Source {
+                    url,
+                    interval: Duration::from_secs_f64(source_interval),
+                    rate: rate.fetch_rate,
+                }),
+                ..server::Config::new(dir.data_dir, listen)
+            };
+            server::run(config, server::shutdown_signal())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fetch { url, dir, rate } => {
+            let progress = std::io::stderr().is_terminal();
+            match fetch::fetch_once(&url, &dir.data_dir, rate.fetch_rate, progress)? {
+                fetch::Outcome::Fetched {
+                    entry,
+                    bytes,
+                    seconds,
+                    ..
+                } => println!(
+                    "fetched generation {} ({bytes} bytes in {seconds:.2} s) to {}",
+                    entry.sequence,
+                    entry.path.display()
+                ),
+                fetch::Outcome::UpToDate { store } => match store {
+                    Some(s) => println!(
+                        "up to date: nothing newer and valid than the data directory holds \
+                         (the store's newest is {s})"
+                    ),
+                    None => println!("up to date: the store holds no generation yet"),
+                },
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Get { id, dir } => {
-            let store = Store::new(&dir.data_dir);
+            let store = Live::new(&dir.data_dir);
             store.refresh()?;
             let current = store.current();
             let table = current
@@ -194,7 +297,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| promo::Error::NoGeneration {
                     path: dir.data_dir.clone(),
                 })?;
-            let key = promo::ingest::parse_id(id.trim().as_bytes())
+            let key = promo::builder::ingest::parse_id(id.trim().as_bytes())
                 .ok_or_else(|| anyhow::anyhow!("{id:?} is not a promotion id (a UUID)"))?;
             match table.get(key) {
                 Some(record) => {
@@ -212,8 +315,23 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Inspect { dir, json } => inspect(&dir.data_dir, json),
-        Command::Rollback { dir } => {
+        Command::Inspect {
+            source: Some(url),
+            json,
+            ..
+        } => inspect_store(&url, json),
+        Command::Inspect { dir, json, .. } => inspect(&dir.data_dir, json),
+        Command::Rollback {
+            publish: Some(url), ..
+        } => {
+            let (from, to) = publish::rollback(&url)?;
+            println!(
+                "{url}: generation {from} is the newest again, as generation {}",
+                to.sequence
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback { dir, .. } => {
             let (from, to) = pipeline::rollback(&dir.data_dir)?;
             println!(
                 "generation {from} is live again as generation {} ({})",
@@ -225,136 +343,10 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Serves with one single-threaded runtime per core, each accepting on its
-/// own SO_REUSEPORT listener: a connection lives on one thread, and no
-/// request is handed between threads. The watcher has a thread of its own.
-fn serve(data_dir: PathBuf, listen: SocketAddr, limits: http::Limits) -> anyhow::Result<ExitCode> {
-    raise_open_files_limit(limits.max_connections);
-    let metrics = promo::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
-    let store = Arc::new(Store::new(&data_dir));
-    match store.refresh() {
-        Ok(Some(_)) => {}
-        Ok(None) => tracing::warn!(
-            "no valid generation in {} yet: answering 503 until one is published",
-            data_dir.display()
-        ),
-        Err(e) => tracing::warn!("scanning for generations: {e}"),
-    }
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let listeners =
-        http::bind(listen, workers).with_context(|| format!("listening on {listen}"))?;
-    tracing::info!(
-        "listening on {} ({workers} threads)",
-        listeners[0].local_addr()?
-    );
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let app = http::App::new(store.clone(), Some(metrics.clone()), limits);
-    let mut threads = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let (app, stop) = (app.clone(), stopped(stop_rx.clone()));
-        threads.push(spawn_runtime(format!("promo-http-{i}"), async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            http::run(listener, app, stop).await;
-            Ok(())
-        })?);
-    }
-    let watch = promo::store::watch(
-        store,
-        promo::store::WATCH_INTERVAL,
-        stopped(stop_rx.clone()),
-    );
-    let upkeep = promo::metrics::upkeep(metrics, stopped(stop_rx));
-    threads.push(spawn_runtime("promo-watch".into(), async move {
-        tokio::join!(watch, upkeep);
-        Ok(())
-    })?);
-
-    single_thread_runtime()?.block_on(shutdown_signal());
-    tracing::info!("shutting down: finishing requests in flight");
-    let _ = stop_tx.send(true);
-    for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("{e}"),
-            Err(_) => tracing::error!("a server thread panicked"),
-        }
-    }
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Each connection is a file descriptor: lift the soft limit on open files
-/// to the hard one, as servers do, and say so if even that is too low for
-/// `connections` (accept then fails and backs off until some close).
-fn raise_open_files_limit(connections: usize) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read or write only the struct passed,
-    // which lives on this stack frame for the duration of each call.
-    let limit = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            0
-        } else {
-            let soft = lim.rlim_cur;
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                lim.rlim_max
-            } else {
-                soft
-            }
-        }
-    };
-    // Generation files, listeners, the metrics and the standard streams.
-    let wanted = connections as u64 + 64;
-    if limit < wanted {
-        tracing::warn!(
-            "the open files limit ({}) is below --max-connections plus 64 ({wanted}): \
-             raise it (ulimit -n, or LimitNOFILE= in a systemd unit)",
-            limit
-        );
-    }
-}
-
-fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a runtime")
-}
-
-/// Runs `task` to completion on a new thread with its own runtime.
-fn spawn_runtime(
-    name: String,
-    task: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
-) -> anyhow::Result<std::thread::JoinHandle<std::io::Result<()>>> {
-    let runtime = single_thread_runtime()?;
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || runtime.block_on(task))
-        .context("starting a thread")
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
 fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     let mut live_found = false;
-    for entry in generation::list(dir)?.into_iter().rev() {
+    for entry in local::list(dir)?.into_iter().rev() {
         let bytes = std::fs::metadata(&entry.path).map(|m| m.len()).unwrap_or(0);
         let header = format::read_header(&entry.path).ok();
         let state = match Table::open_verified(&entry.path, entry.sequence) {
@@ -371,7 +363,7 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             "path": entry.path.display().to_string(),
             "rows": header.map(|h| h.count),
             "bytes": bytes,
-            "created": header.map(|h| promo::format::rfc3339_utc(h.created_ms)),
+            "created": header.map(|h| promo::generation::format::rfc3339_utc(h.created_ms)),
             "checksum": state,
             "live": live,
         }));
@@ -394,6 +386,50 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 r["created"].as_str().unwrap_or("-"),
                 r["checksum"].as_str().unwrap_or("-"),
                 r["path"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect_store(url: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let remote = Remote::open(url)?;
+    let inventory = promo::generation::remote::block_on(remote.inventory())??;
+    let rows: Vec<_> = inventory
+        .iter()
+        .map(|(m, len)| {
+            let object = match len {
+                Some(len) if *len == m.bytes => "ok".to_string(),
+                Some(len) => format!("object is {len} bytes"),
+                None => "object missing".to_string(),
+            };
+            serde_json::json!({
+                "sequence": m.sequence,
+                "rows": m.rows,
+                "bytes": m.bytes,
+                "created": format::rfc3339_utc(m.created_ms),
+                "published": format::rfc3339_utc(m.published_ms),
+                "object": m.object,
+                "state": object,
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  object",
+            "sequence", "rows", "bytes", "created", "state"
+        );
+        for r in &rows {
+            println!(
+                "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  {}",
+                r["sequence"].as_u64().unwrap_or_default(),
+                r["rows"].as_u64().unwrap_or_default(),
+                r["bytes"].as_u64().unwrap_or_default(),
+                r["created"].as_str().unwrap_or("-"),
+                r["state"].as_str().unwrap_or("-"),
+                r["object"].as_str().unwrap_or("-"),
             );
         }
     }

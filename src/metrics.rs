@@ -23,6 +23,14 @@ pub const GENERATION_LOADED: &str = "promo_generation_loaded_timestamp_seconds";
 pub const GENERATION_SWAPS: &str = "promo_generation_swaps_total";
 /// Counter: generations refused because they did not validate.
 pub const GENERATION_LOAD_FAILURES: &str = "promo_generation_load_failures_total";
+/// Gauge: seconds since the live generation was created (its header's time).
+pub const GENERATION_AGE: &str = "promo_generation_age_seconds";
+/// Counter: polls of `--source` that failed (store unreachable or erroring).
+pub const SOURCE_ERRORS: &str = "promo_source_errors_total";
+/// Gauge: the newest sequence the `--source` store offers (0: none yet).
+pub const SOURCE_NEWEST_SEQUENCE: &str = "promo_source_newest_sequence";
+/// Counter: bytes downloaded from the `--source` store.
+pub const FETCH_BYTES: &str = "promo_fetch_bytes_total";
 /// Gauge: resident memory of the process (the conventional name).
 pub const PROCESS_RESIDENT: &str = "process_resident_memory_bytes";
 /// Gauge: open file descriptors of the process (the conventional name).
@@ -34,8 +42,14 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.25, 1.0,
 ];
 
-/// Installs the global recorder and describes every metric.
+/// Installs the global recorder and describes every metric, once a
+/// process: later calls (a test that starts several servers) get the same
+/// handle.
 pub fn install() -> Result<PrometheusHandle, String> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &DURATION_BUCKETS)
         .map_err(|e| e.to_string())?
@@ -52,7 +66,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::gauge!(GENERATION_ROWS).set(0.0);
     metrics::gauge!(HTTP_OPEN_CONNECTIONS).set(0.0);
     metrics::gauge!(GENERATION_LOADED).set(0.0);
-    Ok(handle)
+    metrics::gauge!(GENERATION_AGE).set(0.0);
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 fn describe() {
@@ -91,6 +106,24 @@ fn describe() {
     describe_counter!(
         GENERATION_LOAD_FAILURES,
         "Generations refused because they failed validation; the previous one stayed live."
+    );
+    describe_gauge!(
+        GENERATION_AGE,
+        Unit::Seconds,
+        "Seconds since the live generation was built (its header's creation time)."
+    );
+    describe_counter!(
+        SOURCE_ERRORS,
+        "Polls of the --source store that failed; the live generation kept serving."
+    );
+    describe_gauge!(
+        SOURCE_NEWEST_SEQUENCE,
+        "Newest generation sequence the --source store offers; 0 before the first poll."
+    );
+    describe_counter!(
+        FETCH_BYTES,
+        Unit::Bytes,
+        "Bytes downloaded from the --source store."
     );
     describe_gauge!(
         PROCESS_RESIDENT,

@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
-use promo::generation;
-use promo::table::Table;
+use promo::generation::local;
+use promo::server::table::Table;
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -81,7 +81,7 @@ fn odd_rows_are_reported_by_line_and_the_later_duplicate_wins() {
 
     // Every valid row is served as expected; of the two rows with the same
     // id, the later one (the last in the list) is the one served.
-    let table = Table::open_verified(&generation::list(dir.path()).unwrap()[0].path, 1).unwrap();
+    let table = Table::open_verified(&local::list(dir.path()).unwrap()[0].path, 1).unwrap();
     assert_eq!(table.len(), valid.len() as u64 - 1);
     let mut by_id = std::collections::HashMap::new();
     for json in &valid {
@@ -98,7 +98,7 @@ fn odd_rows_are_reported_by_line_and_the_later_duplicate_wins() {
 fn a_failed_build_publishes_nothing_and_keeps_the_old_generation() {
     let dir = tempfile::tempdir().unwrap();
     build_ok(dir.path(), &fixture("promotions.csv"), &[]);
-    let before = std::fs::read(dir.path().join(generation::file_name(1))).unwrap();
+    let before = std::fs::read(dir.path().join(local::file_name(1))).unwrap();
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "garbage\nmore garbage,1\n").unwrap();
     let out = build(dir.path(), &bad, &[]);
@@ -118,7 +118,7 @@ fn a_failed_build_publishes_nothing_and_keeps_the_old_generation() {
     assert!(stderr(&out).contains("missing.csv"), "{}", stderr(&out));
     assert_eq!(sequences(dir.path()), [1]);
     assert_eq!(
-        std::fs::read(dir.path().join(generation::file_name(1))).unwrap(),
+        std::fs::read(dir.path().join(local::file_name(1))).unwrap(),
         before
     );
     // No temporary file is left behind.
@@ -149,7 +149,7 @@ fn a_count_limit_on_invalid_rows_is_exact() {
 fn builds_are_exact_at_and_around_spill_boundaries() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("in.csv");
-    let per_run = (1024 - 1024 / 16) / promo::sort::ITEM_LEN; // as pipeline::build sizes it
+    let per_run = (1024 - 1024 / 16) / promo::builder::sort::ITEM_LEN; // as pipeline::build sizes it
     assert_eq!(per_run, 12);
     let mut counts = vec![1, 2];
     for k in [1, 2, 3, 10, 77] {
@@ -187,7 +187,7 @@ fn builds_are_exact_at_and_around_spill_boundaries() {
             summary_field(&summary, "duplicates"),
             (n - model.len()).to_string()
         );
-        let table = Table::open_verified(&data.join(generation::file_name(1)), 1).unwrap();
+        let table = Table::open_verified(&data.join(local::file_name(1)), 1).unwrap();
         assert_eq!(table.len(), model.len() as u64, "{n} rows");
         for (i, (&key, &row)) in model.iter().enumerate() {
             let r = table.record(i as u64);
@@ -224,7 +224,7 @@ fn reads_standard_input_and_keeps_the_newest_generations() {
         );
     }
     assert_eq!(sequences(dir.path()), [3, 4]);
-    let published = dir.path().join(generation::file_name(4));
+    let published = dir.path().join(local::file_name(4));
     assert!(std::fs::metadata(published)
         .unwrap()
         .permissions()
@@ -234,11 +234,11 @@ fn reads_standard_input_and_keeps_the_newest_generations() {
 #[test]
 fn a_second_concurrent_build_fails_fast() {
     let dir = tempfile::tempdir().unwrap();
-    let _held = generation::BuildLock::acquire(dir.path()).unwrap();
+    let _held = local::BuildLock::acquire(dir.path()).unwrap();
     let out = build(dir.path(), &fixture("promotions.csv"), &[]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("another `promo build` is running"),
+        stderr(&out).contains("is using this data directory"),
         "{}",
         stderr(&out)
     );
@@ -266,10 +266,10 @@ fn get_and_inspect_report_generations_and_skip_corrupt_ones() {
     );
 
     // A newer generation with one flipped byte: skipped by get, flagged by inspect.
-    let mut bytes = std::fs::read(dir.path().join(generation::file_name(1))).unwrap();
+    let mut bytes = std::fs::read(dir.path().join(local::file_name(1))).unwrap();
     let last = bytes.len() - 100;
     bytes[last] ^= 1;
-    std::fs::write(dir.path().join(generation::file_name(2)), &bytes).unwrap();
+    std::fs::write(dir.path().join(local::file_name(2)), &bytes).unwrap();
     assert!(get(id).status.success());
     let out = promo()
         .args(["inspect", "--json", "--data-dir"])
@@ -302,7 +302,7 @@ fn get_and_inspect_report_generations_and_skip_corrupt_ones() {
 fn a_feed_that_shrinks_too_much_is_refused_unless_forced() {
     let dir = tempfile::tempdir().unwrap();
     build_ok(dir.path(), &fixture("promotions.csv"), &[]);
-    let before = std::fs::read(dir.path().join(generation::file_name(1))).unwrap();
+    let before = std::fs::read(dir.path().join(local::file_name(1))).unwrap();
     let small = dir.path().join("small.csv");
     let rows: Vec<_> = (0..50)
         .map(|i| (id(7, i), "1".into(), "2020-01-01 00:00:00".into()))
@@ -319,7 +319,7 @@ fn a_feed_that_shrinks_too_much_is_refused_unless_forced() {
     assert!(err.contains("--force"), "{err}");
     assert_eq!(sequences(dir.path()), [1]);
     assert_eq!(
-        std::fs::read(dir.path().join(generation::file_name(1))).unwrap(),
+        std::fs::read(dir.path().join(local::file_name(1))).unwrap(),
         before
     );
     assert_eq!(temp_files(dir.path()), Vec::<String>::new());
@@ -402,7 +402,7 @@ fn an_unusable_tmp_dir_or_data_dir_fails_before_the_feed_is_read() {
 #[test]
 fn a_failure_to_remove_an_old_generation_after_publishing_is_a_warning() {
     let dir = tempfile::tempdir().unwrap();
-    let stuck = dir.path().join(generation::file_name(1));
+    let stuck = dir.path().join(local::file_name(1));
     std::fs::create_dir(&stuck).unwrap();
     std::fs::write(stuck.join("something"), "in the way").unwrap();
     build_ok(dir.path(), &fixture("promotions.csv"), &[]);
@@ -436,7 +436,7 @@ fn bad_feeds_fail_clearly_and_replace_nothing() {
     let data = dir.path().join("data");
     let good = std::fs::read(fixture("promotions.csv")).unwrap();
     build_ok(&data, &fixture("promotions.csv"), &[]);
-    let before = std::fs::read(data.join(generation::file_name(1))).unwrap();
+    let before = std::fs::read(data.join(local::file_name(1))).unwrap();
     let feed = |name: &str, bytes: &[u8]| {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
@@ -491,7 +491,7 @@ fn bad_feeds_fail_clearly_and_replace_nothing() {
 
     assert_eq!(sequences(&data), [1]);
     assert_eq!(
-        std::fs::read(data.join(generation::file_name(1))).unwrap(),
+        std::fs::read(data.join(local::file_name(1))).unwrap(),
         before
     );
     assert_eq!(temp_files(&data), Vec::<String>::new());

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use promo::generation;
+use promo::generation::local;
 use xxhash_rust::xxh3::xxh3_64;
 
 const REAL_ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
@@ -149,7 +149,7 @@ fn variants(good: &[u8]) -> Vec<Variant> {
 fn drop_generation(dir: &Path, sequence: u64, bytes: &[u8]) {
     let tmp = dir.join("incoming.part");
     std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dir.join(generation::file_name(sequence))).unwrap();
+    std::fs::rename(&tmp, dir.join(local::file_name(sequence))).unwrap();
 }
 
 /// Waits for a line of the server's log that holds every one of `words`.
@@ -184,7 +184,7 @@ fn corrupt_generations_are_refused_while_serving_and_the_live_one_stays() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     build_ok(data, &fixture("promotions.csv"), &[]);
-    let good = std::fs::read(data.join(generation::file_name(1))).unwrap();
+    let good = std::fs::read(data.join(local::file_name(1))).unwrap();
     let server = Server::start(data);
     assert_live(&server, 1);
     assert_eq!(server.metric("promo_generation_load_failures_total"), 0.0);
@@ -199,7 +199,7 @@ fn corrupt_generations_are_refused_while_serving_and_the_live_one_stays() {
                 "promo_generation_load_failures_total {refusals}\n"
             ))
         });
-        let name = generation::file_name(sequence);
+        let name = local::file_name(sequence);
         let line = wait_for_log_line(&server, &[&name, &v.reason]);
         eprintln!("{}: {line}", v.what);
         assert_live(&server, 1);
@@ -235,7 +235,7 @@ fn serve_starts_on_the_newest_valid_generation_past_corrupt_ones() {
     let data = dir.path();
     build_ok(data, &fixture("promotions.csv"), &[]);
     build_ok(data, &fixture("promotions.csv"), &[]);
-    let good = std::fs::read(data.join(generation::file_name(2))).unwrap();
+    let good = std::fs::read(data.join(local::file_name(2))).unwrap();
     let variants = variants(&good);
     for (k, v) in variants.iter().enumerate() {
         drop_generation(data, k as u64 + 3, &v.bytes);
@@ -250,7 +250,7 @@ fn serve_starts_on_the_newest_valid_generation_past_corrupt_ones() {
         variants.len() as f64
     );
     for (k, v) in variants.iter().enumerate() {
-        let name = generation::file_name(k as u64 + 3);
+        let name = local::file_name(k as u64 + 3);
         wait_for_log_line(&server, &[&name, &v.reason]);
     }
 }
@@ -270,9 +270,9 @@ fn feed(dir: &Path, name: &str, set: u64, rows: u64) -> std::path::PathBuf {
 fn corrupt_with_sound_header(dir: &Path, records: u64) -> Vec<u8> {
     let scratch = dir.join(format!("scratch-{records}"));
     build_ok(&scratch, &feed(dir, "scratch.csv", 9, records), &[]);
-    let mut f = std::fs::read(scratch.join(generation::file_name(1))).unwrap();
+    let mut f = std::fs::read(scratch.join(local::file_name(1))).unwrap();
     f[HEADER_LEN + 40] ^= 0x01;
-    let header = promo::format::Header::decode(&f, f.len() as u64).unwrap();
+    let header = promo::generation::format::Header::decode(&f, f.len() as u64).unwrap();
     assert_eq!(header.count, records);
     f
 }
@@ -316,7 +316,7 @@ fn a_refused_generation_replaced_by_a_whole_copy_goes_live() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     build_ok(data, &fixture("promotions.csv"), &[]);
-    let good = std::fs::read(data.join(generation::file_name(1))).unwrap();
+    let good = std::fs::read(data.join(local::file_name(1))).unwrap();
     let server = Server::start(data);
     drop_generation(data, 2, &good[..good.len() - 100]);
     server.wait_for("/metrics", LIMIT, |r| {
@@ -342,13 +342,13 @@ fn retention_keeps_good_generations_behind_newer_corrupt_ones() {
     let data = dir.path().join("data");
     build_ok(&data, &feed(dir.path(), "a.csv", 1, 100), &[]);
     build_ok(&data, &feed(dir.path(), "b.csv", 2, 100), &[]);
-    let good = std::fs::read(data.join(generation::file_name(2))).unwrap();
+    let good = std::fs::read(data.join(local::file_name(2))).unwrap();
     // 3: a truncated copy of 2; 4: a copy with one flipped body byte, its
     // header sound.
     drop_generation(&data, 3, &good[..good.len() / 2]);
     let mut flipped = good.clone();
     flipped[HEADER_LEN + 10 * RECORD_LEN + 30] ^= 0x04;
-    promo::format::Header::decode(&flipped, flipped.len() as u64).unwrap();
+    promo::generation::format::Header::decode(&flipped, flipped.len() as u64).unwrap();
     drop_generation(&data, 4, &flipped);
 
     // The default --keep 3: generation 5 and the two good ones before it

@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use promo::generation;
-use promo::table::Table;
+use promo::generation::local;
+use promo::server::table::Table;
 
 const REAL_ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
 
@@ -56,7 +56,7 @@ fn killed_builds_never_publish_a_partial_generation() {
         child.wait().unwrap();
 
         // Every generation anyone can see is complete and valid.
-        for e in generation::list(&data).unwrap() {
+        for e in local::list(&data).unwrap() {
             Table::open_verified(&e.path, e.sequence)
                 .unwrap_or_else(|err| panic!("kill {k} at {at:?} left a bad generation: {err}"));
         }
@@ -78,11 +78,11 @@ fn killed_builds_never_publish_a_partial_generation() {
     // The next build succeeds, publishes exactly one generation (a build
     // killed after its rename, the commit point, has published its own),
     // and removes what the killed ones left.
-    let before = generation::list(&data).unwrap().last().unwrap().sequence;
+    let before = local::list(&data).unwrap().last().unwrap().sequence;
     let summary = build_ok(&data, &big, &[]);
     assert_eq!(summary_field(&summary, "records"), "200000");
     assert_eq!(temp_files(&data), Vec::<String>::new());
-    let newest = generation::list(&data).unwrap().last().unwrap().sequence;
+    let newest = local::list(&data).unwrap().last().unwrap().sequence;
     assert_eq!(newest, before + 1);
     let r = server.wait_for(
         &format!("/promotions/{}", id(11, 9)),

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: the real binary, real files, real HTTP.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -45,7 +47,7 @@ pub fn build_ok(dir: &Path, csv: &Path, extra: &[&str]) -> String {
 /// A field of the build's summary line, `name=value`.
 /// The sequences of the generations in `dir`, oldest first.
 pub fn sequences(dir: &Path) -> Vec<u64> {
-    promo::generation::list(dir)
+    promo::generation::local::list(dir)
         .unwrap()
         .iter()
         .map(|e| e.sequence)
@@ -136,10 +138,16 @@ impl Server {
 
     /// `promo serve` with extra arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_env(dir, "127.0.0.1:0", extra, &[])
+    }
+
+    /// `promo serve` on `listen`, with extra arguments and environment.
+    pub fn start_env(dir: &Path, listen: &str, extra: &[&str], env: &[(String, String)]) -> Server {
         let mut child = promo()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -202,6 +210,12 @@ impl Server {
         }
     }
 
+    /// Kills the server with SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
@@ -253,6 +267,16 @@ impl Response {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
     }
+}
+
+/// A port that was free a moment ago, for a process that must listen on a
+/// known port (behind nginx, and again after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One request on a new connection (`Connection: close`).

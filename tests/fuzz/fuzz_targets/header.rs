@@ -22,9 +22,9 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use promo::format::{fanout_len, Header, HEADER_LEN};
-use promo::record::{Record, RECORD_LEN};
-use promo::table::Table;
+use promo::generation::local::format::{fanout_len, Header, HEADER_LEN};
+use promo::generation::local::record::{Record, RECORD_LEN};
+use promo::server::table::Table;
 use xxhash_rust::xxh3::xxh3_64;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use promo::ingest::{parse_fields, parse_id, RowError};
+use promo::builder::ingest::{parse_fields, parse_id, RowError};
 use uuid::Uuid;
 
 fuzz_target!(|data: &[u8]| {

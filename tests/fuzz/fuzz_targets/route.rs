@@ -26,11 +26,11 @@ use bytes::Bytes;
 use hyper::body::Body;
 use hyper::{Method, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use promo::format::Writer;
-use promo::http::{route, GENERATION_HEADER};
-use promo::ingest::parse_chunk;
-use promo::record::Record;
-use promo::table::Table;
+use promo::generation::local::format::Writer;
+use promo::server::http::{route, GENERATION_HEADER};
+use promo::builder::ingest::parse_chunk;
+use promo::generation::local::record::Record;
+use promo::server::table::Table;
 use uuid::Uuid;
 
 const SEQUENCE: u64 = 7;

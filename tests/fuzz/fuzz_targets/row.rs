@@ -27,9 +27,9 @@
 use std::io::Read;
 
 use libfuzzer_sys::fuzz_target;
-use promo::ingest::{self, parse_chunk, parse_fields, parse_id, parse_price, RowError, Rows};
-use promo::pipeline::Chunker;
-use promo::record::{Price, Record};
+use promo::builder::ingest::{self, parse_chunk, parse_fields, parse_id, parse_price, RowError, Rows};
+use promo::builder::pipeline::Chunker;
+use promo::generation::local::record::{Price, Record};
 use uuid::Uuid;
 
 type Verdicts = Vec<(u64, Result<Record, RowError>)>;

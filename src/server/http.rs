@@ -19,10 +19,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::ingest;
+use crate::builder::ingest;
 use crate::metrics as m;
-use crate::store::Store;
-use crate::table::Table;
+use crate::server::live::Live;
+use crate::server::table::Table;
 
 /// The response header that names the generation an answer came from.
 pub const GENERATION_HEADER: &str = "x-promo-generation";
@@ -271,7 +271,7 @@ fn method_not_allowed() -> Response<Full<Bytes>> {
 /// limits, whose connection permits all serving threads share.
 #[derive(Clone)]
 pub struct App {
-    pub store: Arc<Store>,
+    pub store: Arc<Live>,
     pub metrics: Option<PrometheusHandle>,
     counters: Arc<Counters>,
     limits: Limits,
@@ -346,7 +346,7 @@ impl Counters {
 impl App {
     /// The state shared by every connection. Registers the metric handles,
     /// so install the metrics recorder first.
-    pub fn new(store: Arc<Store>, metrics: Option<PrometheusHandle>, limits: Limits) -> App {
+    pub fn new(store: Arc<Live>, metrics: Option<PrometheusHandle>, limits: Limits) -> App {
         App {
             store,
             metrics,
@@ -450,8 +450,8 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::Writer;
-    use crate::record::{Price, Record};
+    use crate::generation::format::Writer;
+    use crate::generation::record::{Price, Record};
     use http_body_util::BodyExt;
 
     const ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";

@@ -68,7 +68,7 @@ pub struct Known {
 
 impl Known {
     /// Whether `entry` counts towards `--keep`: the known verdict, else
-    /// whether its header checks ([`crate::format::read_header`]: magic,
+    /// whether its header checks ([`crate::generation::format::read_header`]: magic,
     /// version, header checksum, the length it describes).
     pub fn sound(&self, entry: &Entry) -> bool {
         if self.bad.contains(&entry.sequence) {
@@ -76,7 +76,7 @@ impl Known {
         } else if self.good.contains(&entry.sequence) {
             true
         } else {
-            crate::format::read_header(&entry.path).is_ok()
+            crate::generation::format::read_header(&entry.path).is_ok()
         }
     }
 }
@@ -162,6 +162,13 @@ impl BuildLock {
     /// before it means nothing was published, and nothing after it is one.
     pub fn publish(&self, dir: &Path, tmp: &Path) -> Result<Entry> {
         let sequence = list(dir)?.last().map_or(1, |e| e.sequence + 1);
+        self.publish_as(dir, tmp, sequence)
+    }
+
+    /// Publishes `tmp` as generation `sequence`, as [`BuildLock::publish`]
+    /// does: for a generation fetched from a store, whose sequence the
+    /// store gave it. A file of that name already there is replaced.
+    pub fn publish_as(&self, dir: &Path, tmp: &Path, sequence: u64) -> Result<Entry> {
         let path = dir.join(file_name(sequence));
         let mut perms = fs::metadata(tmp).map_err(Error::io(tmp))?.permissions();
         perms.set_readonly(true);
@@ -248,6 +255,29 @@ pub struct Retention {
     pub failed: Vec<Error>,
 }
 
+/// A temporary file that is removed unless it was published: every way
+/// out of a build or a fetch that did not publish leaves no litter.
+pub struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    pub fn new(path: &Path) -> RemoveOnDrop {
+        RemoveOnDrop(Some(path.to_path_buf()))
+    }
+
+    /// The file was published (renamed): leave it alone.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
 /// Makes a directory's entries (a rename, an unlink) durable.
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -308,10 +338,10 @@ mod tests {
 
     /// Writes a valid generation `sequence` of three records into `dir`.
     fn put_generation(dir: &Path, sequence: u64) -> PathBuf {
-        use crate::record::{Price, Record};
+        use crate::generation::record::{Price, Record};
         let path = dir.join(file_name(sequence));
         let file = File::create(&path).unwrap();
-        let mut w = crate::format::Writer::new(file, &path, 3).unwrap();
+        let mut w = crate::generation::format::Writer::new(file, &path, 3).unwrap();
         for k in 1..=3u128 {
             let price = Price::new(k as u64, 2).unwrap();
             w.push(&Record::new(k << 100, price, b"2020-01-01 00:00:00"))
@@ -398,7 +428,7 @@ mod tests {
         let first = BuildLock::acquire(dir.path()).unwrap();
         let err = BuildLock::acquire(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Locked { .. }));
-        assert!(err.to_string().contains("another `promo build` is running"));
+        assert!(err.to_string().contains("is using this data directory"));
         drop(first);
         BuildLock::acquire(dir.path()).unwrap();
     }

@@ -14,11 +14,11 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::builder::ingest;
+use crate::builder::sort::Sorter;
 use crate::error::{Error, Result};
-use crate::format::Writer;
-use crate::generation::{BuildLock, Entry, Known};
-use crate::ingest;
-use crate::sort::Sorter;
+use crate::generation::format::Writer;
+use crate::generation::local::{BuildLock, Entry, Known, RemoveOnDrop};
 use rayon::prelude::*;
 
 /// How many invalid rows a build tolerates before it fails.
@@ -312,7 +312,7 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
     check_shrink(opts, &name, valid, current)?;
 
     let (file, tmp_path) = lock.temp_file(dir)?;
-    let tmp = RemoveOnDrop(Some(tmp_path.clone()));
+    let tmp = RemoveOnDrop::new(&tmp_path);
     let mut writer = Writer::new(file, &tmp_path, valid)?;
     let stats = sorter.finish(|block| writer.push_block(block))?;
     check_shrink(opts, &name, stats.unique, current)?;
@@ -355,10 +355,10 @@ pub fn rollback(dir: &std::path::Path) -> Result<(u64, Entry)> {
     let lock = BuildLock::acquire(dir)?;
     lock.remove_leftovers(dir)?;
     // Newest first, verifying only until the live one and the one before it.
-    let valid: Vec<Entry> = crate::generation::list(dir)?
+    let valid: Vec<Entry> = crate::generation::local::list(dir)?
         .into_iter()
         .rev()
-        .filter(|e| crate::table::Table::open_verified(&e.path, e.sequence).is_ok())
+        .filter(|e| crate::server::table::Table::open_verified(&e.path, e.sequence).is_ok())
         .take(2)
         .collect();
     let [_live, previous] = valid.as_slice() else {
@@ -388,11 +388,11 @@ struct Scan {
 /// the newest file verifies, and it is the only one read.
 fn newest_valid_count(dir: &std::path::Path) -> Scan {
     let mut scan = Scan::default();
-    let Ok(entries) = crate::generation::list(dir) else {
+    let Ok(entries) = crate::generation::local::list(dir) else {
         return scan;
     };
     for e in entries.iter().rev() {
-        match crate::table::Table::open_verified(&e.path, e.sequence) {
+        match crate::server::table::Table::open_verified(&e.path, e.sequence) {
             Ok(t) => {
                 scan.current = Some((e.sequence, t.len()));
                 scan.known.good.push(e.sequence);
@@ -654,23 +654,6 @@ impl Read for DropBehind {
     }
 }
 
-/// Deletes a temporary file unless disarmed: a failed build leaves no litter.
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl RemoveOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// A progress bar on standard error, or nothing.
 struct Progress(Option<indicatif::ProgressBar>);
 
@@ -719,7 +702,10 @@ mod tests {
     fn chunked(
         input: &[u8],
         chunk_len: usize,
-    ) -> Vec<(u64, Result<crate::record::Record, ingest::RowError>)> {
+    ) -> Vec<(
+        u64,
+        Result<crate::generation::record::Record, ingest::RowError>,
+    )> {
         let mut chunks = Chunker::new(input, chunk_len);
         let mut out = Vec::new();
         let mut lines_before = 0;

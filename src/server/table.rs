@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, Result};
-use crate::format::{self, FormatError, Header, HEADER_LEN};
-use crate::record::{key_of, Record, RECORD_LEN};
+use crate::generation::format::{self, FormatError, Header, HEADER_LEN};
+use crate::generation::record::{key_of, Record, RECORD_LEN};
 
 /// One generation, mapped read-only. Dropping it unmaps the file.
 pub struct Table {
@@ -70,6 +70,14 @@ impl Table {
         let table = Table::open(path, sequence)?;
         table.verify()?;
         Ok(table)
+    }
+
+    /// The same table, known by `path` from now on: a file that was
+    /// verified under a temporary name and then renamed (the mapping
+    /// follows the inode, not the name).
+    pub fn moved_to(mut self, path: PathBuf) -> Table {
+        self.path = path;
+        self
     }
 
     /// The generation's sequence number.
@@ -173,7 +181,7 @@ impl Table {
         let to = (guess + PREFETCH_RECORDS).min(hi - 1);
         for i in from..=to {
             touch(record_at(i));
-            crate::record::prefetch(&self.record_bytes(i)[0]);
+            crate::generation::record::prefetch(&self.record_bytes(i)[0]);
         }
         let mut probe = |i: u64| {
             touch(record_at(i));
@@ -251,8 +259,8 @@ impl std::fmt::Debug for Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{fanout_bits_for, Writer, VERSION};
-    use crate::record::Price;
+    use crate::generation::format::{fanout_bits_for, Writer, VERSION};
+    use crate::generation::record::Price;
 
     fn splitmix(state: &mut u64) -> u64 {
         *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

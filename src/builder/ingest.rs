@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 
-use crate::record::{Price, Record, DATE_MAX, RECORD_LEN};
+use crate::generation::record::{Price, Record, DATE_MAX, RECORD_LEN};
 
 /// Why a row was rejected. `Display` is a short reason for a log line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1635,8 +1635,8 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
 
     #[test]
     fn odd_rows_fixture() {
-        let csv = include_str!("../fixtures/odd-rows.csv");
-        let want = expected_rows(include_str!("../fixtures/odd-rows.expected"));
+        let csv = include_str!("../../fixtures/odd-rows.csv");
+        let want = expected_rows(include_str!("../../fixtures/odd-rows.expected"));
         let got = rows(csv.as_bytes());
         assert!(csv.contains("\r\n"), "the fixture must keep its CRLF line");
         assert!(want.len() >= 30);

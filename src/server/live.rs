@@ -14,12 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwapOption, Guard};
 
 use crate::error::Result;
-use crate::generation;
+use crate::generation::local;
 use crate::metrics as m;
-use crate::table::Table;
+use crate::server::table::Table;
 
 /// The data directory and the generation that is live from it.
-pub struct Store {
+pub struct Live {
     dir: PathBuf,
     live: ArcSwapOption<Table>,
     /// Generations that failed validation, and the file each one was then.
@@ -52,10 +52,10 @@ impl FileId {
     }
 }
 
-impl Store {
-    /// A store for `dir` with nothing live yet; call [`Store::refresh`].
-    pub fn new(dir: impl Into<PathBuf>) -> Store {
-        Store {
+impl Live {
+    /// A store for `dir` with nothing live yet; call [`Live::refresh`].
+    pub fn new(dir: impl Into<PathBuf>) -> Live {
+        Live {
             dir: dir.into(),
             live: ArcSwapOption::empty(),
             refused: Mutex::new(HashMap::new()),
@@ -79,7 +79,7 @@ impl Store {
     /// that went live, if any. Blocking: reads whole files.
     pub fn refresh(&self) -> Result<Option<u64>> {
         let live = self.live.load().as_ref().map_or(0, |t| t.sequence());
-        for entry in generation::list(&self.dir)?.into_iter().rev() {
+        for entry in local::list(&self.dir)?.into_iter().rev() {
             if entry.sequence <= live {
                 break;
             }
@@ -105,6 +105,19 @@ impl Store {
             }
         }
         Ok(None)
+    }
+
+    /// Makes `table`, verified by the caller, live if it is newer than the
+    /// live one: a generation the fetcher downloaded and verified before
+    /// renaming it into the data directory. Returns whether it went live.
+    pub fn install(&self, table: Table) -> bool {
+        let live = self.live.load().as_ref().map_or(0, |t| t.sequence());
+        if table.sequence() <= live {
+            return false;
+        }
+        self.refused.lock().unwrap().remove(&table.sequence());
+        self.go_live(table);
+        true
     }
 
     fn go_live(&self, table: Table) {
@@ -137,7 +150,7 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// Polling a directory listing costs microseconds, works on every
 /// filesystem (network mounts included) and cannot miss an event, which is
 /// why it is used instead of inotify.
-pub async fn watch(store: Arc<Store>, interval: Duration, shutdown: impl Future<Output = ()>) {
+pub async fn watch(store: Arc<Live>, interval: Duration, shutdown: impl Future<Output = ()>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -163,14 +176,21 @@ pub async fn watch(store: Arc<Store>, interval: Duration, shutdown: impl Future<
             Ok(Err(e)) => tracing::warn!("scanning for generations: {e}"),
             Err(e) => tracing::error!("generation scan panicked: {e}"),
         }
+        if let Some(table) = store.current().as_ref() {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let age_ms = now_ms.saturating_sub(table.header().created_ms);
+            metrics::gauge!(m::GENERATION_AGE).set(age_ms as f64 / 1000.0);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::Writer;
-    use crate::record::{Price, Record};
+    use crate::generation::format::Writer;
+    use crate::generation::record::{Price, Record};
 
     /// Writes a valid generation of `n` records at `path`, whole, through a
     /// rename (as a copy should arrive).
@@ -196,9 +216,9 @@ mod tests {
     #[test]
     fn a_refused_file_is_not_read_again_but_one_put_in_its_place_is() {
         let dir = tempfile::tempdir().unwrap();
-        let gen = |s| dir.path().join(generation::file_name(s));
+        let gen = |s| dir.path().join(local::file_name(s));
         put_generation(&gen(1), 3);
-        let store = Store::new(dir.path());
+        let store = Live::new(dir.path());
         assert_eq!(store.refresh().unwrap(), Some(1));
 
         put_bytes(&gen(2), b"half a generation");

@@ -47,7 +47,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, Result};
-use crate::record::{key_of, Record, RECORD_LEN};
+use crate::generation::record::{key_of, Record, RECORD_LEN};
 
 /// The first eight bytes of every generation file.
 pub const MAGIC: [u8; 8] = *b"PROMOGEN";

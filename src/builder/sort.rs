@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::record::{prefetch, Record, RECORD_LEN};
+use crate::generation::record::{prefetch, Record, RECORD_LEN};
 
 /// Bytes of memory one buffered record costs: the record and its sort entry.
 pub const ITEM_LEN: usize = RECORD_LEN + 16;
@@ -413,7 +413,7 @@ fn merge_slices(parts: &[Vec<u8>]) -> (Vec<u8>, u64) {
     let mut heap = BinaryHeap::with_capacity(parts.len());
     for (i, p) in parts.iter().enumerate() {
         if !p.is_empty() {
-            heap.push(Reverse((crate::record::key_of(p), i)));
+            heap.push(Reverse((crate::generation::record::key_of(p), i)));
         }
     }
     let mut duplicates = 0;
@@ -422,7 +422,10 @@ fn merge_slices(parts: &[Vec<u8>]) -> (Vec<u8>, u64) {
         let record = &parts[i][at[i]..at[i] + RECORD_LEN];
         at[i] += RECORD_LEN;
         if at[i] < parts[i].len() {
-            heap.push(Reverse((crate::record::key_of(&parts[i][at[i]..]), i)));
+            heap.push(Reverse((
+                crate::generation::record::key_of(&parts[i][at[i]..]),
+                i,
+            )));
         }
         // Equal keys pop in slice order: the later one replaces the earlier.
         if last == Some(key) {
@@ -440,7 +443,7 @@ fn merge_slices(parts: &[Vec<u8>]) -> (Vec<u8>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Price;
+    use crate::generation::record::Price;
 
     fn rec(key: u128, tag: u64) -> Record {
         Record::new(key, Price::new(tag, 0).unwrap(), b"2020-01-01 00:00:00")

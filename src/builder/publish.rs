@@ -1,0 +1,113 @@
+//! Publishing a generation to an object store, and rolling a store back.
+//!
+//! `promo build --publish URL` first publishes in its data directory, as
+//! always, then uploads that file as the store's next generation: the
+//! object first, under a name no other upload uses, then its manifest with
+//! a create-only write. The manifest is the commit point (see
+//! [`crate::generation::remote`]): a builder killed mid-upload leaves an
+//! object no replica reads, which the next publish removes; of two builders
+//! that chose the same sequence, one commits and the other fails and
+//! deletes its upload.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::generation::format::read_header;
+use crate::generation::remote::{block_on, new_object_name, Manifest, Remote};
+
+/// What [`publish`] did.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The store's sequence for the generation.
+    pub sequence: u64,
+    pub object: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Sequences retention removed from the store.
+    pub removed: Vec<u64>,
+}
+
+/// Uploads the generation file at `path` to the store at `url` as its next
+/// generation, then keeps the store's newest `keep` sound generations.
+/// A failure before the manifest is written leaves the store as it was
+/// (the upload is deleted, or left for the next publish to remove); a
+/// failed retention afterwards is a warning, since the generation is out.
+pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
+    let started = Instant::now();
+    let remote = Remote::open(url)?;
+    let header = read_header(path)?;
+    block_on(async {
+        let sequence = remote.sequences().await?.last().map_or(1, |s| s + 1);
+        let object = new_object_name(sequence);
+        tracing::info!(
+            url,
+            sequence,
+            object,
+            bytes = header.file_len(),
+            "uploading"
+        );
+        remote.upload(path, &object).await?;
+        let manifest = Manifest::new(sequence, object.clone(), &header);
+        if let Err(e) = remote.commit(&manifest).await {
+            if let Err(d) = remote.delete_object(&object).await {
+                tracing::warn!("{d} (the next publish removes it)");
+            }
+            return Err(e);
+        }
+        let removed = match remote.retain(keep).await {
+            Ok((removed, objects)) => {
+                for o in &objects {
+                    tracing::info!(url, object = o, "removed an old generation object");
+                }
+                removed
+            }
+            Err(e) => {
+                tracing::warn!("{e} (generation {sequence} is published)");
+                Vec::new()
+            }
+        };
+        Ok(Published {
+            sequence,
+            object,
+            bytes: header.file_len(),
+            seconds: started.elapsed().as_secs_f64(),
+            removed,
+        })
+    })?
+}
+
+/// `promo rollback --publish URL`: publishes the generation before the
+/// store's newest again, under the next sequence, so that every replica
+/// swaps to it as to any new generation. Its new manifest names the same
+/// object: nothing is copied. A second rollback undoes the first. Returns
+/// the sequence rolled back to and the new manifest.
+pub fn rollback(url: &str) -> Result<(u64, Manifest)> {
+    let remote = Remote::open(url)?;
+    block_on(async {
+        let sequences = remote.sequences().await?;
+        let nothing = |reason: &str| Error::NothingInStore {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let &newest = sequences
+            .last()
+            .ok_or_else(|| nothing("no generation: nothing to roll back"))?;
+        let mut previous = None;
+        for &sequence in sequences.iter().rev().skip(1) {
+            let Ok(m) = remote.manifest(sequence).await else {
+                continue;
+            };
+            if remote.object_len(&m.object).await? == Some(m.bytes) {
+                previous = Some(m);
+                break;
+            }
+        }
+        let previous = previous.ok_or_else(|| {
+            nothing("no sound generation before the newest: nothing to roll back to")
+        })?;
+        let manifest = previous.republished(newest + 1);
+        remote.commit(&manifest).await?;
+        Ok((previous.sequence, manifest))
+    })?
+}

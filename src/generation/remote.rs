@@ -1,0 +1,656 @@
+//! The object store a fleet exchanges generations through, object by object.
+//!
+//! A builder publishes each generation to a store (`s3://bucket/prefix`,
+//! `gs://bucket/prefix`, `az://container/prefix` or `file:///dir`); every
+//! replica polls it and fetches what is newer. The layout under the prefix:
+//!
+//! ```text
+//! generations/<sequence:010>-<token:016x>.promo
+//!     A generation file, byte for byte as `promo build` wrote it (see
+//!     format). Immutable once written. The token (random, per upload)
+//!     keeps two builders that chose the same sequence from writing the
+//!     same object: only a manifest can make an upload visible.
+//! manifests/<sequence:010>.json
+//!     The commit point: written with a create-only put after its
+//!     generation object is complete, so a sequence is taken once, by one
+//!     builder, and a generation without a manifest is never read. One JSON
+//!     object in UTF-8:
+//!       "format"         "promo-manifest/1" (MANIFEST_FORMAT)
+//!       "sequence"       the sequence, as in the name
+//!       "object"         the generation object's path under the prefix;
+//!                        a rollback's manifest names an older object
+//!       "bytes"          the object's exact length
+//!       "rows"           records in it (its header's count)
+//!       "created"        its header's creation time, RFC 3339 UTC
+//!       "created_ms"     the same, milliseconds since the Unix epoch
+//!       "body_checksum"  its header's XXH3-64 body checksum, 16 hex digits
+//!       "published"      when the manifest was written, RFC 3339 UTC
+//! ```
+//!
+//! The newest manifest whose generation verifies is the store's newest
+//! generation. A replica checks the object's length against the manifest
+//! before it downloads and the header's checksum and the whole file after,
+//! before the file takes a `gen-*.promo` name in its data directory.
+//! Sequences in the store are the sequences replicas serve them under.
+
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::error::{Error, Result};
+use crate::generation::format::{rfc3339_utc, Header};
+
+/// The `format` of every manifest this promo writes and reads. A manifest
+/// of another format is skipped with a log line (a newer builder's; upgrade
+/// the replicas).
+pub const MANIFEST_FORMAT: &str = "promo-manifest/1";
+const GENERATIONS: &str = "generations";
+const MANIFESTS: &str = "manifests";
+
+/// A store of generations at a URL.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    /// A `file://` store's directory: listing a missing one finds nothing
+    /// rather than failing, and an unmounted share must not look empty.
+    dir: Option<std::path::PathBuf>,
+}
+
+/// A committed generation in the store: what its manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub sequence: u64,
+    /// The generation object, relative to the store's prefix.
+    pub object: String,
+    pub bytes: u64,
+    pub rows: u64,
+    pub created_ms: u64,
+    pub body_checksum: u64,
+    pub published_ms: u64,
+}
+
+impl Manifest {
+    /// The manifest of `header`'s generation, uploaded as `object`.
+    pub fn new(sequence: u64, object: String, header: &Header) -> Manifest {
+        Manifest {
+            sequence,
+            object,
+            bytes: header.file_len(),
+            rows: header.count,
+            created_ms: header.created_ms,
+            body_checksum: header.body_checksum,
+            published_ms: now_ms(),
+        }
+    }
+
+    /// The same generation (the same object) under a new sequence, for a
+    /// rollback.
+    pub fn republished(&self, sequence: u64) -> Manifest {
+        Manifest {
+            sequence,
+            published_ms: now_ms(),
+            ..self.clone()
+        }
+    }
+
+    /// The manifest as stored: one JSON object and a newline.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(&serde_json::json!({
+            "format": MANIFEST_FORMAT,
+            "sequence": self.sequence,
+            "object": self.object,
+            "bytes": self.bytes,
+            "rows": self.rows,
+            "created": rfc3339_utc(self.created_ms),
+            "created_ms": self.created_ms,
+            "body_checksum": format!("{:016x}", self.body_checksum),
+            "published": rfc3339_utc(self.published_ms),
+            "published_ms": self.published_ms,
+        }))
+        .expect("a JSON object serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// Parses a stored manifest; `Err` says what is wrong with it.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Manifest, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        let format = v["format"].as_str().unwrap_or_default();
+        if format != MANIFEST_FORMAT {
+            return Err(format!(
+                "format {format:?}, but this promo reads {MANIFEST_FORMAT:?}"
+            ));
+        }
+        let int = |k: &str| v[k].as_u64().ok_or_else(|| format!("no integer {k:?}"));
+        let object = v["object"]
+            .as_str()
+            .filter(|o| o.starts_with(GENERATIONS) && !o.contains(".."))
+            .ok_or("no \"object\" under generations/")?
+            .to_string();
+        let body_checksum = v["body_checksum"]
+            .as_str()
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+            .ok_or("no hexadecimal \"body_checksum\"")?;
+        Ok(Manifest {
+            sequence: int("sequence")?,
+            object,
+            bytes: int("bytes")?,
+            rows: int("rows")?,
+            created_ms: int("created_ms")?,
+            body_checksum,
+            published_ms: int("published_ms")?,
+        })
+    }
+
+    /// Whether `header` is the header this manifest describes.
+    pub fn matches(&self, header: &Header) -> bool {
+        header.file_len() == self.bytes
+            && header.count == self.rows
+            && header.body_checksum == self.body_checksum
+            && header.created_ms == self.created_ms
+    }
+}
+
+/// The path of manifest `sequence`.
+fn manifest_path(sequence: u64) -> ObjectPath {
+    ObjectPath::from(format!("{MANIFESTS}/{sequence:010}.json"))
+}
+
+/// The sequence of a manifest's path, if it is one.
+fn parse_manifest_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".json")?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// A new generation object's path for `sequence`, unique to this upload.
+pub fn new_object_name(sequence: u64) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static UPLOADS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut seed = [0u8; 32];
+    seed[..16].copy_from_slice(&nanos.to_le_bytes());
+    seed[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    seed[24..].copy_from_slice(&UPLOADS.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let token = xxhash_rust::xxh3::xxh3_64(&seed);
+    format!("{GENERATIONS}/{sequence:010}-{token:016x}.promo")
+}
+
+/// The sequence a generation object's name starts with.
+fn object_sequence(name: &str) -> Option<u64> {
+    name.strip_prefix(GENERATIONS)?
+        .strip_prefix('/')?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs `f`, a store operation, to completion on a runtime of its own: for
+/// the commands (`build --publish`, `fetch`, `rollback`, `inspect`) that
+/// talk to a store once and exit.
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io_op("starting a runtime", "tokio"))?;
+    Ok(runtime.block_on(f))
+}
+
+/// An object in the store's `generations/`.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub name: String,
+    pub bytes: u64,
+}
+
+impl Remote {
+    /// The store at `url`. Credentials, region and endpoint come from the
+    /// environment as the cloud's own tools read them (`AWS_*`, including
+    /// `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP`; `GOOGLE_*`; `AZURE_*`).
+    /// Nothing is contacted yet.
+    pub fn open(url: &str) -> Result<Remote> {
+        Remote::open_with(url, std::iter::empty::<(String, String)>())
+    }
+
+    /// [`Remote::open`], with `options` over the environment's: the cloud
+    /// builders' configuration keys (`aws_endpoint`, `aws_access_key_id`,
+    /// `aws_allow_http`...). For a program that talks to two stores.
+    pub fn open_with(
+        url: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Remote> {
+        let options: Vec<(String, String)> = options.into_iter().collect();
+        let bad = |reason: &str| Error::Url {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        let prefix = parsed.path().trim_matches('/').to_string();
+        let inner: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "s3" | "gs" | "az" if parsed.host_str().is_none_or(str::is_empty) => {
+                return Err(bad("no bucket or container after the scheme"));
+            }
+            "s3" => Arc::new(
+                options
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+                    .fold(
+                        object_store::aws::AmazonS3Builder::from_env().with_url(url),
+                        |b, (k, v)| b.with_config(k, v),
+                    )
+                    .build()
+                    .map_err(|e| bad(&e.to_string()))?,
+            ),
+            "gs" => Arc::new(
+                options
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+                    .fold(
+                        object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url),
+                        |b, (k, v)| b.with_config(k, v),
+                    )
+                    .build()
+                    .map_err(|e| bad(&e.to_string()))?,
+            ),
+            "az" => Arc::new(
+                options
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+                    .fold(
+                        object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url),
+                        |b, (k, v)| b.with_config(k, v),
+                    )
+                    .build()
+                    .map_err(|e| bad(&e.to_string()))?,
+            ),
+            "file" => {
+                if parsed.host_str().is_some_and(|h| !h.is_empty()) {
+                    return Err(bad("a file URL names no host: file:///absolute/dir"));
+                }
+                let dir = std::path::PathBuf::from(format!("/{prefix}"));
+                if !dir.is_dir() {
+                    return Err(bad(
+                        "no such directory (create it, or check that the shared filesystem is mounted)",
+                    ));
+                }
+                return Ok(Remote {
+                    store: Arc::new(
+                        object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                            .map_err(|e| bad(&e.to_string()))?,
+                    ),
+                    url: url.to_string(),
+                    dir: Some(dir),
+                });
+            }
+            other => {
+                return Err(bad(&format!(
+                    "unknown scheme {other:?}: use s3://, gs://, az:// or file:///"
+                )))
+            }
+        };
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            inner
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(inner, prefix))
+        };
+        Ok(Remote {
+            store,
+            url: url.to_string(),
+            dir: None,
+        })
+    }
+
+    /// The URL, as given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// An error about this store while doing `op`.
+    pub fn error(&self, op: &'static str) -> impl FnOnce(object_store::Error) -> Error + '_ {
+        move |cause| Error::Remote {
+            url: self.url.clone(),
+            op,
+            cause: cause.to_string(),
+        }
+    }
+
+    /// The committed sequences, oldest first.
+    pub async fn sequences(&self) -> Result<Vec<u64>> {
+        if let Some(dir) = self.dir.as_ref().filter(|d| !d.is_dir()) {
+            return Err(Error::Remote {
+                url: self.url.clone(),
+                op: "listing manifests",
+                cause: format!("{} is gone (is the share mounted?)", dir.display()),
+            });
+        }
+        let list: Vec<_> = self
+            .store
+            .list(Some(&ObjectPath::from(MANIFESTS)))
+            .try_collect()
+            .await
+            .map_err(self.error("listing manifests"))?;
+        let mut out: Vec<u64> = list
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(parse_manifest_name))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Manifest `sequence`, checked.
+    pub async fn manifest(&self, sequence: u64) -> Result<Manifest> {
+        let path = manifest_path(sequence);
+        let bytes = self
+            .store
+            .get(&path)
+            .await
+            .map_err(self.error("reading a manifest"))?
+            .bytes()
+            .await
+            .map_err(self.error("reading a manifest"))?;
+        match Manifest::decode(&bytes) {
+            Ok(m) if m.sequence == sequence => Ok(m),
+            Ok(m) => Err(self.bad_manifest(sequence, format!("it says sequence {}", m.sequence))),
+            Err(reason) => Err(self.bad_manifest(sequence, reason)),
+        }
+    }
+
+    fn bad_manifest(&self, sequence: u64, reason: String) -> Error {
+        Error::Manifest {
+            url: self.url.clone(),
+            sequence,
+            reason,
+        }
+    }
+
+    /// Every readable manifest, oldest first; unreadable ones are logged
+    /// and skipped.
+    pub async fn manifests(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for sequence in self.sequences().await? {
+            match self.manifest(sequence).await {
+                Ok(m) => out.push(m),
+                Err(e @ Error::Manifest { .. }) => tracing::warn!("{e}"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every readable manifest, oldest first, with the length of the object
+    /// it names (`None`: missing): what `promo inspect --source` shows.
+    pub async fn inventory(&self) -> Result<Vec<(Manifest, Option<u64>)>> {
+        let objects = self.objects().await?;
+        Ok(self
+            .manifests()
+            .await?
+            .into_iter()
+            .map(|m| {
+                let len = objects.iter().find(|o| o.name == m.object).map(|o| o.bytes);
+                (m, len)
+            })
+            .collect())
+    }
+
+    /// The generation objects, committed or not.
+    pub async fn objects(&self) -> Result<Vec<Object>> {
+        let list: Vec<_> = self
+            .store
+            .list(Some(&ObjectPath::from(GENERATIONS)))
+            .try_collect()
+            .await
+            .map_err(self.error("listing generation objects"))?;
+        Ok(list
+            .into_iter()
+            .map(|m| Object {
+                name: m.location.to_string(),
+                bytes: m.size,
+            })
+            .collect())
+    }
+
+    /// The length of object `name`, or `None` if there is no such object.
+    pub async fn object_len(&self, name: &str) -> Result<Option<u64>> {
+        match self.store.head(&ObjectPath::from(name)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("looking up a generation object")(e)),
+        }
+    }
+
+    /// Uploads the local generation file at `path` as object `name`, in
+    /// parts of several MiB with a few in flight, so a file of any size
+    /// goes up without being held in memory.
+    pub async fn upload(&self, path: &std::path::Path, name: &str) -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const PART: usize = 16 << 20;
+        let mut file = tokio::fs::File::open(path).await.map_err(Error::io(path))?;
+        let mut writer = object_store::buffered::BufWriter::with_capacity(
+            self.store.clone(),
+            ObjectPath::from(name),
+            PART,
+        )
+        .with_max_concurrency(4);
+        let mut buf = vec![0u8; 1 << 20];
+        let fail = |e: std::io::Error| Error::Remote {
+            url: self.url.clone(),
+            op: "uploading a generation",
+            cause: e.to_string(),
+        };
+        loop {
+            let n = file.read(&mut buf).await.map_err(Error::io(path))?;
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = writer.write_all(&buf[..n]).await {
+                let _ = writer.abort().await;
+                return Err(fail(e));
+            }
+        }
+        writer.shutdown().await.map_err(fail)
+    }
+
+    /// Makes `manifest` visible: a create-only write, so that of two
+    /// builders committing the same sequence exactly one succeeds and the
+    /// other gets [`Error::SequenceTaken`].
+    pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
+        let path = manifest_path(manifest.sequence);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let payload = PutPayload::from(manifest.encode());
+        match self.store.put_opts(&path, payload.clone(), opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Err(Error::SequenceTaken {
+                url: self.url.clone(),
+                sequence: manifest.sequence,
+            }),
+            // A store without create-only writes: check, then write. Two
+            // builders can then race; run one builder per store.
+            Err(object_store::Error::NotImplemented { .. }) => {
+                tracing::warn!(
+                    "{}: the store does not support create-only writes; \
+                     publishing with a check first (run one builder per store)",
+                    self.url
+                );
+                if self.store.head(&path).await.is_ok() {
+                    return Err(Error::SequenceTaken {
+                        url: self.url.clone(),
+                        sequence: manifest.sequence,
+                    });
+                }
+                self.store
+                    .put(&path, payload)
+                    .await
+                    .map(|_| ())
+                    .map_err(self.error("writing a manifest"))
+            }
+            Err(e) => Err(self.error("writing a manifest")(e)),
+        }
+    }
+
+    /// Reads bytes `range` of object `name` as a stream of chunks.
+    pub async fn read_range(
+        &self,
+        name: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<futures_util::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>> {
+        let opts = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(range)),
+            ..Default::default()
+        };
+        let got = self
+            .store
+            .get_opts(&ObjectPath::from(name), opts)
+            .await
+            .map_err(self.error("downloading a generation"))?;
+        Ok(got.into_stream())
+    }
+
+    /// Deletes manifest `sequence`.
+    pub async fn delete_manifest(&self, sequence: u64) -> Result<()> {
+        self.delete(&manifest_path(sequence)).await
+    }
+
+    /// Deletes object `name`.
+    pub async fn delete_object(&self, name: &str) -> Result<()> {
+        self.delete(&ObjectPath::from(name)).await
+    }
+
+    async fn delete(&self, path: &ObjectPath) -> Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("deleting")(e)),
+        }
+    }
+
+    /// Keeps the newest `keep` sound generations (manifest readable, object
+    /// present at the manifest's length) and deletes the manifests older
+    /// than the oldest of them (none while fewer are sound), then every
+    /// generation object no remaining manifest names and no builder can
+    /// still be committing (those at or below the newest committed
+    /// sequence: leftovers of killed or beaten builders). Manifests go
+    /// first, so a replica never reads a manifest whose object is gone.
+    /// Returns the sequences and objects deleted.
+    pub async fn retain(&self, keep: usize) -> Result<(Vec<u64>, Vec<String>)> {
+        let sequences = self.sequences().await?;
+        let Some(&newest) = sequences.last() else {
+            return Ok(Default::default());
+        };
+        let objects = self.objects().await?;
+        let mut sound = 0;
+        let mut cut = 0;
+        let mut named = Vec::new();
+        for &sequence in sequences.iter().rev() {
+            let Ok(m) = self.manifest(sequence).await else {
+                continue;
+            };
+            if sound < keep.max(1)
+                && objects
+                    .iter()
+                    .any(|o| o.name == m.object && o.bytes == m.bytes)
+            {
+                sound += 1;
+                cut = sequence;
+            }
+            named.push((sequence, m.object));
+        }
+        // With fewer sound generations than asked for, no manifest goes.
+        let mut removed = Vec::new();
+        if sound == keep.max(1) {
+            for &sequence in sequences.iter().filter(|&&s| s < cut) {
+                self.delete_manifest(sequence).await?;
+                removed.push(sequence);
+            }
+            named.retain(|(s, _)| *s >= cut);
+        }
+        let mut deleted = Vec::new();
+        for o in objects {
+            let settled = object_sequence(&o.name).is_none_or(|s| s <= newest);
+            if settled && !named.iter().any(|(_, n)| *n == o.name) {
+                self.delete_object(&o.name).await?;
+                deleted.push(o.name);
+            }
+        }
+        Ok((removed, deleted))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            count: 3,
+            fanout_bits: 0,
+            created_ms: 1_700_000_000_123,
+            body_checksum: 0x0123_4567_89ab_cdef,
+        }
+    }
+
+    #[test]
+    fn manifests_round_trip_and_bad_ones_say_why() {
+        let m = Manifest::new(7, new_object_name(7), &header());
+        assert_eq!(Manifest::decode(&m.encode()), Ok(m.clone()));
+        assert!(m.matches(&header()));
+        assert!(!m.matches(&Header {
+            body_checksum: 1,
+            ..header()
+        }));
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            text.contains("\"body_checksum\": \"0123456789abcdef\""),
+            "{text}"
+        );
+
+        let other = text.replace(MANIFEST_FORMAT, "promo-manifest/2");
+        assert!(Manifest::decode(other.as_bytes())
+            .unwrap_err()
+            .contains("promo-manifest/2"));
+        let escape = text.replace("generations/", "../");
+        assert!(Manifest::decode(escape.as_bytes()).is_err());
+        assert!(Manifest::decode(b"{").unwrap_err().starts_with("not JSON"));
+    }
+
+    #[test]
+    fn names_carry_their_sequence() {
+        assert_eq!(manifest_path(42).as_ref(), "manifests/0000000042.json");
+        assert_eq!(parse_manifest_name("0000000042.json"), Some(42));
+        for bad in ["42.json.tmp", ".json", "x42.json", "42"] {
+            assert_eq!(parse_manifest_name(bad), None, "{bad}");
+        }
+        let a = new_object_name(42);
+        assert_ne!(a, new_object_name(42), "two uploads never share an object");
+        assert_eq!(object_sequence(&a), Some(42));
+    }
+
+    #[test]
+    fn urls_are_checked_before_anything_is_contacted() {
+        for (url, says) in [
+            ("ftp://host/x", "unknown scheme"),
+            ("s3:///prefix", "no bucket"),
+            ("file://host/dir", "names no host"),
+            ("not a url", "relative URL"),
+        ] {
+            let e = Remote::open(url).unwrap_err().to_string();
+            assert!(e.contains(url) && e.contains(says), "{url}: {e}");
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! Fetching generations from an object store into the data directory.
+//!
+//! What the fleets before promo learned (Voldemort, Venice, Pinot): pull
+//! immutable versions, newest first; check free disk before a download;
+//! download under a temporary name, in ranges with a few in flight, each
+//! retried; throttle bytes per second on the receiver; verify against what
+//! the builder recorded before the file is renamed into place; never
+//! download a refused version again; jitter the polling so that a fleet does
+//! not poll in step.
+//!
+//! A fetched generation keeps the store's sequence. It is fully verified
+//! (body checksum, order, fanout, and the manifest's header figures) while
+//! it still has its temporary name; only then does it become
+//! `gen-<sequence>.promo`, and the verified table goes live at once, so the
+//! bytes are read once, not twice.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt};
+
+use crate::error::{Error, Result};
+use crate::generation::local::{self, BuildLock, Entry, RemoveOnDrop};
+use crate::generation::remote::{Manifest, Remote};
+use crate::metrics as m;
+use crate::server::live::Live;
+use crate::server::table::Table;
+
+/// Where `serve --source` fetches from, and how.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub url: String,
+    /// Between polls of the store (jittered by up to a tenth either way).
+    pub interval: Duration,
+    /// Most bytes a second a download takes; `None` is unlimited.
+    pub rate: Option<u64>,
+}
+
+/// `--source-interval`'s default.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Generations a server with `--source` keeps in its data directory: the
+/// live one and one to roll back to.
+pub const KEEP: usize = 2;
+/// Bytes per ranged GET: small enough to retry cheaply and to stay well
+/// inside a store client's request timeout, large enough to amortise it.
+const RANGE: u64 = 8 << 20;
+/// Ranged GETs in flight at once.
+const IN_FLIGHT: usize = 4;
+/// Tries per range before the download fails (and the next poll retries).
+const ATTEMPTS: u32 = 5;
+/// Free disk kept beyond the download itself.
+const DISK_MARGIN: u64 = 64 << 20;
+
+/// What [`Fetcher::fetch_newer`] did.
+pub enum Outcome {
+    /// Nothing newer and valid in the store. `store` is its newest
+    /// committed sequence, if it has any.
+    UpToDate { store: Option<u64> },
+    /// A generation was downloaded, verified and published locally.
+    Fetched {
+        entry: Entry,
+        /// The verified table, mapped from its final name.
+        table: Table,
+        bytes: u64,
+        seconds: f64,
+    },
+}
+
+/// Downloads generations from one store into one data directory.
+pub struct Fetcher {
+    remote: Remote,
+    dir: PathBuf,
+    throttle: Option<Throttle>,
+    progress: bool,
+    /// Generations (sequence, object) refused: not downloaded again.
+    refused: Mutex<HashSet<(u64, String)>>,
+}
+
+impl Fetcher {
+    /// A fetcher from `remote` into `dir`, at most `rate` bytes a second,
+    /// with a progress bar on standard error if `progress`.
+    pub fn new(
+        remote: Remote,
+        dir: impl Into<PathBuf>,
+        rate: Option<u64>,
+        progress: bool,
+    ) -> Fetcher {
+        Fetcher {
+            remote,
+            dir: dir.into(),
+            throttle: rate.map(Throttle::new),
+            progress,
+            refused: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The store.
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
+    /// Fetches the store's newest generation that is newer than `local`
+    /// and verifies. Newer ones that fail (a truncated or damaged object, a
+    /// manifest that does not match its object) are refused with a log
+    /// line and a metric, remembered, and the next older one is tried.
+    /// An error means the store or the disk failed; try again later.
+    pub async fn fetch_newer(&self, local: u64) -> Result<Outcome> {
+        let sequences = self.remote.sequences().await?;
+        let newest = sequences.last().copied();
+        metrics::gauge!(m::SOURCE_NEWEST_SEQUENCE).set(newest.unwrap_or(0) as f64);
+        for &sequence in sequences.iter().rev().take_while(|&&s| s > local) {
+            let manifest = match self.remote.manifest(sequence).await {
+                Ok(manifest) => manifest,
+                Err(e @ Error::Manifest { .. }) => {
+                    self.refuse(sequence, String::new(), &e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if self.is_refused(sequence, &manifest.object) {
+                continue;
+            }
+            let lock = BuildLock::acquire(&self.dir)?;
+            lock.remove_leftovers(&self.dir)?;
+            match self.fetch(&lock, &manifest).await? {
+                Ok((entry, table, seconds)) => {
+                    return Ok(Outcome::Fetched {
+                        entry,
+                        table,
+                        bytes: manifest.bytes,
+                        seconds,
+                    })
+                }
+                Err(e) => self.refuse(sequence, manifest.object.clone(), &e),
+            }
+        }
+        Ok(Outcome::UpToDate { store: newest })
+    }
+
+    fn is_refused(&self, sequence: u64, object: &str) -> bool {
+        self.refused
+            .lock()
+            .unwrap()
+            .contains(&(sequence, object.to_string()))
+    }
+
+    fn refuse(&self, sequence: u64, object: String, why: &Error) {
+        if self.refused.lock().unwrap().insert((sequence, object)) {
+            tracing::error!(
+                "refused generation {sequence} from {}: {why}",
+                self.remote.url()
+            );
+            metrics::counter!(m::GENERATION_LOAD_FAILURES).increment(1);
+        }
+    }
+
+    /// Downloads and verifies one generation under the lock. The outer
+    /// error is the store's or the disk's (try again); the inner one is
+    /// the generation's (refuse it).
+    async fn fetch(
+        &self,
+        lock: &BuildLock,
+        manifest: &Manifest,
+    ) -> Result<std::result::Result<(Entry, Table, f64), Error>> {
+        let started = Instant::now();
+        let sequence = manifest.sequence;
+        let refused = |reason: String| {
+            Ok(Err(Error::Manifest {
+                url: self.remote.url().to_string(),
+                sequence,
+                reason,
+            }))
+        };
+        let len = match self.remote.object_len(&manifest.object).await? {
+            Some(len) => len,
+            None => return refused(format!("its object {} is missing", manifest.object)),
+        };
+        if len != manifest.bytes {
+            return refused(format!(
+                "its object {} is {len} bytes, but the manifest says {} (truncated or replaced?)",
+                manifest.object, manifest.bytes
+            ));
+        }
+        check_free_disk(&self.dir, sequence, len)?;
+        let (file, tmp) = lock.temp_file(&self.dir)?;
+        let cleanup = RemoveOnDrop::new(&tmp);
+        // Reserve the blocks now: a full disk fails here, not halfway.
+        allocate(&file, len).map_err(Error::io_op("reserving space for a download", &tmp))?;
+        tracing::info!(
+            sequence,
+            bytes = len,
+            object = %manifest.object,
+            "downloading a generation"
+        );
+        self.download(&manifest.object, len, &file, &tmp).await?;
+        file.sync_all()
+            .map_err(Error::io_op("syncing a download", &tmp))?;
+        drop(file);
+        let path = tmp.clone();
+        let table = match tokio::task::spawn_blocking(move || Table::open_verified(&path, sequence))
+            .await
+            .expect("verification does not panic")
+        {
+            Ok(table) => table,
+            Err(e @ Error::Format { .. }) => return Ok(Err(e)),
+            Err(e) => return Err(e),
+        };
+        if !manifest.matches(table.header()) {
+            return refused(
+                "the object's header does not match the manifest (another build's file?)".into(),
+            );
+        }
+        let entry = lock.publish_as(&self.dir, &tmp, sequence)?;
+        cleanup.disarm();
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            sequence,
+            bytes = len,
+            seconds,
+            "fetched and verified a generation"
+        );
+        Ok(Ok((
+            entry.clone(),
+            table.moved_to(entry.path.clone()),
+            seconds,
+        )))
+    }
+
+    /// Downloads object `name` (`len` bytes) into `file` in ranges, a few
+    /// in flight, each retried with backoff.
+    async fn download(&self, name: &str, len: u64, file: &std::fs::File, tmp: &Path) -> Result<()> {
+        let bar = self.progress.then(|| {
+            indicatif::ProgressBar::new(len).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} fetching [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            )
+        });
+        let ranges = (0..len)
+            .step_by(RANGE as usize)
+            .map(|s| s..(s + RANGE).min(len));
+        let result = futures_util::stream::iter(ranges)
+            .map(|range| self.download_range(name, range, file, tmp, bar.as_ref()))
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<()>()
+            .await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        result
+    }
+
+    async fn download_range(
+        &self,
+        name: &str,
+        range: std::ops::Range<u64>,
+        file: &std::fs::File,
+        tmp: &Path,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Resume where the last try stopped: what was written is kept.
+            let mut offset = range.start;
+            let result: Result<()> = async {
+                let mut stream = self.remote.read_range(name, range.clone()).await?;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(self.remote.error("downloading a generation"))?;
+                    if offset + chunk.len() as u64 > range.end {
+                        return Err(Error::Remote {
+                            url: self.remote.url().to_string(),
+                            op: "downloading a generation",
+                            cause: format!("more bytes than the range {range:?} asked for"),
+                        });
+                    }
+                    if let Some(t) = &self.throttle {
+                        t.take(chunk.len() as u64).await;
+                    }
+                    file.write_all_at(&chunk, offset)
+                        .map_err(Error::io_op("writing a download", tmp))?;
+                    offset += chunk.len() as u64;
+                    metrics::counter!(m::FETCH_BYTES).increment(chunk.len() as u64);
+                    if let Some(bar) = bar {
+                        bar.inc(chunk.len() as u64);
+                    }
+                }
+                if offset != range.end {
+                    return Err(Error::Remote {
+                        url: self.remote.url().to_string(),
+                        op: "downloading a generation",
+                        cause: format!("the range {range:?} ended at {offset}"),
+                    });
+                }
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e @ (Error::Io { .. } | Error::IoOp { .. })) => return Err(e),
+                Err(e) if attempt >= ATTEMPTS => return Err(e),
+                Err(e) => {
+                    if let Some(bar) = bar {
+                        bar.dec(offset - range.start);
+                    }
+                    let backoff = Duration::from_millis(200 << attempt);
+                    tracing::warn!("{e}; retrying in {backoff:?} ({attempt} of {ATTEMPTS})");
+                    tokio::time::sleep(jitter(backoff)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A token bucket over bytes: each download waits until its bytes are due.
+/// Shared by the ranges in flight, so the rate holds for the whole download,
+/// and bursts are at most one chunk of one range.
+struct Throttle {
+    rate: u64,
+    /// When the bytes taken so far are all paid for.
+    due: Mutex<tokio::time::Instant>,
+}
+
+impl Throttle {
+    fn new(rate: u64) -> Throttle {
+        Throttle {
+            rate: rate.max(1),
+            due: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    async fn take(&self, bytes: u64) {
+        let wait = {
+            let mut due = self.due.lock().unwrap();
+            let now = tokio::time::Instant::now();
+            // Idle time earns no credit beyond a tenth of a second.
+            let credit = now.checked_sub(Duration::from_millis(100)).unwrap_or(now);
+            let start = (*due).max(credit);
+            *due = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+            start.saturating_duration_since(now)
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Fails with [`Error::DiskSpace`] unless `dir`'s filesystem has room for
+/// `len` bytes and a margin.
+fn check_free_disk(dir: &Path, sequence: u64, len: u64) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| Error::Usage(format!("{}: a path with a NUL byte", dir.display())))?;
+    // SAFETY: statvfs writes only the struct passed, which lives on this
+    // stack frame, and reads the NUL-terminated path, which outlives it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(Error::io_op("checking free disk", dir)(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let needed = len + DISK_MARGIN;
+    if free < needed {
+        return Err(Error::DiskSpace {
+            path: dir.to_path_buf(),
+            sequence,
+            needed,
+            free,
+        });
+    }
+    Ok(())
+}
+
+/// Reserves `len` bytes of disk for `file`.
+fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for writing for the whole call.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) } {
+        0 => Ok(()),
+        // Filesystems without fallocate: a sparse file of the right length.
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// `d` scaled by a factor between 0.9 and 1.1.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d.mul_f64(0.9 + 0.2 * (nanos % 1000) as f64 / 1000.0)
+}
+
+/// `promo fetch`: once, the store's newest valid generation if it is newer
+/// than the newest sound one in `dir`. Returns what was done.
+pub fn fetch_once(url: &str, dir: &Path, rate: Option<u64>, progress: bool) -> Result<Outcome> {
+    let fetcher = Fetcher::new(Remote::open(url)?, dir, rate, progress);
+    let local = local::list(dir)?
+        .into_iter()
+        .rev()
+        .find(|e| crate::generation::format::read_header(&e.path).is_ok())
+        .map_or(0, |e| e.sequence);
+    crate::generation::remote::block_on(fetcher.fetch_newer(local))?
+}
+
+/// Polls the store every `source.interval` (jittered), fetching newer
+/// generations and making them live, until `shutdown` completes. The first
+/// poll is at once, so a server started empty becomes ready as soon as it
+/// can. A store that cannot be read is logged once when it starts failing
+/// and once when it recovers; the live generation is served throughout.
+pub async fn poll(source: Source, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
+    let fetcher = match Remote::open(&source.url) {
+        Ok(remote) => Fetcher::new(remote, live.dir(), source.rate, false),
+        Err(e) => {
+            // Checked at start-up already; here for a library caller.
+            tracing::error!("{e}: not fetching");
+            return;
+        }
+    };
+    // Exported from the start, so that rates and alerts start at zero.
+    metrics::counter!(m::SOURCE_ERRORS).absolute(0);
+    metrics::counter!(m::FETCH_BYTES).absolute(0);
+    metrics::gauge!(m::SOURCE_NEWEST_SEQUENCE).set(0.0);
+    tokio::pin!(shutdown);
+    let mut failing: Option<String> = None;
+    loop {
+        let local = live.current().as_ref().map_or(0, |t| t.sequence());
+        match fetcher.fetch_newer(local).await {
+            Ok(outcome) => {
+                if failing.take().is_some() {
+                    tracing::info!("{}: the store can be read again", source.url);
+                }
+                if let Outcome::Fetched { table, .. } = outcome {
+                    live.install(table);
+                    retain(live.dir());
+                }
+            }
+            // Another fetch or a build holds the directory: not the store's
+            // fault; the next poll tries again.
+            Err(e @ Error::Locked { .. }) => tracing::debug!("{e}"),
+            Err(e) => {
+                metrics::counter!(m::SOURCE_ERRORS).increment(1);
+                if failing.is_none() {
+                    tracing::warn!(
+                        "{e}: serving the live generation and retrying every {:?}",
+                        source.interval
+                    );
+                }
+                failing = Some(e.to_string());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(jitter(source.interval)) => {}
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+/// Keeps the newest [`KEEP`] sound generations in `dir`. The live one is
+/// the newest, so it is never among those removed.
+fn retain(dir: &Path) {
+    let Ok(lock) = BuildLock::acquire(dir) else {
+        return;
+    };
+    let done = lock.retain(dir, KEEP, &local::Known::default());
+    for old in &done.removed {
+        tracing::info!(path = %old.path.display(), "removed an old generation");
+    }
+    for e in &done.failed {
+        tracing::warn!("{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throttle_holds_the_rate_over_many_takes() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let t = Throttle::new(1 << 20);
+            let started = tokio::time::Instant::now();
+            for _ in 0..40 {
+                t.take(256 << 10).await;
+            }
+            // 10 MiB at 1 MiB/s: 10 s of (paused, virtual) time, less the
+            // last chunk (a take waits until its bytes are due to start)
+            // and at most a tenth of a second of credit.
+            let took = started.elapsed();
+            assert!(took >= Duration::from_millis(9_650), "{took:?}");
+            assert!(took <= Duration::from_millis(10_100), "{took:?}");
+        });
+    }
+
+    #[test]
+    fn jitter_stays_within_a_tenth() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(10));
+            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11));
+        }
+    }
+}

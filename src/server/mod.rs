@@ -1,0 +1,237 @@
+//! The serve side: generations mapped, swapped and answered over HTTP.
+//!
+//! [`table`] maps one generation and looks ids up in it, [`live`] holds the
+//! generation that is live and swaps it, [`http`] answers requests, and
+//! [`fetch`] brings new generations from an object store into the data
+//! directory. [`run`] assembles them into the serving process.
+
+pub mod fetch;
+pub mod http;
+pub mod live;
+pub mod table;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+use live::Live;
+
+/// What `promo serve` is told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data directory whose newest valid generation is served.
+    pub data_dir: PathBuf,
+    /// Where to listen; port 0 takes a free one (see [`Server::local_addr`]).
+    pub listen: SocketAddr,
+    pub limits: http::Limits,
+    /// Serving threads, each with its own listener; 0 means one per core.
+    pub threads: usize,
+    /// An object store to poll for new generations, if any.
+    pub source: Option<fetch::Source>,
+}
+
+impl Config {
+    /// `promo serve`'s defaults for `data_dir`, listening on `listen`.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            listen,
+            limits: http::Limits::default(),
+            threads: 0,
+            source: None,
+        }
+    }
+}
+
+/// A running server: its serving threads, the watcher, the fetcher and the
+/// metrics upkeep. [`Server::stop`] (or dropping it) stops them all.
+///
+/// One single-threaded runtime per core, each accepting on its own
+/// SO_REUSEPORT listener: a connection lives on one thread, and no request
+/// is handed between threads. Everything else shares one more thread, so a
+/// slow store or a long verification never takes a serving thread.
+pub struct Server {
+    addr: SocketAddr,
+    live: Arc<Live>,
+    stop: tokio::sync::watch::Sender<bool>,
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    /// Loads the newest valid generation (a server with none answers 503 on
+    /// `/readyz` until one arrives), binds the listeners and starts serving.
+    pub fn start(config: Config) -> Result<Server> {
+        let metrics = crate::metrics::install().map_err(Error::Usage)?;
+        let live = Arc::new(Live::new(&config.data_dir));
+        match live.refresh() {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::warn!(
+                "no valid generation in {} yet: answering 503 until one {}",
+                config.data_dir.display(),
+                if config.source.is_some() {
+                    "is fetched"
+                } else {
+                    "is published"
+                }
+            ),
+            Err(e) => tracing::warn!("scanning for generations: {e}"),
+        }
+        let workers = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let listeners = http::bind(config.listen, workers)
+            .map_err(Error::io_op("listening", config.listen.to_string()))?;
+        let addr = listeners[0]
+            .local_addr()
+            .map_err(Error::io(config.listen.to_string()))?;
+        tracing::info!("listening on {addr} ({workers} threads)");
+
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let app = http::App::new(live.clone(), Some(metrics.clone()), config.limits);
+        let mut threads = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (app, stop) = (app.clone(), stopped(stop_rx.clone()));
+            threads.push(spawn_runtime(format!("promo-http-{i}"), async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                http::run(listener, app, stop).await;
+                Ok(())
+            })?);
+        }
+        let watch = live::watch(live.clone(), live::WATCH_INTERVAL, stopped(stop_rx.clone()));
+        let upkeep = crate::metrics::upkeep(metrics, stopped(stop_rx.clone()));
+        let fetcher = config
+            .source
+            .map(|source| fetch::poll(source, live.clone(), stopped(stop_rx.clone())));
+        threads.push(spawn_runtime("promo-watch".into(), async move {
+            let fetch = async {
+                if let Some(f) = fetcher {
+                    f.await
+                }
+            };
+            tokio::join!(watch, upkeep, fetch);
+            Ok(())
+        })?);
+        Ok(Server {
+            addr,
+            live,
+            stop,
+            threads,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The live generation.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Stops accepting, finishes the requests in flight (at most
+    /// [`http::SHUTDOWN_GRACE`]) and waits for every thread.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        let _ = self.stop.send(true);
+        for t in self.threads.drain(..) {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("{e}"),
+                Err(_) => tracing::error!("a server thread panicked"),
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Starts a server with `config` and runs it until `shutdown` completes
+/// (in `promo serve`, SIGTERM or SIGINT), then stops it gracefully.
+pub fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    raise_open_files_limit(config.limits.max_connections);
+    let server = Server::start(config)?;
+    single_thread_runtime()?.block_on(shutdown);
+    tracing::info!("shutting down: finishing requests in flight");
+    server.stop();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Each connection is a file descriptor: lift the soft limit on open files
+/// to the hard one, as servers do, and say so if even that is too low for
+/// `connections` (accept then fails and backs off until some close).
+fn raise_open_files_limit(connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write only the struct passed,
+    // which lives on this stack frame for the duration of each call.
+    let limit = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            0
+        } else {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                lim.rlim_max
+            } else {
+                soft
+            }
+        }
+    };
+    // Generation files, listeners, the metrics and the standard streams.
+    let wanted = connections as u64 + 64;
+    if limit < wanted {
+        tracing::warn!(
+            "the open files limit ({}) is below --max-connections plus 64 ({wanted}): \
+             raise it (ulimit -n, or LimitNOFILE= in a systemd unit)",
+            limit
+        );
+    }
+}
+
+fn single_thread_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io_op("starting a runtime", "tokio"))
+}
+
+/// Runs `task` to completion on a new thread with its own runtime.
+fn spawn_runtime(
+    name: String,
+    task: impl Future<Output = std::io::Result<()>> + Send + 'static,
+) -> Result<JoinHandle<std::io::Result<()>>> {
+    let runtime = single_thread_runtime()?;
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || runtime.block_on(task))
+        .map_err(Error::io_op("starting a thread", name))
+}
