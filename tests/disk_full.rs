@@ -291,3 +291,63 @@ fn a_full_filesystem_fails_the_build_and_changes_nothing() {
     data_dir_full(&tmp.path().join("a"), small_tmpfs_or_size_limit);
     spill_dir_full(&tmp.path().join("b"), small_tmpfs_or_size_limit);
 }
+
+/// A fetch checks free disk before it starts: a replica whose data
+/// directory cannot hold the generation downloads nothing and says how much
+/// it needs; with room, the same fetch succeeds. Here the directory is a
+/// small tmpfs (this one needs it: free space is what is checked).
+#[test]
+fn a_fetch_that_does_not_fit_downloads_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let url = format!("file://{}", store.display());
+    let csv = big_feed(tmp.path());
+    let out = promo()
+        .arg("build")
+        .arg(&csv)
+        .arg("--data-dir")
+        .arg(tmp.path().join("builder"))
+        .args(["--publish", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let replica = tmp.path().join("replica");
+    let fs = Tmpfs::mount(&replica, SMALL)
+        .unwrap_or_else(|e| panic!("this test needs a small tmpfs (run as root, as CI does): {e}"));
+    let fetch = || {
+        promo()
+            .args(["fetch", &url, "--data-dir"])
+            .arg(&replica)
+            .output()
+            .unwrap()
+    };
+    let out = fetch();
+    assert_failed_with(
+        &out,
+        &[
+            "bytes are needed for generation 1 but only",
+            "nothing was downloaded",
+        ],
+    );
+    assert!(
+        files(&replica).iter().all(|f| f == ".build.lock"),
+        "{:?}",
+        files(&replica)
+    );
+
+    // Room for the generation and the margin a fetch keeps free (64 MiB).
+    fs.resize("96m").unwrap();
+    let out = fetch();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sequences(&replica), [1]);
+}

@@ -542,3 +542,44 @@ fn a_fleet_on_s3_behind_nginx_loses_no_request() {
 fn a_fleet_on_a_shared_directory_behind_nginx_loses_no_request() {
     fleet_behind_nginx(Store::new_file());
 }
+
+/// A replica started on an empty data directory, before the store has any
+/// generation, is not ready (nginx sends its requests elsewhere) until it
+/// has fetched one; then it reports what it serves and how old it is.
+#[test]
+fn an_empty_replica_is_not_ready_until_it_has_fetched() {
+    let store = Store::new_file();
+    let work = tempfile::tempdir().unwrap();
+    let server = replica(&store, &work.path().join("r"), free_port());
+    let id = common::id(1, 0);
+    std::thread::sleep(Duration::from_millis(700)); // two polls of nothing
+    assert_eq!(server.get("/readyz").status, 503);
+    assert_eq!(server.get(&format!("/promotions/{id}")).status, 503);
+    assert_eq!(server.metric("promo_source_errors_total"), 0.0);
+    assert_eq!(server.metric("promo_source_newest_sequence"), 0.0);
+
+    store.publish(
+        &work.path().join("b"),
+        &feed(work.path(), "a.csv", 1, 10, "1.00"),
+    );
+    wait_until("ready on generation 1", Duration::from_secs(30), || {
+        live_generation(&server) == 1
+    });
+    assert_eq!(server.get(&format!("/promotions/{id}")).status, 200);
+    assert_eq!(server.metric("promo_source_newest_sequence"), 1.0);
+    let bytes = std::fs::metadata(
+        work.path()
+            .join("r")
+            .join(promo::generation::local::file_name(1)),
+    )
+    .unwrap()
+    .len();
+    assert_eq!(server.metric("promo_fetch_bytes_total"), bytes as f64);
+    wait_until(
+        "the generation's age exported",
+        Duration::from_secs(5),
+        || server.metric("promo_generation_age_seconds") > 0.0,
+    );
+    let age = server.metric("promo_generation_age_seconds");
+    assert!(age < 60.0, "a generation built just now is {age} s old");
+}

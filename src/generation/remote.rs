@@ -199,6 +199,19 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// `builder` with those `options` whose keys it knows; the others are for
+/// another cloud's builder.
+fn configure<B, K: std::str::FromStr>(
+    builder: B,
+    options: &[(String, String)],
+    set: impl Fn(B, K, &str) -> B,
+) -> B {
+    options
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str())))
+        .fold(builder, |b, (k, v)| set(b, k, v))
+}
+
 /// Runs `f`, a store operation, to completion on a runtime of its own: for
 /// the commands (`build --publish`, `fetch`, `rollback`, `inspect`) that
 /// talk to a store once and exit.
@@ -245,37 +258,31 @@ impl Remote {
                 return Err(bad("no bucket or container after the scheme"));
             }
             "s3" => Arc::new(
-                options
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
-                    .fold(
-                        object_store::aws::AmazonS3Builder::from_env().with_url(url),
-                        |b, (k, v)| b.with_config(k, v),
-                    )
-                    .build()
-                    .map_err(|e| bad(&e.to_string()))?,
+                configure(
+                    object_store::aws::AmazonS3Builder::from_env().with_url(url),
+                    &options,
+                    |b, k, v| b.with_config(k, v),
+                )
+                .build()
+                .map_err(|e| bad(&e.to_string()))?,
             ),
             "gs" => Arc::new(
-                options
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
-                    .fold(
-                        object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url),
-                        |b, (k, v)| b.with_config(k, v),
-                    )
-                    .build()
-                    .map_err(|e| bad(&e.to_string()))?,
+                configure(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url),
+                    &options,
+                    |b, k, v| b.with_config(k, v),
+                )
+                .build()
+                .map_err(|e| bad(&e.to_string()))?,
             ),
             "az" => Arc::new(
-                options
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
-                    .fold(
-                        object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url),
-                        |b, (k, v)| b.with_config(k, v),
-                    )
-                    .build()
-                    .map_err(|e| bad(&e.to_string()))?,
+                configure(
+                    object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url),
+                    &options,
+                    |b, k, v| b.with_config(k, v),
+                )
+                .build()
+                .map_err(|e| bad(&e.to_string()))?,
             ),
             "file" => {
                 if parsed.host_str().is_some_and(|h| !h.is_empty()) {
