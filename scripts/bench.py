@@ -2,8 +2,9 @@
 """`make bench`: promo measured beside its peers, in one run, on this machine.
 
 Installs what it needs (Debian's nginx, wrk and time; PyPI's duckdb and
-matplotlib), generates its data with the project's generator, runs the build,
-serve, lookup, memory and swap benchmarks, and writes BENCHMARKS.md and
+matplotlib; crates.io's s3s-fs server for the fleet), generates its data with
+the project's generator, runs the build, serve, lookup, memory, swap and
+fleet benchmarks (the fleet's are in bench_fleet.py), and writes BENCHMARKS.md and
 benchmarks.png. Absolute figures move from run to run on a shared machine;
 the ratios between tools measured back to back are what to read.
 
@@ -28,6 +29,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_fleet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMO = ROOT / "target/release/promo"
@@ -436,6 +440,8 @@ def write_report(results, path, chart):
                   f"| steady | {w['steady']['rps']:,.0f} | {w['steady']['p50'] * 1e3:.2f} ms | {w['steady']['p99'] * 1e3:.2f} ms |",
                   f"| with a swap | {w['swap']['rps']:,.0f} | {w['swap']['p50'] * 1e3:.2f} ms | {w['swap']['p99'] * 1e3:.2f} ms |",
                   "", f"p99 with a swap is {ratio(w['swap']['p99'], w['steady']['p99']):.2f}x the steady p99."]
+    if "fleet" in results:
+        lines += bench_fleet.report(results)
     lines += ["", "Raw results: `bench-data/results.json`.", ""]
     path.write_text("\n".join(lines))
 
@@ -464,6 +470,7 @@ def main():
     ap.add_argument("--big-rows", type=int, default=100_000_000, help="0 skips the spilling build, memory and big lookups")
     ap.add_argument("--duration", type=int, default=20, help="seconds of each wrk run")
     ap.add_argument("--memory-seconds", type=int, default=60)
+    ap.add_argument("--no-fleet", action="store_true", help="skip the fleet bench (S3, replicas, nginx)")
     ap.add_argument("--work", type=Path, default=ROOT / "bench-data")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args()
@@ -475,9 +482,11 @@ def main():
     results = {"date": datetime.date.today().isoformat(), "machine": machine(), "duration": args.duration}
     data = bench_build(args.work, args.rows, results)
     generation = sorted(data.glob("gen-*.promo"))[-1]
-    _, ids = generate(args.work, args.rows)
+    csv, ids = generate(args.work, args.rows)
     bench_serve(args.work, data, ids, args.duration, results)
     bench_swap(args.work, generation, ids, args.duration, results)
+    if not args.no_fleet:
+        bench_fleet.bench_fleet(args.work, csv, ids, wrk, results)
     bench_lookup(generation, results)
     bench_build_criterion(results)
     if args.big_rows:

@@ -303,19 +303,7 @@ fn a_fetch_that_does_not_fit_downloads_nothing() {
     std::fs::create_dir(&store).unwrap();
     let url = format!("file://{}", store.display());
     let csv = big_feed(tmp.path());
-    let out = promo()
-        .arg("build")
-        .arg(&csv)
-        .arg("--data-dir")
-        .arg(tmp.path().join("builder"))
-        .args(["--publish", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    build_ok(&tmp.path().join("builder"), &csv, &["--publish", &url]);
 
     let replica = tmp.path().join("replica");
     let fs = Tmpfs::mount(&replica, SMALL)

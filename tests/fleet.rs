@@ -154,6 +154,19 @@ fn replica(store: &Store, dir: &Path, port: u16) -> Server {
     )
 }
 
+/// Waits until every replica has generation `sequence` live.
+fn converge(replicas: &[Option<Server>], sequence: u64) {
+    wait_until(
+        &format!("every replica on generation {sequence}"),
+        Duration::from_secs(30),
+        || {
+            replicas
+                .iter()
+                .all(|r| r.as_ref().is_some_and(|r| live_generation(r) == sequence))
+        },
+    );
+}
+
 /// nginx with `deploy/nginx/promo.conf`, its upstream pointed at
 /// `replicas` and its listener at a free port, in a directory of its own.
 struct Nginx {
@@ -336,16 +349,7 @@ fn fleet_behind_nginx(mut store: Store) {
     let mut replicas: Vec<Option<Server>> = (0..2)
         .map(|i| Some(replica(&store, &dirs[i], ports[i])))
         .collect();
-    let converged = |replicas: &[Option<Server>], sequence: u64| {
-        replicas
-            .iter()
-            .all(|r| r.as_ref().is_some_and(|r| live_generation(r) == sequence))
-    };
-    wait_until(
-        "both replicas on generation 1",
-        Duration::from_secs(30),
-        || converged(&replicas, 1),
-    );
+    converge(&replicas, 1);
     let nginx = Nginx::start(&ports);
     let r = common::request(nginx.addr(), "GET", &format!("/promotions/{}", ids[0]));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -360,11 +364,7 @@ fn fleet_behind_nginx(mut store: Store) {
 
     // A new generation reaches both replicas.
     store.publish(&builder, &feed(w, "b.csv", 1, 320, "2.00"));
-    wait_until(
-        "both replicas on generation 2",
-        Duration::from_secs(30),
-        || converged(&replicas, 2),
-    );
+    converge(&replicas, 2);
     lookups.wait_for_more(200);
     let r = common::request(nginx.addr(), "GET", &format!("/promotions/{}", ids[5]));
     assert!(r.text().contains("\"price\":2"), "{}", r.text());
@@ -377,11 +377,7 @@ fn fleet_behind_nginx(mut store: Store) {
     // generation, and only then says it is ready.
     std::fs::remove_dir_all(&dirs[0]).unwrap();
     replicas[0] = Some(replica(&store, &dirs[0], ports[0]));
-    wait_until(
-        "the restarted replica on generation 2",
-        Duration::from_secs(30),
-        || converged(&replicas, 2),
-    );
+    converge(&replicas, 2);
     lookups.wait_for_more(200);
 
     // The store goes away: both keep serving and stay ready.
@@ -418,11 +414,7 @@ fn fleet_behind_nginx(mut store: Store) {
     });
 
     store.publish(&builder, &feed(w, "c.csv", 1, 330, "3.00"));
-    wait_until(
-        "both replicas on generation 3",
-        Duration::from_secs(30),
-        || converged(&replicas, 3),
-    );
+    converge(&replicas, 3);
 
     // A corrupt generation 4 (a byte flipped in its object: what a bad
     // disk or a bad copy in the store looks like). Refused by both, once,
@@ -469,11 +461,7 @@ fn fleet_behind_nginx(mut store: Store) {
     }
     // The next good generation goes live past it.
     store.publish(&builder, &feed(w, "e.csv", 1, 350, "5.00"));
-    wait_until(
-        "both replicas on generation 5",
-        Duration::from_secs(30),
-        || converged(&replicas, 5),
-    );
+    converge(&replicas, 5);
     lookups.wait_for_more(200);
 
     let (count, failures) = lookups.finish();

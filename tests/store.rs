@@ -28,6 +28,14 @@ fn file_url(dir: &Path) -> String {
     format!("file://{}", dir.display())
 }
 
+/// A new shared-directory store in `work`: its directory and URL.
+fn file_store(work: &Path) -> (PathBuf, String) {
+    let dir = work.join("store");
+    std::fs::create_dir(&dir).unwrap();
+    let url = file_url(&dir);
+    (dir, url)
+}
+
 fn publish(csv: &Path, data: &Path, url: &str, env: &[(String, String)]) -> String {
     let (code, out, err) = run(
         &[
@@ -204,9 +212,7 @@ fn a_store_that_cannot_be_read_is_an_error_naming_it() {
 fn bad_generations_in_the_store_are_refused_and_the_newest_good_one_is_fetched() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let store = w.join("store");
-    std::fs::create_dir(&store).unwrap();
-    let url = file_url(&store);
+    let (store, url) = file_store(w);
     let (a, b, id) = feeds(w);
     publish(&a, &w.join("builder"), &url, &[]);
     let object_of = |sequence: u64| {
@@ -343,9 +349,7 @@ fn an_s3_store_commits_only_through_manifests() {
 fn the_store_keeps_the_newest_generations() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let store = w.join("store");
-    std::fs::create_dir(&store).unwrap();
-    let url = file_url(&store);
+    let (store, url) = file_store(w);
     let (a, _, _) = feeds(w);
     for _ in 0..5 {
         let (code, _, err) = run(
@@ -382,9 +386,7 @@ fn the_store_keeps_the_newest_generations() {
 fn a_throttled_fetch_is_whole() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let store = w.join("store");
-    std::fs::create_dir(&store).unwrap();
-    let url = file_url(&store);
+    let (_, url) = file_store(w);
     let (a, _, id) = feeds(w);
     publish(&a, &w.join("b"), &url, &[]);
     let (code, out, err) = run(
