@@ -72,7 +72,7 @@ class S3Server:
             _log("installing s3s-fs 0.14.1 (crates.io): the fleet bench's S3 server")
             subprocess.run(["cargo", "install", "s3s-fs", "--version", "=0.14.1", "--features",
                             "binary", "--locked", "--root", str(tools)], check=True)
-        self.root = work / "fleet-s3"
+        self.root = (work / "fleet-s3").resolve()
         shutil.rmtree(self.root, ignore_errors=True)
         (self.root / BUCKET).mkdir(parents=True)
         self.port = _free_port()
@@ -124,7 +124,7 @@ class Nginx:
     this bench's ports, and an access log of statuses."""
 
     def __init__(self, work, replica_ports):
-        self.dir = work / "fleet-nginx"
+        self.dir = (work / "fleet-nginx").resolve()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir()
         self.port = _free_port()
