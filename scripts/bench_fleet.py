@@ -95,6 +95,7 @@ class S3Server:
         started = time.time()
         subprocess.run(["curl", "-sSf", "-o", str(out), "--aws-sigv4", "aws:amz:us-east-1:s3",
                         "--user", f"{ACCESS_KEY}:{SECRET_KEY}",
+                        "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
                         f"http://127.0.0.1:{self.port}/{BUCKET}/{PREFIX}/{obj}"], check=True)
         return time.time() - started
 
@@ -195,15 +196,30 @@ def _rollback(s3):
 
 
 def bench_fleet(work, csv, ids, wrk, results, rounds=3):
-    """Fills results["fleet"]; `wrk(url, ids, seconds)` is bench.py's."""
+    """Fills results["fleet"]; `wrk(url, ids, seconds)` is bench.py's.
+    Whatever happens, every process it started is stopped."""
+    running = []
+    try:
+        _bench_fleet(work, csv, ids, wrk, results, rounds, running)
+    finally:
+        for p in running:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=60)
+
+
+def _bench_fleet(work, csv, ids, wrk, results, rounds, running):
     s3 = S3Server(work)
+    running.append(s3.proc)
     builder = work / "fleet-builder"
     shutil.rmtree(builder, ignore_errors=True)
     _log("fleet: the first generation, published and fetched")
     first, _ = _publish(csv, builder, s3)
     replicas = [Replica(work, i, s3) for i in range(2)]
+    running.extend(r.proc for r in replicas)
     _wait_both(replicas, first)
     nginx = Nginx(work, [r.port for r in replicas])
+    running.append(nginx.proc)
     wrk(nginx.url, ids, 3)  # warm up
     out = {"poll_seconds": POLL, "rounds": rounds, "curl": [], "fetch": [], "steady": [],
            "fetching": [], "fetching_seconds": []}
@@ -261,6 +277,7 @@ def bench_fleet(work, csv, ids, wrk, results, rounds=3):
     out["kill"] = {"wrk": under_kill, "statuses": delta, "failed": failed}
     started = time.time()
     replicas[0] = Replica(work, 0, s3, port=replicas[0].port)
+    running.append(replicas[0].proc)
     _wait_both(replicas, _generation(replicas[1].port))
     out["kill"]["restart_ready_seconds"] = time.time() - started
 

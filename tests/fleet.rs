@@ -575,3 +575,34 @@ fn an_empty_replica_is_not_ready_until_it_has_fetched() {
     let age = server.metric("promo_generation_age_seconds");
     assert!(age < 60.0, "a generation built just now is {age} s old");
 }
+
+/// SIGTERM during a download stops the server at once (a throttled 2 MB
+/// download would take minutes), and leaves no partial file behind.
+#[test]
+fn a_download_in_progress_does_not_hold_up_a_shutdown() {
+    let store = Store::new_file();
+    let work = tempfile::tempdir().unwrap();
+    store.publish(
+        &work.path().join("b"),
+        &feed(work.path(), "a.csv", 1, 30_000, "1.00"),
+    );
+    let data = work.path().join("r");
+    let server = Server::start_env(
+        &data,
+        "127.0.0.1:0",
+        &["--source", &store.url(), "--fetch-rate", "10KiB"],
+        &[],
+    );
+    wait_until("the download started", Duration::from_secs(30), || {
+        server.log().contains("downloading a generation")
+    });
+    assert_eq!(server.get("/readyz").status, 503);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        common::temp_files(&data).is_empty(),
+        "{:?}",
+        common::temp_files(&data)
+    );
+    assert!(common::sequences(&data).is_empty());
+}

@@ -432,7 +432,13 @@ pub async fn poll(source: Source, live: Arc<Live>, shutdown: impl Future<Output 
     let mut failing: Option<String> = None;
     loop {
         let local = live.current().as_ref().map_or(0, |t| t.sequence());
-        match fetcher.fetch_newer(local).await {
+        // A shutdown does not wait for a download: dropping it removes
+        // its temporary file.
+        let fetched = tokio::select! {
+            fetched = fetcher.fetch_newer(local) => fetched,
+            () = &mut shutdown => return,
+        };
+        match fetched {
             Ok(outcome) => {
                 if failing.take().is_some() {
                     tracing::info!("{}: the store can be read again", source.url);
