@@ -104,8 +104,9 @@ pub enum Error {
         cause: String,
     },
 
-    /// A manifest in the store that cannot be used.
-    #[error("{url}: manifest {sequence}: {reason}; skipped")]
+    /// A generation in the store that cannot be used: its manifest, or
+    /// its object as the manifest describes it.
+    #[error("{url}: generation {sequence}: {reason}")]
     Manifest {
         url: String,
         sequence: u64,

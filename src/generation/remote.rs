@@ -380,7 +380,7 @@ impl Remote {
         Error::Manifest {
             url: self.url.clone(),
             sequence,
-            reason,
+            reason: format!("its manifest cannot be used: {reason}"),
         }
     }
 

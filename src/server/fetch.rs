@@ -97,11 +97,6 @@ impl Fetcher {
         }
     }
 
-    /// The store.
-    pub fn remote(&self) -> &Remote {
-        &self.remote
-    }
-
     /// Fetches the store's newest generation that is newer than `local`
     /// and verifies. Newer ones that fail (a truncated or damaged object, a
     /// manifest that does not match its object) are refused with a log
@@ -149,10 +144,8 @@ impl Fetcher {
 
     fn refuse(&self, sequence: u64, object: String, why: &Error) {
         if self.refused.lock().unwrap().insert((sequence, object)) {
-            tracing::error!(
-                "refused generation {sequence} from {}: {why}",
-                self.remote.url()
-            );
+            // `why` names the store and the generation.
+            tracing::error!("refused generation {sequence}: {why}");
             metrics::counter!(m::GENERATION_LOAD_FAILURES).increment(1);
         }
     }
