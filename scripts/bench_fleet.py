@@ -65,7 +65,7 @@ def _generation(port):
 
 
 class S3Server:
-    def __init__(self, work):
+    def __init__(self, work, running):
         tools = work / "tools"
         binary = tools / "bin" / "s3s-fs"
         if not binary.exists():
@@ -82,6 +82,7 @@ class S3Server:
             ["nice", "-n", "19", binary, "--host", "127.0.0.1", "--port", str(self.port),
              "--access-key", ACCESS_KEY,
              "--secret-key", SECRET_KEY, self.root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        running.append(self.proc)
         _wait_port(self.port)
         self.url = f"s3://{BUCKET}/{PREFIX}"
         self.env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
@@ -108,7 +109,7 @@ class S3Server:
 
 
 class Replica:
-    def __init__(self, work, i, s3, port=None):
+    def __init__(self, work, i, s3, running, port=None):
         self.dir = work / f"fleet-replica-{i}"
         shutil.rmtree(self.dir, ignore_errors=True)
         self.port = port or _free_port()
@@ -116,6 +117,7 @@ class Replica:
             [PROMO, "serve", "--data-dir", self.dir, "--listen", f"127.0.0.1:{self.port}",
              "--source", s3.url, "--source-interval", str(POLL)],
             env=s3.env, stderr=subprocess.DEVNULL)
+        running.append(self.proc)
         _wait_port(self.port)
 
     def stop(self):
@@ -127,7 +129,7 @@ class Nginx:
     """nginx with deploy/nginx/promo.conf, its upstream and listener set to
     this bench's ports, and an access log of statuses."""
 
-    def __init__(self, work, replica_ports):
+    def __init__(self, work, replica_ports, running):
         self.dir = (work / "fleet-nginx").resolve()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir()
@@ -157,6 +159,7 @@ http {{
 """)
         self.proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g",
                                       "daemon off;"], stderr=subprocess.DEVNULL)
+        running.append(self.proc)
         _wait_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -208,21 +211,22 @@ def bench_fleet(work, csv, ids, wrk, results, rounds=5):
         for p in running:
             if p.poll() is None:
                 p.terminate()
+        for p in running:
+            try:
                 p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def _bench_fleet(work, csv, ids, wrk, results, rounds, running):
-    s3 = S3Server(work)
-    running.append(s3.proc)
+    s3 = S3Server(work, running)
     builder = work / "fleet-builder"
     shutil.rmtree(builder, ignore_errors=True)
     _log("fleet: the first generation, published and fetched")
     first, _ = _publish(csv, builder, s3)
-    replicas = [Replica(work, i, s3) for i in range(2)]
-    running.extend(r.proc for r in replicas)
+    replicas = [Replica(work, i, s3, running) for i in range(2)]
     _wait_both(replicas, first)
-    nginx = Nginx(work, [r.port for r in replicas])
-    running.append(nginx.proc)
+    nginx = Nginx(work, [r.port for r in replicas], running)
     wrk(nginx.url, ids, 3)  # warm up
     out = {"poll_seconds": POLL, "rounds": rounds, "curl": [], "fetch": [], "steady": [],
            "fetching": [], "fetching_seconds": []}
@@ -279,8 +283,7 @@ def _bench_fleet(work, csv, ids, wrk, results, rounds, running):
     failed = sum(v for k, v in delta.items() if k not in ("200", "404")) + under_kill["socket_errors"]
     out["kill"] = {"wrk": under_kill, "statuses": delta, "failed": failed}
     started = time.time()
-    replicas[0] = Replica(work, 0, s3, port=replicas[0].port)
-    running.append(replicas[0].proc)
+    replicas[0] = Replica(work, 0, s3, running, port=replicas[0].port)
     _wait_both(replicas, _generation(replicas[1].port))
     out["kill"]["restart_ready_seconds"] = time.time() - started
 

@@ -134,12 +134,20 @@ enum Command {
 struct FetchRate {
     /// Most bytes a second a download from the store takes (bytes, or
     /// 50MiB...); unlimited by default.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_rate)]
     fetch_rate: Option<u64>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
     pipeline::parse_size(s)
+}
+
+/// A size of at least one byte: a rate of nothing would never finish.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match pipeline::parse_size(s)? {
+        0 => Err(format!("invalid rate {s:?}: at least 1 byte a second")),
+        n => Ok(n),
+    }
 }
 
 /// A positive number of seconds that a `Duration` can hold.

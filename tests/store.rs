@@ -150,6 +150,14 @@ fn round_trip(url: &str, env: &[(String, String)]) {
 fn a_shared_directory_store_round_trips() {
     let store = tempfile::tempdir().unwrap();
     round_trip(&file_url(store.path()), &[]);
+    // A directory whose name must be percent-encoded in a URL.
+    let odd = store.path().join("promo feeds");
+    std::fs::create_dir(&odd).unwrap();
+    round_trip(
+        &format!("file://{}/promo%20feeds", store.path().display()),
+        &[],
+    );
+    assert!(odd.join("manifests").is_dir());
 }
 
 #[test]
@@ -166,7 +174,7 @@ fn a_store_that_cannot_be_read_is_an_error_naming_it() {
     let (code, _, err) = fetch(&missing, &work.path().join("r"), &[]);
     assert_eq!(code, 2);
     assert!(
-        err.contains("no-such-dir") && err.contains("no such directory"),
+        err.contains("no-such-dir") && err.contains("does not exist"),
         "{err}"
     );
 
@@ -316,7 +324,10 @@ fn uploads_commit_only_through_their_manifest(remote: &Remote, env: &[(String, S
         err.contains("another builder published generation 2 first"),
         "{err}"
     );
-    assert_eq!(rt.block_on(remote.manifest(2)).unwrap(), first);
+    assert_eq!(
+        rt.block_on(remote.manifest(2)).unwrap(),
+        Some(first.clone())
+    );
     // The loser's upload goes with the next publish.
     publish(&a, &builder, remote.url(), env);
     let names: Vec<String> = rt
@@ -403,4 +414,54 @@ fn a_throttled_fetch_is_whole() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("fetched generation 1"), "{out}");
     assert!(promo_get(&w.join("r"), &id).is_some());
+}
+
+/// A manifest this promo cannot read (a newer builder's format) still
+/// names an object: retention deletes no object while one is there.
+#[test]
+fn retention_leaves_the_objects_of_manifests_it_cannot_read() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let (store, url) = file_store(w);
+    let (a, b, _) = feeds(w);
+    publish(&a, &w.join("builder"), &url, &[]);
+    publish(&b, &w.join("builder"), &url, &[]);
+    // Generation 3, from a builder of a later format.
+    let two = std::fs::read_to_string(store.join("manifests/0000000002.json")).unwrap();
+    let two: serde_json::Value = serde_json::from_str(&two).unwrap();
+    let object = "generations/0000000003-00000000000000aa.promo";
+    std::fs::copy(
+        store.join(two["object"].as_str().unwrap()),
+        store.join(object),
+    )
+    .unwrap();
+    let mut three = two.clone();
+    three["format"] = "promo-manifest/2".into();
+    three["sequence"] = 3.into();
+    three["object"] = object.into();
+    std::fs::write(
+        store.join("manifests/0000000003.json"),
+        serde_json::to_vec(&three).unwrap(),
+    )
+    .unwrap();
+
+    let (code, _, err) = run(
+        &[
+            "build",
+            a.to_str().unwrap(),
+            "--data-dir",
+            w.join("builder").to_str().unwrap(),
+            "--keep",
+            "1",
+            "--publish",
+            &url,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        store.join(object).exists(),
+        "the unreadable manifest's object was deleted"
+    );
+    assert!(store.join("manifests/0000000004.json").exists());
 }

@@ -38,7 +38,7 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
     let remote = Remote::open(url)?;
     let header = read_header(path)?;
     block_on(async {
-        let sequence = remote.sequences().await?.last().map_or(1, |s| s + 1);
+        let sequence = next_sequence(&remote, remote.sequences().await?.last().copied())?;
         let object = new_object_name(sequence);
         tracing::info!(
             url,
@@ -93,21 +93,35 @@ pub fn rollback(url: &str) -> Result<(u64, Manifest)> {
         let &newest = sequences
             .last()
             .ok_or_else(|| nothing("no generation: nothing to roll back"))?;
+        let objects = remote.objects().await?;
         let mut previous = None;
         for &sequence in sequences.iter().rev().skip(1) {
-            let Ok(m) = remote.manifest(sequence).await else {
-                continue;
-            };
-            if remote.object_len(&m.object).await? == Some(m.bytes) {
-                previous = Some(m);
-                break;
+            match remote.manifest(sequence).await {
+                Ok(Some(m)) if objects.iter().any(|o| o.holds(&m)) => {
+                    previous = Some(m);
+                    break;
+                }
+                // Gone, unusable or its object missing: not one to go back to.
+                Ok(_) | Err(Error::Manifest { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         let previous = previous.ok_or_else(|| {
             nothing("no sound generation before the newest: nothing to roll back to")
         })?;
-        let manifest = previous.republished(newest + 1);
+        let manifest = previous.republished(next_sequence(&remote, Some(newest))?);
         remote.commit(&manifest).await?;
         Ok((previous.sequence, manifest))
     })?
+}
+
+/// The sequence after `newest` (1 for an empty store).
+fn next_sequence(remote: &Remote, newest: Option<u64>) -> Result<u64> {
+    match newest {
+        None => Ok(1),
+        Some(n) => n.checked_add(1).ok_or_else(|| Error::NothingInStore {
+            url: remote.url().to_string(),
+            reason: format!("its newest sequence {n} has no successor: remove that manifest"),
+        }),
+    }
 }

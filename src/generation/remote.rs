@@ -230,6 +230,14 @@ pub struct Object {
     pub bytes: u64,
 }
 
+impl Object {
+    /// Whether this is the object `m` names, at the length it says: what
+    /// makes a generation in the store sound without reading it.
+    pub fn holds(&self, m: &Manifest) -> bool {
+        self.name == m.object && self.bytes == m.bytes
+    }
+}
+
 impl Remote {
     /// The store at `url`. Credentials, region and endpoint come from the
     /// environment as the cloud's own tools read them (`AWS_*`, including
@@ -288,17 +296,18 @@ impl Remote {
                 if parsed.host_str().is_some_and(|h| !h.is_empty()) {
                     return Err(bad("a file URL names no host: file:///absolute/dir"));
                 }
-                let dir = std::path::PathBuf::from(format!("/{prefix}"));
-                if !dir.is_dir() {
-                    return Err(bad(
-                        "no such directory (create it, or check that the shared filesystem is mounted)",
-                    ));
-                }
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|()| bad("not an absolute directory: file:///absolute/dir"))?;
+                // Not checked here: a share that is not mounted yet must not
+                // stop a server from starting; listing says it is missing.
+                let prefix =
+                    ObjectPath::from_absolute_path(&dir).map_err(|e| bad(&e.to_string()))?;
+                // Synced writes: a manifest that survives a crash names an
+                // object that survived it too.
+                let files = object_store::local::LocalFileSystem::new().with_fsync(true);
                 return Ok(Remote {
-                    store: Arc::new(
-                        object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                            .map_err(|e| bad(&e.to_string()))?,
-                    ),
+                    store: Arc::new(object_store::prefix::PrefixStore::new(files, prefix)),
                     url: url.to_string(),
                     dir: Some(dir),
                 });
@@ -341,7 +350,10 @@ impl Remote {
             return Err(Error::Remote {
                 url: self.url.clone(),
                 op: "listing manifests",
-                cause: format!("{} is gone (is the share mounted?)", dir.display()),
+                cause: format!(
+                    "{} does not exist (create it, or check that the share is mounted)",
+                    dir.display()
+                ),
             });
         }
         let list: Vec<_> = self
@@ -358,19 +370,22 @@ impl Remote {
         Ok(out)
     }
 
-    /// Manifest `sequence`, checked.
-    pub async fn manifest(&self, sequence: u64) -> Result<Manifest> {
+    /// Manifest `sequence`, checked; `None` if it is gone (retention
+    /// removed it after it was listed). [`Error::Manifest`] if it cannot be
+    /// used; another error if the store failed.
+    pub async fn manifest(&self, sequence: u64) -> Result<Option<Manifest>> {
         let path = manifest_path(sequence);
-        let bytes = self
-            .store
-            .get(&path)
-            .await
-            .map_err(self.error("reading a manifest"))?
+        let got = match self.store.get(&path).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("reading a manifest")(e)),
+        };
+        let bytes = got
             .bytes()
             .await
             .map_err(self.error("reading a manifest"))?;
         match Manifest::decode(&bytes) {
-            Ok(m) if m.sequence == sequence => Ok(m),
+            Ok(m) if m.sequence == sequence => Ok(Some(m)),
             Ok(m) => Err(self.bad_manifest(sequence, format!("it says sequence {}", m.sequence))),
             Err(reason) => Err(self.bad_manifest(sequence, reason)),
         }
@@ -390,7 +405,8 @@ impl Remote {
         let mut out = Vec::new();
         for sequence in self.sequences().await? {
             match self.manifest(sequence).await {
-                Ok(m) => out.push(m),
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => {}
                 Err(e @ Error::Manifest { .. }) => tracing::warn!("{e}"),
                 Err(e) => return Err(e),
             }
@@ -458,17 +474,23 @@ impl Remote {
             op: "uploading a generation",
             cause: e.to_string(),
         };
-        loop {
-            let n = file.read(&mut buf).await.map_err(Error::io(path))?;
-            if n == 0 {
-                break;
+        // Every way out but success aborts the multipart upload, so that
+        // its parts do not linger in the store.
+        let result = async {
+            loop {
+                let n = file.read(&mut buf).await.map_err(Error::io(path))?;
+                if n == 0 {
+                    break;
+                }
+                writer.write_all(&buf[..n]).await.map_err(fail)?;
             }
-            if let Err(e) = writer.write_all(&buf[..n]).await {
-                let _ = writer.abort().await;
-                return Err(fail(e));
-            }
+            writer.shutdown().await.map_err(fail)
         }
-        writer.shutdown().await.map_err(fail)
+        .await;
+        if result.is_err() {
+            let _ = writer.abort().await;
+        }
+        result
     }
 
     /// Makes `manifest` visible: a create-only write, so that of two
@@ -496,11 +518,15 @@ impl Remote {
                      publishing with a check first (run one builder per store)",
                     self.url
                 );
-                if self.store.head(&path).await.is_ok() {
-                    return Err(Error::SequenceTaken {
-                        url: self.url.clone(),
-                        sequence: manifest.sequence,
-                    });
+                match self.store.head(&path).await {
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Ok(_) => {
+                        return Err(Error::SequenceTaken {
+                            url: self.url.clone(),
+                            sequence: manifest.sequence,
+                        })
+                    }
+                    Err(e) => return Err(self.error("checking for a manifest")(e)),
                 }
                 self.store
                     .put(&path, payload)
@@ -556,31 +582,34 @@ impl Remote {
     /// first, so a replica never reads a manifest whose object is gone.
     /// Returns the sequences and objects deleted.
     pub async fn retain(&self, keep: usize) -> Result<(Vec<u64>, Vec<String>)> {
+        let keep = keep.max(1);
         let sequences = self.sequences().await?;
         let Some(&newest) = sequences.last() else {
             return Ok(Default::default());
         };
         let objects = self.objects().await?;
-        let mut sound = 0;
-        let mut cut = 0;
+        let (mut sound, mut cut) = (0, 0);
         let mut named = Vec::new();
+        // A manifest that cannot be read names an object nobody knows:
+        // then no object is deleted this time.
+        let mut unknown = false;
         for &sequence in sequences.iter().rev() {
-            let Ok(m) = self.manifest(sequence).await else {
-                continue;
-            };
-            if sound < keep.max(1)
-                && objects
-                    .iter()
-                    .any(|o| o.name == m.object && o.bytes == m.bytes)
-            {
-                sound += 1;
-                cut = sequence;
+            match self.manifest(sequence).await {
+                Ok(Some(m)) => {
+                    if sound < keep && objects.iter().any(|o| o.holds(&m)) {
+                        sound += 1;
+                        cut = sequence;
+                    }
+                    named.push((sequence, m.object));
+                }
+                Ok(None) => {}
+                Err(Error::Manifest { .. }) => unknown = true,
+                Err(e) => return Err(e),
             }
-            named.push((sequence, m.object));
         }
         // With fewer sound generations than asked for, no manifest goes.
         let mut removed = Vec::new();
-        if sound == keep.max(1) {
+        if sound == keep {
             for &sequence in sequences.iter().filter(|&&s| s < cut) {
                 self.delete_manifest(sequence).await?;
                 removed.push(sequence);
@@ -588,6 +617,9 @@ impl Remote {
             named.retain(|(s, _)| *s >= cut);
         }
         let mut deleted = Vec::new();
+        if unknown {
+            return Ok((removed, deleted));
+        }
         for o in objects {
             let settled = object_sequence(&o.name).is_none_or(|s| s <= newest);
             if settled && !named.iter().any(|(_, n)| *n == o.name) {

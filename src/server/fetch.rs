@@ -108,7 +108,9 @@ impl Fetcher {
         metrics::gauge!(m::SOURCE_NEWEST_SEQUENCE).set(newest.unwrap_or(0) as f64);
         for &sequence in sequences.iter().rev().take_while(|&&s| s > local) {
             let manifest = match self.remote.manifest(sequence).await {
-                Ok(manifest) => manifest,
+                Ok(Some(manifest)) => manifest,
+                // Removed by retention since the listing: a newer one exists.
+                Ok(None) => continue,
                 Err(e @ Error::Manifest { .. }) => {
                     self.refuse(sequence, String::new(), &e);
                     continue;
@@ -120,7 +122,7 @@ impl Fetcher {
             }
             let lock = BuildLock::acquire(&self.dir)?;
             lock.remove_leftovers(&self.dir)?;
-            match self.fetch(&lock, &manifest).await? {
+            match self.fetch(lock, &manifest).await? {
                 Ok((entry, table, seconds)) => {
                     return Ok(Outcome::Fetched {
                         entry,
@@ -155,7 +157,7 @@ impl Fetcher {
     /// the generation's (refuse it).
     async fn fetch(
         &self,
-        lock: &BuildLock,
+        lock: BuildLock,
         manifest: &Manifest,
     ) -> Result<std::result::Result<(Entry, Table, f64), Error>> {
         let started = Instant::now();
@@ -189,25 +191,41 @@ impl Fetcher {
             "downloading a generation"
         );
         self.download(&manifest.object, len, &file, &tmp).await?;
-        file.sync_all()
-            .map_err(Error::io_op("syncing a download", &tmp))?;
-        drop(file);
-        let path = tmp.clone();
-        let table = match tokio::task::spawn_blocking(move || Table::open_verified(&path, sequence))
-            .await
-            .expect("verification does not panic")
-        {
-            Ok(table) => table,
-            Err(e @ Error::Format { .. }) => return Ok(Err(e)),
-            Err(e) => return Err(e),
+        // Syncing, verifying (every byte) and renaming block: off the
+        // runtime's thread, which the watcher and the metrics share.
+        let (dir, expected, url) = (
+            self.dir.clone(),
+            manifest.clone(),
+            self.remote.url().to_string(),
+        );
+        let checked = tokio::task::spawn_blocking(move || -> Result<Result<(Entry, Table), Error>> {
+            file.sync_all()
+                .map_err(Error::io_op("syncing a download", &tmp))?;
+            drop(file);
+            let table = match Table::open_verified(&tmp, sequence) {
+                Ok(table) => table,
+                Err(e @ Error::Format { .. }) => return Ok(Err(e)),
+                Err(e) => return Err(e),
+            };
+            if !expected.matches(table.header()) {
+                return Ok(Err(Error::Manifest {
+                    url,
+                    sequence,
+                    reason: "the object's header does not match the manifest (another build's file?)"
+                        .into(),
+                }));
+            }
+            let entry = lock.publish_as(&dir, &tmp, sequence)?;
+            cleanup.disarm();
+            let table = table.moved_to(entry.path.clone());
+            Ok(Ok((entry, table)))
+        })
+        .await
+        .map_err(|e| Error::Usage(format!("verifying generation {sequence}: {e}")))??;
+        let (entry, table) = match checked {
+            Ok(done) => done,
+            Err(refusal) => return Ok(Err(refusal)),
         };
-        if !manifest.matches(table.header()) {
-            return refused(
-                "the object's header does not match the manifest (another build's file?)".into(),
-            );
-        }
-        let entry = lock.publish_as(&self.dir, &tmp, sequence)?;
-        cleanup.disarm();
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             sequence,
@@ -215,11 +233,7 @@ impl Fetcher {
             seconds,
             "fetched and verified a generation"
         );
-        Ok(Ok((
-            entry.clone(),
-            table.moved_to(entry.path.clone()),
-            seconds,
-        )))
+        Ok(Ok((entry, table, seconds)))
     }
 
     /// Downloads object `name` (`len` bytes) into `file` in ranges, a few
@@ -260,7 +274,8 @@ impl Fetcher {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            // Resume where the last try stopped: what was written is kept.
+            // Each try downloads the whole range again, over what an
+            // earlier one wrote.
             let mut offset = range.start;
             let result: Result<()> = async {
                 let mut stream = self.remote.read_range(name, range.clone()).await?;
@@ -392,7 +407,9 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// `promo fetch`: once, the store's newest valid generation if it is newer
-/// than the newest sound one in `dir`. Returns what was done.
+/// than the newest sound one in `dir`, keeping the newest [`KEEP`] there as
+/// `serve --source` does. Returns what was done. Refusals are remembered by
+/// a running server only: each `promo fetch` checks a bad generation anew.
 pub fn fetch_once(url: &str, dir: &Path, rate: Option<u64>, progress: bool) -> Result<Outcome> {
     let fetcher = Fetcher::new(Remote::open(url)?, dir, rate, progress);
     let local = local::list(dir)?
@@ -400,14 +417,20 @@ pub fn fetch_once(url: &str, dir: &Path, rate: Option<u64>, progress: bool) -> R
         .rev()
         .find(|e| crate::generation::format::read_header(&e.path).is_ok())
         .map_or(0, |e| e.sequence);
-    crate::generation::remote::block_on(fetcher.fetch_newer(local))?
+    let outcome = crate::generation::remote::block_on(fetcher.fetch_newer(local))??;
+    if let Outcome::Fetched { .. } = outcome {
+        retain(dir);
+    }
+    Ok(outcome)
 }
 
 /// Polls the store every `source.interval` (jittered), fetching newer
 /// generations and making them live, until `shutdown` completes. The first
 /// poll is at once, so a server started empty becomes ready as soon as it
-/// can. A store that cannot be read is logged once when it starts failing
-/// and once when it recovers; the live generation is served throughout.
+/// can. A store that cannot be read (counted in `promo_source_errors_total`)
+/// or a data directory that cannot take a download is logged once when it
+/// starts failing and once when fetching works again; the live generation
+/// is served throughout.
 pub async fn poll(source: Source, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
     let fetcher = match Remote::open(&source.url) {
         Ok(remote) => Fetcher::new(remote, live.dir(), source.rate, false),
@@ -422,7 +445,9 @@ pub async fn poll(source: Source, live: Arc<Live>, shutdown: impl Future<Output 
     metrics::counter!(m::FETCH_BYTES).absolute(0);
     metrics::gauge!(m::SOURCE_NEWEST_SEQUENCE).set(0.0);
     tokio::pin!(shutdown);
-    let mut failing: Option<String> = None;
+    // What is failing, if anything: the store, or this side (the data
+    // directory, the disk). Logged when it changes, not at every poll.
+    let mut failing: Option<&str> = None;
     loop {
         let local = live.current().as_ref().map_or(0, |t| t.sequence());
         // A shutdown does not wait for a download: dropping it removes
@@ -434,25 +459,32 @@ pub async fn poll(source: Source, live: Arc<Live>, shutdown: impl Future<Output 
         match fetched {
             Ok(outcome) => {
                 if failing.take().is_some() {
-                    tracing::info!("{}: the store can be read again", source.url);
+                    tracing::info!("{}: fetching works again", source.url);
                 }
                 if let Outcome::Fetched { table, .. } = outcome {
                     live.install(table);
-                    retain(live.dir());
+                    let dir = live.dir().to_path_buf();
+                    let _ = tokio::task::spawn_blocking(move || retain(&dir)).await;
                 }
             }
-            // Another fetch or a build holds the directory: not the store's
+            // Another fetch or a build holds the directory: nobody's
             // fault; the next poll tries again.
             Err(e @ Error::Locked { .. }) => tracing::debug!("{e}"),
             Err(e) => {
-                metrics::counter!(m::SOURCE_ERRORS).increment(1);
-                if failing.is_none() {
+                let what = match e {
+                    Error::Remote { .. } | Error::Url { .. } | Error::NothingInStore { .. } => {
+                        metrics::counter!(m::SOURCE_ERRORS).increment(1);
+                        "the store cannot be read"
+                    }
+                    _ => "cannot fetch into the data directory",
+                };
+                if failing != Some(what) {
                     tracing::warn!(
-                        "{e}: serving the live generation and retrying every {:?}",
+                        "{e}: {what}; serving the live generation and retrying every {:?}",
                         source.interval
                     );
                 }
-                failing = Some(e.to_string());
+                failing = Some(what);
             }
         }
         tokio::select! {

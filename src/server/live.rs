@@ -27,6 +27,10 @@ pub struct Live {
     /// counted as a failure) again on every scan; but a file put in its
     /// place, say a whole copy renamed over a partial one, is checked.
     refused: Mutex<HashMap<u64, FileId>>,
+    /// Held while a table is compared with the live one and swapped in:
+    /// the watcher and the fetcher may both offer the same generation, and
+    /// only a newer one may replace the live one.
+    swapping: Mutex<()>,
 }
 
 /// What tells one file from another under the same name: its inode, and
@@ -59,6 +63,7 @@ impl Live {
             dir: dir.into(),
             live: ArcSwapOption::empty(),
             refused: Mutex::new(HashMap::new()),
+            swapping: Mutex::new(()),
         }
     }
 
@@ -92,8 +97,8 @@ impl Live {
             match Table::open_verified(&entry.path, entry.sequence) {
                 Ok(table) => {
                     self.refused.lock().unwrap().remove(&entry.sequence);
-                    self.go_live(table);
-                    return Ok(Some(entry.sequence));
+                    // Another swap (a fetch) may have won meanwhile.
+                    return Ok(self.go_live(table).then_some(entry.sequence));
                 }
                 Err(e) => {
                     tracing::error!("refused generation {}: {e}", entry.sequence);
@@ -111,17 +116,27 @@ impl Live {
     /// live one: a generation the fetcher downloaded and verified before
     /// renaming it into the data directory. Returns whether it went live.
     pub fn install(&self, table: Table) -> bool {
-        let live = self.live.load().as_ref().map_or(0, |t| t.sequence());
-        if table.sequence() <= live {
-            return false;
+        let sequence = table.sequence();
+        let swapped = self.go_live(table);
+        if swapped {
+            self.refused.lock().unwrap().remove(&sequence);
         }
-        self.refused.lock().unwrap().remove(&table.sequence());
-        self.go_live(table);
-        true
+        swapped
     }
 
-    fn go_live(&self, table: Table) {
+    /// Swaps `table` in if it is newer than the live one; returns whether
+    /// it did.
+    fn go_live(&self, table: Table) -> bool {
+        let _swapping = self.swapping.lock().unwrap();
         let (sequence, rows) = (table.sequence(), table.len());
+        if self
+            .live
+            .load()
+            .as_ref()
+            .is_some_and(|t| t.sequence() >= sequence)
+        {
+            return false;
+        }
         let path = table.path().display().to_string();
         let old = self.live.swap(Some(Arc::new(table)));
         let now = SystemTime::now()
@@ -138,6 +153,7 @@ impl Live {
             previous = old.as_ref().map(|t| t.sequence()),
             "generation is live"
         );
+        true
     }
 }
 
