@@ -59,6 +59,12 @@ impl Default for Limits {
 
 const PROMOTIONS: &str = "/promotions/";
 const JSON: &str = "application/json";
+/// The batch lookup's path.
+pub const BATCH: &str = "/promotions/batch";
+/// Most ids in one batch; more gets 413.
+pub const MAX_BATCH_IDS: usize = 1000;
+/// Most bytes in a batch's body; more gets 413.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// What a lookup found, for `promo_lookups_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +111,18 @@ pub fn route(
         };
     }
     let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if path == BATCH {
+        // A POST comes with a body and is answered by `batch`.
+        let mut response = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return Routed {
+            route: "batch",
+            response,
+            lookup: None,
+        };
+    }
     if let Some(id) = path.strip_prefix(PROMOTIONS) {
         let (response, lookup) = promotion(method, id, table);
         return Routed {
@@ -199,6 +217,112 @@ pub fn promotion(
     (response, lookup)
 }
 
+/// A batch body that could not be read whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadBody {
+    /// Over [`MAX_BATCH_BYTES`].
+    TooLarge,
+    /// The client stopped sending it (or the connection broke).
+    Incomplete,
+}
+
+/// `POST /promotions/batch`, given the whole body: `{"ids":[...]}` in,
+/// `{"generation":N,"promotions":[...],"missing":[...],"invalid":[...]}`
+/// out, every promotion from `table`, so one generation answers the whole
+/// batch. Also returns the lookups made, as (hits, misses, invalid).
+pub fn batch(body: Result<&[u8], BadBody>, table: Option<&Table>) -> (Routed, [u64; 3]) {
+    let routed = |response| Routed {
+        route: "batch",
+        response,
+        lookup: None,
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(BadBody::TooLarge) => {
+            let message = format!("a batch is at most {MAX_BATCH_BYTES} bytes");
+            return (
+                routed(json_error(StatusCode::PAYLOAD_TOO_LARGE, &message)),
+                [0; 3],
+            );
+        }
+        Err(BadBody::Incomplete) => {
+            let message = "the request body was not sent whole";
+            return (routed(json_error(StatusCode::BAD_REQUEST, message)), [0; 3]);
+        }
+    };
+    let ids = match parse_batch(body) {
+        Ok(ids) => ids,
+        Err((status, message)) => return (routed(json_error(status, &message)), [0; 3]),
+    };
+    let Some(table) = table else {
+        let r = json_error(StatusCode::SERVICE_UNAVAILABLE, "no generation loaded yet");
+        return (routed(r), [0; 3]);
+    };
+    let mut counts = [0u64; 3];
+    let mut found = Vec::with_capacity(64 + ids.len() * 110);
+    let (mut missing, mut invalid) = (Vec::new(), Vec::new());
+    for id in &ids {
+        match ingest::parse_id(id.as_bytes()).map(|key| table.get(key)) {
+            Some(Some(record)) => {
+                found.push(if counts[0] == 0 { b'[' } else { b',' });
+                record.write_json(&mut found);
+                counts[0] += 1;
+            }
+            Some(None) => {
+                missing.push(id);
+                counts[1] += 1;
+            }
+            None => {
+                invalid.push(id);
+                counts[2] += 1;
+            }
+        }
+    }
+    if counts[0] == 0 {
+        found.push(b'[');
+    }
+    found.push(b']');
+    let mut out = Vec::with_capacity(found.len() + 64);
+    out.extend_from_slice(
+        format!("{{\"generation\":{},\"promotions\":", table.sequence()).as_bytes(),
+    );
+    out.extend_from_slice(&found);
+    out.extend_from_slice(b",\"missing\":");
+    serde_json::to_writer(&mut out, &missing).expect("strings serialize");
+    out.extend_from_slice(b",\"invalid\":");
+    serde_json::to_writer(&mut out, &invalid).expect("strings serialize");
+    out.push(b'}');
+    let mut response = Response::new(Full::new(Bytes::from(out)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    response
+        .headers_mut()
+        .insert(GENERATION_HEADER, generation_header(table.sequence()));
+    (routed(response), counts)
+}
+
+/// The ids of a batch body, or the status and message that refuse it.
+fn parse_batch(body: &[u8]) -> Result<Vec<String>, (StatusCode, String)> {
+    let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_string());
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(&format!("the body is not JSON: {e}")))?;
+    let ids = value
+        .get("ids")
+        .and_then(|ids| ids.as_array())
+        .ok_or_else(|| bad("expected {\"ids\":[\"<id>\", ...]}"))?;
+    if ids.len() > MAX_BATCH_IDS {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} ids, but a batch is at most {MAX_BATCH_IDS}", ids.len()),
+        ));
+    }
+    ids.iter()
+        .map(|id| id.as_str().map(str::to_owned))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| bad("every id must be a string"))
+}
+
 /// The id in a promotion URL, parsed as a feed's ids are
 /// ([`ingest::parse_id`]). Percent-encoded characters are decoded first
 /// (`%2D` is `-`, as RFC 3986 makes them equivalent); what does not decode
@@ -288,7 +412,14 @@ struct Counters {
     open_connections: metrics::Gauge,
 }
 
-const ROUTES: [&str; 5] = ["promotions", "healthz", "readyz", "metrics", "other"];
+const ROUTES: [&str; 6] = [
+    "promotions",
+    "batch",
+    "healthz",
+    "readyz",
+    "metrics",
+    "other",
+];
 
 impl Counters {
     fn new() -> Counters {
@@ -370,6 +501,37 @@ impl App {
             .count(&routed, started.elapsed().as_secs_f64());
         routed.response
     }
+
+    /// Answers `POST /promotions/batch`: reads the body (at most
+    /// [`MAX_BATCH_BYTES`], within the header timeout, so a client cannot
+    /// hold a connection by sending it slowly), then looks every id up in
+    /// the generation live at that moment.
+    pub async fn handle_batch(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        use http_body_util::{BodyExt, Limited};
+        let started = Instant::now();
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let body = if declared.is_some_and(|n| n > MAX_BATCH_BYTES as u64) {
+            Err(BadBody::TooLarge)
+        } else {
+            let read = Limited::new(req.into_body(), MAX_BATCH_BYTES).collect();
+            match tokio::time::timeout(self.limits.header_timeout, read).await {
+                Ok(Ok(collected)) => Ok(collected.to_bytes()),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BadBody::TooLarge),
+                Ok(Err(_)) | Err(_) => Err(BadBody::Incomplete),
+            }
+        };
+        let table = self.store.current();
+        let (routed, counts) = batch(body.as_deref().map_err(|&e| e), table.as_deref());
+        self.counters
+            .count(&routed, started.elapsed().as_secs_f64());
+        for (counter, n) in self.counters.lookups.iter().zip(counts) {
+            counter.increment(n);
+        }
+        routed.response
+    }
 }
 
 /// Binds `n` listeners to `addr` with SO_REUSEPORT, so that `n` threads can
@@ -428,8 +590,14 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         open.increment(1);
         let app = app.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let response = app.handle(&req);
-            async move { Ok::<_, Infallible>(response) }
+            use futures_util::future::Either;
+            if req.method() == Method::POST && req.uri().path() == BATCH {
+                // Only a batch has a body to wait for.
+                let app = app.clone();
+                Either::Left(async move { Ok::<_, Infallible>(app.handle_batch(req).await) })
+            } else {
+                Either::Right(std::future::ready(Ok(app.handle(&req))))
+            }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -519,6 +687,62 @@ mod tests {
         assert_eq!(post.response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(post.response.headers()[ALLOW], "GET, HEAD");
         assert_eq!(post.response.headers()[GENERATION_HEADER], "42");
+    }
+
+    #[test]
+    fn a_batch_answers_found_missing_and_invalid_ids_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path());
+        let absent = "00000000-0000-4000-8000-000000000000";
+        let ask = serde_json::json!({"ids": [ID.to_uppercase(), absent, "nope", ID]}).to_string();
+        let (r, counts) = batch(Ok(ask.as_bytes()), Some(&t));
+        assert_eq!(r.route, "batch");
+        assert_eq!(counts, [2, 1, 1]);
+        assert_eq!(r.response.status(), StatusCode::OK);
+        assert_eq!(r.response.headers()[GENERATION_HEADER], "42");
+        let v: serde_json::Value = serde_json::from_str(&body(r.response)).unwrap();
+        assert_eq!(v["generation"], 42);
+        let one = serde_json::json!({
+            "id": ID, "price": 60.683466, "expiration_date": "2018-08-04 05:32:31 +0200 CEST"
+        });
+        assert_eq!(v["promotions"], serde_json::json!([one.clone(), one]));
+        assert_eq!(v["missing"], serde_json::json!([absent]));
+        assert_eq!(v["invalid"], serde_json::json!(["nope"]));
+
+        let (empty, _) = batch(Ok(br#"{"ids":[]}"#), Some(&t));
+        assert_eq!(
+            body(empty.response),
+            r#"{"generation":42,"promotions":[],"missing":[],"invalid":[]}"#
+        );
+    }
+
+    #[test]
+    fn a_bad_batch_gets_a_clear_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path());
+        let too_many = serde_json::json!({ "ids": vec![ID; MAX_BATCH_IDS + 1] }).to_string();
+        let just_enough = serde_json::json!({ "ids": vec![ID; MAX_BATCH_IDS] }).to_string();
+        for (body_in, status) in [
+            (Ok(too_many.as_bytes()), StatusCode::PAYLOAD_TOO_LARGE),
+            (Err(BadBody::TooLarge), StatusCode::PAYLOAD_TOO_LARGE),
+            (Err(BadBody::Incomplete), StatusCode::BAD_REQUEST),
+            (Ok(&b"{\"ids\": [1]}"[..]), StatusCode::BAD_REQUEST),
+            (Ok(&b"{\"id\": []}"[..]), StatusCode::BAD_REQUEST),
+            (Ok(&b"{\"ids\": "[..]), StatusCode::BAD_REQUEST),
+            (Ok(&b"[]"[..]), StatusCode::BAD_REQUEST),
+            (Ok(just_enough.as_bytes()), StatusCode::OK),
+        ] {
+            let (r, _) = batch(body_in, Some(&t));
+            assert_eq!(r.response.status(), status, "{body_in:?}");
+            let v: serde_json::Value = serde_json::from_str(&body(r.response)).unwrap();
+            assert!(status == StatusCode::OK || v["error"].is_string());
+        }
+        let (r, _) = batch(Ok(br#"{"ids":[]}"#), None);
+        assert_eq!(r.response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let get = route(&Method::GET, BATCH, Some(&t), None);
+        assert_eq!(get.route, "batch");
+        assert_eq!(get.response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(get.response.headers()[ALLOW], "POST");
     }
 
     #[test]

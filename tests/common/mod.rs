@@ -319,6 +319,16 @@ impl Client {
         self.send(head.as_bytes(), method == "HEAD")
     }
 
+    /// POSTs `body` as JSON to `path` on this connection.
+    pub fn post_json(&mut self, path: &str, body: &str) -> Response {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.send(request.as_bytes(), false)
+    }
+
     /// Sends `bytes` as they are, in one write (several small ones would
     /// wait on Nagle and delayed ACKs), and reads one response.
     pub fn send(&mut self, bytes: &[u8], head_only: bool) -> Response {
