@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::s3::S3;
-use common::{free_port, promo, Client, Server};
+use common::{free_port, Client, Server};
 
 /// A store to run the fleet against: the S3 server, or a shared directory.
 enum Store {
@@ -76,32 +76,9 @@ impl Store {
         }
     }
 
-    /// Runs a promo command against this store; returns (success, stdout, stderr).
-    fn promo(&self, args: &[&str]) -> (bool, String, String) {
-        let out = promo()
-            .args(args)
-            .envs(self.env())
-            .output()
-            .expect("running promo");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
     /// `promo build <csv> --data-dir <dir> --publish <url>`, which must succeed.
     fn publish(&self, dir: &Path, csv: &Path) -> String {
-        let (ok, out, err) = self.promo(&[
-            "build",
-            csv.to_str().unwrap(),
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--publish",
-            &self.url(),
-        ]);
-        assert!(ok, "build --publish failed: {err}");
-        out
+        common::build_ok_env(dir, csv, &["--publish", &self.url()], &self.env())
     }
 }
 
@@ -501,15 +478,12 @@ fn corrupt_next_generation(store: &Store, work: &Path, sequence: u64) {
         Store::File(dir) => dir.path().join("staging"),
     };
     let csv = feed(work, "corrupt.csv", 1, 340, "4.00");
-    let (ok, _, err) = store.promo(&[
-        "build",
-        csv.to_str().unwrap(),
-        "--data-dir",
-        work.join("staging-builder").to_str().unwrap(),
-        "--publish",
-        &staging,
-    ]);
-    assert!(ok, "{err}");
+    common::build_ok_env(
+        &work.join("staging-builder"),
+        &csv,
+        &["--publish", &staging],
+        &store.env(),
+    );
     let manifest_path = staging_dir.join("manifests/0000000001.json");
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();

@@ -36,20 +36,9 @@ fn file_store(work: &Path) -> (PathBuf, String) {
     (dir, url)
 }
 
+/// `promo build <csv> --data-dir <data> --publish <url>`, which must succeed.
 fn publish(csv: &Path, data: &Path, url: &str, env: &[(String, String)]) -> String {
-    let (code, out, err) = run(
-        &[
-            "build",
-            csv.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--publish",
-            url,
-        ],
-        env,
-    );
-    assert_eq!(code, 0, "build --publish: {err}");
-    out
+    common::build_ok_env(data, csv, &["--publish", url], env)
 }
 
 fn fetch(url: &str, data: &Path, env: &[(String, String)]) -> (i32, String, String) {
@@ -363,20 +352,7 @@ fn the_store_keeps_the_newest_generations() {
     let (store, url) = file_store(w);
     let (a, _, _) = feeds(w);
     for _ in 0..5 {
-        let (code, _, err) = run(
-            &[
-                "build",
-                a.to_str().unwrap(),
-                "--data-dir",
-                w.join("b").to_str().unwrap(),
-                "--keep",
-                "2",
-                "--publish",
-                &url,
-            ],
-            &[],
-        );
-        assert_eq!(code, 0, "{err}");
+        common::build_ok(&w.join("b"), &a, &["--keep", "2", "--publish", &url]);
     }
     let listed = inspect(&url, &[]);
     let sequences: Vec<u64> = listed
@@ -445,20 +421,7 @@ fn retention_leaves_the_objects_of_manifests_it_cannot_read() {
     )
     .unwrap();
 
-    let (code, _, err) = run(
-        &[
-            "build",
-            a.to_str().unwrap(),
-            "--data-dir",
-            w.join("builder").to_str().unwrap(),
-            "--keep",
-            "1",
-            "--publish",
-            &url,
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{err}");
+    common::build_ok(&w.join("builder"), &a, &["--keep", "1", "--publish", &url]);
     assert!(
         store.join(object).exists(),
         "the unreadable manifest's object was deleted"

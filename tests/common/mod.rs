@@ -22,19 +22,30 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// Runs `promo build <csv> --data-dir <dir> <extra...>`.
 pub fn build(dir: &Path, csv: &Path, extra: &[&str]) -> Output {
+    build_env(dir, csv, extra, &[])
+}
+
+/// `build`, with `env` added to the environment (a store's credentials).
+pub fn build_env(dir: &Path, csv: &Path, extra: &[&str], env: &[(String, String)]) -> Output {
     promo()
         .arg("build")
         .arg(csv)
         .arg("--data-dir")
         .arg(dir)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("running promo build")
 }
 
-/// Like `build`, but the build must succeed; returns its summary line.
+/// Like `build`, but the build must succeed; returns what it printed.
 pub fn build_ok(dir: &Path, csv: &Path, extra: &[&str]) -> String {
-    let out = build(dir, csv, extra);
+    build_ok_env(dir, csv, extra, &[])
+}
+
+/// Like `build_env`, but the build must succeed; returns what it printed.
+pub fn build_ok_env(dir: &Path, csv: &Path, extra: &[&str], env: &[(String, String)]) -> String {
+    let out = build_env(dir, csv, extra, env);
     assert!(
         out.status.success(),
         "build failed: {}\n{}",
