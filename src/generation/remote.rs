@@ -335,8 +335,9 @@ impl Remote {
         &self.url
     }
 
-    /// An error about this store while doing `op`.
-    pub fn error(&self, op: &'static str) -> impl FnOnce(object_store::Error) -> Error + '_ {
+    /// An error about this store while doing `op`, from its cause: the
+    /// store client's error, an I/O error, or what promo found wrong.
+    pub fn error<E: std::fmt::Display>(&self, op: &'static str) -> impl FnOnce(E) -> Error + '_ {
         move |cause| Error::Remote {
             url: self.url.clone(),
             op,
@@ -347,14 +348,10 @@ impl Remote {
     /// The committed sequences, oldest first.
     pub async fn sequences(&self) -> Result<Vec<u64>> {
         if let Some(dir) = self.dir.as_ref().filter(|d| !d.is_dir()) {
-            return Err(Error::Remote {
-                url: self.url.clone(),
-                op: "listing manifests",
-                cause: format!(
-                    "{} does not exist (create it, or check that the share is mounted)",
-                    dir.display()
-                ),
-            });
+            return Err(self.error("listing manifests")(format!(
+                "{} does not exist (create it, or check that the share is mounted)",
+                dir.display()
+            )));
         }
         let list: Vec<_> = self
             .store
@@ -469,11 +466,7 @@ impl Remote {
         )
         .with_max_concurrency(4);
         let mut buf = vec![0u8; 1 << 20];
-        let fail = |e: std::io::Error| Error::Remote {
-            url: self.url.clone(),
-            op: "uploading a generation",
-            cause: e.to_string(),
-        };
+        const UPLOADING: &str = "uploading a generation";
         // Every way out but success aborts the multipart upload, so that
         // its parts do not linger in the store.
         let result = async {
@@ -482,9 +475,12 @@ impl Remote {
                 if n == 0 {
                     break;
                 }
-                writer.write_all(&buf[..n]).await.map_err(fail)?;
+                writer
+                    .write_all(&buf[..n])
+                    .await
+                    .map_err(self.error(UPLOADING))?;
             }
-            writer.shutdown().await.map_err(fail)
+            writer.shutdown().await.map_err(self.error(UPLOADING))
         }
         .await;
         if result.is_err() {

@@ -282,11 +282,9 @@ impl Fetcher {
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(self.remote.error("downloading a generation"))?;
                     if offset + chunk.len() as u64 > range.end {
-                        return Err(Error::Remote {
-                            url: self.remote.url().to_string(),
-                            op: "downloading a generation",
-                            cause: format!("more bytes than the range {range:?} asked for"),
-                        });
+                        return Err(self.remote.error("downloading a generation")(format!(
+                            "more bytes than the range {range:?} asked for"
+                        )));
                     }
                     if let Some(t) = &self.throttle {
                         t.take(chunk.len() as u64).await;
@@ -300,11 +298,9 @@ impl Fetcher {
                     }
                 }
                 if offset != range.end {
-                    return Err(Error::Remote {
-                        url: self.remote.url().to_string(),
-                        op: "downloading a generation",
-                        cause: format!("the range {range:?} ended at {offset}"),
-                    });
+                    return Err(self.remote.error("downloading a generation")(format!(
+                        "the range {range:?} ended at {offset}"
+                    )));
                 }
                 Ok(())
             }
