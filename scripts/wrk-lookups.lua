@@ -1,14 +1,17 @@
--- wrk script: GET /promotions/{id} for ids known to be in the generation
--- (90%) and random ids that are not (10%).
+-- wrk script: lookups of ids known to be in the generation (90%) and
+-- random ids that are not (10%). Each request is GET /promotions/{id}, or,
+-- with BATCH=n, a POST /promotions/batch of n such ids.
 -- Usage: IDS=bench-data/10m.ids wrk -t2 -c64 -d20s --latency -s scripts/wrk-lookups.lua http://127.0.0.1:1321
+--        IDS=... BATCH=1000 wrk ... (the same, in batches)
 local ids = {}
 local path = os.getenv("IDS") or "ids.txt"
 for line in io.lines(path) do
-  ids[#ids + 1] = "/promotions/" .. line
+  ids[#ids + 1] = line
 end
 if #ids == 0 then
   error("no ids in " .. path)
 end
+local batch = tonumber(os.getenv("BATCH") or "0")
 
 -- Each wrk thread has its own Lua state: give each its own random ids.
 local thread_count = 0
@@ -21,15 +24,26 @@ init = function(args)
   math.randomseed(os.time() * 1000 + (seed or 0))
 end
 
+-- Every tenth id is absent: version-4 shaped, random hex.
 local counter = 0
-request = function()
+local function next_id()
   counter = counter + 1
   if counter % 10 == 0 then
-    -- An absent id: version-4 shaped, random hex.
-    local absent = string.format("/promotions/%08x-%04x-4%03x-8%03x-%012x",
+    return string.format("%08x-%04x-4%03x-8%03x-%012x",
       math.random(0, 0x7fffffff), math.random(0, 0xffff), math.random(0, 0xfff),
       math.random(0, 0xfff), math.random(0, 0xffffffffff))
-    return wrk.format("GET", absent)
   end
-  return wrk.format("GET", ids[math.random(1, #ids)])
+  return ids[math.random(1, #ids)]
+end
+
+request = function()
+  if batch > 0 then
+    local parts = {}
+    for i = 1, batch do
+      parts[i] = '"' .. next_id() .. '"'
+    end
+    local body = '{"ids":[' .. table.concat(parts, ",") .. ']}'
+    return wrk.format("POST", "/promotions/batch", {["Content-Type"] = "application/json"}, body)
+  end
+  return wrk.format("GET", "/promotions/" .. next_id())
 end
