@@ -411,7 +411,7 @@ pub fn fetch_once(url: &str, dir: &Path, rate: Option<u64>, progress: bool) -> R
     let local = local::list(dir)?
         .into_iter()
         .rev()
-        .find(|e| crate::generation::format::read_header(&e.path).is_ok())
+        .find(|e| local::Known::default().sound(e))
         .map_or(0, |e| e.sequence);
     let outcome = crate::generation::remote::block_on(fetcher.fetch_newer(local))??;
     if let Outcome::Fetched { .. } = outcome {
