@@ -24,8 +24,6 @@ pub struct Published {
     pub object: String,
     pub bytes: u64,
     pub seconds: f64,
-    /// Sequences retention removed from the store.
-    pub removed: Vec<u64>,
 }
 
 /// Uploads the generation file at `path` to the store at `url` as its next
@@ -55,24 +53,22 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
             }
             return Err(e);
         }
-        let removed = match remote.retain(keep).await {
-            Ok((removed, objects)) => {
+        match remote.retain(keep).await {
+            Ok((manifests, objects)) => {
+                for sequence in manifests {
+                    tracing::info!(url, sequence, "removed an old generation's manifest");
+                }
                 for o in &objects {
                     tracing::info!(url, object = o, "removed an old generation object");
                 }
-                removed
             }
-            Err(e) => {
-                tracing::warn!("{e} (generation {sequence} is published)");
-                Vec::new()
-            }
-        };
+            Err(e) => tracing::warn!("{e} (generation {sequence} is published)"),
+        }
         Ok(Published {
             sequence,
             object,
             bytes: header.file_len(),
             seconds: started.elapsed().as_secs_f64(),
-            removed,
         })
     })?
 }
