@@ -357,3 +357,31 @@ fn rollback_brings_the_previous_generation_back_on_a_running_server() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to roll back to"));
 }
+
+/// The whole serving process starts from the library, in this process:
+/// what `promo serve` runs, without the binary.
+#[test]
+fn a_server_starts_in_process_from_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let config = promo::server::Config {
+        threads: 1,
+        ..promo::server::Config::new(dir.path(), "127.0.0.1:0".parse().unwrap())
+    };
+    let server = promo::server::Server::start(config).unwrap();
+    assert_eq!(server.live().current().as_ref().unwrap().sequence(), 1);
+    let addr = server.local_addr();
+    assert_ne!(addr.port(), 0);
+    let r = request(
+        addr,
+        "GET",
+        "/promotions/d018ef0b-dbd9-48f1-ac1a-eb4d90e57118",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-promo-generation"), Some("1"));
+    server.stop();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still listening after stop"
+    );
+}
