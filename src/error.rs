@@ -137,6 +137,10 @@ pub enum Error {
         free: u64,
     },
 
+    /// A `--tls-cert` or `--tls-key` file that cannot be used.
+    #[error("{}: {reason}", path.display())]
+    Tls { path: PathBuf, reason: String },
+
     /// A bad command-line value.
     #[error("{0}")]
     Usage(String),

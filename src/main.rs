@@ -89,6 +89,13 @@ enum Command {
         source_interval: f64,
         #[command(flatten)]
         rate: FetchRate,
+        /// Serve HTTPS on --listen with this PEM certificate chain (with
+        /// --tls-key); read again on SIGHUP and when it changes.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Download the store's newest valid generation into the data directory
     /// if it is newer than the newest there, once.
@@ -253,6 +260,8 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             source,
             source_interval,
             rate,
+            tls_cert,
+            tls_key,
         } => {
             // A bad URL stops serve at start, not at its first poll.
             if let Some(url) = &source {
@@ -268,6 +277,9 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     interval: Duration::from_secs_f64(source_interval),
                     rate: rate.fetch_rate,
                 }),
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| server::tls::TlsFiles { cert, key }),
                 ..server::Config::new(dir.data_dir, listen)
             };
             server::run(config, server::shutdown_signal())?;

@@ -31,6 +31,12 @@ pub const SOURCE_ERRORS: &str = "promo_source_errors_total";
 pub const SOURCE_NEWEST_SEQUENCE: &str = "promo_source_newest_sequence";
 /// Counter: bytes downloaded from the `--source` store.
 pub const FETCH_BYTES: &str = "promo_fetch_bytes_total";
+/// Counter, label `result` = `ok` or `error`: reads of the TLS pair after
+/// the first (SIGHUP, or a file changed).
+pub const TLS_RELOADS: &str = "promo_tls_reloads_total";
+/// Counter: TLS handshakes that failed or timed out (plain HTTP or garbage
+/// sent to the TLS port, a client that stalled).
+pub const TLS_HANDSHAKE_ERRORS: &str = "promo_tls_handshake_errors_total";
 /// Gauge: resident memory of the process (the conventional name).
 pub const PROCESS_RESIDENT: &str = "process_resident_memory_bytes";
 /// Gauge: open file descriptors of the process (the conventional name).
@@ -124,6 +130,14 @@ fn describe() {
         FETCH_BYTES,
         Unit::Bytes,
         "Bytes downloaded from the --source store."
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "Reads of the --tls-cert and --tls-key pair after the first: ok, or error (the pair in use stayed)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_ERRORS,
+        "TLS handshakes that failed or did not finish within --header-timeout."
     );
     describe_gauge!(
         PROCESS_RESIDENT,

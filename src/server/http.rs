@@ -23,6 +23,7 @@ use crate::builder::ingest;
 use crate::metrics as m;
 use crate::server::live::Live;
 use crate::server::table::Table;
+use crate::server::tls::Tls;
 
 /// The response header that names the generation an answer came from.
 pub const GENERATION_HEADER: &str = "x-promo-generation";
@@ -38,8 +39,9 @@ pub const MAX_HEAD_LEN: usize = 16 * 1024;
 /// What the server holds back from any one client.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Most connections open at once, over all threads; further clients
-    /// wait in the kernel's accept backlog until one closes.
+    /// Most connections served at once, over all threads; further clients
+    /// wait until one closes (each thread holds at most one of them
+    /// accepted, the rest stay in the kernel's accept backlog).
     pub max_connections: usize,
     /// A client that has not sent a whole request head this long after the
     /// server started reading one (a new connection, or the next request on
@@ -400,6 +402,8 @@ pub struct App {
     counters: Arc<Counters>,
     limits: Limits,
     connections: Arc<Semaphore>,
+    /// HTTPS: every connection shakes hands first.
+    tls: Option<Arc<Tls>>,
 }
 
 /// Metric handles registered once, so that a request does not look its
@@ -410,6 +414,7 @@ struct Counters {
     durations: Vec<(&'static str, metrics::Histogram)>,
     lookups: [metrics::Counter; 3],
     open_connections: metrics::Gauge,
+    tls_handshake_errors: metrics::Counter,
 }
 
 const ROUTES: [&str; 6] = [
@@ -451,6 +456,7 @@ impl Counters {
             lookups: [Lookup::Hit, Lookup::Miss, Lookup::Invalid]
                 .map(|l| metrics::counter!(m::LOOKUPS, "result" => l.label())),
             open_connections: metrics::gauge!(m::HTTP_OPEN_CONNECTIONS),
+            tls_handshake_errors: metrics::counter!(m::TLS_HANDSHAKE_ERRORS),
         }
     }
 
@@ -484,6 +490,15 @@ impl App {
             counters: Arc::new(Counters::new()),
             limits,
             connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            tls: None,
+        }
+    }
+
+    /// Serves HTTPS with `tls` instead of plain HTTP.
+    pub fn with_tls(self, tls: Arc<Tls>) -> App {
+        App {
+            tls: Some(tls),
+            ..self
         }
     }
 
@@ -569,10 +584,6 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         .writev(false);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = app.connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _)) => stream,
@@ -585,24 +596,42 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             },
             () = &mut shutdown => break,
         };
+        // Accepted first, then a permit: a thread that waited for a permit
+        // before accepting would hold it while its own listener is idle,
+        // and connections queued at another thread's listener would wait
+        // for ever under a cap as small as the threads. So each thread
+        // holds at most one accepted connection beyond the cap, and stops
+        // accepting until a permit frees; the rest wait in the backlog.
+        let permit = tokio::select! {
+            p = app.connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let _ = stream.set_nodelay(true);
-        let open = app.counters.open_connections.clone();
-        open.increment(1);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            use futures_util::future::Either;
-            if req.method() == Method::POST && req.uri().path() == BATCH {
-                // Only a batch has a body to wait for.
-                let app = app.clone();
-                Either::Left(async move { Ok::<_, Infallible>(app.handle_batch(req).await) })
-            } else {
-                Either::Right(std::future::ready(Ok(app.handle(&req))))
-            }
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection ended with an error: {e}");
+            let open = app.counters.open_connections.clone();
+            open.increment(1);
+            match app.tls.clone() {
+                None => serve_connection(TokioIo::new(stream), app, &http, watcher).await,
+                // The handshake counts against the connection cap and the
+                // header timeout, as a request head does: a client that
+                // stalls or sends plain HTTP holds one permit, briefly.
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(app.limits.header_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(TokioIo::new(stream), app, &http, watcher).await
+                        }
+                        Ok(Err(e)) => {
+                            app.counters.tls_handshake_errors.increment(1);
+                            tracing::debug!("TLS handshake failed: {e}");
+                        }
+                        Err(_) => {
+                            app.counters.tls_handshake_errors.increment(1);
+                            tracing::debug!("TLS handshake not finished within the header timeout");
+                        }
+                    }
+                }
             }
             open.decrement(1);
             drop(permit);
@@ -612,6 +641,31 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("gave up waiting for open connections"),
+    }
+}
+
+/// Serves the requests of one connection, plain or TLS, until it closes
+/// or the server shuts down.
+async fn serve_connection<I>(
+    io: I,
+    app: App,
+    http: &hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        use futures_util::future::Either;
+        if req.method() == Method::POST && req.uri().path() == BATCH {
+            // Only a batch has a body to wait for.
+            let app = app.clone();
+            Either::Left(async move { Ok::<_, Infallible>(app.handle_batch(req).await) })
+        } else {
+            Either::Right(std::future::ready(Ok(app.handle(&req))))
+        }
+    });
+    if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
+        tracing::debug!("connection ended with an error: {e}");
     }
 }
 

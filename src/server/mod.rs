@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod http;
 pub mod live;
 pub mod table;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ pub struct Config {
     pub threads: usize,
     /// An object store to poll for new generations, if any.
     pub source: Option<fetch::Source>,
+    /// HTTPS on `listen` with this certificate pair, if any.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Config {
@@ -42,6 +45,7 @@ impl Config {
             limits: http::Limits::default(),
             threads: 0,
             source: None,
+            tls: None,
         }
     }
 }
@@ -65,6 +69,8 @@ impl Server {
     /// `/readyz` until one arrives), binds the listeners and starts serving.
     pub fn start(config: Config) -> Result<Server> {
         let metrics = crate::metrics::install().map_err(Error::Usage)?;
+        // A pair that cannot be used stops the server before it listens.
+        let tls = config.tls.map(tls::Tls::load).transpose()?.map(Arc::new);
         let live = Arc::new(Live::new(&config.data_dir));
         match live.refresh() {
             Ok(Some(_)) => {}
@@ -88,13 +94,19 @@ impl Server {
         let addr = listeners[0]
             .local_addr()
             .map_err(Error::io(config.listen.to_string()))?;
-        tracing::info!("listening on {addr} ({workers} threads)");
+        tracing::info!(
+            "listening on {addr} ({workers} threads, {})",
+            if tls.is_some() { "HTTPS" } else { "HTTP" }
+        );
 
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let app = http::App::new(live.clone(), Some(metrics.clone()), config.limits);
+        let mut app = http::App::new(live.clone(), Some(metrics.clone()), config.limits);
+        if let Some(tls) = &tls {
+            app = app.with_tls(tls.clone());
+        }
         let mut threads = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let (app, stop) = (app.clone(), stopped(stop_rx.clone()));
@@ -112,6 +124,7 @@ impl Server {
         // Background work yields the cores to the serving threads: a
         // download's and a verification's CPU must not raise the latency
         // of lookups (on 2 cores it did, by up to 1.5x).
+        let tls_watch = tls.map(|t| tls::watch(t, tls::CHECK_INTERVAL, stopped(stop_rx.clone())));
         threads.push(spawn_runtime(
             "promo-watch".into(),
             BACKGROUND_NICE,
@@ -121,7 +134,12 @@ impl Server {
                         f.await
                     }
                 };
-                tokio::join!(watch, upkeep, fetch);
+                let tls_watch = async {
+                    if let Some(w) = tls_watch {
+                        w.await
+                    }
+                };
+                tokio::join!(watch, upkeep, fetch, tls_watch);
                 Ok(())
             },
         )?);

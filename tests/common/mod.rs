@@ -344,36 +344,41 @@ impl Client {
     /// wait on Nagle and delayed ACKs), and reads one response.
     pub fn send(&mut self, bytes: &[u8], head_only: bool) -> Response {
         self.writer.write_all(bytes).unwrap();
-        let mut status_line = String::new();
-        self.reader.read_line(&mut status_line).unwrap();
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"))
-            .parse()
-            .unwrap();
-        let mut headers = Vec::new();
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let (k, v) = line.split_once(':').unwrap();
-            headers.push((k.trim().to_string(), v.trim().to_string()));
+        read_response(&mut self.reader, head_only)
+    }
+}
+
+/// Reads one response with a Content-Length body (what promo sends).
+pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> Response {
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"))
+        .parse()
+        .unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
         }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .map(|(_, v)| v.parse().unwrap())
-            .unwrap_or(0);
-        let mut body = vec![0; if head_only { 0 } else { len }];
-        self.reader.read_exact(&mut body).unwrap();
-        Response {
-            status,
-            headers,
-            body,
-        }
+        let (k, v) = line.split_once(':').unwrap();
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0; if head_only { 0 } else { len }];
+    reader.read_exact(&mut body).unwrap();
+    Response {
+        status,
+        headers,
+        body,
     }
 }
