@@ -3,6 +3,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::builder::pipeline::InvalidRow;
 use crate::generation::format::FormatError;
 
 /// A `Result` whose error is promo's [`Error`].
@@ -45,11 +46,17 @@ pub enum Error {
         invalid: u64,
         rows: u64,
         limit: String,
+        /// The first invalid rows, as reported.
+        first_invalid: Vec<InvalidRow>,
     },
 
     /// The input held no valid row; publishing it would empty the service.
     #[error("{input}: no valid rows ({rows} rows read); nothing was published")]
-    NoValidRows { input: String, rows: u64 },
+    NoValidRows {
+        input: String,
+        rows: u64,
+        first_invalid: Vec<InvalidRow>,
+    },
 
     /// The new generation would shrink more than `--max-shrink` allows.
     #[error(

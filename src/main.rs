@@ -36,22 +36,11 @@ enum Command {
         csv: String,
         #[command(flatten)]
         dir: DataDir,
-        /// Memory for sorting before runs spill to disk (bytes, or 64MiB, 1GiB...).
-        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
-        memory_limit: u64,
-        /// Most invalid rows tolerated: a count (100) or a percentage (1%).
-        #[arg(long, default_value = "1%")]
-        max_invalid: InvalidLimit,
-        /// Generations kept after publishing, the new one included.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
-        keep: u64,
+        #[command(flatten)]
+        guards: Guards,
         /// Where sorted runs spill (default: the data directory).
         #[arg(long)]
         tmp_dir: Option<PathBuf>,
-        /// Refuse a generation with more than this percentage fewer records
-        /// than the newest one (50% or 50).
-        #[arg(long, default_value = "50%", value_parser = parse_percent)]
-        max_shrink: f64,
         /// Publish even if the generation shrinks more than --max-shrink.
         #[arg(long)]
         force: bool,
@@ -96,6 +85,25 @@ enum Command {
         /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Also listen here for admin requests: POST /upload (a CSV, built
+        /// into a new generation), GET /generations, POST /rollback.
+        #[arg(long, value_name = "ADDR", env = "PROMO_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
+        /// A file holding the token every admin request must send as
+        /// `Authorization: Bearer <token>`; required unless --admin-listen
+        /// is a loopback address.
+        #[arg(long, value_name = "FILE", requires = "admin_listen")]
+        admin_token_file: Option<PathBuf>,
+        /// Largest upload accepted (bytes, or 10GiB...).
+        #[arg(long, value_name = "SIZE", default_value = "100GiB", value_parser = parse_size)]
+        max_upload: u64,
+        /// Uploads and rollbacks build as `promo build` does, with its guards.
+        #[command(flatten)]
+        guards: Guards,
+        /// Publish each uploaded or rolled-back generation to this object
+        /// store too (s3://bucket/prefix, gs://, az://, file:///dir).
+        #[arg(long, value_name = "URL", requires = "admin_listen")]
+        publish: Option<String>,
     },
     /// Download the store's newest valid generation into the data directory
     /// if it is newer than the newest there, once.
@@ -135,6 +143,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The build's limits and guards, for `promo build` and for uploads.
+#[derive(Args, Clone)]
+struct Guards {
+    /// Memory for sorting before runs spill to disk (bytes, or 64MiB, 1GiB...).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    memory_limit: u64,
+    /// Most invalid rows tolerated: a count (100) or a percentage (1%).
+    #[arg(long, default_value = "1%")]
+    max_invalid: InvalidLimit,
+    /// Generations kept after publishing, the new one included.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    keep: u64,
+    /// Refuse a generation with more than this percentage fewer records
+    /// than the newest one (50% or 50).
+    #[arg(long, default_value = "50%", value_parser = parse_percent)]
+    max_shrink: f64,
+}
+
+impl Guards {
+    fn options(&self, data_dir: PathBuf) -> BuildOptions {
+        BuildOptions {
+            memory_limit: self.memory_limit,
+            max_invalid: self.max_invalid,
+            keep: self.keep as usize,
+            max_shrink: self.max_shrink,
+            ..BuildOptions::new(data_dir)
+        }
+    }
 }
 
 #[derive(Args, Clone, Copy)]
@@ -210,11 +248,8 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build {
             csv,
             dir,
-            memory_limit,
-            max_invalid,
-            keep,
+            guards,
             tmp_dir,
-            max_shrink,
             force,
             publish,
         } => {
@@ -222,15 +257,12 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(url) = &publish {
                 Remote::open(url)?;
             }
+            let keep = guards.keep;
             let opts = BuildOptions {
-                data_dir: dir.data_dir,
-                memory_limit,
-                max_invalid,
-                keep: keep as usize,
                 tmp_dir,
                 progress: std::io::stderr().is_terminal(),
-                max_shrink,
                 force,
+                ..guards.options(dir.data_dir)
             };
             let summary = pipeline::build(&Input::from_arg(&csv), &opts)?;
             println!("{summary}");
@@ -262,11 +294,29 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             rate,
             tls_cert,
             tls_key,
+            admin_listen,
+            admin_token_file,
+            max_upload,
+            guards,
+            publish,
         } => {
             // A bad URL stops serve at start, not at its first poll.
-            if let Some(url) = &source {
+            for url in source.iter().chain(&publish) {
                 Remote::open(url)?;
             }
+            let admin = match admin_listen {
+                Some(listen) => Some(server::admin::AdminConfig {
+                    listen,
+                    token: admin_token_file
+                        .as_deref()
+                        .map(server::admin::read_token)
+                        .transpose()?,
+                    build: guards.options(dir.data_dir.clone()),
+                    max_upload,
+                    publish,
+                }),
+                None => None,
+            };
             let config = server::Config {
                 limits: http::Limits {
                     max_connections,
@@ -280,6 +330,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 tls: tls_cert
                     .zip(tls_key)
                     .map(|(cert, key)| server::tls::TlsFiles { cert, key }),
+                admin,
                 ..server::Config::new(dir.data_dir, listen)
             };
             server::run(config, server::shutdown_signal())?;
@@ -367,8 +418,6 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     let mut live_found = false;
     for entry in local::list(dir)?.into_iter().rev() {
-        let bytes = std::fs::metadata(&entry.path).map(|m| m.len()).unwrap_or(0);
-        let header = format::read_header(&entry.path).ok();
         let state = match Table::open_verified(&entry.path, entry.sequence) {
             Ok(_) => "ok".to_string(),
             Err(e) => match e {
@@ -378,15 +427,7 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         };
         let live = state == "ok" && !live_found;
         live_found |= live;
-        rows.push(serde_json::json!({
-            "sequence": entry.sequence,
-            "path": entry.path.display().to_string(),
-            "rows": header.map(|h| h.count),
-            "bytes": bytes,
-            "created": header.map(|h| promo::generation::format::rfc3339_utc(h.created_ms)),
-            "checksum": state,
-            "live": live,
-        }));
+        rows.push(local::describe(&entry, &state, live));
     }
     rows.reverse();
     if json {

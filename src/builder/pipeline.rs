@@ -166,6 +166,8 @@ pub struct BuildSummary {
     pub duplicates: u64,
     /// Records in the generation.
     pub records: u64,
+    /// The first invalid rows (at most ten), which were also logged.
+    pub first_invalid: Vec<InvalidRow>,
     pub generation: Entry,
     pub seconds: f64,
 }
@@ -188,10 +190,38 @@ impl std::fmt::Display for BuildSummary {
 }
 
 /// Invalid rows reported one by one before the rest are only counted.
-const REPORTED_INVALID: u64 = 10;
+const REPORTED_INVALID: usize = 10;
+
+/// An invalid row: its line in the input (the header is line 1) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRow {
+    pub line: u64,
+    pub reason: String,
+}
 
 /// Builds and publishes a generation from `input`.
 pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
+    let (reader, total_bytes): (Box<dyn Read + Send>, Option<u64>) = match input {
+        Input::Stdin => (Box::new(io::stdin()), None),
+        Input::File(p) => {
+            let f = File::open(p).map_err(Error::io(p))?;
+            let len = f.metadata().map_err(Error::io(p))?.len();
+            (Box::new(DropBehind::new(f)), Some(len))
+        }
+    };
+    build_from(reader, &input.name(), total_bytes, opts)
+}
+
+/// Builds and publishes a generation from what `reader` yields (a file,
+/// standard input, an upload's body), named `name` in messages; `total`
+/// is its length, if known, for the progress bar. A read error fails the
+/// build: nothing is published and no file is left behind.
+pub fn build_from(
+    reader: impl Read + Send,
+    name: &str,
+    total_bytes: Option<u64>,
+    opts: &BuildOptions,
+) -> Result<BuildSummary> {
     let started = Instant::now();
     ignore_file_size_signal();
     let dir = &opts.data_dir;
@@ -212,15 +242,7 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
         std::thread::spawn(move || newest_valid_count(&dir))
     });
 
-    let (reader, total_bytes): (Box<dyn Read + Send>, Option<u64>) = match input {
-        Input::Stdin => (Box::new(io::stdin()), None),
-        Input::File(p) => {
-            let f = File::open(p).map_err(Error::io(p))?;
-            let len = f.metadata().map_err(Error::io(p))?.len();
-            (Box::new(DropBehind::new(f)), Some(len))
-        }
-    };
-    let name = input.name();
+    let name = name.to_string();
     let progress = Progress::new(opts.progress, total_bytes);
     let tmp_dir = opts.tmp_dir.as_deref().unwrap_or(dir);
     // Leave a sixteenth of the budget for everything but the sort buffer.
@@ -273,7 +295,7 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
         rows,
         valid,
         invalid,
-        reported,
+        first_invalid,
         ..
     } = tally;
     progress.finish();
@@ -282,10 +304,10 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
         rows,
         "read and parsed"
     );
-    if invalid > reported {
+    if invalid > first_invalid.len() as u64 {
         tracing::warn!(
             "{name}: {} more invalid rows were counted, not reported",
-            invalid - reported
+            invalid - first_invalid.len() as u64
         );
     }
     if opts.max_invalid.exceeded(invalid, rows) {
@@ -294,10 +316,15 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
             invalid,
             rows,
             limit: opts.max_invalid.to_string(),
+            first_invalid,
         });
     }
     if valid == 0 {
-        return Err(Error::NoValidRows { input: name, rows });
+        return Err(Error::NoValidRows {
+            input: name,
+            rows,
+            first_invalid,
+        });
     }
     // What the guard verified also tells retention which files are good
     // and which are bad; without the guard, retention checks headers only.
@@ -340,6 +367,7 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
         invalid,
         duplicates: stats.duplicates,
         records: stats.unique,
+        first_invalid,
         generation,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -483,8 +511,8 @@ struct Tally {
     rows: u64,
     valid: u64,
     invalid: u64,
-    /// Invalid rows reported with their line.
-    reported: u64,
+    /// The first [`REPORTED_INVALID`] invalid rows, reported as they come.
+    first_invalid: Vec<InvalidRow>,
     /// Lines in the chunks absorbed so far.
     lines: u64,
     bytes: u64,
@@ -504,9 +532,13 @@ impl Tally {
         self.valid += parsed.records.len() as u64;
         self.invalid += parsed.invalid;
         for (line, why) in &parsed.first_invalid {
-            if self.reported < REPORTED_INVALID {
-                tracing::warn!("{name}:{}: invalid row: {why}", self.lines + line);
-                self.reported += 1;
+            if self.first_invalid.len() < REPORTED_INVALID {
+                let line = self.lines + line;
+                tracing::warn!("{name}:{line}: invalid row: {why}");
+                self.first_invalid.push(InvalidRow {
+                    line,
+                    reason: why.to_string(),
+                });
             }
         }
         for record in parsed.records {

@@ -102,6 +102,24 @@ pub fn list(dir: &Path) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// One generation as `promo inspect --json` and the admin port's
+/// `GET /generations` list it: the header's figures (no whole-file read),
+/// and `checksum` as the caller checked it ("ok", why it failed, or "not
+/// checked").
+pub fn describe(entry: &Entry, checksum: &str, live: bool) -> serde_json::Value {
+    let bytes = std::fs::metadata(&entry.path).map_or(0, |m| m.len());
+    let header = crate::generation::format::read_header(&entry.path).ok();
+    serde_json::json!({
+        "sequence": entry.sequence,
+        "path": entry.path.display().to_string(),
+        "rows": header.map(|h| h.count),
+        "bytes": bytes,
+        "created": header.map(|h| crate::generation::format::rfc3339_utc(h.created_ms)),
+        "checksum": checksum,
+        "live": live,
+    })
+}
+
 /// The data directory's build lock, held until dropped.
 ///
 /// An advisory `flock`, so it is released when the process dies however it

@@ -367,7 +367,7 @@ fn generation_header(sequence: u64) -> HeaderValue {
     })
 }
 
-fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": message }).to_string();
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

@@ -5,6 +5,7 @@
 //! [`fetch`] brings new generations from an object store into the data
 //! directory. [`run`] assembles them into the serving process.
 
+pub mod admin;
 pub mod fetch;
 pub mod http;
 pub mod live;
@@ -34,6 +35,8 @@ pub struct Config {
     pub source: Option<fetch::Source>,
     /// HTTPS on `listen` with this certificate pair, if any.
     pub tls: Option<tls::TlsFiles>,
+    /// The admin port (uploads, rollback), if any.
+    pub admin: Option<admin::AdminConfig>,
 }
 
 impl Config {
@@ -46,6 +49,7 @@ impl Config {
             threads: 0,
             source: None,
             tls: None,
+            admin: None,
         }
     }
 }
@@ -71,6 +75,9 @@ impl Server {
         let metrics = crate::metrics::install().map_err(Error::Usage)?;
         // A pair that cannot be used stops the server before it listens.
         let tls = config.tls.map(tls::Tls::load).transpose()?.map(Arc::new);
+        if let Some(admin) = &config.admin {
+            admin.check()?;
+        }
         let live = Arc::new(Live::new(&config.data_dir));
         match live.refresh() {
             Ok(Some(_)) => {}
@@ -99,6 +106,30 @@ impl Server {
             if tls.is_some() { "HTTPS" } else { "HTTP" }
         );
 
+        let admin = match config.admin {
+            Some(admin) => {
+                let listener = std::net::TcpListener::bind(admin.listen)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(Error::io_op("listening (admin)", admin.listen.to_string()))?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(Error::io(admin.listen.to_string()))?;
+                tracing::info!(
+                    "admin port listening on {addr}{}",
+                    if admin.token.is_some() {
+                        " (bearer token required)"
+                    } else {
+                        " (loopback, no token)"
+                    }
+                );
+                let header_timeout = config.limits.header_timeout;
+                Some((
+                    listener,
+                    admin::Admin::new(admin, live.clone(), header_timeout),
+                ))
+            }
+            None => None,
+        };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -125,6 +156,7 @@ impl Server {
         // download's and a verification's CPU must not raise the latency
         // of lookups (on 2 cores it did, by up to 1.5x).
         let tls_watch = tls.map(|t| tls::watch(t, tls::CHECK_INTERVAL, stopped(stop_rx.clone())));
+        let admin_stop = stopped(stop_rx.clone());
         threads.push(spawn_runtime(
             "promo-watch".into(),
             BACKGROUND_NICE,
@@ -139,7 +171,15 @@ impl Server {
                         w.await
                     }
                 };
-                tokio::join!(watch, upkeep, fetch, tls_watch);
+                let admin = async {
+                    if let Some((listener, admin)) = admin {
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(l) => admin::run(l, admin, admin_stop).await,
+                            Err(e) => tracing::error!("admin port: {e}"),
+                        }
+                    }
+                };
+                tokio::join!(watch, upkeep, fetch, tls_watch, admin);
                 Ok(())
             },
         )?);

@@ -1,0 +1,592 @@
+//! The admin port: feeds uploaded over HTTP, the generations, rollback.
+//!
+//! The systems promo replaces take their feed as an HTTP upload, so a
+//! partner (or a script) can push a CSV instead of dropping it where cron
+//! finds it. An upload is the same build as `promo build -`: the body is
+//! streamed into it (never held whole in memory or on disk), with the same
+//! validation and guards and the same data-directory lock, and the new
+//! generation is live on this server before the answer is sent.
+//!
+//! The port is separate from the serving port so that it can be bound to
+//! loopback or a private network, and every request needs the bearer token
+//! when one is set; `serve` refuses to listen beyond loopback without one.
+//! It runs on the background thread (nice 10), and the build on its blocking
+//! pool, so lookups keep the cores first.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::mpsc;
+
+use crate::builder::pipeline::{self, BuildOptions, BuildSummary, InvalidRow};
+use crate::builder::publish;
+use crate::error::{Error, Result};
+use crate::generation::local;
+use crate::metrics as m;
+use crate::server::http::{json_error, MAX_HEAD_LEN};
+use crate::server::live::Live;
+
+/// `--max-upload`'s default.
+pub const DEFAULT_MAX_UPLOAD: u64 = 100 << 30;
+/// An upload that sends nothing for this long is abandoned: the build
+/// stops and its files are removed.
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The name an upload goes by in messages ("upload:12: invalid row ...").
+const UPLOAD: &str = "upload";
+
+/// What the admin port is told.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// The bearer token every request must carry; `None` only on loopback.
+    pub token: Option<String>,
+    /// How uploads are built (the data directory is the served one).
+    pub build: BuildOptions,
+    /// Most bytes an upload's body may hold.
+    pub max_upload: u64,
+    /// Publish each uploaded or rolled-back generation to this store.
+    pub publish: Option<String>,
+}
+
+impl AdminConfig {
+    /// Refuses a port reachable beyond this machine without a token.
+    pub fn check(&self) -> Result<()> {
+        if self.token.is_none() && !self.listen.ip().is_loopback() {
+            return Err(Error::Usage(format!(
+                "--admin-listen {}: an admin port beyond loopback needs --admin-token-file",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a token file: its content, trimmed, which must not be empty.
+pub fn read_token(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: the admin token file is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+/// The admin port's state, shared by its connections.
+#[derive(Clone)]
+pub struct Admin {
+    config: Arc<AdminConfig>,
+    live: Arc<Live>,
+    header_timeout: Duration,
+}
+
+impl Admin {
+    pub fn new(config: AdminConfig, live: Arc<Live>, header_timeout: Duration) -> Admin {
+        Admin {
+            config: Arc::new(config),
+            live,
+            header_timeout,
+        }
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(token) = &self.config.token else {
+            return true;
+        };
+        let Some(given) = headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+        else {
+            return false;
+        };
+        given.as_bytes().ct_eq(token.as_bytes()).into()
+    }
+
+    /// Answers one admin request, and logs it: admin actions are rare and
+    /// each one changes what is served.
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let (route, response) = if !self.authorized(req.headers()) {
+            let mut r = json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            ("admin", r)
+        } else {
+            match (&method, path.as_str()) {
+                (&Method::POST, "/upload") => ("upload", self.upload(req).await),
+                (&Method::GET | &Method::HEAD, "/generations") => {
+                    ("generations", self.generations())
+                }
+                (&Method::POST, "/rollback") => ("rollback", self.rollback().await),
+                (_, "/upload" | "/rollback") => ("admin", not_allowed("POST")),
+                (_, "/generations") => ("admin", not_allowed("GET, HEAD")),
+                _ => (
+                    "admin",
+                    json_error(StatusCode::NOT_FOUND, "no such admin route"),
+                ),
+            }
+        };
+        let status = response.status();
+        metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => status.as_str().to_owned())
+            .increment(1);
+        tracing::info!(
+            "admin: {method} {path}: {} in {:.2} s",
+            status.as_u16(),
+            started.elapsed().as_secs_f64()
+        );
+        response
+    }
+
+    /// `GET /generations`: the data directory's generations, newest last,
+    /// from their headers; the live one was verified when it went live.
+    fn generations(&self) -> Response<Full<Bytes>> {
+        let entries = match local::list(&self.config.build.data_dir) {
+            Ok(entries) => entries,
+            Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        let live = self.live.current().as_ref().map(|t| t.sequence());
+        let rows: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let is_live = Some(e.sequence) == live;
+                local::describe(e, if is_live { "ok" } else { "not checked" }, is_live)
+            })
+            .collect();
+        json(StatusCode::OK, &serde_json::Value::Array(rows))
+    }
+
+    /// `POST /rollback`: `promo rollback` on the data directory, then the
+    /// generation that went live (published too, with `--publish`).
+    async fn rollback(&self) -> Response<Full<Bytes>> {
+        let admin = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let (restored, entry) = pipeline::rollback(&admin.config.build.data_dir)?;
+            admin.go_live(entry.sequence)?;
+            Ok::<_, Error>((restored, entry))
+        })
+        .await
+        .expect("the rollback does not panic");
+        match result {
+            Ok((restored, entry)) => {
+                let mut body = serde_json::json!({
+                    "generation": entry.sequence,
+                    "restored": restored,
+                });
+                self.publish(&entry.path, &mut body).await
+            }
+            Err(e) => build_error(e),
+        }
+    }
+
+    /// Makes `sequence` live on this server now, rather than at the
+    /// watcher's next look.
+    fn go_live(&self, sequence: u64) -> Result<()> {
+        self.live.refresh()?;
+        match self.live.current().as_ref().map(|t| t.sequence()) {
+            Some(live) if live >= sequence => Ok(()),
+            _ => Err(Error::Usage(format!(
+                "generation {sequence} was published but did not go live (see the log)"
+            ))),
+        }
+    }
+
+    /// With `--publish`, publishes `path` to the store and adds what was
+    /// published to `body`; answers 200 with `body`, or 502 if the store
+    /// failed (the generation stays live here).
+    async fn publish(&self, path: &Path, body: &mut serde_json::Value) -> Response<Full<Bytes>> {
+        let Some(url) = self.config.publish.clone() else {
+            return json(StatusCode::OK, body);
+        };
+        let (path, keep) = (path.to_path_buf(), self.config.build.keep);
+        let published = tokio::task::spawn_blocking(move || publish::publish(&url, &path, keep))
+            .await
+            .expect("publishing does not panic");
+        match published {
+            Ok(p) => {
+                body["published"] = serde_json::json!({
+                    "sequence": p.sequence,
+                    "object": p.object,
+                    "bytes": p.bytes,
+                    "seconds": p.seconds,
+                });
+                json(StatusCode::OK, body)
+            }
+            Err(e) => {
+                body["error"] =
+                    format!("{e}; the generation is live on this server but was not published")
+                        .into();
+                json(StatusCode::BAD_GATEWAY, body)
+            }
+        }
+    }
+
+    /// `POST /upload[?force=true]`: the body (raw, or the file part of a
+    /// multipart form) streamed into a build.
+    async fn upload(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let max = self.config.max_upload;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return too_large(max);
+        }
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let boundary = if content_type
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("multipart/")
+        {
+            match multer::parse_boundary(content_type) {
+                Ok(b) => Some(b),
+                Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("multipart: {e}")),
+            }
+        } else {
+            None
+        };
+        let mut opts = self.config.build.clone();
+        opts.force = query_flag(req.uri().query(), "force");
+
+        let (tx, rx) = mpsc::channel(16);
+        let admin = self.clone();
+        let build = tokio::task::spawn_blocking(move || {
+            let summary = pipeline::build_from(BodyReader::new(rx), UPLOAD, None, &opts)?;
+            admin.go_live(summary.generation.sequence)?;
+            Ok::<_, Error>(summary)
+        });
+        let over = Arc::new(AtomicBool::new(false));
+        let body = counted(req.into_body().into_data_stream(), max, over.clone());
+        let fed = match boundary {
+            None => feed(body, &tx).await,
+            Some(boundary) => feed_multipart(body, boundary, &tx).await,
+        };
+        let refused = match fed {
+            Ok(()) => {
+                let _ = tx.send(Piece::End).await;
+                None
+            }
+            Err(e) => {
+                let why = if over.load(Ordering::Relaxed) {
+                    format!("the upload is larger than --max-upload ({max} bytes)")
+                } else {
+                    e.to_string()
+                };
+                let _ = tx.send(Piece::Failed(why)).await;
+                Some(e)
+            }
+        };
+        drop(tx);
+        let built = build.await.expect("the build does not panic");
+        if over.load(Ordering::Relaxed) {
+            return too_large(max);
+        }
+        match (refused, built) {
+            (Some(Fed::Interrupted(e)), _) => {
+                tracing::warn!("upload: the client stopped sending ({e}); nothing was published");
+                json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the upload was interrupted: {e}"),
+                )
+            }
+            (Some(e), _) => json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+            (None, Ok(summary)) => {
+                let mut body = summary_json(&summary);
+                self.publish(&summary.generation.path, &mut body).await
+            }
+            (None, Err(e)) => build_error(e),
+        }
+    }
+}
+
+/// Why a body could not be fed to the build whole.
+#[derive(Debug)]
+enum Fed {
+    /// The client disconnected, stalled, or passed `--max-upload`.
+    Interrupted(String),
+    /// A multipart body that is not well formed, or holds no file.
+    Multipart(String),
+}
+
+impl std::fmt::Display for Fed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fed::Interrupted(e) => write!(f, "{e}"),
+            Fed::Multipart(e) => write!(f, "malformed multipart body: {e}"),
+        }
+    }
+}
+
+/// What the body reader gets.
+enum Piece {
+    Data(Bytes),
+    /// The body ended where it should.
+    End,
+    /// The body cannot be used: the build fails with this.
+    Failed(String),
+}
+
+/// The body's bytes, failing once more than `max` have come (`over` says
+/// so, as the error then reaches the caller through multer too).
+fn counted(
+    body: impl Stream<Item = std::result::Result<Bytes, hyper::Error>> + Send + Unpin + 'static,
+    max: u64,
+    over: Arc<AtomicBool>,
+) -> impl Stream<Item = std::result::Result<Bytes, io::Error>> + Send + Unpin + 'static {
+    let mut seen = 0u64;
+    body.map(move |chunk| {
+        let chunk = chunk.map_err(io::Error::other)?;
+        seen += chunk.len() as u64;
+        if seen > max {
+            over.store(true, Ordering::Relaxed);
+            return Err(io::Error::other("larger than --max-upload"));
+        }
+        Ok(chunk)
+    })
+}
+
+/// Sends every chunk of a raw body; stops early if the build has stopped
+/// reading (it failed, and says why).
+async fn feed(
+    mut body: impl Stream<Item = std::result::Result<Bytes, io::Error>> + Unpin,
+    tx: &mpsc::Sender<Piece>,
+) -> std::result::Result<(), Fed> {
+    loop {
+        match tokio::time::timeout(UPLOAD_IDLE_TIMEOUT, body.next()).await {
+            Err(_) => return Err(stalled()),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(Fed::Interrupted(e.to_string())),
+            Ok(Some(Ok(chunk))) => {
+                if tx.send(Piece::Data(chunk)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Sends the file part of a multipart body: the first part with a file
+/// name, or named `file` or `data` (the names the seeds' curl lines use).
+/// Parts before it are skipped; a second file part refuses the upload.
+async fn feed_multipart(
+    body: impl Stream<Item = std::result::Result<Bytes, io::Error>> + Send + Unpin + 'static,
+    boundary: String,
+    tx: &mpsc::Sender<Piece>,
+) -> std::result::Result<(), Fed> {
+    let mut form = multer::Multipart::new(body, boundary);
+    let multipart = |e: multer::Error| match e {
+        multer::Error::StreamReadFailed(e) => Fed::Interrupted(e.to_string()),
+        e => Fed::Multipart(e.to_string()),
+    };
+    let is_file = |f: &multer::Field<'_>| {
+        f.file_name().is_some() || matches!(f.name(), Some("file" | "data"))
+    };
+    let mut found = false;
+    loop {
+        let next = tokio::time::timeout(UPLOAD_IDLE_TIMEOUT, form.next_field()).await;
+        let Some(mut field) = next.map_err(|_| stalled())?.map_err(multipart)? else {
+            break;
+        };
+        if !is_file(&field) {
+            continue;
+        }
+        if found {
+            return Err(Fed::Multipart("more than one file part".into()));
+        }
+        found = true;
+        loop {
+            let chunk = tokio::time::timeout(UPLOAD_IDLE_TIMEOUT, field.chunk()).await;
+            match chunk.map_err(|_| stalled())?.map_err(multipart)? {
+                None => break,
+                Some(chunk) => {
+                    if tx.send(Piece::Data(chunk)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    if !found {
+        return Err(Fed::Multipart(
+            "no file part (send one, as curl -F file=@promotions.csv does)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn stalled() -> Fed {
+    Fed::Interrupted(format!(
+        "nothing was sent for {} s",
+        UPLOAD_IDLE_TIMEOUT.as_secs()
+    ))
+}
+
+/// The build's side of the body: a blocking reader over the chunks the
+/// connection's task sends. A channel that closes without [`Piece::End`]
+/// (the connection's task was dropped) is an error, never an end of file:
+/// a cut-off upload must not be built as if it were whole.
+struct BodyReader {
+    rx: mpsc::Receiver<Piece>,
+    chunk: Bytes,
+    ended: bool,
+}
+
+impl BodyReader {
+    fn new(rx: mpsc::Receiver<Piece>) -> BodyReader {
+        BodyReader {
+            rx,
+            chunk: Bytes::new(),
+            ended: false,
+        }
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Piece::Data(chunk)) => self.chunk = chunk,
+                Some(Piece::End) => self.ended = true,
+                Some(Piece::Failed(why)) => return Err(io::Error::other(why)),
+                None => return Err(io::Error::other("the upload was interrupted")),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+fn summary_json(s: &BuildSummary) -> serde_json::Value {
+    serde_json::json!({
+        "rows": s.rows,
+        "valid": s.valid,
+        "invalid": s.invalid,
+        "duplicates": s.duplicates,
+        "records": s.records,
+        "generation": s.generation.sequence,
+        "seconds": s.seconds,
+        "first_invalid": invalid_json(&s.first_invalid),
+    })
+}
+
+fn invalid_json(rows: &[InvalidRow]) -> serde_json::Value {
+    rows.iter()
+        .map(|r| serde_json::json!({ "line": r.line, "reason": r.reason }))
+        .collect()
+}
+
+/// The answer to a build or rollback that failed: 409 while the data
+/// directory is busy or there is nothing to roll back to, 422 for a feed
+/// the guards refused (with its first invalid rows), 500 otherwise.
+fn build_error(e: Error) -> Response<Full<Bytes>> {
+    let (status, first_invalid) = match &e {
+        Error::Locked { .. } | Error::NothingToRollBack { .. } => (StatusCode::CONFLICT, None),
+        Error::TooManyInvalid { first_invalid, .. } | Error::NoValidRows { first_invalid, .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(first_invalid))
+        }
+        Error::Shrink { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!("admin: {e}");
+    }
+    let mut body = serde_json::json!({ "error": e.to_string() });
+    if let Some(rows) = first_invalid {
+        body["first_invalid"] = invalid_json(rows);
+    }
+    json(status, &body)
+}
+
+fn too_large(max: u64) -> Response<Full<Bytes>> {
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the upload is larger than --max-upload ({max} bytes); nothing was published"),
+    )
+}
+
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// True if the query sets `name` to `true` or `1`.
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .any(|(k, v)| k == name && matches!(v, "true" | "1"))
+}
+
+/// Serves the admin port until `shutdown` completes. Uploads in flight
+/// when it does are abandoned: their builds fail and remove their files.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    admin: Admin,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(admin.header_timeout)
+        .max_buf_size(MAX_HEAD_LEN)
+        .max_header_size(MAX_HEAD_LEN);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("admin: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let admin = admin.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("admin: connection ended with an error: {e}");
+            }
+        });
+    }
+}
