@@ -28,7 +28,8 @@ const PREFIX: &str = "gen-";
 const SUFFIX: &str = ".promo";
 /// Temporary files start with this; only a build holding the lock makes them.
 const TMP_PREFIX: &str = ".tmp-";
-const LOCK_NAME: &str = ".build.lock";
+/// The build lock's file in the data directory (see [`BuildLock`]).
+pub const LOCK_NAME: &str = ".build.lock";
 
 /// The file name of generation `sequence`.
 pub fn file_name(sequence: u64) -> String {
