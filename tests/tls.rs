@@ -491,3 +491,53 @@ fn plain_http_garbage_and_stalled_handshakes_are_dropped_without_harm() {
     assert!(tls_metric(server.addr, &config, "promo_tls_handshake_errors_total") >= 3.0);
     assert!(server.log().contains("HTTPS"));
 }
+
+/// With a certificate, the admin port is HTTPS too: its token never
+/// crosses a network in clear.
+#[test]
+fn the_admin_port_speaks_https_with_the_same_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path());
+    let ca = Ca::new("promo test CA");
+    let ca_file = ca.write(&dir.path().join("ca.pem"));
+    let leaf = ca.leaf(dir.path(), "server");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tls-admin-token\n").unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let server = https_server(
+        &data,
+        &leaf,
+        &[
+            "--admin-listen",
+            &admin,
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    let start = Instant::now();
+    while !server.log().contains("admin port listening on") {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.log().contains("(HTTPS, bearer token required)"));
+    let port = admin.rsplit(':').next().unwrap();
+    let upload = format!("https://localhost:{port}/upload");
+    let file = format!("file=@{}", fixture("promotions.csv").display());
+    let out = curl(&[
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        "-H",
+        "Authorization: Bearer tls-admin-token",
+        "-F",
+        &file,
+        &upload,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["generation"], 2, "{answer}");
+    // Plain HTTP to the admin port gets no answer.
+    let plain = curl(&[&format!("http://localhost:{port}/generations")]);
+    assert!(!plain.status.success(), "{plain:?}");
+    let (r, _) = tls_get(server.addr, &all_versions(&[&ca]), "/readyz").unwrap();
+    assert_eq!(r.text().trim(), "ready: generation 2");
+}

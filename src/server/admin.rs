@@ -35,6 +35,7 @@ use crate::generation::local;
 use crate::metrics as m;
 use crate::server::http::{json_error, MAX_HEAD_LEN};
 use crate::server::live::Live;
+use crate::server::tls::{self, Tls};
 
 /// `--max-upload`'s default.
 pub const DEFAULT_MAX_UPLOAD: u64 = 100 << 30;
@@ -90,14 +91,23 @@ pub struct Admin {
     config: Arc<AdminConfig>,
     live: Arc<Live>,
     header_timeout: Duration,
+    /// HTTPS with the serving port's certificate: the token must not
+    /// cross a network in clear where lookups do not.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Admin {
-    pub fn new(config: AdminConfig, live: Arc<Live>, header_timeout: Duration) -> Admin {
+    pub fn new(
+        config: AdminConfig,
+        live: Arc<Live>,
+        header_timeout: Duration,
+        tls: Option<Arc<Tls>>,
+    ) -> Admin {
         Admin {
             config: Arc::new(config),
             live,
             header_timeout,
+            tls,
         }
     }
 
@@ -577,16 +587,29 @@ pub async fn run(
             },
             () = &mut shutdown => return,
         };
-        let admin = admin.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let admin = admin.clone();
-            async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
-        });
-        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let (admin, http) = (admin.clone(), http.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("admin: connection ended with an error: {e}");
+            match admin.tls.clone() {
+                None => serve_connection(TokioIo::new(stream), admin, &http).await,
+                Some(tls) => {
+                    if let Some(stream) = tls::accept(&tls, stream, admin.header_timeout).await {
+                        serve_connection(TokioIo::new(stream), admin, &http).await
+                    }
+                }
             }
         });
+    }
+}
+
+async fn serve_connection<I>(io: I, admin: Admin, http: &hyper::server::conn::http1::Builder)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let admin = admin.clone();
+        async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
+    });
+    if let Err(e) = http.serve_connection(io, service).await {
+        tracing::debug!("admin: connection ended with an error: {e}");
     }
 }

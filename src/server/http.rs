@@ -23,7 +23,7 @@ use crate::builder::ingest;
 use crate::metrics as m;
 use crate::server::live::Live;
 use crate::server::table::Table;
-use crate::server::tls::Tls;
+use crate::server::tls::{self, Tls};
 
 /// The response header that names the generation an answer came from.
 pub const GENERATION_HEADER: &str = "x-promo-generation";
@@ -414,7 +414,6 @@ struct Counters {
     durations: Vec<(&'static str, metrics::Histogram)>,
     lookups: [metrics::Counter; 3],
     open_connections: metrics::Gauge,
-    tls_handshake_errors: metrics::Counter,
 }
 
 const ROUTES: [&str; 6] = [
@@ -456,7 +455,6 @@ impl Counters {
             lookups: [Lookup::Hit, Lookup::Miss, Lookup::Invalid]
                 .map(|l| metrics::counter!(m::LOOKUPS, "result" => l.label())),
             open_connections: metrics::gauge!(m::HTTP_OPEN_CONNECTIONS),
-            tls_handshake_errors: metrics::counter!(m::TLS_HANDSHAKE_ERRORS),
         }
     }
 
@@ -617,19 +615,9 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
                 // header timeout, as a request head does: a client that
                 // stalls or sends plain HTTP holds one permit, briefly.
                 Some(tls) => {
-                    let handshake = tls.acceptor().accept(stream);
-                    match tokio::time::timeout(app.limits.header_timeout, handshake).await {
-                        Ok(Ok(stream)) => {
-                            serve_connection(TokioIo::new(stream), app, &http, watcher).await
-                        }
-                        Ok(Err(e)) => {
-                            app.counters.tls_handshake_errors.increment(1);
-                            tracing::debug!("TLS handshake failed: {e}");
-                        }
-                        Err(_) => {
-                            app.counters.tls_handshake_errors.increment(1);
-                            tracing::debug!("TLS handshake not finished within the header timeout");
-                        }
+                    let timeout = app.limits.header_timeout;
+                    if let Some(stream) = tls::accept(&tls, stream, timeout).await {
+                        serve_connection(TokioIo::new(stream), app, &http, watcher).await
                     }
                 }
             }

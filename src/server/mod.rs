@@ -115,18 +115,17 @@ impl Server {
                     .local_addr()
                     .map_err(Error::io(admin.listen.to_string()))?;
                 tracing::info!(
-                    "admin port listening on {addr}{}",
+                    "admin port listening on {addr} ({}, {})",
+                    if tls.is_some() { "HTTPS" } else { "HTTP" },
                     if admin.token.is_some() {
-                        " (bearer token required)"
+                        "bearer token required"
                     } else {
-                        " (loopback, no token)"
+                        "loopback, no token"
                     }
                 );
-                let header_timeout = config.limits.header_timeout;
-                Some((
-                    listener,
-                    admin::Admin::new(admin, live.clone(), header_timeout),
-                ))
+                let timeout = config.limits.header_timeout;
+                let admin = admin::Admin::new(admin, live.clone(), timeout, tls.clone());
+                Some((listener, admin))
             }
             None => None,
         };

@@ -116,6 +116,24 @@ impl Tls {
     }
 }
 
+/// Shakes hands on `stream` within `timeout` (the header timeout: a client
+/// that stalls or speaks plain HTTP is dropped like a slow request head),
+/// counting failures; `None` if the handshake did not succeed.
+pub async fn accept(
+    tls: &Tls,
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let error = match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(e)) => format!("TLS handshake failed: {e}"),
+        Err(_) => "TLS handshake not finished within the header timeout".to_string(),
+    };
+    metrics::counter!(m::TLS_HANDSHAKE_ERRORS).increment(1);
+    tracing::debug!("{error}");
+    None
+}
+
 /// Reloads `tls` on SIGHUP and when its files change (checked every
 /// `interval`), until `shutdown` completes.
 pub async fn watch(
