@@ -4,7 +4,8 @@
 Installs what it needs (Debian's nginx, wrk and time; PyPI's duckdb and
 matplotlib; crates.io's s3s-fs server for the fleet), generates its data with
 the project's generator, runs the build, serve, lookup, memory, swap and
-fleet benchmarks (the fleet's are in bench_fleet.py), and writes BENCHMARKS.md and
+fleet benchmarks (the fleet's are in bench_fleet.py, HTTPS and uploads in
+bench_ports.py), and writes BENCHMARKS.md and
 benchmarks.png. Absolute figures move from run to run on a shared machine;
 the ratios between tools measured back to back are what to read.
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fleet  # noqa: E402
+import bench_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMO = ROOT / "target/release/promo"
@@ -49,7 +51,8 @@ def run(cmd, timeout=3600, **kw):
 
 
 def ensure_tools():
-    apt = [pkg for tool, pkg in [("wrk", "wrk"), ("nginx", "nginx"), ("/usr/bin/time", "time")]
+    apt = [pkg for tool, pkg in [("wrk", "wrk"), ("nginx", "nginx"), ("/usr/bin/time", "time"),
+                                 ("curl", "curl"), ("openssl", "openssl")]
            if not shutil.which(tool)]
     if apt:
         log(f"installing {' '.join(apt)} (Debian)")
@@ -470,6 +473,7 @@ def write_report(results, path, chart):
             for w in bt["runs"][name]:
                 lines.append(f"| {name} | {w['ids_per_s']:,.0f} | {w['rps']:,.0f} | {w['p99'] * 1e3:.2f} ms |")
         lines += ["", f"Batches answer {ratio(bt['batch'], bt['single']):.1f}x the ids a second of single GETs."]
+    lines += bench_ports.report(results)
     if "fleet" in results:
         lines += bench_fleet.report(results)
     lines += ["", "Raw results: `bench-data/results.json`.", ""]
@@ -516,6 +520,8 @@ def main():
     bench_serve(args.work, data, ids, args.duration, results)
     bench_swap(args.work, generation, ids, args.duration, results)
     bench_batch(data, ids, args.duration, results)
+    bench_ports.bench_tls(args.work, data, ids, args.duration, wrk, results)
+    bench_ports.bench_upload(args.work, csv, results)
     if not args.no_fleet:
         bench_fleet.bench_fleet(args.work, csv, ids, wrk, results)
     bench_lookup(generation, results)

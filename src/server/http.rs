@@ -572,27 +572,13 @@ pub fn bind(addr: std::net::SocketAddr, n: usize) -> std::io::Result<Vec<std::ne
 /// lets requests in flight finish (up to `SHUTDOWN_GRACE`) and returns.
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(app.limits.header_timeout)
-        .max_buf_size(MAX_HEAD_LEN)
-        .max_header_size(MAX_HEAD_LEN)
-        .keep_alive(true)
-        // Responses are a few hundred bytes: one copy beats a writev.
-        .writev(false);
+    let mut http = connection_builder(app.limits.header_timeout, MAX_HEAD_LEN);
+    // Responses are a few hundred bytes: one copy beats a writev.
+    http.writev(false);
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, say: back off, never die.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+        let Some(stream) = accept(&listener, &mut shutdown).await else {
+            break;
         };
         // Accepted first, then a permit: a thread that waited for a permit
         // before accepting would hold it while its own listener is idle,
@@ -629,6 +615,44 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("gave up waiting for open connections"),
+    }
+}
+
+/// HTTP/1.1 with promo's limits: the header timeout, and at most
+/// [`MAX_HEAD_LEN`] of request head. `read_buffer` is the most one read
+/// takes from the socket: a lookup needs no more than a head, an upload
+/// wants large reads (each read becomes a body chunk handed to the build).
+pub(crate) fn connection_builder(
+    header_timeout: Duration,
+    read_buffer: usize,
+) -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(read_buffer.max(MAX_HEAD_LEN))
+        .max_header_size(MAX_HEAD_LEN)
+        .keep_alive(true);
+    http
+}
+
+/// The next connection, or `None` once `shutdown` completes. A failed
+/// accept (out of file descriptors, say) backs off and tries again: a
+/// listener never dies.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => {
+                    tracing::warn!("accept failed on {:?}: {e}", listener.local_addr().ok());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            () = shutdown.as_mut() => return None,
+        }
     }
 }
 
