@@ -23,7 +23,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fleet  # noqa: E402
+from bench_common import free_port, log  # noqa: E402
 import bench_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +41,6 @@ GEN = ROOT / "target/release/gen-promotions"
 WRK_SCRIPT = ROOT / "scripts/wrk-lookups.lua"
 BATCH = 1000
 
-
-def log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def run(cmd, timeout=3600, **kw):
@@ -103,11 +100,6 @@ def warm(path):
         while f.read(1 << 24):
             pass
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url):

@@ -28,20 +28,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench_common import free_port, log
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMO = ROOT / "target/release/promo"
 ACCESS_KEY, SECRET_KEY, BUCKET, PREFIX = "promo-bench", "promo-bench-secret", "promo", "bench"
 POLL = 0.2  # --source-interval of the replicas, seconds
 
 
-def _log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port, limit=30):
@@ -69,13 +63,13 @@ class S3Server:
         tools = work / "tools"
         binary = tools / "bin" / "s3s-fs"
         if not binary.exists():
-            _log("installing s3s-fs 0.14.1 (crates.io): the fleet bench's S3 server")
+            log("installing s3s-fs 0.14.1 (crates.io): the fleet bench's S3 server")
             subprocess.run(["cargo", "install", "s3s-fs", "--version", "=0.14.1", "--features",
                             "binary", "--locked", "--root", str(tools)], check=True)
         self.root = (work / "fleet-s3").resolve()
         shutil.rmtree(self.root, ignore_errors=True)
         (self.root / BUCKET).mkdir(parents=True)
-        self.port = _free_port()
+        self.port = free_port()
         # The store stands in for a remote service: at nice 19 its CPU does
         # not come out of the replicas' share, as it would not in a fleet.
         self.proc = subprocess.Popen(
@@ -112,7 +106,7 @@ class Replica:
     def __init__(self, work, i, s3, running, port=None):
         self.dir = work / f"fleet-replica-{i}"
         shutil.rmtree(self.dir, ignore_errors=True)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.proc = subprocess.Popen(
             [PROMO, "serve", "--data-dir", self.dir, "--listen", f"127.0.0.1:{self.port}",
              "--source", s3.url, "--source-interval", str(POLL)],
@@ -133,7 +127,7 @@ class Nginx:
         self.dir = (work / "fleet-nginx").resolve()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir()
-        self.port = _free_port()
+        self.port = free_port()
         conf = (ROOT / "deploy/nginx/promo.conf").read_text()
         servers = "".join(f"    server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;\n"
                           for p in replica_ports)
@@ -222,7 +216,7 @@ def _bench_fleet(work, csv, ids, wrk, results, rounds, running):
     s3 = S3Server(work, running)
     builder = work / "fleet-builder"
     shutil.rmtree(builder, ignore_errors=True)
-    _log("fleet: the first generation, published and fetched")
+    log("fleet: the first generation, published and fetched")
     first, _ = _publish(csv, builder, s3)
     replicas = [Replica(work, i, s3, running) for i in range(2)]
     _wait_both(replicas, first)
@@ -235,7 +229,7 @@ def _bench_fleet(work, csv, ids, wrk, results, rounds, running):
     download = work / "fleet-curl.promo"
     for r in range(rounds):
         newest = s3.newest()
-        _log(f"fleet: curl and a publish, round {r + 1} of {rounds}")
+        log(f"fleet: curl and a publish, round {r + 1} of {rounds}")
         out["curl"].append(s3.curl(newest["object"], download))
         assert download.stat().st_size == newest["bytes"]
         download.unlink()
@@ -248,7 +242,7 @@ def _bench_fleet(work, csv, ids, wrk, results, rounds, running):
     window = max(3, int(statistics.median(out["fetch"])) + 2)
     out["window_seconds"] = window
     for r in range(rounds):
-        _log(f"fleet: p99 steady and while fetching, round {r + 1} of {rounds}")
+        log(f"fleet: p99 steady and while fetching, round {r + 1} of {rounds}")
         out["steady"].append(wrk(nginx.url, ids, window))
         seen = {}
 
@@ -263,7 +257,7 @@ def _bench_fleet(work, csv, ids, wrk, results, rounds, running):
         out["fetching_seconds"].append(seen["seconds"])
 
     # A replica killed under load.
-    _log("fleet: SIGKILL one replica under load")
+    log("fleet: SIGKILL one replica under load")
     time.sleep(1.5)  # nginx flushes its access log every second
     before = nginx.statuses()
     killed = {}

@@ -17,24 +17,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
+from bench_common import free_port, log
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMO = ROOT / "target/release/promo"
 
 
-def _log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _curl(args, timeout=600, quiet=False):
@@ -45,7 +38,7 @@ def _curl(args, timeout=600, quiet=False):
 
 def _serve(data, extra, scheme="http"):
     """A `promo serve` on `data` with `extra` flags: (process, url)."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([PROMO, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
                              *map(str, extra)], stderr=subprocess.DEVNULL)
     url = f"{scheme}://127.0.0.1:{port}"
@@ -79,7 +72,7 @@ def bench_tls(work, data, ids, duration, wrk, results, rounds=2):
         wrk(url, ids, 3)  # warm up
     for r in range(rounds):
         for name, url in (("http", plain_url), ("https", https_url)):
-            _log(f"tls: {name}, round {r + 1} of {rounds}")
+            log(f"tls: {name}, round {r + 1} of {rounds}")
             runs[name].append(wrk(url, ids, duration))
     _stop(plain)
     _stop(https)
@@ -95,7 +88,7 @@ def bench_upload(work, csv, results, rounds=5):
     answers = []
     for r in range(rounds):
         for name in runs:
-            _log(f"upload: {name}, round {r + 1} of {rounds}")
+            log(f"upload: {name}, round {r + 1} of {rounds}")
             _fresh_memory(csv)
             if name == "build":
                 shutil.rmtree(build_dir, ignore_errors=True)
@@ -105,7 +98,7 @@ def bench_upload(work, csv, results, rounds=5):
                 runs[name].append(time.time() - started)
                 continue
             shutil.rmtree(serve_dir, ignore_errors=True)
-            port = _free_port()
+            port = free_port()
             proc, url = _serve(serve_dir, ["--admin-listen", f"127.0.0.1:{port}"])
             body = ["-X", "POST", "-H", "Content-Type: text/csv", "-T", str(csv)] if name == "raw" \
                 else ["-F", f"file=@{csv}"]
