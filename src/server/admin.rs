@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
@@ -33,13 +33,11 @@ use crate::builder::publish;
 use crate::error::{Error, Result};
 use crate::generation::local;
 use crate::metrics as m;
-use crate::server::http::{self, json_error};
+use crate::server::http::{self, json, json_error, method_not_allowed};
 use crate::server::live::Live;
 use crate::server::table::Table;
 use crate::server::tls::{self, Tls};
 
-/// `--max-upload`'s default.
-pub const DEFAULT_MAX_UPLOAD: u64 = 100 << 30;
 /// An upload that sends nothing for this long is abandoned: the build
 /// stops and its files are removed.
 pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -150,8 +148,8 @@ impl Admin {
                     ("generations", self.generations())
                 }
                 (&Method::POST, "/rollback") => ("rollback", self.rollback().await),
-                (_, "/upload" | "/rollback") => ("admin", not_allowed("POST")),
-                (_, "/generations") => ("admin", not_allowed("GET, HEAD")),
+                (_, "/upload" | "/rollback") => ("admin", method_not_allowed("POST")),
+                (_, "/generations") => ("admin", method_not_allowed("GET, HEAD")),
                 _ => (
                     "admin",
                     json_error(StatusCode::NOT_FOUND, "no such admin route"),
@@ -193,7 +191,7 @@ impl Admin {
         let admin = self.clone();
         let result = tokio::task::spawn_blocking(move || {
             let (restored, entry) = pipeline::rollback(&admin.config.build.data_dir)?;
-            admin.go_live(entry.sequence)?;
+            admin.go_live(&entry)?;
             Ok::<_, Error>((restored, entry))
         })
         .await
@@ -210,19 +208,20 @@ impl Admin {
         }
     }
 
-    /// Makes `sequence` live on this server now, rather than at the
-    /// watcher's next look.
-    fn go_live(&self, sequence: u64) -> Result<()> {
-        self.live.refresh()?;
-        self.check_live(sequence)
-    }
-
-    /// Fails unless `sequence` (or a newer generation) is live.
-    fn check_live(&self, sequence: u64) -> Result<()> {
+    /// Makes `entry`, which the build or the rollback has just written or
+    /// verified, live on this server now rather than at the watcher's next
+    /// look. The build checksummed the file as it wrote it and the rollback
+    /// verified the generation it republishes, as the fetcher verifies a
+    /// download before renaming it: reading the whole file again (0.2 s
+    /// for 10^7 records) would find nothing. Fails unless it (or a newer
+    /// generation) is live.
+    fn go_live(&self, entry: &local::Entry) -> Result<()> {
+        self.live.install(Table::open(&entry.path, entry.sequence)?);
         match self.live.current().as_ref().map(|t| t.sequence()) {
-            Some(live) if live >= sequence => Ok(()),
+            Some(live) if live >= entry.sequence => Ok(()),
             _ => Err(Error::Usage(format!(
-                "generation {sequence} was published but did not go live (see the log)"
+                "generation {} was published but did not go live (see the log)",
+                entry.sequence
             ))),
         }
     }
@@ -292,15 +291,7 @@ impl Admin {
         let admin = self.clone();
         let build = tokio::task::spawn_blocking(move || {
             let summary = pipeline::build_from(rx, UPLOAD, None, &opts)?;
-            // The build validated every row and checksummed the file as it
-            // wrote it, as the fetcher verifies a download before renaming
-            // it: reading the whole file again (0.2 s for 10^7 records)
-            // would find nothing.
-            let entry = &summary.generation;
-            admin
-                .live
-                .install(Table::open(&entry.path, entry.sequence)?);
-            admin.check_live(entry.sequence)?;
+            admin.go_live(&summary.generation)?;
             Ok::<_, Error>(summary)
         });
         let over = Arc::new(AtomicBool::new(false));
@@ -601,21 +592,6 @@ fn too_large(max: u64) -> Response<Full<Bytes>> {
     )
 }
 
-fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
-    let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-    r.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    r
-}
-
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
 /// True if the query sets `name` to `true` or `1`.
 fn query_flag(query: Option<&str>, name: &str) -> bool {
     query
@@ -720,7 +696,7 @@ mod tests {
             listen: "0.0.0.0:1322".parse().unwrap(),
             token: None,
             build: BuildOptions::new("unused"),
-            max_upload: DEFAULT_MAX_UPLOAD,
+            max_upload: 100 << 30,
             publish: None,
         };
         assert!(config.check().is_err(), "an open port without a token");

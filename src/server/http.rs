@@ -115,13 +115,9 @@ pub fn route(
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     if path == BATCH {
         // A POST comes with a body and is answered by `batch`.
-        let mut response = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("POST"));
         return Routed {
             route: "batch",
-            response,
+            response: method_not_allowed("POST"),
             lookup: None,
         };
     }
@@ -167,7 +163,7 @@ pub fn route(
     let response = if matches!(*method, Method::GET | Method::HEAD) {
         response
     } else {
-        method_not_allowed()
+        method_not_allowed("GET, HEAD")
     };
     Routed {
         route,
@@ -183,7 +179,7 @@ pub fn promotion(
     table: Option<&Table>,
 ) -> (Response<Full<Bytes>>, Option<Lookup>) {
     let (mut response, lookup) = if !matches!(*method, Method::GET | Method::HEAD) {
-        (method_not_allowed(), None)
+        (method_not_allowed("GET, HEAD"), None)
     } else if let Some(table) = table {
         match id_in_url(id) {
             None => (
@@ -367,9 +363,14 @@ fn generation_header(sequence: u64) -> HeaderValue {
     })
 }
 
+/// `{"error":message}` with `status`.
 pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "error": message }).to_string();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// `body` as JSON with `status`.
+pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
@@ -386,10 +387,11 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     r
 }
 
-fn method_not_allowed() -> Response<Full<Bytes>> {
+/// 405, with the methods `allow`ed.
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     r.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        .insert(ALLOW, HeaderValue::from_static(allow));
     r
 }
 
