@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::generation::local;
 use crate::metrics as m;
 use crate::server::table::Table;
+use crate::server::{every_tick_and_hangup, Wake};
 
 /// The data directory and the generation that is live from it.
 pub struct Live {
@@ -167,39 +168,28 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// filesystem (network mounts included) and cannot miss an event, which is
 /// why it is used instead of inotify.
 pub async fn watch(store: Arc<Live>, interval: Duration, shutdown: impl Future<Output = ()>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGHUP: {e}");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+    let rescan = |wake| {
+        let store = store.clone();
+        async move {
+            if wake == Wake::Hangup {
                 tracing::info!("SIGHUP: rescanning the data directory");
             }
-            () = &mut shutdown => return,
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.refresh()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("scanning for generations: {e}"),
+                Err(e) => tracing::error!("generation scan panicked: {e}"),
+            }
+            if let Some(table) = store.current().as_ref() {
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let age_ms = now_ms.saturating_sub(table.header().created_ms);
+                metrics::gauge!(m::GENERATION_AGE).set(age_ms as f64 / 1000.0);
+            }
         }
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.refresh()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("scanning for generations: {e}"),
-            Err(e) => tracing::error!("generation scan panicked: {e}"),
-        }
-        if let Some(table) = store.current().as_ref() {
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let age_ms = now_ms.saturating_sub(table.header().created_ms);
-            metrics::gauge!(m::GENERATION_AGE).set(age_ms as f64 / 1000.0);
-        }
-    }
+    };
+    every_tick_and_hangup("the generation watcher", interval, shutdown, rescan).await
 }
 
 #[cfg(test)]

@@ -281,6 +281,50 @@ fn raise_open_files_limit(connections: usize) {
     }
 }
 
+/// What woke a task that [`every_tick_and_hangup`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    Tick,
+    Hangup,
+}
+
+/// Runs `task` every `interval` (the first time at once) and on every
+/// SIGHUP, until `shutdown` completes: the watcher rescans the data
+/// directory, and the TLS pair is read again, both ways. `what` names the
+/// task in the warning if SIGHUP cannot be listened for.
+pub(crate) async fn every_tick_and_hangup<F: Future<Output = ()>>(
+    what: &str,
+    interval: std::time::Duration,
+    shutdown: impl Future<Output = ()>,
+    mut task: impl FnMut(Wake) -> F,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("{what}: cannot listen for SIGHUP ({e}); every {interval:?} only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let wake = tokio::select! {
+            _ = tick.tick() => Wake::Tick,
+            _ = hup => Wake::Hangup,
+            () = &mut shutdown => return,
+        };
+        task(wake).await;
+    }
+}
+
 /// The nice value of the watcher's and fetcher's threads: serving threads
 /// (nice 0) run first whenever both want a core.
 const BACKGROUND_NICE: i32 = 10;

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, Result};
 use crate::metrics as m;
+use crate::server::{every_tick_and_hangup, Wake};
 
 /// How often the files are checked for a change.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -141,33 +142,17 @@ pub async fn watch(
     interval: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("TLS: no SIGHUP handler ({e}); reloading on file changes only");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        let hup = async {
-            match hangup.as_mut() {
-                Some(h) => h.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = hup => {
+    let reload = |wake| {
+        match wake {
+            Wake::Hangup => {
                 tracing::info!("TLS: SIGHUP: reading the certificate again");
                 let _ = tls.reload();
             }
-            _ = tick.tick() => tls.reload_if_changed(),
-            () = &mut shutdown => return,
+            Wake::Tick => tls.reload_if_changed(),
         }
-    }
+        std::future::ready(())
+    };
+    every_tick_and_hangup("TLS", interval, shutdown, reload).await
 }
 
 fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
