@@ -50,15 +50,7 @@ fn start(extra: &[&str]) -> Admin {
     args.extend_from_slice(extra);
     let server = Server::start_with(&data, &args);
     let admin: SocketAddr = listen.parse().unwrap();
-    let start = Instant::now();
-    while !server.log().contains("admin port listening on") {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_log("admin port listening on", Duration::from_secs(20));
     Admin {
         server,
         admin,
@@ -379,19 +371,6 @@ fn wait_for_lock(pid: u32, data: &Path) {
     }
 }
 
-/// Waits until the server's log holds `what`.
-fn wait_log(server: &Server, what: &str) {
-    let start = Instant::now();
-    while !server.log().contains(what) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no {what:?} in the log:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_client_killed_mid_upload_leaves_nothing_and_the_next_upload_works() {
     let a = start(&[]);
@@ -416,7 +395,8 @@ fn a_client_killed_mid_upload_leaves_nothing_and_the_next_upload_works() {
     std::thread::sleep(Duration::from_millis(300));
     client.kill().unwrap();
     client.wait().unwrap();
-    wait_log(&a.server, "admin: POST /upload: 400");
+    a.server
+        .wait_log("admin: POST /upload: 400", Duration::from_secs(30));
     assert!(
         a.server.log().contains("nothing was published"),
         "{}",

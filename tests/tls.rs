@@ -514,11 +514,7 @@ fn the_admin_port_speaks_https_with_the_same_certificate() {
             token.to_str().unwrap(),
         ],
     );
-    let start = Instant::now();
-    while !server.log().contains("admin port listening on") {
-        assert!(start.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_log("admin port listening on", Duration::from_secs(20));
     assert!(server.log().contains("(HTTPS, bearer token required)"));
     let port = admin.rsplit(':').next().unwrap();
     let upload = format!("https://localhost:{port}/upload");

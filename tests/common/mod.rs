@@ -200,6 +200,19 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until the server's log holds `what`, or panics after `limit`.
+    pub fn wait_log(&self, what: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(what) {
+            assert!(
+                start.elapsed() < limit,
+                "no {what:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls until `ready` holds for a response to `path`, or panics after `limit`.
     pub fn wait_for(
         &self,
