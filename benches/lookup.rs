@@ -7,7 +7,7 @@ use std::fs::File;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use promo::generation::format::Writer;
-use promo::generation::record::{Price, Record};
+use promo::generation::record::Price;
 use promo::server::table::Table;
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -41,7 +41,7 @@ fn table(dir: &std::path::Path) -> Table {
     let mut w = Writer::new(File::create(&path).unwrap(), &path, keys.len() as u64).unwrap();
     let price = Price::new(60_683_466, 6).unwrap();
     for &k in &keys {
-        w.push(&Record::new(k, price, b"2018-08-04 05:32:31 +0200 CEST"))
+        w.push_row(k, price, b"2018-08-04 05:32:31 +0200 CEST")
             .unwrap();
     }
     w.finish().unwrap();

@@ -18,7 +18,8 @@
 //!   (`promo build` from CSV to a published generation) and
 //!   [`builder::publish`] (to an object store, and a store's rollback).
 //! - [`generation`]: what both sides share. [`generation::record`] (one
-//!   promotion as a 64-byte record), [`generation::format`] (the file, byte
+//!   promotion as a 32-byte record), [`generation::date`] (its date in
+//!   eight bytes), [`generation::shard`] (range shards), [`generation::format`] (the file, byte
 //!   by byte), [`generation::local`] (the data directory: naming, atomic
 //!   publishing, retention, the lock) and [`generation::remote`] (the
 //!   object store's layout, object by object).

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use promo::builder::pipeline::{self, BuildOptions, Input, InvalidLimit};
 use promo::builder::publish;
-use promo::generation::{format, local, remote::Remote};
+use promo::generation::{format, local, remote::Remote, shard::Shard};
 use promo::server::{self, fetch, http, live::Live, table::Table};
 
 /// Serve partner promotion feeds from immutable, memory-mapped generations.
@@ -161,6 +161,10 @@ struct Guards {
     /// than the newest one (50% or 50).
     #[arg(long, default_value = "50%", value_parser = parse_percent)]
     max_shrink: f64,
+    /// Keep only the ids of range shard K of N (K/N, like 0/4): the ids
+    /// whose first 32 bits x satisfy floor(x * N / 2^32) = K.
+    #[arg(long, value_name = "K/N", default_value = "0/1")]
+    shard: Shard,
 }
 
 impl Guards {
@@ -170,6 +174,7 @@ impl Guards {
             max_invalid: self.max_invalid,
             keep: self.keep as usize,
             max_shrink: self.max_shrink,
+            shard: self.shard,
             ..BuildOptions::new(data_dir)
         }
     }
@@ -434,17 +439,19 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:<8}  path",
-            "sequence", "live", "rows", "bytes", "created", "checksum"
+            "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:>7}  {:>5}  {:<8}  path",
+            "sequence", "live", "rows", "bytes", "created", "version", "shard", "checksum"
         );
         for r in &rows {
             println!(
-                "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:<8}  {}",
+                "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:>7}  {:>5}  {:<8}  {}",
                 r["sequence"].as_u64().unwrap_or_default(),
                 if r["live"] == true { "*" } else { "" },
                 r["rows"].as_u64().map_or("-".into(), |n| n.to_string()),
                 r["bytes"].as_u64().unwrap_or_default(),
                 r["created"].as_str().unwrap_or("-"),
+                r["version"].as_u64().map_or("-".into(), |n| n.to_string()),
+                r["shard"].as_str().unwrap_or("-"),
                 r["checksum"].as_str().unwrap_or("-"),
                 r["path"].as_str().unwrap_or("-"),
             );

@@ -15,8 +15,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 const REAL_ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
 const REAL_JSON: &str = r#"{"id":"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118","price":60.683466,"expiration_date":"2018-08-04 05:32:31 +0200 CEST"}"#;
-const HEADER_LEN: usize = 64;
-const RECORD_LEN: usize = 64;
+const HEADER_LEN: usize = 128;
+const RECORD_LEN: usize = 32;
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// A corrupt copy of a good generation file.
@@ -29,8 +29,8 @@ struct Variant {
 
 /// Recomputes the header checksum, so that only what a test changed is wrong.
 fn reseal_header(f: &mut [u8]) {
-    let sum = xxh3_64(&f[..56]);
-    f[56..64].copy_from_slice(&sum.to_le_bytes());
+    let sum = xxh3_64(&f[..120]);
+    f[120..128].copy_from_slice(&sum.to_le_bytes());
 }
 
 /// Recomputes both checksums.
@@ -73,7 +73,7 @@ fn variants(good: &[u8]) -> Vec<Variant> {
         v(
             "one flipped byte in the body",
             // A byte of record 10's expiration date.
-            with(&|f| f[HEADER_LEN + 10 * RECORD_LEN + 30] ^= 0x04),
+            with(&|f| f[HEADER_LEN + 10 * RECORD_LEN + 26] ^= 0x04),
             "body checksum mismatch",
         ),
         v(
@@ -90,10 +90,10 @@ fn variants(good: &[u8]) -> Vec<Variant> {
         v(
             "another format version, checksums valid",
             with(&|f| {
-                f[8..12].copy_from_slice(&2u32.to_le_bytes());
+                f[8..12].copy_from_slice(&3u32.to_le_bytes());
                 reseal_header(f);
             }),
-            "format version 2, but this promo reads version 1",
+            "format version 3, but this promo reads versions 1 to 2",
         ),
         v(
             "records out of order, checksums valid",
@@ -121,7 +121,7 @@ fn variants(good: &[u8]) -> Vec<Variant> {
                 record(f, 7)[23] |= 0xf8; // price scale 31: no encoder writes it
                 reseal(f);
             }),
-            "record 7 holds an invalid price encoding",
+            "record 7 holds an invalid price or date encoding",
         ),
         v(
             "a wrong fanout entry, checksums valid",

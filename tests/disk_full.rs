@@ -22,9 +22,9 @@ use common::*;
 const REAL_ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
 /// Rows of the big feed: a 1.9 MB generation, or three sorted runs at
 /// `--memory-limit 1MiB`: more than a small filesystem holds.
-const ROWS: u64 = 30_000;
+const ROWS: u64 = 60_000;
 /// The file size limit: far below the generation, and below one sorted run
-/// at `--memory-limit 1MiB` (12,288 records, 786 KB).
+/// at `--memory-limit 1MiB` (20,480 records, 655 KB).
 const SIZE_LIMIT: libc::rlim_t = 256 << 10;
 /// The size of a small filesystem, and of one with room.
 const SMALL: &str = "1m";

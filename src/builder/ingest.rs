@@ -1,5 +1,5 @@
 //! Partner CSV is checked here, once, so that everything downstream (the
-//! sort, the generation file, the API) can trust every [`Record`] it gets.
+//! sort, the generation file, the API) can trust every [`Row`] it gets.
 //!
 //! Partner feeds are hand-edited and exported by many tools, so the dialect is
 //! lenient about layout (BOM, CRLF, quotes, blank lines, padding, an optional
@@ -12,7 +12,51 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 
-use crate::generation::record::{Price, Record, DATE_MAX, RECORD_LEN};
+use crate::generation::date::{DateTables, Dates, Fields, PREFIX_LEN};
+use crate::generation::record::{Price, Record, DATE_MAX};
+
+/// A valid row: its id, its price and its date as written (trimmed).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Row {
+    key: u128,
+    price: Price,
+    date: [u8; DATE_MAX],
+    date_len: u8,
+}
+
+impl Row {
+    fn new(key: u128, price: Price, date: &[u8]) -> Row {
+        let mut d = [0; DATE_MAX];
+        d[..date.len()].copy_from_slice(date);
+        Row {
+            key,
+            price,
+            date: d,
+            date_len: date.len() as u8,
+        }
+    }
+
+    /// The date exactly as written (trimmed).
+    pub fn date(&self) -> &[u8] {
+        &self.date[..usize::from(self.date_len)]
+    }
+
+    pub fn key(&self) -> u128 {
+        self.key
+    }
+
+    pub fn price(&self) -> Price {
+        self.price
+    }
+
+    /// Appends the API's JSON body for this row to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        crate::generation::record::write_json(self.key, Some(self.price), out, |o| {
+            o.extend_from_slice(self.date());
+            true
+        });
+    }
+}
 
 /// Why a row was rejected. `Display` is a short reason for a log line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -376,20 +420,20 @@ fn days_in_month(year: u32, month: u32) -> u32 {
     }
 }
 
-/// Validates one row's three fields (trimming each first) into a [`Record`].
+/// Validates one row's three fields (trimming each first) into a [`Row`].
 /// The first bad field, in column order, is the one reported.
-pub fn parse_fields(id: &[u8], price: &[u8], date: &[u8]) -> Result<Record, RowError> {
+pub fn parse_fields(id: &[u8], price: &[u8], date: &[u8]) -> Result<Row, RowError> {
     let id = id.trim_ascii();
     let key = parse_id(id).ok_or_else(|| RowError::BadId(snippet(id)))?;
     parse_after_id(key, price, date)
 }
 
 /// The rest of [`parse_fields`], once the id is known good.
-fn parse_after_id(key: u128, price: &[u8], date: &[u8]) -> Result<Record, RowError> {
+fn parse_after_id(key: u128, price: &[u8], date: &[u8]) -> Result<Row, RowError> {
     let price = parse_price(price.trim_ascii())?;
     let date = date.trim_ascii();
     check_date(date)?;
-    Ok(Record::new(key, price, date))
+    Ok(Row::new(key, price, date))
 }
 
 /// The row every feed is made of, checked in one pass with fixed offsets:
@@ -403,20 +447,20 @@ fn parse_after_id(key: u128, price: &[u8], date: &[u8]) -> Result<Record, RowErr
 /// here rather than by a search for `\n` first. Returns the fields and the
 /// bytes up to the next row, counting a missing last line feed as one.
 #[inline]
-fn parse_fast(rest: &[u8]) -> Option<(u128, Price, &[u8], usize)> {
+fn parse_fast(rest: &[u8]) -> Option<(u128, Price, &[u8], Fields, usize)> {
     let (id, after) = rest.split_first_chunk::<36>()?;
     let after = after.strip_prefix(b",")?;
     let key = hyphenated_id(id)?;
     let (price, comma) = plain_price(after)?;
     let tail = &after[comma + 1..];
-    let date_len = go_date_len(tail)?;
+    let (date_len, fields) = go_date_len(tail)?;
     let ending = match &tail[date_len..] {
         [] | [b'\n', ..] => 1,
         [b'\r', b'\n', ..] => 2,
         _ => return None,
     };
     let len = id.len() + 1 + comma + 1 + date_len + ending;
-    Some((key, price, &tail[..date_len], len))
+    Some((key, price, &tail[..date_len], fields, len))
 }
 
 /// Hex digit values; 0xff marks a byte that is not one.
@@ -487,11 +531,11 @@ fn plain_price(field: &[u8]) -> Option<(Price, usize)> {
     None
 }
 
-/// The length of the Go date `2006-01-02 15:04:05 -0700 MST`, with a 1-6
-/// letter zone name and a real calendar date, that `tail` starts with: the
-/// form [`check_date`] accepts first.
+/// The length and fields of the Go date `2006-01-02 15:04:05 -0700 MST`,
+/// with a 1-6 letter zone name and a real calendar date, that `tail` starts
+/// with: the form [`check_date`] accepts first.
 #[inline]
-fn go_date_len(tail: &[u8]) -> Option<usize> {
+fn go_date_len(tail: &[u8]) -> Option<(usize, Fields)> {
     const FIXED: usize = 26;
     let (d, zone) = tail.split_first_chunk::<FIXED>()?;
     let letters = zone
@@ -528,13 +572,22 @@ fn go_date_len(tail: &[u8]) -> Option<usize> {
         && second <= 59
         && zone_h <= 23
         && zone_m <= 59;
-    valid.then_some(FIXED + letters)
+    let fields = Fields {
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+        sep: b' ',
+    };
+    valid.then_some((FIXED + letters, fields))
 }
 
 /// The common row, a hyphenated id then a comma, without scanning the id
 /// for commas: a valid id holds none. `None` sends the row the general way.
 #[inline]
-fn parse_usual(text: &[u8]) -> Option<Result<Record, RowError>> {
+fn parse_usual(text: &[u8]) -> Option<Result<Row, RowError>> {
     const ID_LEN: usize = 36;
     if text.get(ID_LEN) != Some(&b',') {
         return None;
@@ -642,7 +695,7 @@ impl<R: Read> Rows<R> {
 }
 
 impl<R: Read> Iterator for Rows<R> {
-    type Item = Result<(u64, Result<Record, RowError>), csv::Error>;
+    type Item = Result<(u64, Result<Row, RowError>), csv::Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -671,8 +724,10 @@ impl<R: Read> Iterator for Rows<R> {
 /// What parsing one chunk of the input found.
 #[derive(Debug, Default)]
 pub struct ChunkRows {
-    /// The valid rows' records, in input order.
+    /// The valid rows' records, in input order. Their dates' zones and
+    /// overflow text are in `dates`, which is the chunk's own.
     pub records: Vec<Record>,
+    pub dates: DateTables,
     /// Data rows (header and blank lines excluded).
     pub rows: u64,
     /// Invalid rows.
@@ -687,18 +742,30 @@ pub struct ChunkRows {
 pub const CHUNK_INVALID_KEPT: usize = 10;
 
 impl ChunkRows {
-    /// A valid row, its record built where it is kept.
+    /// A valid row whose date's fields are known, its record built where
+    /// it is kept.
     #[inline]
-    fn accept(&mut self, key: u128, price: Price, date: &[u8]) {
+    fn accept(&mut self, key: u128, price: Price, date: &[u8], fields: Fields) {
         self.rows += 1;
-        self.records.push(Record::from_bytes([0; RECORD_LEN]));
-        self.records.last_mut().unwrap().set(key, price, date);
+        let word = self.dates.encode(Some(fields), &date[PREFIX_LEN..], date);
+        self.records.push(Record::from_bytes([0; 32]));
+        self.records.last_mut().unwrap().set(key, price, word);
     }
 
-    fn verdict(&mut self, line: u64, verdict: Result<Record, RowError>) {
+    /// The date of one of this chunk's records, as written.
+    pub fn date(&self, record: &Record) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.dates.write(record.date(), &mut out);
+        out
+    }
+
+    fn verdict(&mut self, line: u64, verdict: Result<Row, RowError>) {
         self.rows += 1;
         match verdict {
-            Ok(record) => self.records.push(record),
+            Ok(row) => {
+                let word = self.dates.encode_text(row.date());
+                self.records.push(Record::new(row.key, row.price, word));
+            }
             Err(why) => {
                 self.invalid += 1;
                 if self.first_invalid.len() < CHUNK_INVALID_KEPT {
@@ -746,9 +813,9 @@ pub fn parse_chunk(chunk: &[u8], first: bool) -> ChunkRows {
     // Every row, the text after the last line feed included, even if empty.
     while start <= body.len() {
         line += 1;
-        if let Some((key, price, date, len)) = parse_fast(&body[start..]) {
+        if let Some((key, price, date, fields, len)) = parse_fast(&body[start..]) {
             past_first = true;
-            out.accept(key, price, date);
+            out.accept(key, price, date, fields);
             start += len;
             continue;
         }
@@ -959,11 +1026,11 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
     }
 
     /// Every yielded row of `input`, failing the test on a stream error.
-    fn rows_of(input: impl Read) -> Vec<(u64, Result<Record, RowError>)> {
+    fn rows_of(input: impl Read) -> Vec<(u64, Result<Row, RowError>)> {
         Rows::new(input).map(|r| r.unwrap()).collect()
     }
 
-    fn rows(input: &[u8]) -> Vec<(u64, Result<Record, RowError>)> {
+    fn rows(input: &[u8]) -> Vec<(u64, Result<Row, RowError>)> {
         rows_of(input)
     }
 
@@ -1015,7 +1082,7 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
             assert_eq!(line, i as u64 + 1);
             let r = verdict.unwrap();
             assert_eq!(r.key(), uuid(id));
-            assert_eq!(r.price(), Some(p));
+            assert_eq!(r.price(), p);
             assert_eq!(r.date(), date.as_bytes());
         }
     }
@@ -1502,7 +1569,7 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
         let first = got[0].1.as_ref().unwrap();
         assert_eq!(
             (first.key(), first.price(), first.date()),
-            (uuid(ID), Some(price(60683466, 6)), DATE.as_bytes())
+            (uuid(ID), price(60683466, 6), DATE.as_bytes())
         );
         assert!(matches!(&got[1].1, Err(RowError::DateFormat(d)) if d.contains("\"CEST\"")));
         assert!(matches!(&got[2].1, Err(RowError::BadPrice(p)) if p == "1,5"));
@@ -1517,7 +1584,7 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
         let got = rows(input.as_bytes());
         let r = got[0].1.as_ref().unwrap();
         assert_eq!(r.key(), uuid(ID));
-        assert_eq!(r.price(), Some(price(60683466, 6)));
+        assert_eq!(r.price(), price(60683466, 6));
         assert_eq!(r.date(), DATE.as_bytes());
         // But not inside a field.
         let inside = format!("{ID},60. 68,{DATE}\n");
@@ -1700,6 +1767,40 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
                 prop_assert_eq!(parse_id(text.as_bytes()), Some(key));
             }
 
+            /// Every accepted date, in every form, comes back from its
+            /// record exactly as written: compact or in the overflow area,
+            /// through the fast path, the plain path and the CSV reader.
+            #[test]
+            fn every_accepted_date_round_trips(
+                (y, mo, d, h, mi, sec) in (0u32..=9999, 1u32..=12, 1u32..=31, 0u32..24, 0u32..60, 0u32..=60),
+                form in 0..3usize,
+                sep in prop::sample::select(vec![" ", "T", "t"]),
+                fraction in proptest::option::of("[0-9]{1,12}"),
+                (sign, zh, zm) in (prop::sample::select(vec!["+", "-"]), 0u32..24, 0u32..60),
+                name in "[A-Za-z]{1,6}|[+-][0-9]{2}([0-9]{2})?",
+                z in prop::sample::select(vec!["Z", "z", "offset"]),
+            ) {
+                let fraction = fraction.map(|f| format!(".{f}")).unwrap_or_default();
+                let head = format!("{y:04}-{mo:02}-{d:02}");
+                let time = format!("{h:02}:{mi:02}:{sec:02}{fraction}");
+                let date = match form {
+                    0 => format!("{head} {time} {sign}{zh:02}{zm:02} {name}"),
+                    1 => format!("{head} {time}"),
+                    _ if z == "offset" => format!("{head}{sep}{time}{sign}{zh:02}:{zm:02}"),
+                    _ => format!("{head}{sep}{time}{z}"),
+                };
+                prop_assume!(check_date(date.as_bytes()).is_ok());
+                let id = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
+                for line in [format!("{id},1,{date}\n"), format!("{id},1,\"{date}\"\n")] {
+                    let chunk = parse_chunk(line.as_bytes(), true);
+                    prop_assert_eq!(chunk.records.len(), 1, "{}", line);
+                    let record = chunk.records[0];
+                    prop_assert_eq!(chunk.date(&record), date.as_bytes());
+                    // Fractional seconds, and only they, take the overflow area.
+                    prop_assert_eq!(record.date().is_overflow(), !fraction.is_empty(), "{}", date);
+                }
+            }
+
             /// A row written from any valid record parses back to it.
             #[test]
             fn valid_rows_round_trip(
@@ -1715,18 +1816,16 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
                 let date = format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{sec:02}{zone}");
                 let id = uuid::Uuid::from_u128(key).hyphenated().to_string();
                 let line = format!("{pad}{id}{pad},{pad}{price}{pad},{pad}{date}{pad}\n");
-                let want = Record::new(key, price, date.as_bytes());
+                let want = Row::new(key, price, date.as_bytes());
                 let got = parse_fields(id.as_bytes(), price.to_string().as_bytes(), date.as_bytes());
-                prop_assert_eq!(got.as_ref().map(|r| r.as_bytes().to_vec()), Ok(want.as_bytes().to_vec()));
+                prop_assert_eq!(got, Ok(want));
                 // And the same through the chunk parser and the CSV reader.
                 let chunk = parse_chunk(line.as_bytes(), true);
                 prop_assert_eq!(chunk.records.len(), 1);
-                prop_assert_eq!(chunk.records[0].as_bytes(), want.as_bytes());
-                let read: Vec<_> = rows(line.as_bytes())
-                    .into_iter()
-                    .map(|(l, r)| (l, r.map(|r| r.as_bytes().to_vec())))
-                    .collect();
-                prop_assert_eq!(read, vec![(1, Ok(want.as_bytes().to_vec()))]);
+                let r = chunk.records[0];
+                prop_assert_eq!((r.key(), r.price()), (key, Some(price)));
+                prop_assert_eq!(chunk.date(&r), date.as_bytes());
+                prop_assert_eq!(rows(line.as_bytes()), vec![(1, Ok(want))]);
             }
 
             #[test]
@@ -1774,7 +1873,8 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
                     let at = at.index(text.len());
                     text[at] = byte;
                 }
-                if let Some((k, p, d, len)) = parse_fast(&text) {
+                if let Some((k, p, d, f, len)) = parse_fast(&text) {
+                    prop_assert_eq!(Some(f), crate::generation::date::split(d).map(|s| s.0));
                     // The row ends at the first line feed, or at the end.
                     let end = text.iter().position(|&b| b == b'\n').unwrap_or(text.len());
                     prop_assert_eq!(len, end + 1);
@@ -1783,10 +1883,7 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
                     let fields: Vec<&[u8]> = row.split(|&b| b == b',').collect();
                     prop_assert_eq!(fields.len(), 3);
                     let general = parse_fields(fields[0], fields[1], fields[2]);
-                    prop_assert_eq!(
-                        general.map(|r| r.as_bytes().to_vec()),
-                        Ok(Record::new(k, p, d).as_bytes().to_vec())
-                    );
+                    prop_assert_eq!(general, Ok(Row::new(k, p, d)));
                 }
             }
         }

@@ -10,15 +10,17 @@
 //! old generations) is logged as a warning.
 
 use std::fs::File;
-use std::io::{self, Read};
-use std::path::PathBuf;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::builder::ingest;
 use crate::builder::sort::Sorter;
 use crate::error::{Error, Result};
+use crate::generation::date::{DateTables, DateWord};
 use crate::generation::format::Writer;
 use crate::generation::local::{BuildLock, Entry, Known, RemoveOnDrop};
+use crate::generation::shard::Shard;
 use rayon::prelude::*;
 
 /// How many invalid rows a build tolerates before it fails.
@@ -137,6 +139,8 @@ pub struct BuildOptions {
     pub max_shrink: f64,
     /// Publish even if the shrink guard would refuse.
     pub force: bool,
+    /// Keep only the ids of this shard (every id by default).
+    pub shard: Shard,
 }
 
 impl BuildOptions {
@@ -151,6 +155,7 @@ impl BuildOptions {
             progress: false,
             max_shrink: 50.0,
             force: false,
+            shard: Shard::WHOLE,
         }
     }
 }
@@ -164,6 +169,8 @@ pub struct BuildSummary {
     pub invalid: u64,
     /// Valid rows replaced by a later row with the same id.
     pub duplicates: u64,
+    /// Valid rows left out because their ids are in other shards.
+    pub other_shards: u64,
     /// Records in the generation.
     pub records: u64,
     /// The first invalid rows (at most ten), which were also logged.
@@ -176,11 +183,12 @@ impl std::fmt::Display for BuildSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "rows={} valid={} invalid={} duplicates={} records={} generation={} seconds={:.2} path={}",
+            "rows={} valid={} invalid={} duplicates={} other_shards={} records={} generation={} seconds={:.2} path={}",
             self.rows,
             self.valid,
             self.invalid,
             self.duplicates,
+            self.other_shards,
             self.records,
             self.generation.sequence,
             self.seconds,
@@ -257,7 +265,11 @@ pub fn build_from(
         path: PathBuf::from(&name),
         cause: e,
     };
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        shard: opts.shard,
+        dates: BuildDates::new(tmp_dir),
+        ..Tally::default()
+    };
     let mut batch = chunks.batch(batch_len).map_err(read_err)?;
     let mut parsed: Vec<(usize, ingest::ChunkRows)> = Vec::new();
     while !batch.is_empty() || !parsed.is_empty() {
@@ -296,6 +308,8 @@ pub fn build_from(
         valid,
         invalid,
         first_invalid,
+        other_shards,
+        dates,
         ..
     } = tally;
     progress.finish();
@@ -336,11 +350,15 @@ pub fn build_from(
     };
     // Unique records are at most the valid rows: refuse early when even
     // those are too few, and exactly once the sort has counted them.
-    check_shrink(opts, &name, valid, current)?;
+    let kept = valid - other_shards;
+    check_shrink(opts, &name, kept, current)?;
 
     let (file, tmp_path) = lock.temp_file(dir)?;
     let tmp = RemoveOnDrop::new(&tmp_path);
-    let mut writer = Writer::new(file, &tmp_path, valid)?;
+    let (zones, spill) = dates.finish()?;
+    let mut writer = Writer::new(file, &tmp_path, kept)?
+        .with_shard(opts.shard)
+        .with_dates(zones, spill);
     let stats = sorter.finish(|block| writer.push_block(block))?;
     check_shrink(opts, &name, stats.unique, current)?;
     writer.finish()?;
@@ -366,6 +384,7 @@ pub fn build_from(
         valid,
         invalid,
         duplicates: stats.duplicates,
+        other_shards,
         records: stats.unique,
         first_invalid,
         generation,
@@ -511,6 +530,11 @@ struct Tally {
     rows: u64,
     valid: u64,
     invalid: u64,
+    /// Valid rows of other shards, left out.
+    other_shards: u64,
+    shard: Shard,
+    /// The zones and the dates kept as written of the records so far.
+    dates: BuildDates,
     /// The first [`REPORTED_INVALID`] invalid rows, reported as they come.
     first_invalid: Vec<InvalidRow>,
     /// Lines in the chunks absorbed so far.
@@ -541,12 +565,99 @@ impl Tally {
                 });
             }
         }
-        for record in parsed.records {
+        let relocate = self.dates.absorb(&parsed.dates)?;
+        for &record in &parsed.records {
+            if !self.shard.contains(record.key()) {
+                self.other_shards += 1;
+                continue;
+            }
+            let record = match relocate.zones.as_ref() {
+                Ok(zones) => record.with_date(record.date().relocate(zones, relocate.base)),
+                // The file's zone table is full: the date's text goes to
+                // the overflow area.
+                Err(()) => {
+                    let text = parsed.date(&record);
+                    record.with_date(self.dates.overflow(&text)?)
+                }
+            };
             sorter.push(record)?;
         }
         self.lines += parsed.newlines;
         self.bytes += len as u64;
         Ok(())
+    }
+}
+
+/// The zone table and overflow area of the generation being built. Chunks
+/// are parsed in parallel, each into tables of its own; in input order,
+/// each chunk's zones are added to the file's table and its overflow text
+/// appended to a temporary file, which becomes the file's overflow area.
+#[derive(Default)]
+struct BuildDates {
+    zones: DateTables,
+    spill: Option<io::BufWriter<File>>,
+    spill_len: u64,
+    tmp_dir: PathBuf,
+}
+
+/// Where a chunk's dates went: its zones' indices in the file's table
+/// (`Err` if one did not fit) and where its overflow text starts.
+struct Relocation {
+    zones: std::result::Result<Vec<u32>, ()>,
+    base: u64,
+}
+
+impl BuildDates {
+    fn new(tmp_dir: &Path) -> BuildDates {
+        BuildDates {
+            tmp_dir: tmp_dir.to_path_buf(),
+            ..BuildDates::default()
+        }
+    }
+
+    /// Adds a chunk's zones and overflow text.
+    fn absorb(&mut self, chunk: &DateTables) -> Result<Relocation> {
+        let zones = chunk
+            .zones()
+            .map(|z| self.zones.intern(z).ok_or(()))
+            .collect();
+        let base = self.spill_len;
+        if !chunk.overflow.is_empty() {
+            self.append(&chunk.overflow)?;
+        }
+        Ok(Relocation { zones, base })
+    }
+
+    /// The word for a date kept as written.
+    fn overflow(&mut self, text: &[u8]) -> Result<DateWord> {
+        let word = DateWord::overflow(self.spill_len, text.len());
+        self.append(text)?;
+        Ok(word)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let err = |e| Error::io_op("writing dates kept as written", &self.tmp_dir)(e);
+        if self.spill.is_none() {
+            let file = tempfile::tempfile_in(&self.tmp_dir).map_err(err)?;
+            self.spill = Some(io::BufWriter::with_capacity(1 << 20, file));
+        }
+        self.spill.as_mut().unwrap().write_all(bytes).map_err(err)?;
+        self.spill_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The zone table, and the overflow area's file and length if any.
+    fn finish(self) -> Result<(DateTables, Option<(File, u64)>)> {
+        let spill = match self.spill {
+            Some(w) => {
+                let file = w.into_inner().map_err(|e| {
+                    Error::io_op("writing dates kept as written", &self.tmp_dir)(e.into_error())
+                })?;
+                Some((file, self.spill_len))
+            }
+            None => None,
+        };
+        Ok((self.zones, spill))
     }
 }
 
@@ -734,10 +845,7 @@ mod tests {
     fn chunked(
         input: &[u8],
         chunk_len: usize,
-    ) -> Vec<(
-        u64,
-        Result<crate::generation::record::Record, ingest::RowError>,
-    )> {
+    ) -> Vec<(u64, Result<ingest::Row, ingest::RowError>)> {
         let mut chunks = Chunker::new(input, chunk_len);
         let mut out = Vec::new();
         let mut lines_before = 0;
@@ -759,7 +867,11 @@ mod tests {
             let mut invalid = parsed.first_invalid.iter();
             for (line, verdict) in lines {
                 match &verdict {
-                    Ok(r) => assert_eq!(records.next(), Some(r)),
+                    Ok(r) => {
+                        let got = records.next().unwrap();
+                        assert_eq!((got.key(), got.price()), (r.key(), Some(r.price())));
+                        assert_eq!(parsed.date(got), r.date());
+                    }
                     Err(e) => {
                         if let Some((l, why)) = invalid.next() {
                             assert_eq!((*l, why), (line, e));

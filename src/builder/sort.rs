@@ -4,7 +4,7 @@
 //! crate: extsort 0.5 silently drops every item when, after a spill, the
 //! item count is a multiple of `segment_size + 1`, counts its buffer in
 //! items rather than bytes, and would need a serialiser for what is already
-//! a fixed 64-byte record.
+//! a fixed 32-byte record.
 //!
 //! Records are buffered in arrival order up to a byte budget. Beside them,
 //! one 16-byte sort entry per record holds the key's top 64 bits and the
@@ -443,10 +443,15 @@ fn merge_slices(parts: &[Vec<u8>]) -> (Vec<u8>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generation::date::DateWord;
     use crate::generation::record::Price;
 
     fn rec(key: u128, tag: u64) -> Record {
-        Record::new(key, Price::new(tag, 0).unwrap(), b"2020-01-01 00:00:00")
+        Record::new(
+            key,
+            Price::new(tag, 0).unwrap(),
+            DateWord::overflow(tag, 19),
+        )
     }
 
     /// Sorts `keys` (tagging each record with its input position) and checks

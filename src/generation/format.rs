@@ -2,79 +2,128 @@
 //!
 //! A generation is one immutable file. Everything is little-endian except
 //! the keys, which are big-endian so that byte order, integer order and the
-//! order of the UUIDs' text are the same order.
+//! order of the UUIDs' text are the same order. promo writes version 2 and
+//! reads versions 1 and 2, so a fleet upgrades its servers before its
+//! builders and an old generation stays servable.
+//!
+//! ## Version 2
 //!
 //! ```text
 //! offset          size        field
 //! ------          ----        -----
-//! header (HEADER_LEN = 64 bytes)
-//!  0               8          magic, b"PROMOGEN"
-//!  8               4          format version, u32 (VERSION)
-//! 12               4          record size in bytes, u32 (RECORD_LEN = 64)
-//! 16               8          record count n, u64
-//! 24               4          fanout bits b, u32 (0..=MAX_FANOUT_BITS)
-//! 28               4          reserved, zero
-//! 32               8          created, milliseconds since the Unix epoch, u64
-//! 40               8          body checksum: XXH3-64 of every byte after the header
-//! 48               8          reserved, zero
-//! 56               8          header checksum: XXH3-64 of bytes 0..56
-//! records (starting at 64, so every record sits inside one page)
-//! 64 + 64*i       64          record i, strictly increasing by key:
+//! header (128 bytes)
+//!   0              8          magic, b"PROMOGEN"
+//!   8              4          format version, u32 = 2
+//!  12              4          record size in bytes, u32 = 32
+//!  16              8          record count n, u64
+//!  24              4          fanout bits b, u32 (0..=MAX_FANOUT_BITS)
+//!  28              4          reserved, zero
+//!  32              8          created, milliseconds since the Unix epoch, u64
+//!  40              8          body checksum: XXH3-64 of every byte after the header
+//!  48              4          shard index K, u32
+//!  52              4          shard count N, u32 (K < N; 0/1 is every id)
+//!  56              8          zone table length z, in bytes, u64
+//!  64              8          overflow area length o, in bytes, u64
+//!  72             48          reserved, zero
+//! 120              8          header checksum: XXH3-64 of bytes 0..120
+//! records (starting at 128: two records a cache line, none across a page)
+//! 128 + 32*i      32          record i, strictly increasing by key:
 //!                              0  16  key: the UUID's 16 bytes, big-endian
 //!                             16   8  price, u64: scale in the top 5 bits,
 //!                                     units in the low 59 (price = units / 10^scale)
-//!                             24  40  expiration date as written, ASCII,
-//!                                     NUL-padded (no NUL inside)
-//! fanout table (starting at 64 + 64*n)
+//!                             24   8  expiration date, u64, one of:
+//!                                     bit 63 = 0, compact: the date is
+//!                                       YYYY-MM-DD?HH:MM:SS then zone Z:
+//!                                       bits  0-5  second (0-60)
+//!                                       bits  6-11 minute (0-59)
+//!                                       bits 12-16 hour (0-23)
+//!                                       bits 17-21 day (1-31)
+//!                                       bits 22-25 month (1-12)
+//!                                       bits 26-39 year (0-9999)
+//!                                       bits 40-41 ? = ' ', 'T', 't' (0, 1, 2)
+//!                                       bits 42-61 Z, an index in the zone table
+//!                                       bit  62    zero
+//!                                     bit 63 = 1, overflow: the date is the
+//!                                       bits 0-7 bytes at offset bits 8-62
+//!                                       of the overflow area
+//! fanout table (starting at 128 + 32*n)
 //! ...             8*(2^b+1)   u64 entries: entry j is the index of the first
 //!                             record whose key's top b bits are >= j;
 //!                             entry 2^b is n
+//! zone table (z bytes): each zone as one length byte (0..=21) and its
+//!                             bytes: the text after a date's seconds
+//!                             (` +0200 CEST`, `Z`, `+02:00`, or nothing)
+//! overflow area (o bytes): dates kept as written, which records point to
 //! ```
 //!
-//! The file's length is therefore exactly `64 + 64*n + 8*(2^b + 1)`. The
-//! fanout table comes last because its size depends on the count, which the
-//! writer only knows once the sorted records have streamed past; the header
-//! is written last of all, so a file with a valid header is complete.
+//! The file's length is therefore exactly `128 + 32*n + 8*(2^b + 1) + z + o`.
+//! Every compact date's fields are printed at their fixed widths, so a
+//! compact date renders back byte for byte (see `date`).
+//!
+//! ## Version 1
+//!
+//! The same but for these: a 64-byte header (bytes 48..56 reserved, zero;
+//! the header checksum at 56 covers bytes 0..56), no shard (every id), no
+//! zone table and no overflow area, and 64-byte records at `64 + 64*i`
+//! whose bytes 24..64 hold the date as written, NUL-padded (no NUL inside).
+//! The length is `64 + 64*n + 8*(2^b + 1)`.
+//!
+//! ## Both
+//!
+//! The fanout table and the tables after it come after the records because
+//! their sizes depend on the count, which the writer only knows once the
+//! sorted records have streamed past; the header is written last of all, so
+//! a file with a valid header is complete.
 //!
 //! A lookup reads the two fanout entries of the key's bucket, interpolates
 //! inside the bucket (keys are uniformly distributed UUIDs) and searches
 //! outward from the guess, which stays correct for skewed keys too.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, Result};
-use crate::generation::record::{key_of, Record, RECORD_LEN};
+use crate::generation::date::{DateTables, Dates, Decoded};
+use crate::generation::record::{key_of, price_of, Price, Record, RECORD_LEN};
+use crate::generation::shard::Shard;
 
 /// The first eight bytes of every generation file.
 pub const MAGIC: [u8; 8] = *b"PROMOGEN";
-/// The format version this promo writes and reads. A file of another version
-/// is refused (serve skips it and keeps the generation it has); rebuild the
-/// generation from its CSV with this promo.
-pub const VERSION: u32 = 1;
-/// Bytes before the first record.
-pub const HEADER_LEN: usize = 64;
+/// The format version this promo writes.
+pub const VERSION: u32 = 2;
+/// The oldest version this promo reads.
+pub const OLDEST_READABLE: u32 = 1;
+/// Bytes of a version-2 header: bytes before the first record.
+pub const HEADER_LEN: usize = 128;
+/// Bytes of a version-1 header and record.
+pub const V1_HEADER_LEN: usize = 64;
+pub const V1_RECORD_LEN: usize = 64;
+/// Bytes of the longest header; a shorter file cannot be a generation.
+const MIN_HEADER_LEN: usize = V1_HEADER_LEN;
 /// Largest fanout: 2^26 buckets is a 512 MiB table, for about 10^10 records.
 pub const MAX_FANOUT_BITS: u32 = 26;
 
 /// Why a generation file must not be served. Each message says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
-    #[error("file is {len} bytes, too short for a {HEADER_LEN}-byte header (truncated?)")]
+    #[error("file is {len} bytes, too short for a generation header (truncated?)")]
     TooShort { len: u64 },
     #[error("bad magic {got:02x?}: not a promo generation file")]
     Magic { got: [u8; 8] },
     #[error(
-        "format version {got}, but this promo reads version {expected}; rebuild it with this promo"
+        "format version {got}, but this promo reads versions {OLDEST_READABLE} to {VERSION}; \
+         rebuild it with this promo, or serve it with a newer one"
     )]
-    Version { expected: u32, got: u32 },
+    Version { got: u32 },
     #[error("record size {got}, expected {expected}")]
     RecordSize { expected: u32, got: u32 },
     #[error("fanout bits {got}, at most {MAX_FANOUT_BITS} allowed")]
     FanoutBits { got: u32 },
+    #[error("shard {index}/{count} does not exist: the index must be below the count")]
+    Shard { index: u32, count: u32 },
     #[error(
         "header checksum mismatch (stored {stored:016x}, computed {computed:016x}): corrupt header"
     )]
@@ -93,49 +142,117 @@ pub enum FormatError {
         expected: u64,
         got: u64,
     },
-    #[error("record {index} holds an invalid price encoding")]
+    #[error("record {index} holds an invalid price or date encoding")]
     BadRecord { index: u64 },
+    #[error("record {index} has an id outside the file's shard")]
+    OutsideShard { index: u64 },
+    #[error("the zone table does not parse")]
+    Zones,
 }
 
-/// The fixed header of a generation file.
+/// The header of a generation file, of either version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// 1 or 2.
+    pub version: u32,
     pub count: u64,
     pub fanout_bits: u32,
     pub created_ms: u64,
     pub body_checksum: u64,
+    /// The ids the file holds (always every id in version 1).
+    pub shard: Shard,
+    /// Bytes of the zone table and of the overflow area (0 in version 1).
+    pub zones_len: u64,
+    pub overflow_len: u64,
 }
 
 impl Header {
+    /// A version-2 header of `count` records in a fanout of `fanout_bits`,
+    /// without tables, checksum or time: the parts a test varies.
+    pub fn new(count: u64, fanout_bits: u32) -> Header {
+        Header {
+            version: VERSION,
+            count,
+            fanout_bits,
+            created_ms: 0,
+            body_checksum: 0,
+            shard: Shard::WHOLE,
+            zones_len: 0,
+            overflow_len: 0,
+        }
+    }
+
+    /// Bytes before the first record.
+    pub fn header_len(&self) -> usize {
+        match self.version {
+            1 => V1_HEADER_LEN,
+            _ => HEADER_LEN,
+        }
+    }
+
+    /// Bytes of one record.
+    pub fn record_len(&self) -> usize {
+        match self.version {
+            1 => V1_RECORD_LEN,
+            _ => RECORD_LEN,
+        }
+    }
+
+    /// Total file length this header describes, or `None` if it overflows.
+    fn checked_len(&self) -> Option<u64> {
+        self.count
+            .checked_mul(self.record_len() as u64)?
+            .checked_add(self.header_len() as u64 + fanout_len(self.fanout_bits))?
+            .checked_add(self.zones_len)?
+            .checked_add(self.overflow_len)
+    }
+
     /// Total file length this header describes.
     pub fn file_len(&self) -> u64 {
-        HEADER_LEN as u64 + self.count * RECORD_LEN as u64 + fanout_len(self.fanout_bits)
+        self.checked_len().unwrap_or(u64::MAX)
     }
 
     /// Byte offset of the fanout table.
     pub fn fanout_offset(&self) -> usize {
-        HEADER_LEN + self.count as usize * RECORD_LEN
+        self.header_len() + self.count as usize * self.record_len()
     }
 
-    /// Encodes the header, computing its checksum.
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut h = [0u8; HEADER_LEN];
+    /// Byte offset of the zone table.
+    pub fn zones_offset(&self) -> usize {
+        self.fanout_offset() + fanout_len(self.fanout_bits) as usize
+    }
+
+    /// Byte offset of the overflow area.
+    pub fn overflow_offset(&self) -> usize {
+        self.zones_offset() + self.zones_len as usize
+    }
+
+    /// Encodes the header, computing its checksum: `header_len()` bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut h = vec![0u8; self.header_len()];
         h[0..8].copy_from_slice(&MAGIC);
-        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        h[12..16].copy_from_slice(&(RECORD_LEN as u32).to_le_bytes());
+        h[8..12].copy_from_slice(&self.version.to_le_bytes());
+        h[12..16].copy_from_slice(&(self.record_len() as u32).to_le_bytes());
         h[16..24].copy_from_slice(&self.count.to_le_bytes());
         h[24..28].copy_from_slice(&self.fanout_bits.to_le_bytes());
         h[32..40].copy_from_slice(&self.created_ms.to_le_bytes());
         h[40..48].copy_from_slice(&self.body_checksum.to_le_bytes());
-        let sum = xxhash_rust::xxh3::xxh3_64(&h[..56]);
-        h[56..64].copy_from_slice(&sum.to_le_bytes());
+        if self.version >= 2 {
+            h[48..52].copy_from_slice(&self.shard.index().to_le_bytes());
+            h[52..56].copy_from_slice(&self.shard.count().to_le_bytes());
+            h[56..64].copy_from_slice(&self.zones_len.to_le_bytes());
+            h[64..72].copy_from_slice(&self.overflow_len.to_le_bytes());
+        }
+        let at = h.len() - 8;
+        let sum = xxhash_rust::xxh3::xxh3_64(&h[..at]);
+        h[at..].copy_from_slice(&sum.to_le_bytes());
         h
     }
 
     /// Decodes and checks a header against the length of its file: the cheap
     /// checks that run before a file is trusted at all.
     pub fn decode(bytes: &[u8], file_len: u64) -> Result<Header, FormatError> {
-        if bytes.len() < HEADER_LEN || file_len < HEADER_LEN as u64 {
+        if bytes.len() < MIN_HEADER_LEN || file_len < MIN_HEADER_LEN as u64 {
             return Err(FormatError::TooShort { len: file_len });
         }
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
@@ -144,40 +261,52 @@ impl Header {
         if magic != MAGIC {
             return Err(FormatError::Magic { got: magic });
         }
-        if u32_at(8) != VERSION {
-            return Err(FormatError::Version {
-                expected: VERSION,
-                got: u32_at(8),
-            });
+        let version = u32_at(8);
+        let header_len = match version {
+            1 => V1_HEADER_LEN,
+            2 => HEADER_LEN,
+            got => return Err(FormatError::Version { got }),
+        };
+        if bytes.len() < header_len || file_len < header_len as u64 {
+            return Err(FormatError::TooShort { len: file_len });
         }
-        let computed = xxhash_rust::xxh3::xxh3_64(&bytes[..56]);
-        if u64_at(56) != computed {
+        let at = header_len - 8;
+        let computed = xxhash_rust::xxh3::xxh3_64(&bytes[..at]);
+        if u64_at(at) != computed {
             return Err(FormatError::HeaderChecksum {
-                stored: u64_at(56),
+                stored: u64_at(at),
                 computed,
             });
         }
-        if u32_at(12) != RECORD_LEN as u32 {
+        let mut header = Header {
+            version,
+            count: u64_at(16),
+            fanout_bits: u32_at(24),
+            created_ms: u64_at(32),
+            body_checksum: u64_at(40),
+            shard: Shard::WHOLE,
+            zones_len: 0,
+            overflow_len: 0,
+        };
+        if u32_at(12) != header.record_len() as u32 {
             return Err(FormatError::RecordSize {
-                expected: RECORD_LEN as u32,
+                expected: header.record_len() as u32,
                 got: u32_at(12),
             });
         }
-        let fanout_bits = u32_at(24);
-        if fanout_bits > MAX_FANOUT_BITS {
-            return Err(FormatError::FanoutBits { got: fanout_bits });
+        if header.fanout_bits > MAX_FANOUT_BITS {
+            return Err(FormatError::FanoutBits {
+                got: header.fanout_bits,
+            });
         }
-        let header = Header {
-            count: u64_at(16),
-            fanout_bits,
-            created_ms: u64_at(32),
-            body_checksum: u64_at(40),
-        };
+        if version >= 2 {
+            let (index, count) = (u32_at(48), u32_at(52));
+            header.shard = Shard::new(index, count).ok_or(FormatError::Shard { index, count })?;
+            header.zones_len = u64_at(56);
+            header.overflow_len = u64_at(64);
+        }
         // Checked arithmetic: a hostile count must not wrap into a "valid" length.
-        let expected = header
-            .count
-            .checked_mul(RECORD_LEN as u64)
-            .and_then(|r| r.checked_add(HEADER_LEN as u64 + fanout_len(fanout_bits)));
+        let expected = header.checked_len();
         if expected != Some(file_len) {
             return Err(FormatError::Length {
                 expected: expected.unwrap_or(u64::MAX),
@@ -212,11 +341,45 @@ pub fn bucket_of(key: u128, bits: u32) -> u64 {
     }
 }
 
+/// A file's zone table and overflow area, borrowed from the mapped file.
+pub struct FileDates<'a> {
+    zones: DateTables,
+    overflow: &'a [u8],
+}
+
+impl<'a> FileDates<'a> {
+    /// The tables of `file` (the whole file, whose header passed
+    /// [`Header::decode`]); empty for version 1.
+    pub fn of(header: &Header, file: &'a [u8]) -> Result<FileDates<'a>, FormatError> {
+        let zones = &file[header.zones_offset()..header.overflow_offset()];
+        Ok(FileDates {
+            zones: DateTables::decode_zones(zones).ok_or(FormatError::Zones)?,
+            overflow: &file[header.overflow_offset()..],
+        })
+    }
+
+    /// The zone table alone, kept by a table for its lookups.
+    pub fn into_zones(self) -> DateTables {
+        self.zones
+    }
+}
+
+impl Dates for FileDates<'_> {
+    fn zone(&self, i: u32) -> Option<&[u8]> {
+        self.zones.zone(i)
+    }
+
+    fn overflow(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        self.overflow.get(start..start.checked_add(len)?)
+    }
+}
+
 /// Checks everything the header cannot: the body checksum, the key order,
-/// the fanout table and every price encoding. `file` is the whole file,
-/// whose header already passed [`Header::decode`].
+/// the shard, the fanout table, every price and every date. `file` is the
+/// whole file, whose header already passed [`Header::decode`].
 pub fn verify_body(header: &Header, file: &[u8]) -> Result<(), FormatError> {
-    let body = &file[HEADER_LEN..];
+    let body = &file[header.header_len()..];
     let computed = xxhash_rust::xxh3::xxh3_64(body);
     if computed != header.body_checksum {
         return Err(FormatError::BodyChecksum {
@@ -224,25 +387,28 @@ pub fn verify_body(header: &Header, file: &[u8]) -> Result<(), FormatError> {
             computed,
         });
     }
-    let records = &file[HEADER_LEN..header.fanout_offset()];
-    let fanout = &file[header.fanout_offset()..];
+    let records = &file[header.header_len()..header.fanout_offset()];
+    let fanout = &file[header.fanout_offset()..header.zones_offset()];
+    let dates = FileDates::of(header, file)?;
     let entry = |j: u64| {
         let at = j as usize * 8;
         u64::from_le_bytes(fanout[at..at + 8].try_into().unwrap())
     };
     let mut expected = FanoutBuilder::new(header.fanout_bits);
     let mut prev: Option<u128> = None;
-    for (i, rec) in records.chunks_exact(RECORD_LEN).enumerate() {
+    for (i, rec) in records.chunks_exact(header.record_len()).enumerate() {
+        let index = i as u64;
         let key = key_of(rec);
         if prev.is_some_and(|p| p >= key) {
-            return Err(FormatError::OutOfOrder { index: i as u64 });
+            return Err(FormatError::OutOfOrder { index });
         }
         prev = Some(key);
-        if Record::from_bytes(rec.try_into().unwrap())
-            .price()
-            .is_none()
-        {
-            return Err(FormatError::BadRecord { index: i as u64 });
+        if !header.shard.contains(key) {
+            return Err(FormatError::OutsideShard { index });
+        }
+        let date_ok = header.version == 1 || date_points_inside(&dates, rec);
+        if price_of(rec).is_none() || !date_ok {
+            return Err(FormatError::BadRecord { index });
         }
         expected.push(key);
     }
@@ -257,6 +423,16 @@ pub fn verify_body(header: &Header, file: &[u8]) -> Result<(), FormatError> {
         }
     }
     Ok(())
+}
+
+/// Whether a version-2 record's date decodes and points inside its tables.
+fn date_points_inside(dates: &FileDates, rec: &[u8]) -> bool {
+    let word = Record::from_bytes(rec.try_into().unwrap()).date();
+    match word.decode() {
+        Some(Decoded::Compact { zone, .. }) => dates.zone(zone).is_some(),
+        Some(Decoded::Overflow { offset, len }) => dates.overflow(offset, len).is_some(),
+        None => false,
+    }
 }
 
 /// Builds a fanout table from keys in increasing order.
@@ -295,6 +471,11 @@ impl FanoutBuilder {
 /// the caller publishes the file (rename) only after [`Writer::finish`].
 pub struct Writer {
     out: BufWriter<File>,
+    /// The zone table, and the overflow area unless `spill` holds it.
+    dates: DateTables,
+    /// The overflow area, in a file of its own that `finish` appends.
+    spill: Option<(File, u64)>,
+    shard: Shard,
     hasher: Xxh3,
     fanout: FanoutBuilder,
     prev: Option<u128>,
@@ -321,6 +502,9 @@ impl Writer {
             .map_err(Error::io_op(WRITING, path))?;
         Ok(Writer {
             out,
+            dates: DateTables::default(),
+            spill: None,
+            shard: Shard::WHOLE,
             hasher: Xxh3::new(),
             fanout: FanoutBuilder::new(fanout_bits_for(max_count)),
             prev: None,
@@ -330,9 +514,32 @@ impl Writer {
         })
     }
 
+    /// The file holds only the ids of `shard` (checked as they are pushed).
+    pub fn with_shard(mut self, shard: Shard) -> Writer {
+        self.shard = shard;
+        self
+    }
+
+    /// The records to come have their dates in `dates` (its zones, and its
+    /// overflow area or the first `len` bytes of `spill`, which `finish`
+    /// appends).
+    pub fn with_dates(mut self, dates: DateTables, spill: Option<(File, u64)>) -> Writer {
+        debug_assert!(spill.is_none() || dates.overflow.is_empty());
+        self.dates = dates;
+        self.spill = spill;
+        self
+    }
+
     /// Appends the next record; its key must be greater than the last one's.
     pub fn push(&mut self, record: &Record) -> Result<()> {
         self.push_block(record.as_bytes())
+    }
+
+    /// Appends a record from its fields, the date as written; for callers
+    /// that do not parse feeds (tests, tools), as `with_dates` is not used.
+    pub fn push_row(&mut self, key: u128, price: Price, date: &[u8]) -> Result<()> {
+        let word = self.dates.encode_text(date);
+        self.push(&Record::new(key, price, word))
     }
 
     /// Appends whole records, each key greater than the one before.
@@ -345,6 +552,14 @@ impl Writer {
                 return Err(Error::format(
                     &self.path,
                     FormatError::OutOfOrder {
+                        index: self.fanout.count,
+                    },
+                ));
+            }
+            if !self.shard.contains(key) {
+                return Err(Error::format(
+                    &self.path,
+                    FormatError::OutsideShard {
                         index: self.fanout.count,
                     },
                 ));
@@ -391,17 +606,47 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the fanout table and the header, and syncs the file to disk.
+    /// Writes what follows the records (a body part, hashed).
+    fn write_body(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.out
+            .write_all(bytes)
+            .map_err(Error::io_op(WRITING, &self.path))
+    }
+
+    /// Writes the fanout table, the zone table, the overflow area and the
+    /// header, and syncs the file to disk.
     pub fn finish(mut self) -> Result<Header> {
-        let io = |e| Error::io_op(WRITING, &self.path)(e);
         let count = self.fanout.count;
         let bits = self.fanout.bits;
-        for entry in std::mem::replace(&mut self.fanout, FanoutBuilder::new(0)).finish() {
-            let bytes = entry.to_le_bytes();
-            self.hasher.update(&bytes);
-            self.out.write_all(&bytes).map_err(io)?;
+        let fanout = std::mem::replace(&mut self.fanout, FanoutBuilder::new(0)).finish();
+        let fanout: Vec<u8> = fanout.iter().flat_map(|e| e.to_le_bytes()).collect();
+        self.write_body(&fanout)?;
+        let zones = self.dates.encode_zones();
+        self.write_body(&zones)?;
+        let overflow = std::mem::take(&mut self.dates.overflow);
+        self.write_body(&overflow)?;
+        let mut overflow_len = overflow.len() as u64;
+        if let Some((mut spill, len)) = self.spill.take() {
+            let path = self.path.clone();
+            let reading = |e| Error::io_op("reading the dates kept as written", &path)(e);
+            spill.seek(SeekFrom::Start(0)).map_err(reading)?;
+            let mut spill = spill.take(len);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = spill.read(&mut buf).map_err(reading)?;
+                if n == 0 {
+                    break;
+                }
+                self.write_body(&buf[..n])?;
+                overflow_len += n as u64;
+            }
+            if overflow_len != len {
+                return Err(reading(std::io::ErrorKind::UnexpectedEof.into()));
+            }
         }
         let header = Header {
+            version: VERSION,
             count,
             fanout_bits: bits,
             created_ms: std::time::SystemTime::now()
@@ -409,7 +654,11 @@ impl Writer {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             body_checksum: self.hasher.digest(),
+            shard: self.shard,
+            zones_len: zones.len() as u64,
+            overflow_len,
         };
+        let io = |e| Error::io_op(WRITING, &self.path)(e);
         let mut file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&header.encode()).map_err(io)?;
@@ -428,7 +677,6 @@ impl Writer {
 
 /// Reads and checks the header of the file at `path` without mapping it.
 pub fn read_header(path: &Path) -> Result<Header> {
-    use std::io::Read;
     let file = File::open(path).map_err(Error::io(path))?;
     let len = file.metadata().map_err(Error::io(path))?.len();
     let mut buf = Vec::with_capacity(HEADER_LEN);
@@ -465,19 +713,42 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Headers of both versions (version 1 has no shard and no tables).
     fn header() -> impl Strategy<Value = Header> {
         (
-            0u64..1 << 40,
-            0..=MAX_FANOUT_BITS,
-            any::<u64>(),
-            any::<u64>(),
+            (
+                0u64..1 << 40,
+                0..=MAX_FANOUT_BITS,
+                any::<u64>(),
+                any::<u64>(),
+            ),
+            (
+                1u32..=2,
+                1u32..64,
+                any::<u32>(),
+                0u64..1 << 30,
+                0u64..1 << 40,
+            ),
         )
-            .prop_map(|(count, fanout_bits, created_ms, body_checksum)| Header {
-                count,
-                fanout_bits,
-                created_ms,
-                body_checksum,
-            })
+            .prop_map(
+                |((count, fanout_bits, created_ms, body_checksum), (version, n, k, z, o))| {
+                    let v2 = version == 2;
+                    Header {
+                        version,
+                        count,
+                        fanout_bits,
+                        created_ms,
+                        body_checksum,
+                        shard: if v2 {
+                            Shard::new(k % n, n).unwrap()
+                        } else {
+                            Shard::WHOLE
+                        },
+                        zones_len: if v2 { z } else { 0 },
+                        overflow_len: if v2 { o } else { 0 },
+                    }
+                },
+            )
     }
 
     proptest! {
@@ -506,6 +777,7 @@ mod tests {
         #[test]
         fn any_flipped_header_bit_is_refused(h in header(), at in 0..HEADER_LEN, bit in 0..8u32) {
             let mut bytes = h.encode();
+            let at = at % bytes.len();
             bytes[at] ^= 1 << bit;
             prop_assert!(Header::decode(&bytes, h.file_len()).is_err());
         }
@@ -513,22 +785,14 @@ mod tests {
 
     #[test]
     fn a_header_names_what_is_wrong() {
-        let h = Header {
-            count: 10,
-            fanout_bits: 1,
-            created_ms: 0,
-            body_checksum: 0,
-        };
+        let h = Header::new(10, 1);
         let mut bytes = h.encode();
-        bytes[8] = 2;
-        let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..56]);
-        bytes[56..64].copy_from_slice(&sum.to_le_bytes());
+        bytes[8] = 3;
+        let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..120]);
+        bytes[120..128].copy_from_slice(&sum.to_le_bytes());
         assert_eq!(
             Header::decode(&bytes, h.file_len()),
-            Err(FormatError::Version {
-                expected: VERSION,
-                got: 2
-            })
+            Err(FormatError::Version { got: 3 })
         );
         assert_eq!(
             Header::decode(&bytes[..10], 10),

@@ -116,6 +116,8 @@ pub fn describe(entry: &Entry, checksum: &str, live: bool) -> serde_json::Value 
         "rows": header.map(|h| h.count),
         "bytes": bytes,
         "created": header.map(|h| crate::generation::format::rfc3339_utc(h.created_ms)),
+        "version": header.map(|h| h.version),
+        "shard": header.map(|h| h.shard.to_string()),
         "checksum": checksum,
         "live": live,
     })
@@ -357,14 +359,13 @@ mod tests {
 
     /// Writes a valid generation `sequence` of three records into `dir`.
     fn put_generation(dir: &Path, sequence: u64) -> PathBuf {
-        use crate::generation::record::{Price, Record};
+        use crate::generation::record::Price;
         let path = dir.join(file_name(sequence));
         let file = File::create(&path).unwrap();
         let mut w = crate::generation::format::Writer::new(file, &path, 3).unwrap();
         for k in 1..=3u128 {
             let price = Price::new(k as u64, 2).unwrap();
-            w.push(&Record::new(k << 100, price, b"2020-01-01 00:00:00"))
-                .unwrap();
+            w.push_row(k << 100, price, b"2020-01-01 00:00:00").unwrap();
         }
         w.finish().unwrap();
         path
@@ -387,7 +388,7 @@ mod tests {
         put_generation(d, 3);
         fs::write(d.join(file_name(4)), &good[..good.len() - 1]).unwrap();
         let mut flipped = good.clone();
-        flipped[64 + 20] ^= 1;
+        flipped[crate::generation::format::HEADER_LEN + 20] ^= 1;
         fs::write(d.join(file_name(5)), &flipped).unwrap();
         put_generation(d, 6);
 

@@ -1,11 +1,14 @@
 //! What the build side and the serve side share: the generation.
 //!
-//! [`record`] is one promotion as fixed-width bytes, [`format`](mod@format)
+//! [`record`] is one promotion as fixed-width bytes, [`date`] its date in
+//! eight bytes, [`shard`] the range of ids a file holds, [`format`](mod@format)
 //! the generation file byte by byte, [`local`] the data directory that holds
 //! generations (naming, atomic publishing, retention, the build lock), and
 //! [`remote`] the object store layout through which a fleet exchanges them.
 
+pub mod date;
 pub mod format;
 pub mod local;
 pub mod record;
 pub mod remote;
+pub mod shard;

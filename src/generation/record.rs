@@ -1,14 +1,19 @@
-//! One promotion as it lives on disk: a fixed-width, 64-byte record.
+//! One promotion as it lives on disk: a fixed-width, 32-byte record.
 //!
-//! Records are 64 bytes so that a record never straddles a cache line or a
-//! page once the record area starts 64-byte aligned (see `format`). The byte
-//! layout is documented in `format`, the one place that owns the file format.
+//! A record is the key, the price and the date as an eight-byte
+//! [`DateWord`]; the date's zone and any text that does not fit are kept
+//! once per file (see `date`). Two records fill a cache line, and once the
+//! record area starts 32-byte aligned a record never straddles a line or a
+//! page. The byte layout of both versions is documented in `format`, the
+//! one place that owns the file format.
 
 use std::fmt;
 
+use crate::generation::date::DateWord;
+
 /// Bytes in one record.
-pub const RECORD_LEN: usize = 64;
-/// Most bytes an `expiration_date` may hold; shorter dates are NUL-padded.
+pub const RECORD_LEN: usize = 32;
+/// Most bytes an `expiration_date` may hold (a version-1 record's date field).
 pub const DATE_MAX: usize = 40;
 
 const KEY_AT: usize = 0;
@@ -95,15 +100,14 @@ impl fmt::Display for Price {
     }
 }
 
-/// A promotion: a 128-bit id, a price and an expiration date kept as written.
+/// A promotion: a 128-bit id, a price and its date's word.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(transparent)]
 pub struct Record([u8; RECORD_LEN]);
 
 impl Record {
-    /// Builds a record. `date` must be at most `DATE_MAX` bytes without NUL
-    /// bytes; row validation (`ingest`) guarantees both.
-    pub fn new(key: u128, price: Price, date: &[u8]) -> Record {
+    /// Builds a record.
+    pub fn new(key: u128, price: Price, date: DateWord) -> Record {
         let mut r = Record([0; RECORD_LEN]);
         r.set(key, price, date);
         r
@@ -113,17 +117,14 @@ impl Record {
     /// record built on the stack and then copied into a vector is read back
     /// in wider pieces than it was written in, which stalls the CPU.
     #[inline]
-    pub fn set(&mut self, key: u128, price: Price, date: &[u8]) {
-        assert!(date.len() <= DATE_MAX, "date longer than {DATE_MAX} bytes");
-        debug_assert!(!date.contains(&0), "date holds a NUL byte");
+    pub fn set(&mut self, key: u128, price: Price, date: DateWord) {
         let b = &mut self.0;
         b[KEY_AT..PRICE_AT].copy_from_slice(&key.to_be_bytes());
         b[PRICE_AT..DATE_AT].copy_from_slice(&price.to_bits().to_le_bytes());
-        b[DATE_AT..DATE_AT + date.len()].copy_from_slice(date);
-        b[DATE_AT + date.len()..].fill(0);
+        b[DATE_AT..].copy_from_slice(&date.0.to_le_bytes());
     }
 
-    /// Reinterprets 64 bytes read from a generation file.
+    /// Reinterprets 32 bytes read from a generation file.
     pub fn from_bytes(bytes: [u8; RECORD_LEN]) -> Record {
         Record(bytes)
     }
@@ -141,45 +142,78 @@ impl Record {
 
     /// The price, or `None` when the bytes hold a scale no encoder writes.
     pub fn price(&self) -> Option<Price> {
-        Price::from_bits(u64::from_le_bytes(
-            self.0[PRICE_AT..DATE_AT].try_into().unwrap(),
-        ))
+        price_of(&self.0)
     }
 
-    /// The expiration date exactly as the partner wrote it (trimmed).
-    pub fn date(&self) -> &[u8] {
-        let d = &self.0[DATE_AT..];
-        let len = d.iter().position(|&b| b == 0).unwrap_or(DATE_MAX);
-        &d[..len]
+    /// The date's word: its fields and zone, or where its text is.
+    pub fn date(&self) -> DateWord {
+        DateWord(u64::from_le_bytes(self.0[DATE_AT..].try_into().unwrap()))
     }
 
-    /// Appends the API's JSON body for this record to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        let id = uuid::Uuid::from_u128(self.key());
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        out.extend_from_slice(b"{\"id\":\"");
-        out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
-        out.extend_from_slice(b"\",\"price\":");
-        // A checksummed file never holds a bad scale; show 0 rather than panic if one did.
-        self.price()
-            .unwrap_or(Price { units: 0, scale: 0 })
-            .write_to(out);
-        out.extend_from_slice(b",\"expiration_date\":");
-        let date = self.date();
-        if date
-            .iter()
-            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ')
-        {
-            // What validation lets through: nothing to escape.
-            out.push(b'"');
-            out.extend_from_slice(date);
-            out.push(b'"');
-        } else {
-            serde_json::to_writer(&mut *out, &String::from_utf8_lossy(date))
-                .expect("writing to a Vec cannot fail");
-        }
-        out.push(b'}');
+    /// The same record with its date's word replaced.
+    pub fn with_date(mut self, date: DateWord) -> Record {
+        self.0[DATE_AT..].copy_from_slice(&date.0.to_le_bytes());
+        self
     }
+}
+
+/// The price of the record (of either version) that starts at `bytes[0]`.
+#[inline]
+pub fn price_of(bytes: &[u8]) -> Option<Price> {
+    Price::from_bits(u64::from_le_bytes(
+        bytes[PRICE_AT..DATE_AT].try_into().unwrap(),
+    ))
+}
+
+/// Appends the API's JSON body for a promotion to `out`; `date` appends the
+/// date's text (and says whether it could).
+pub fn write_json(
+    key: u128,
+    price: Option<Price>,
+    out: &mut Vec<u8>,
+    date: impl FnOnce(&mut Vec<u8>) -> bool,
+) {
+    let id = uuid::Uuid::from_u128(key);
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
+    out.extend_from_slice(b"\",\"price\":");
+    // A checksummed file never holds a bad scale; show 0 rather than panic if one did.
+    price.unwrap_or(Price { units: 0, scale: 0 }).write_to(out);
+    out.extend_from_slice(b",\"expiration_date\":\"");
+    let at = out.len();
+    date(out);
+    if !out[at..]
+        .iter()
+        .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ')
+    {
+        // Validation lets nothing through that needs escaping; a damaged
+        // file might, and must still give valid JSON.
+        let text = String::from_utf8_lossy(&out[at..]).into_owned();
+        out.truncate(at - 1);
+        serde_json::to_writer(&mut *out, &text).expect("writing to a Vec cannot fail");
+    } else {
+        out.push(b'"');
+    }
+    out.push(b'}');
+}
+
+/// The date text of a version-1 record: its 40-byte field up to the first NUL.
+pub fn v1_date(bytes: &[u8]) -> &[u8] {
+    let d = &bytes[DATE_AT..];
+    let len = d.iter().position(|&b| b == 0).unwrap_or(d.len());
+    &d[..len]
+}
+
+/// A version-1 record (64 bytes) with these fields; `date` is at most
+/// [`DATE_MAX`] bytes without NUL.
+pub fn v1_record(key: u128, price: Price, date: &[u8]) -> [u8; 64] {
+    assert!(date.len() <= DATE_MAX, "date longer than {DATE_MAX} bytes");
+    let mut b = [0u8; 64];
+    b[KEY_AT..PRICE_AT].copy_from_slice(&key.to_be_bytes());
+    b[PRICE_AT..DATE_AT].copy_from_slice(&price.to_bits().to_le_bytes());
+    b[DATE_AT..DATE_AT + date.len()].copy_from_slice(date);
+    b
 }
 
 /// Hints the CPU to load the cache line at `data` (a record is one line).
@@ -208,7 +242,7 @@ impl fmt::Debug for Record {
         f.debug_struct("Record")
             .field("id", &uuid::Uuid::from_u128(self.key()))
             .field("price", &self.price())
-            .field("date", &String::from_utf8_lossy(self.date()))
+            .field("date", &self.date().decode())
             .finish()
     }
 }
@@ -248,12 +282,19 @@ mod tests {
         }
     }
 
+    fn json(key: u128, price: Price, date: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_json(key, Some(price), &mut out, |o| {
+            o.extend_from_slice(date);
+            true
+        });
+        out
+    }
+
     #[test]
     fn dates_with_odd_bytes_are_escaped_in_json() {
-        let r = Record::new(1, Price::new(1, 0).unwrap(), b"a\"b\\c\x01");
-        let mut json = Vec::new();
-        r.write_json(&mut json);
-        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let out = json(1, Price::new(1, 0).unwrap(), b"a\"b\\c\x01");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["expiration_date"], "a\"b\\c\u{1}");
     }
 
@@ -267,32 +308,40 @@ mod tests {
     #[test]
     fn record_round_trips_and_prints_json() {
         let id = uuid::Uuid::parse_str("d018ef0b-dbd9-48f1-ac1a-eb4d90e57118").unwrap();
-        let date = b"2018-08-04 05:32:31 +0200 CEST";
+        let date = DateWord::overflow(12, 30);
         let r = Record::new(id.as_u128(), Price::new(60683466, 6).unwrap(), date);
         let back = Record::from_bytes(*r.as_bytes());
         assert_eq!(back.key(), id.as_u128());
         assert_eq!(back.date(), date);
-        let mut json = Vec::new();
-        back.write_json(&mut json);
+        assert_eq!(back.price(), Price::new(60683466, 6));
+        let out = json(
+            back.key(),
+            back.price().unwrap(),
+            b"2018-08-04 05:32:31 +0200 CEST",
+        );
         assert_eq!(
-            std::str::from_utf8(&json).unwrap(),
+            std::str::from_utf8(&out).unwrap(),
             r#"{"id":"d018ef0b-dbd9-48f1-ac1a-eb4d90e57118","price":60.683466,"expiration_date":"2018-08-04 05:32:31 +0200 CEST"}"#
         );
-        let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed["price"].as_f64(), Some(60.683466));
     }
 
     #[test]
-    fn a_full_width_date_fills_the_record() {
+    fn a_full_width_date_fills_a_version_1_record() {
         let date = [b'9'; DATE_MAX];
-        let r = Record::new(1, Price::new(1, 0).unwrap(), &date);
-        assert_eq!(r.date(), &date);
+        let r = v1_record(1, Price::new(1, 0).unwrap(), &date);
+        assert_eq!(v1_date(&r), &date);
+        assert_eq!(
+            v1_date(&v1_record(1, Price::new(1, 0).unwrap(), b"ab")),
+            b"ab"
+        );
     }
 
     #[test]
     fn key_order_is_byte_order() {
-        let a = Record::new(1, Price::new(1, 0).unwrap(), b"");
-        let b = Record::new(1 << 120, Price::new(1, 0).unwrap(), b"");
+        let a = Record::new(1, Price::new(1, 0).unwrap(), DateWord(0));
+        let b = Record::new(1 << 120, Price::new(1, 0).unwrap(), DateWord(0));
         assert!(a.as_bytes()[..16] < b.as_bytes()[..16]);
         assert!(a.key() < b.key());
     }

@@ -633,10 +633,9 @@ mod tests {
 
     fn header() -> Header {
         Header {
-            count: 3,
-            fanout_bits: 0,
             created_ms: 1_700_000_000_123,
             body_checksum: 0x0123_4567_89ab_cdef,
+            ..Header::new(3, 0)
         }
     }
 

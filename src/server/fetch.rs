@@ -63,7 +63,7 @@ pub enum Outcome {
     Fetched {
         entry: Entry,
         /// The verified table, mapped from its final name.
-        table: Table,
+        table: Box<Table>,
         bytes: u64,
         seconds: f64,
     },
@@ -126,7 +126,7 @@ impl Fetcher {
                 Ok((entry, table, seconds)) => {
                     return Ok(Outcome::Fetched {
                         entry,
-                        table,
+                        table: Box::new(table),
                         bytes: manifest.bytes,
                         seconds,
                     })
@@ -458,7 +458,7 @@ pub async fn poll(source: Source, live: Arc<Live>, shutdown: impl Future<Output 
                     tracing::info!("{}: fetching works again", source.url);
                 }
                 if let Outcome::Fetched { table, .. } = outcome {
-                    live.install(table);
+                    live.install(*table);
                     let dir = live.dir().to_path_buf();
                     let _ = tokio::task::spawn_blocking(move || retain(&dir)).await;
                 }

@@ -687,7 +687,7 @@ async fn serve_connection<I>(
 mod tests {
     use super::*;
     use crate::generation::format::Writer;
-    use crate::generation::record::{Price, Record};
+    use crate::generation::record::Price;
     use http_body_util::BodyExt;
 
     const ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
@@ -696,11 +696,11 @@ mod tests {
         let path = dir.join("t.promo");
         let key = uuid::Uuid::parse_str(ID).unwrap().as_u128();
         let mut w = Writer::new(std::fs::File::create(&path).unwrap(), &path, 1).unwrap();
-        w.push(&Record::new(
+        w.push_row(
             key,
             Price::new(60683466, 6).unwrap(),
             b"2018-08-04 05:32:31 +0200 CEST",
-        ))
+        )
         .unwrap();
         w.finish().unwrap();
         Table::open_verified(&path, 42).unwrap()
@@ -891,8 +891,7 @@ mod tests {
                 Writer::new(std::fs::File::create(&path).unwrap(), &path, n as u64).unwrap();
             for i in 1..=n {
                 let price = Price::new(i as u64, 2).unwrap();
-                w.push(&Record::new(i << 120, price, b"2030-01-01"))
-                    .unwrap();
+                w.push_row(i << 120, price, b"2030-01-01").unwrap();
             }
             w.finish().unwrap();
             Table::open_verified(&path, 7).unwrap()

@@ -196,7 +196,7 @@ pub async fn watch(store: Arc<Live>, interval: Duration, shutdown: impl Future<O
 mod tests {
     use super::*;
     use crate::generation::format::Writer;
-    use crate::generation::record::{Price, Record};
+    use crate::generation::record::Price;
 
     /// Writes a valid generation of `n` records at `path`, whole, through a
     /// rename (as a copy should arrive).
@@ -206,8 +206,7 @@ mod tests {
         let mut w = Writer::new(file, &tmp, n as u64).unwrap();
         for k in 1..=n {
             let price = Price::new(k as u64, 2).unwrap();
-            w.push(&Record::new(k << 100, price, b"2020-01-01 00:00:00"))
-                .unwrap();
+            w.push_row(k << 100, price, b"2020-01-01 00:00:00").unwrap();
         }
         w.finish().unwrap();
         std::fs::rename(&tmp, path).unwrap();

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use memmap2::{Advice, Mmap, MmapOptions};
 
 use crate::error::{Error, Result};
-use crate::generation::format::{self, FormatError, Header, HEADER_LEN};
-use crate::generation::record::{key_of, Record, RECORD_LEN};
+use crate::generation::date::{DateTables, Dates};
+use crate::generation::format::{self, FileDates, FormatError, Header};
+use crate::generation::record::{self, key_of, price_of, Price, Record};
 
 /// One generation, mapped read-only. Dropping it unmaps the file.
 pub struct Table {
@@ -22,6 +23,9 @@ pub struct Table {
     /// where the kernel allows), so that a lookup reads one page of the file.
     fanout: Mmap,
     header: Header,
+    /// The zone table (version 2), read once: a lookup renders a date
+    /// from it without touching the file again.
+    zones: DateTables,
     path: PathBuf,
     sequence: u64,
 }
@@ -32,7 +36,7 @@ impl Table {
     pub fn open(path: &Path, sequence: u64) -> Result<Table> {
         let file = File::open(path).map_err(Error::io(path))?;
         let len = file.metadata().map_err(Error::io(path))?.len();
-        if len < HEADER_LEN as u64 {
+        if len < format::V1_HEADER_LEN as u64 {
             return Err(Error::format(path, FormatError::TooShort { len }));
         }
         // SAFETY: a published generation file is never written again: the
@@ -42,7 +46,10 @@ impl Table {
         // inode. So the bytes behind this mapping do not change under us.
         let map = unsafe { MmapOptions::new().map(&file) }.map_err(Error::io(path))?;
         let header = Header::decode(&map, len).map_err(|e| Error::format(path, e))?;
-        let table = &map[header.fanout_offset()..];
+        let zones = FileDates::of(&header, &map)
+            .map_err(|e| Error::format(path, e))?
+            .into_zones();
+        let table = &map[header.fanout_offset()..header.zones_offset()];
         let mut fanout = MmapOptions::new()
             .len(table.len())
             .map_anon()
@@ -61,6 +68,7 @@ impl Table {
             map,
             fanout,
             header,
+            zones,
             path: path.to_path_buf(),
             sequence,
         })
@@ -120,14 +128,23 @@ impl Table {
     }
 
     /// The record at index `i`, which must be below `len()`.
-    pub fn record(&self, i: u64) -> Record {
-        Record::from_bytes(self.record_bytes(i).try_into().unwrap())
+    pub fn record(&self, i: u64) -> Found<'_> {
+        Found {
+            table: self,
+            bytes: self.record_bytes(i),
+        }
     }
 
     #[inline]
     fn record_bytes(&self, i: u64) -> &[u8] {
-        let at = record_at(i);
-        &self.map[at..at + RECORD_LEN]
+        let at = self.record_at(i);
+        &self.map[at..at + self.header.record_len()]
+    }
+
+    /// Byte offset of record `i` in the file.
+    #[inline(always)]
+    fn record_at(&self, i: u64) -> usize {
+        self.header.header_len() + i as usize * self.header.record_len()
     }
 
     #[inline]
@@ -149,7 +166,7 @@ impl Table {
     /// search outward from the guess finds the key within a few records when
     /// keys are uniform, and in O(log bucket) when they are not.
     #[inline]
-    pub fn get(&self, key: u128) -> Option<Record> {
+    pub fn get(&self, key: u128) -> Option<Found<'_>> {
         self.position(key).map(|i| self.record(i))
     }
 
@@ -194,11 +211,11 @@ impl Table {
         let from = guess.saturating_sub(PREFETCH_RECORDS).max(lo);
         let to = (guess + PREFETCH_RECORDS).min(hi - 1);
         for i in from..=to {
-            touch(record_at(i));
+            touch(self.record_at(i));
             crate::generation::record::prefetch(&self.record_bytes(i)[0]);
         }
         let mut probe = |i: u64| {
-            touch(record_at(i));
+            touch(self.record_at(i));
             self.key_at(i)
         };
         let k = probe(guess);
@@ -254,10 +271,72 @@ impl Table {
 /// Records on each side of the interpolated guess that are prefetched.
 const PREFETCH_RECORDS: u64 = 8;
 
-/// Byte offset of record `i` in the file.
-#[inline(always)]
-fn record_at(i: u64) -> usize {
-    HEADER_LEN + i as usize * RECORD_LEN
+impl Dates for Table {
+    #[inline]
+    fn zone(&self, i: u32) -> Option<&[u8]> {
+        self.zones.zone(i)
+    }
+
+    #[inline]
+    fn overflow(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = self
+            .header
+            .overflow_offset()
+            .checked_add(usize::try_from(offset).ok()?)?;
+        self.map.get(start..start.checked_add(len)?)
+    }
+}
+
+/// A record found in a table, of either format version.
+#[derive(Clone, Copy)]
+pub struct Found<'a> {
+    table: &'a Table,
+    bytes: &'a [u8],
+}
+
+impl Found<'_> {
+    /// The id as a 128-bit integer.
+    pub fn key(&self) -> u128 {
+        key_of(self.bytes)
+    }
+
+    /// The price; `None` only in a file that failed verification.
+    pub fn price(&self) -> Option<Price> {
+        price_of(self.bytes)
+    }
+
+    /// Appends the expiration date as written; `false` (nothing appended)
+    /// only in a file that failed verification.
+    pub fn write_date(&self, out: &mut Vec<u8>) -> bool {
+        if self.table.header.version == 1 {
+            out.extend_from_slice(record::v1_date(self.bytes));
+            return true;
+        }
+        let word = Record::from_bytes(self.bytes.try_into().unwrap()).date();
+        self.table.write(word, out)
+    }
+
+    /// The expiration date as written.
+    pub fn date(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(40);
+        self.write_date(&mut out);
+        out
+    }
+
+    /// Appends the API's JSON body for this promotion to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        record::write_json(self.key(), self.price(), out, |o| self.write_date(o));
+    }
+}
+
+impl std::fmt::Debug for Found<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Found")
+            .field("id", &uuid::Uuid::from_u128(self.key()))
+            .field("price", &self.price())
+            .field("date", &String::from_utf8_lossy(&self.date()))
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Table {
@@ -273,8 +352,9 @@ impl std::fmt::Debug for Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generation::format::{fanout_bits_for, Writer, VERSION};
-    use crate::generation::record::Price;
+    use crate::generation::date::DateWord;
+    use crate::generation::format::{fanout_bits_for, Writer, HEADER_LEN, VERSION};
+    use crate::generation::shard::Shard;
 
     fn splitmix(state: &mut u64) -> u64 {
         *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -284,12 +364,16 @@ mod tests {
         z ^ (z >> 31)
     }
 
+    const DATE: &[u8] = b"2018-08-04 05:32:31 +0200 CEST";
+
+    /// A record whose date is zone 0 of its file, `DATE`'s zone.
     fn record(key: u128) -> Record {
-        Record::new(
-            key,
-            Price::new((key % 100_000) as u64, 3).unwrap(),
-            b"2018-08-04 05:32:31 +0200 CEST",
-        )
+        let word = DateWord::compact(crate::generation::date::split(DATE).unwrap().0, 0);
+        Record::new(key, price(key), word.unwrap())
+    }
+
+    fn price(key: u128) -> Price {
+        Price::new((key % 100_000) as u64, 3).unwrap()
     }
 
     /// Writes sorted unique `keys` as a generation through the real writer.
@@ -300,13 +384,14 @@ mod tests {
         let file = File::create(&path).unwrap();
         let mut w = Writer::new(file, &path, keys.len() as u64).unwrap();
         for &k in keys.iter() {
-            w.push(&record(k)).unwrap();
+            w.push_row(k, price(k), DATE).unwrap();
         }
         w.finish().unwrap();
         path
     }
 
-    /// Builds a file by hand, with valid checksums over whatever it is given.
+    /// Builds a file by hand, with valid checksums over whatever it is
+    /// given; its zone table holds `DATE`'s zone.
     fn raw(records: &[Record], bits: u32, fanout: &[u64]) -> Vec<u8> {
         let mut body = Vec::new();
         for r in records {
@@ -315,13 +400,15 @@ mod tests {
         for e in fanout {
             body.extend_from_slice(&e.to_le_bytes());
         }
+        let zone = &DATE[19..];
+        body.push(zone.len() as u8);
+        body.extend_from_slice(zone);
         let header = Header {
-            count: records.len() as u64,
-            fanout_bits: bits,
-            created_ms: 0,
             body_checksum: xxhash_rust::xxh3::xxh3_64(&body),
+            zones_len: 1 + zone.len() as u64,
+            ..Header::new(records.len() as u64, bits)
         };
-        let mut out = header.encode().to_vec();
+        let mut out = header.encode();
         out.extend_from_slice(&body);
         out
     }
@@ -332,7 +419,9 @@ mod tests {
         assert_eq!(t.sequence(), 7);
         for (i, &k) in keys.iter().enumerate() {
             assert_eq!(t.position(k), Some(i as u64), "key {k:032x}");
-            assert_eq!(t.get(k).unwrap(), record(k));
+            let found = t.get(k).unwrap();
+            assert_eq!((found.key(), found.price()), (k, Some(price(k))));
+            assert_eq!(found.date(), DATE);
         }
         // Absent keys: random ones, and the neighbours of present ones.
         let mut s = seed;
@@ -443,6 +532,10 @@ mod tests {
             refused(&good_file()[..63]),
             FormatError::TooShort { len: 63 }
         );
+        assert_eq!(
+            refused(&good_file()[..127]),
+            FormatError::TooShort { len: 127 }
+        );
     }
 
     #[test]
@@ -456,19 +549,13 @@ mod tests {
     fn other_version_is_refused() {
         let mut f = good_file();
         f[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
-        assert_eq!(
-            refused(&f),
-            FormatError::Version {
-                expected: VERSION,
-                got: VERSION + 1
-            }
-        );
+        assert_eq!(refused(&f), FormatError::Version { got: VERSION + 1 });
     }
 
     #[test]
     fn truncated_and_extended_files_are_refused() {
         let f = good_file();
-        for cut in [64, 65, 64 + 64 * 500, f.len() - 8, f.len() - 1] {
+        for cut in [128, 129, 128 + 32 * 500, f.len() - 8, f.len() - 1] {
             assert!(
                 matches!(refused(&f[..cut]), FormatError::Length { .. }),
                 "cut at {cut}"
@@ -502,15 +589,15 @@ mod tests {
     #[test]
     fn other_record_size_is_refused() {
         let mut f = good_file();
-        f[12..16].copy_from_slice(&72u32.to_le_bytes());
+        f[12..16].copy_from_slice(&64u32.to_le_bytes());
         // Fix the header checksum so that the record size check itself fires.
-        let sum = xxhash_rust::xxh3::xxh3_64(&f[..56]);
-        f[56..64].copy_from_slice(&sum.to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&f[..120]);
+        f[120..128].copy_from_slice(&sum.to_le_bytes());
         assert_eq!(
             refused(&f),
             FormatError::RecordSize {
-                expected: 64,
-                got: 72
+                expected: 32,
+                got: 64
             }
         );
     }
@@ -539,11 +626,100 @@ mod tests {
 
     #[test]
     fn header_with_huge_count_is_refused_without_overflow() {
-        let mut f = good_file();
-        f[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-        let sum = xxhash_rust::xxh3::xxh3_64(&f[..56]);
-        f[56..64].copy_from_slice(&sum.to_le_bytes());
-        assert!(matches!(refused(&f), FormatError::Length { .. }));
+        let f = good_file();
+        for at in [16, 56, 64] {
+            let mut f = f.clone();
+            f[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+            let sum = xxhash_rust::xxh3::xxh3_64(&f[..120]);
+            f[120..128].copy_from_slice(&sum.to_le_bytes());
+            assert!(matches!(refused(&f), FormatError::Length { .. }), "at {at}");
+        }
+    }
+
+    #[test]
+    fn dates_pointing_outside_their_tables_are_refused() {
+        let outside = [
+            DateWord::compact(crate::generation::date::split(DATE).unwrap().0, 1).unwrap(),
+            DateWord::overflow(0, 5),
+            DateWord(u64::MAX >> 1),
+        ];
+        for word in outside {
+            let recs = [record(1).with_date(word)];
+            assert_eq!(
+                refused(&raw(&recs, 0, &[0, 1])),
+                FormatError::BadRecord { index: 0 },
+                "{word:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dates_in_the_overflow_area_and_many_zones_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dates.promo");
+        let dates = [
+            "2018-08-04 05:32:31.123456789 +0200 CEST",
+            "2018-08-04T05:32:31.5Z",
+            "2018-08-04 05:32:31 -0300 -03",
+            "2018-08-04t05:32:31z",
+            "2016-12-31T23:59:60+05:30",
+            "2018-08-04 05:32:31",
+        ];
+        let mut w = Writer::new(File::create(&path).unwrap(), &path, 6).unwrap();
+        for (i, d) in dates.iter().enumerate() {
+            w.push_row(i as u128, price(1), d.as_bytes()).unwrap();
+        }
+        let header = w.finish().unwrap();
+        assert_eq!(
+            header.overflow_len,
+            (dates[0].len() + dates[1].len()) as u64
+        );
+        let t = Table::open_verified(&path, 1).unwrap();
+        for (i, d) in dates.iter().enumerate() {
+            assert_eq!(t.get(i as u128).unwrap().date(), d.as_bytes());
+        }
+    }
+
+    #[test]
+    fn shard_files_hold_only_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard.promo");
+        let shard = Shard::new(1, 4).unwrap();
+        let mut w = Writer::new(File::create(&path).unwrap(), &path, 2)
+            .unwrap()
+            .with_shard(shard);
+        w.push_row(0x4 << 124, price(1), DATE).unwrap();
+        assert!(w.push_row(0x8 << 124, price(1), DATE).is_err());
+        w.finish().unwrap();
+        let t = Table::open_verified(&path, 1).unwrap();
+        assert_eq!(t.header().shard, shard);
+        // The same record in a file claiming shard 0/4 is refused.
+        let mut f = std::fs::read(&path).unwrap();
+        f[48..52].copy_from_slice(&0u32.to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&f[..120]);
+        f[120..128].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(refused(&f), FormatError::OutsideShard { index: 0 });
+    }
+
+    /// A generation written by promo's version-1 writer (the release before
+    /// version 2) from fixtures/promotions.csv is still served.
+    #[test]
+    fn a_version_1_file_is_read() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let t = Table::open_verified(&root.join("fixtures/promotions-v1.promo"), 1).unwrap();
+        assert_eq!(t.header().version, 1);
+        let csv = std::fs::read_to_string(root.join("fixtures/promotions.csv")).unwrap();
+        let mut seen = 0;
+        for line in csv.lines().filter(|l| !l.starts_with("id")) {
+            let mut f = line.split(',');
+            let (id, price, date) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+            let key = uuid::Uuid::parse_str(id).unwrap().as_u128();
+            let found = t.get(key).unwrap();
+            assert_eq!(found.date(), date.as_bytes());
+            assert_eq!(found.price().unwrap().to_string(), price);
+            seen += 1;
+        }
+        assert_eq!(seen, t.len());
     }
 
     #[test]
@@ -551,9 +727,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.promo");
         let mut w = Writer::new(File::create(&path).unwrap(), &path, 2).unwrap();
-        w.push(&record(2)).unwrap();
-        assert!(w.push(&record(2)).is_err());
-        assert!(w.push(&record(1)).is_err());
+        w.push_row(2, price(2), DATE).unwrap();
+        assert!(w.push_row(2, price(2), DATE).is_err());
+        assert!(w.push_row(1, price(1), DATE).is_err());
     }
 
     #[test]
