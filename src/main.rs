@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 
 use promo::builder::pipeline::{self, BuildOptions, Input, InvalidLimit};
 use promo::builder::publish;
-use promo::generation::{format, local, remote::Remote, shard::Shard};
+use promo::generation::{
+    format, local,
+    remote::{self, Remote},
+    shard::Shard,
+};
 use promo::server::{self, fetch, http, live::Live, table::Table};
 
 /// Serve partner promotion feeds from immutable, memory-mapped generations.
@@ -162,12 +166,19 @@ struct Guards {
     #[arg(long, default_value = "50%", value_parser = parse_percent)]
     max_shrink: f64,
     /// Keep only the ids of range shard K of N (K/N, like 0/4): the ids
-    /// whose first 32 bits x satisfy floor(x * N / 2^32) = K.
+    /// whose first 32 bits x satisfy floor(x * N / 2^32) = K. A shard's
+    /// object store is the given URL's shard-K-of-N prefix.
     #[arg(long, value_name = "K/N", default_value = "0/1")]
     shard: Shard,
 }
 
 impl Guards {
+    /// The store a build of these options publishes to (or a server of
+    /// them fetches from): each shard has its own under `url`.
+    fn store(&self, url: String) -> String {
+        remote::shard_url(&url, self.shard)
+    }
+
     fn options(&self, data_dir: PathBuf) -> BuildOptions {
         BuildOptions {
             memory_limit: self.memory_limit,
@@ -258,6 +269,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
             publish,
         } => {
+            let publish = publish.map(|url| guards.store(url));
             // A bad URL fails before the feed is read.
             if let Some(url) = &publish {
                 Remote::open(url)?;
@@ -305,6 +317,8 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             guards,
             publish,
         } => {
+            let source = source.map(|url| guards.store(url));
+            let publish = publish.map(|url| guards.store(url));
             // A bad URL stops serve at start, not at its first poll.
             for url in source.iter().chain(&publish) {
                 Remote::open(url)?;

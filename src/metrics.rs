@@ -17,6 +17,9 @@ pub const LOOKUPS: &str = "promo_lookups_total";
 pub const GENERATION_SEQUENCE: &str = "promo_generation_sequence";
 /// Gauge: records in the live generation.
 pub const GENERATION_ROWS: &str = "promo_generation_rows";
+/// Gauges: the live generation's shard K of N (0 of 1 when unsharded).
+pub const GENERATION_SHARD_INDEX: &str = "promo_generation_shard";
+pub const GENERATION_SHARD_COUNT: &str = "promo_generation_shards";
 /// Gauge: when the live generation went live, Unix seconds.
 pub const GENERATION_LOADED: &str = "promo_generation_loaded_timestamp_seconds";
 /// Counter: generations that went live.
@@ -63,7 +66,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())?;
     describe();
     // Export the counters before the first event, so rates start at zero.
-    for result in ["hit", "miss", "invalid"] {
+    for result in ["hit", "miss", "invalid", "misdirected"] {
         metrics::counter!(LOOKUPS, "result" => result).absolute(0);
     }
     metrics::counter!(GENERATION_SWAPS).absolute(0);
@@ -89,13 +92,22 @@ fn describe() {
     );
     describe_counter!(
         LOOKUPS,
-        "Promotion lookups: hit (found), miss (not in the live generation), invalid (not a UUID)."
+        "Promotion lookups: hit (found), miss (not in the live generation), invalid (not a UUID), \
+         misdirected (an id of another shard, answered 421)."
     );
     describe_gauge!(
         GENERATION_SEQUENCE,
         "Sequence number of the live generation; 0 before one is loaded."
     );
     describe_gauge!(GENERATION_ROWS, "Records in the live generation.");
+    describe_gauge!(
+        GENERATION_SHARD_INDEX,
+        "The live generation's shard K, of promo_generation_shards (0 of 1: every id)."
+    );
+    describe_gauge!(
+        GENERATION_SHARD_COUNT,
+        "The number of range shards N the live generation's data set is split into."
+    );
     describe_gauge!(
         HTTP_OPEN_CONNECTIONS,
         "Client connections open now (at most serve --max-connections)."

@@ -7,12 +7,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::nginx::Nginx;
 use common::s3::S3;
 use common::{free_port, Client, Server};
 
@@ -144,118 +144,35 @@ fn converge(replicas: &[Option<Server>], sequence: u64) {
     );
 }
 
-/// nginx with `deploy/nginx/promo.conf`, its upstream pointed at
-/// `replicas` and its listener at a free port, in a directory of its own.
-struct Nginx {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn start(replicas: &[u16]) -> Nginx {
-        let nginx = which("nginx");
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/promo.conf"),
-        )
-        .unwrap();
-        // The operator's file, with this test's addresses: the upstream's
-        // server lines and the listen line are the only ones changed.
-        let mut servers = String::new();
-        for p in replicas {
-            servers.push_str(&format!(
-                "    server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;\n"
-            ));
-        }
-        let mut out = String::new();
-        let mut placed = false;
-        for line in conf.lines() {
-            let t = line.trim_start();
-            if t.starts_with("server 127.0.0.1:") {
-                if !placed {
-                    out.push_str(&servers);
-                    placed = true;
-                }
-            } else if t.starts_with("listen ") {
-                out.push_str(&format!("    listen 127.0.0.1:{port};\n"));
-            } else {
-                out.push_str(line);
-                out.push('\n');
+/// nginx with `deploy/nginx/promo.conf`, its upstream pointed at `replicas`.
+fn nginx(replicas: &[u16]) -> Nginx {
+    // The operator's file, with this test's addresses: the upstream's
+    // server lines are the only ones changed (and the listen line, by Nginx).
+    let conf = Nginx::deploy_file("promo.conf");
+    let mut servers = String::new();
+    for p in replicas {
+        servers.push_str(&format!(
+            "    server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;\n"
+        ));
+    }
+    let mut out = String::new();
+    let mut placed = false;
+    for line in conf.lines() {
+        if line.trim_start().starts_with("server 127.0.0.1:") {
+            if !placed {
+                out.push_str(&servers);
+                placed = true;
             }
-        }
-        assert!(
-            placed,
-            "deploy/nginx/promo.conf has no upstream server lines"
-        );
-        std::fs::write(dir.path().join("promo.conf"), out).unwrap();
-        let d = dir.path().display();
-        let main = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             include {d}/promo.conf;\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
-        let check = Command::new(&nginx)
-            .args(["-t", "-p"])
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "nginx -t refused the configuration: {}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let child = Command::new(&nginx)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_until("nginx listening", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(addr).is_ok()
-        });
-        Nginx {
-            child,
-            port,
-            _dir: dir,
+        } else {
+            out.push_str(line);
+            out.push('\n');
         }
     }
-
-    fn addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-}
-
-impl Drop for Nginx {
-    /// SIGTERM, not SIGKILL: the master then stops its workers, which a
-    /// killed master would leave running, holding the port.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// The path of a tool the test needs; a missing tool fails the test.
-fn which(tool: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(tool);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{tool} is not installed: .ci/run installs it (apt-get install {tool})");
+    assert!(
+        placed,
+        "deploy/nginx/promo.conf has no upstream server lines"
+    );
+    Nginx::start(&out)
 }
 
 /// A client looping on lookups through nginx until stopped, on kept-alive
@@ -331,7 +248,7 @@ fn fleet_behind_nginx(mut store: Store) {
         .map(|i| Some(replica(&store, &dirs[i], ports[i])))
         .collect();
     converge(&replicas, 1);
-    let nginx = Nginx::start(&ports);
+    let nginx = nginx(&ports);
     let r = common::request(nginx.addr(), "GET", &format!("/promotions/{}", ids[0]));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(

@@ -27,6 +27,10 @@
 //!       "published"      when the manifest was written, RFC 3339 UTC
 //! ```
 //!
+//! A range shard (`--shard K/N`, not `0/1`) has a store of its own: the
+//! layout above under `<prefix>/shard-K-of-N` (see [`shard_url`]), so
+//! each shard's sequences, retention and rollbacks are its own.
+//!
 //! The newest manifest whose generation verifies is the store's newest
 //! generation. A replica checks the object's length against the manifest
 //! before it downloads and the header's checksum and the whole file after,
@@ -41,6 +45,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::error::{Error, Result};
 use crate::generation::format::{rfc3339_utc, Header};
+use crate::generation::shard::Shard;
 
 /// The `format` of every manifest this promo writes and reads. A manifest
 /// of another format is skipped with a log line (a newer builder's; upgrade
@@ -48,6 +53,19 @@ use crate::generation::format::{rfc3339_utc, Header};
 pub const MANIFEST_FORMAT: &str = "promo-manifest/1";
 const GENERATIONS: &str = "generations";
 const MANIFESTS: &str = "manifests";
+
+/// The store of `shard` in the store at `url`: `url` itself for every id
+/// (`0/1`), else `url` with `/shard-K-of-N` appended.
+pub fn shard_url(url: &str, shard: Shard) -> String {
+    if shard.is_whole() {
+        return url.to_string();
+    }
+    let name = format!("shard-{}-of-{}", shard.index(), shard.count());
+    match url.strip_suffix('/') {
+        Some(base) => format!("{base}/{name}"),
+        None => format!("{url}/{name}"),
+    }
+}
 
 /// A store of generations at a URL.
 #[derive(Debug, Clone)]
@@ -637,6 +655,14 @@ mod tests {
             body_checksum: 0x0123_4567_89ab_cdef,
             ..Header::new(3, 0)
         }
+    }
+
+    #[test]
+    fn each_shard_has_its_own_prefix() {
+        let s = Shard::new(1, 4).unwrap();
+        assert_eq!(shard_url("s3://b/promo", s), "s3://b/promo/shard-1-of-4");
+        assert_eq!(shard_url("s3://b/promo/", s), "s3://b/promo/shard-1-of-4");
+        assert_eq!(shard_url("s3://b/promo", Shard::WHOLE), "s3://b/promo");
     }
 
     #[test]

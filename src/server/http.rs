@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::builder::ingest;
+use crate::generation::shard::Shard;
 use crate::metrics as m;
 use crate::server::live::Live;
 use crate::server::table::Table;
@@ -75,6 +76,8 @@ pub enum Lookup {
     Miss,
     /// The id is not a UUID.
     Invalid,
+    /// The id is in another shard's range: the request was misrouted.
+    Misdirected,
 }
 
 impl Lookup {
@@ -84,6 +87,7 @@ impl Lookup {
             Lookup::Hit => "hit",
             Lookup::Miss => "miss",
             Lookup::Invalid => "invalid",
+            Lookup::Misdirected => "misdirected",
         }
     }
 }
@@ -134,10 +138,14 @@ pub fn route(
         "/readyz" => match table {
             Some(t) => (
                 "readyz",
-                text(
-                    StatusCode::OK,
-                    &format!("ready: generation {}\n", t.sequence()),
-                ),
+                text(StatusCode::OK, &{
+                    // A shard says which: what an unsharded server says is unchanged.
+                    let shard = t.header().shard;
+                    match shard.is_whole() {
+                        true => format!("ready: generation {}\n", t.sequence()),
+                        false => format!("ready: generation {}, shard {shard}\n", t.sequence()),
+                    }
+                }),
             ),
             None => (
                 "readyz",
@@ -186,6 +194,9 @@ pub fn promotion(
                 json_error(StatusCode::NOT_FOUND, "not a promotion id"),
                 Some(Lookup::Invalid),
             ),
+            Some(key) if !table.header().shard.contains(key) => {
+                (misdirected(key, table), Some(Lookup::Misdirected))
+            }
             Some(key) => match table.get(key) {
                 Some(record) => {
                     let mut body = Vec::with_capacity(128);
@@ -215,6 +226,19 @@ pub fn promotion(
     (response, lookup)
 }
 
+/// 421 for an id of another shard: a misrouted request must not look like
+/// a missing promotion.
+fn misdirected(key: u128, table: &Table) -> Response<Full<Bytes>> {
+    let shard = table.header().shard;
+    let message = format!(
+        "promotion {} is in shard {}/{}, and this server serves shard {shard}",
+        uuid::Uuid::from_u128(key),
+        Shard::of(key, shard.count()),
+        shard.count()
+    );
+    json_error(StatusCode::MISDIRECTED_REQUEST, &message)
+}
+
 /// A batch body that could not be read whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadBody {
@@ -227,8 +251,10 @@ pub enum BadBody {
 /// `POST /promotions/batch`, given the whole body: `{"ids":[...]}` in,
 /// `{"generation":N,"promotions":[...],"missing":[...],"invalid":[...]}`
 /// out, every promotion from `table`, so one generation answers the whole
-/// batch. Also returns the lookups made, as (hits, misses, invalid).
-pub fn batch(body: Result<&[u8], BadBody>, table: Option<&Table>) -> (Routed, [u64; 3]) {
+/// batch. On a shard server, ids of other shards are listed apart, in
+/// `"misdirected"`. Also returns the lookups made, as (hits, misses,
+/// invalid, misdirected).
+pub fn batch(body: Result<&[u8], BadBody>, table: Option<&Table>) -> (Routed, [u64; 4]) {
     let routed = |response| Routed {
         route: "batch",
         response,
@@ -240,27 +266,34 @@ pub fn batch(body: Result<&[u8], BadBody>, table: Option<&Table>) -> (Routed, [u
             let message = format!("a batch is at most {MAX_BATCH_BYTES} bytes");
             return (
                 routed(json_error(StatusCode::PAYLOAD_TOO_LARGE, &message)),
-                [0; 3],
+                [0; 4],
             );
         }
         Err(BadBody::Incomplete) => {
             let message = "the request body was not sent whole";
-            return (routed(json_error(StatusCode::BAD_REQUEST, message)), [0; 3]);
+            return (routed(json_error(StatusCode::BAD_REQUEST, message)), [0; 4]);
         }
     };
     let ids = match parse_batch(body) {
         Ok(ids) => ids,
-        Err((status, message)) => return (routed(json_error(status, &message)), [0; 3]),
+        Err((status, message)) => return (routed(json_error(status, &message)), [0; 4]),
     };
     let Some(table) = table else {
         let r = json_error(StatusCode::SERVICE_UNAVAILABLE, "no generation loaded yet");
-        return (routed(r), [0; 3]);
+        return (routed(r), [0; 4]);
     };
-    let mut counts = [0u64; 3];
+    let shard = table.header().shard;
+    let mut counts = [0u64; 4];
     let mut found = Vec::with_capacity(64 + ids.len() * 110);
-    let (mut missing, mut invalid) = (Vec::new(), Vec::new());
+    let (mut missing, mut invalid, mut misdirected) = (Vec::new(), Vec::new(), Vec::new());
     for id in &ids {
-        match ingest::parse_id(id.as_bytes()).map(|key| table.get(key)) {
+        let key = ingest::parse_id(id.as_bytes());
+        if key.is_some_and(|k| !shard.contains(k)) {
+            misdirected.push(id);
+            counts[3] += 1;
+            continue;
+        }
+        match key.map(|key| table.get(key)) {
             Some(Some(record)) => {
                 found.push(if counts[0] == 0 { b'[' } else { b',' });
                 record.write_json(&mut found);
@@ -289,6 +322,10 @@ pub fn batch(body: Result<&[u8], BadBody>, table: Option<&Table>) -> (Routed, [u
     serde_json::to_writer(&mut out, &missing).expect("strings serialize");
     out.extend_from_slice(b",\"invalid\":");
     serde_json::to_writer(&mut out, &invalid).expect("strings serialize");
+    if !shard.is_whole() {
+        out.extend_from_slice(b",\"misdirected\":");
+        serde_json::to_writer(&mut out, &misdirected).expect("strings serialize");
+    }
     out.push(b'}');
     let mut response = Response::new(Full::new(Bytes::from(out)));
     response
@@ -414,7 +451,7 @@ struct Counters {
     /// (route, status, counter) for the answers promo gives.
     requests: Vec<(&'static str, StatusCode, metrics::Counter)>,
     durations: Vec<(&'static str, metrics::Histogram)>,
-    lookups: [metrics::Counter; 3],
+    lookups: [metrics::Counter; 4],
     open_connections: metrics::Gauge,
 }
 
@@ -435,6 +472,7 @@ impl Counters {
             StatusCode::METHOD_NOT_ALLOWED,
             StatusCode::URI_TOO_LONG,
             StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::MISDIRECTED_REQUEST,
         ];
         let mut requests = Vec::new();
         for route in ROUTES {
@@ -454,8 +492,13 @@ impl Counters {
                     )
                 })
                 .collect(),
-            lookups: [Lookup::Hit, Lookup::Miss, Lookup::Invalid]
-                .map(|l| metrics::counter!(m::LOOKUPS, "result" => l.label())),
+            lookups: [
+                Lookup::Hit,
+                Lookup::Miss,
+                Lookup::Invalid,
+                Lookup::Misdirected,
+            ]
+            .map(|l| metrics::counter!(m::LOOKUPS, "result" => l.label())),
             open_connections: metrics::gauge!(m::HTTP_OPEN_CONNECTIONS),
         }
     }
@@ -719,6 +762,57 @@ mod tests {
             .block_on(f)
     }
 
+    /// Shard 3/4 (ids from `c` to `f`) holding `ID` (it starts with `d`).
+    fn shard_table(dir: &std::path::Path) -> Table {
+        let path = dir.join("s.promo");
+        let key = uuid::Uuid::parse_str(ID).unwrap().as_u128();
+        let shard = crate::generation::shard::Shard::new(3, 4).unwrap();
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w = Writer::new(file, &path, 1).unwrap().with_shard(shard);
+        w.push_row(key, Price::new(5, 0).unwrap(), b"2018-08-04 05:32:31")
+            .unwrap();
+        w.finish().unwrap();
+        Table::open_verified(&path, 9).unwrap()
+    }
+
+    #[test]
+    fn a_shard_answers_ids_of_other_shards_421_never_404() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = shard_table(dir.path());
+        let hit = route(&Method::GET, &format!("/promotions/{ID}"), Some(&t), None);
+        assert_eq!(hit.response.status(), StatusCode::OK);
+        // In range but absent: a real miss.
+        let miss = "/promotions/ffffffff-0000-4000-8000-000000000000";
+        let r = route(&Method::GET, miss, Some(&t), None);
+        assert_eq!(
+            (r.response.status(), r.lookup),
+            (StatusCode::NOT_FOUND, Some(Lookup::Miss))
+        );
+        // Out of range, either case: misrouted.
+        for id in [
+            "3fffffff-0000-4000-8000-000000000000",
+            "0A000000-0000-4000-8000-00000000000F",
+        ] {
+            let r = route(&Method::GET, &format!("/promotions/{id}"), Some(&t), None);
+            assert_eq!(r.lookup, Some(Lookup::Misdirected), "{id}");
+            assert_eq!(r.response.status(), StatusCode::MISDIRECTED_REQUEST);
+            let v: serde_json::Value = serde_json::from_str(&body(r.response)).unwrap();
+            let error = v["error"].as_str().unwrap();
+            assert!(
+                error.contains("shard 0/4") && error.contains("serves shard 3/4"),
+                "{error}"
+            );
+        }
+        let ready = route(&Method::GET, "/readyz", Some(&t), None);
+        assert_eq!(body(ready.response), "ready: generation 9, shard 3/4\n");
+        let ids = format!(r#"{{"ids":["{ID}","10000000-0000-4000-8000-000000000000","x"]}}"#);
+        let (r, counts) = batch(Ok(ids.as_bytes()), Some(&t));
+        assert_eq!(counts, [1, 0, 1, 1]);
+        let v: serde_json::Value = serde_json::from_str(&body(r.response)).unwrap();
+        assert_eq!(v["misdirected"][0], "10000000-0000-4000-8000-000000000000");
+        assert_eq!(v["missing"].as_array().unwrap().len(), 0);
+    }
+
     #[test]
     fn promotions_hit_miss_invalid_and_methods() {
         let dir = tempfile::tempdir().unwrap();
@@ -765,7 +859,7 @@ mod tests {
         let ask = serde_json::json!({"ids": [ID.to_uppercase(), absent, "nope", ID]}).to_string();
         let (r, counts) = batch(Ok(ask.as_bytes()), Some(&t));
         assert_eq!(r.route, "batch");
-        assert_eq!(counts, [2, 1, 1]);
+        assert_eq!(counts, [2, 1, 1, 0]);
         assert_eq!(r.response.status(), StatusCode::OK);
         assert_eq!(r.response.headers()[GENERATION_HEADER], "42");
         let v: serde_json::Value = serde_json::from_str(&body(r.response)).unwrap();

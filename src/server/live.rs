@@ -139,17 +139,21 @@ impl Live {
             return false;
         }
         let path = table.path().display().to_string();
+        let shard = table.header().shard;
         let old = self.live.swap(Some(Arc::new(table)));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         metrics::gauge!(m::GENERATION_SEQUENCE).set(sequence as f64);
         metrics::gauge!(m::GENERATION_ROWS).set(rows as f64);
+        metrics::gauge!(m::GENERATION_SHARD_INDEX).set(f64::from(shard.index()));
+        metrics::gauge!(m::GENERATION_SHARD_COUNT).set(f64::from(shard.count()));
         metrics::gauge!(m::GENERATION_LOADED).set(now);
         metrics::counter!(m::GENERATION_SWAPS).increment(1);
         tracing::info!(
             sequence,
             rows,
+            %shard,
             path,
             previous = old.as_ref().map(|t| t.sequence()),
             "generation is live"

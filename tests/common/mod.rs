@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: the real binary, real files, real HTTP.
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod s3;
 
 use std::io::{BufRead, BufReader, Read, Write};
