@@ -5,7 +5,7 @@ LISTEN ?= 0.0.0.0:1321
 CARGO ?= cargo
 PROMO := target/release/promo
 
-.PHONY: all build run demo test lint bench gen clean fault fuzz soak
+.PHONY: all build run demo test lint bench bench-scale gen clean fault fuzz soak
 
 all: build
 
@@ -31,6 +31,11 @@ lint:
 # Sizes: make bench BENCH_ARGS="--rows 1000000 --big-rows 0 --duration 5"
 bench:
 	python3 scripts/bench.py $(BENCH_ARGS)
+
+# Builds of 10^8 and 10^9 rows (about 40 GB of disk for a while), and
+# 10^7 and 10^8 against the last format-version-1 release.
+bench-scale: build
+	python3 scripts/bench_scale.py --v1 $(SCALE_ARGS)
 
 # A generated CSV: make gen ROWS=10000000 OUT=bench-data/10m.csv
 ROWS ?= 1000000

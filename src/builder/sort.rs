@@ -52,6 +52,8 @@ pub struct Sorter {
     range_records: usize,
     duplicates: u64,
     spilled: usize,
+    /// Bytes of a run freed at once, at least, as the merge reads it.
+    free_step: u64,
 }
 
 /// What a finished sort saw.
@@ -86,6 +88,7 @@ impl Sorter {
             range_records: 4 * BLOCK_RECORDS,
             duplicates: 0,
             spilled: 0,
+            free_step: FREE_STEP,
         })
     }
 
@@ -99,6 +102,12 @@ impl Sorter {
     /// merge holds, at least one per run.
     pub fn with_range_records(mut self, n: usize) -> Sorter {
         self.range_records = n.max(1);
+        self
+    }
+
+    /// Sets how many bytes of a run are freed at once as the merge reads it.
+    pub fn with_free_step(mut self, bytes: u64) -> Sorter {
+        self.free_step = bytes.max(1);
         self
     }
 
@@ -265,9 +274,10 @@ impl Sorter {
     /// range by key range, ranges in parallel; of records with the same key,
     /// the one from the latest run wins. Returns the records handed out.
     ///
-    /// Every `stride`-th key of every run is a split point, so a range holds
-    /// at most `stride` records of each run whatever the key distribution.
-    /// Ranges are read with positioned reads: the runs are never mapped, so
+    /// Split points come from a sample of every run's keys (see below), so
+    /// a range holds a bounded number of records of each run whatever the
+    /// key distribution, and finding the ranges costs a few reads of
+    /// single keys per range and run. Ranges are read with positioned reads: the runs are never mapped, so
     /// they do not count in the process's memory.
     fn merge_parallel(
         &mut self,
@@ -287,22 +297,42 @@ impl Sorter {
         for run in runs {
             lens.push(run.metadata().map_err(io)?.len() / RECORD_LEN as u64);
         }
+        // Every `stride`-th key of each run is sampled; between two
+        // neighbouring samples of all runs together there are at most
+        // `stride` records of any run.
         let stride = (self.range_records / runs.len()).max(1) as u64;
-        let mut splits = Vec::new();
+        let mut samples = Vec::with_capacity(runs.len());
         for (run, &len) in runs.iter().zip(&lens) {
+            let mut keys = Vec::with_capacity((len / stride) as usize);
             for i in (stride..len).step_by(stride as usize) {
-                splits.push(key_at(run, i)?);
+                keys.push(key_at(run, i)?);
             }
+            samples.push(keys);
         }
-        splits.sort_unstable();
-        splits.dedup();
+        // Every `runs`-th sample of them all is a split: a range then holds
+        // about `range_records` records, and at most `runs * stride` of any
+        // one run whatever the key distribution.
+        let mut all: Vec<u128> = samples.concat();
+        all.sort_unstable();
+        all.dedup();
+        let splits: Vec<u128> = all
+            .into_iter()
+            .skip(runs.len() - 1)
+            .step_by(runs.len())
+            .collect();
         // bounds[r][j]: the first record of run r whose key is >= splits[j].
+        // The run's samples narrow it to one stride in memory; positioned
+        // reads of single keys find it there.
         let mut bounds = Vec::with_capacity(runs.len());
-        for (run, &len) in runs.iter().zip(&lens) {
+        for ((run, &len), keys) in runs.iter().zip(&lens).zip(&samples) {
             let mut b = Vec::with_capacity(splits.len() + 2);
             b.push(0);
             for &split in &splits {
-                let (mut lo, mut hi) = (*b.last().unwrap(), len);
+                // keys[i] is the key at (i + 1) * stride; c of them are < split.
+                let c = keys.partition_point(|&k| k < split) as u64;
+                let mut lo = if c == 0 { 0 } else { c * stride + 1 };
+                let mut hi = ((c + 1) * stride).min(len);
+                lo = lo.max(*b.last().unwrap());
                 while lo < hi {
                     let mid = lo + (hi - lo) / 2;
                     if key_at(run, mid)? < split {
@@ -329,10 +359,15 @@ impl Sorter {
         let ranges: Vec<usize> = (0..=splits.len()).collect();
         let batch = 2 * rayon::current_num_threads();
         let mut batches = ranges.chunks(batch);
-        let gather = |js: &[usize]| js.par_iter().map(|&j| merge_range(j)).collect::<Vec<_>>();
+        let gather = |js: &[usize]| {
+            let merged = js.par_iter().map(|&j| merge_range(j)).collect::<Vec<_>>();
+            (merged, js.last().map_or(0, |&j| j + 1))
+        };
         let mut current = batches.next().map(gather);
         let mut unique = 0;
-        while let Some(merged) = current {
+        let mut freed = vec![0u64; runs.len()];
+        let step = self.free_step;
+        while let Some((merged, read_to)) = current {
             let (next, written) = rayon::join(
                 || batches.next().map(gather),
                 || -> Result<(u64, u64)> {
@@ -342,6 +377,11 @@ impl Sorter {
                         records += (block.len() / RECORD_LEN) as u64;
                         duplicates += dups;
                         sink(&block)?;
+                    }
+                    // What has been read of each run is not read again:
+                    // give its disk space back while the output grows.
+                    for ((run, b), freed) in runs.iter().zip(&bounds).zip(&mut freed) {
+                        free_prefix(run, b[read_to] * RECORD_LEN as u64, step, freed);
                     }
                     Ok((records, duplicates))
                 },
@@ -353,6 +393,40 @@ impl Sorter {
         }
         Ok(unique)
     }
+}
+
+/// Bytes of a run freed at once, at least.
+const FREE_STEP: u64 = 64 << 20;
+
+/// Frees the disk blocks of `run` before `read` (rounded down to whole
+/// `step`s), of which those before `freed` already are: a merge reads each
+/// run front to back, once, so the runs shrink as the output grows and the
+/// build's peak disk use is about one copy of the data rather than two.
+/// Only an economy: where the filesystem cannot punch holes, nothing is
+/// freed until the run is closed.
+fn free_prefix(run: &File, read: u64, step: u64, freed: &mut u64) {
+    let to = read / step * step;
+    if to <= *freed {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fallocate only reads its arguments; the descriptor is
+        // open for as long as `run` is borrowed.
+        let rc = unsafe {
+            libc::fallocate(
+                run.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                *freed as libc::off_t,
+                (to - *freed) as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!("freeing a merged run's start: {}", std::io::Error::last_os_error());
+        }
+    }
+    *freed = to;
 }
 
 /// Records in a block handed to a sink: 1 MiB.
@@ -465,10 +539,13 @@ mod tests {
 
     fn check_ranges(keys: &[u128], memory_limit: usize, fan_in: usize, range: usize) -> SortStats {
         let dir = tempfile::tempdir().unwrap();
+        // Runs are freed a record at a time as they are read: a record
+        // freed before it was merged would come out as zeros.
         let mut s = Sorter::new(memory_limit, dir.path())
             .unwrap()
             .with_max_fan_in(fan_in)
-            .with_range_records(range);
+            .with_range_records(range)
+            .with_free_step(RECORD_LEN as u64);
         for (i, &k) in keys.iter().enumerate() {
             s.push(rec(k, i as u64)).unwrap();
         }
@@ -538,6 +615,27 @@ mod tests {
         check(&twins, 50 * ITEM_LEN, 4);
         let stats = check(&[7, 7, 7, 7, 7], 2 * ITEM_LEN, 64);
         assert_eq!((stats.unique, stats.duplicates), (1, 4));
+    }
+
+    #[test]
+    fn a_read_run_gives_its_disk_space_back() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = tempfile::tempfile_in(dir.path()).unwrap();
+        run.write_all(&vec![7u8; 8 << 20]).unwrap();
+        run.sync_all().unwrap();
+        let allocated = |f: &File| f.metadata().unwrap().blocks() * 512;
+        assert!(allocated(&run) >= 8 << 20);
+        let mut freed = 0;
+        free_prefix(&run, (6 << 20) + 5, 1 << 20, &mut freed);
+        assert_eq!(freed, 6 << 20);
+        assert!(allocated(&run) <= 3 << 20, "{} bytes", allocated(&run));
+        // What is left reads back whole; the size is unchanged.
+        use std::os::unix::fs::FileExt;
+        let mut tail = vec![0u8; 2 << 20];
+        run.read_exact_at(&mut tail, 6 << 20).unwrap();
+        assert!(tail.iter().all(|&b| b == 7));
+        assert_eq!(run.metadata().unwrap().len(), 8 << 20);
     }
 
     #[test]
