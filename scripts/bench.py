@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fleet  # noqa: E402
 from bench_common import free_port, log  # noqa: E402
+import bench_beyond
 import bench_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -465,6 +466,7 @@ def write_report(results, path, chart):
             for w in bt["runs"][name]:
                 lines.append(f"| {name} | {w['ids_per_s']:,.0f} | {w['rps']:,.0f} | {w['p99'] * 1e3:.2f} ms |")
         lines += ["", f"Batches answer {ratio(bt['batch'], bt['single']):.1f}x the ids a second of single GETs."]
+    lines += bench_beyond.report(results)
     lines += bench_ports.report(results)
     if "fleet" in results:
         lines += bench_fleet.report(results)
@@ -522,6 +524,8 @@ def main():
         big_gen = sorted(big.glob("gen-*.promo"))[-1]
         bench_lookup(big_gen, results)
         bench_memory(big, big_ids, args.memory_seconds, results)
+        bench_beyond.bench_beyond_memory(args.work, big_gen, wrk, results, args.duration)
+    bench_beyond.bench_verify_keeps_live(args.work, generation, wrk, results)
     # Last: it drops the page cache before each of its runs.
     bench_ports.bench_upload(args.work, csv, results)
     results["seconds"] = time.time() - started

@@ -17,6 +17,9 @@ pub const LOOKUPS: &str = "promo_lookups_total";
 pub const GENERATION_SEQUENCE: &str = "promo_generation_sequence";
 /// Gauge: records in the live generation.
 pub const GENERATION_ROWS: &str = "promo_generation_rows";
+/// Counter: lookups whose page was not in memory, answered on a blocking
+/// thread so that the serving thread kept serving.
+pub const DISK_LOOKUPS: &str = "promo_lookups_from_disk_total";
 /// Gauges: the live generation's shard K of N (0 of 1 when unsharded).
 pub const GENERATION_SHARD_INDEX: &str = "promo_generation_shard";
 pub const GENERATION_SHARD_COUNT: &str = "promo_generation_shards";
@@ -70,6 +73,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         metrics::counter!(LOOKUPS, "result" => result).absolute(0);
     }
     metrics::counter!(GENERATION_SWAPS).absolute(0);
+    metrics::counter!(DISK_LOOKUPS).absolute(0);
     metrics::counter!(GENERATION_LOAD_FAILURES).absolute(0);
     metrics::gauge!(GENERATION_SEQUENCE).set(0.0);
     metrics::gauge!(GENERATION_ROWS).set(0.0);
@@ -100,6 +104,11 @@ fn describe() {
         "Sequence number of the live generation; 0 before one is loaded."
     );
     describe_gauge!(GENERATION_ROWS, "Records in the live generation.");
+    describe_counter!(
+        DISK_LOOKUPS,
+        "Lookups whose page of the generation was not in memory, answered on a blocking thread \
+         (the generation does not fit the page cache)."
+    );
     describe_gauge!(
         GENERATION_SHARD_INDEX,
         "The live generation's shard K, of promo_generation_shards (0 of 1: every id)."

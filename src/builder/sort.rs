@@ -423,7 +423,10 @@ fn free_prefix(run: &File, read: u64, step: u64, freed: &mut u64) {
             )
         };
         if rc != 0 {
-            tracing::debug!("freeing a merged run's start: {}", std::io::Error::last_os_error());
+            tracing::debug!(
+                "freeing a merged run's start: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     *freed = to;
