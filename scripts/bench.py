@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fleet  # noqa: E402
 from bench_common import free_port, log  # noqa: E402
 import bench_beyond
+import bench_scale
 import bench_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -467,6 +468,9 @@ def write_report(results, path, chart):
                 lines.append(f"| {name} | {w['ids_per_s']:,.0f} | {w['rps']:,.0f} | {w['p99'] * 1e3:.2f} ms |")
         lines += ["", f"Batches answer {ratio(bt['batch'], bt['single']):.1f}x the ids a second of single GETs."]
     lines += bench_beyond.report(results)
+    scale = ROOT / "bench-data" / "scale.json"
+    if scale.exists():
+        lines += bench_scale.report(json.loads(scale.read_text()))
     lines += bench_ports.report(results)
     if "fleet" in results:
         lines += bench_fleet.report(results)

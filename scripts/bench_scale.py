@@ -115,7 +115,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the v1 comparison")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT, check=True)
-    results = {"scale": []}
+    results = {"scale": [], "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds}
     if args.v1:
         old = v1_binary()
         for rows in (10_000_000, 100_000_000):
@@ -132,22 +132,36 @@ def main():
     for rows in (int(r) for r in args.rows.split(",")):
         results["scale"].append(build(PROMO, rows, WORK / "data-scale"))
     (WORK / "scale.json").write_text(json.dumps(results, indent=2))
-    print("\n| rows | build | peak RSS | file | bytes/record | peak disk |")
-    print("|---|---|---|---|---|---|")
+    print("\n".join(report(results)))
+
+
+def report(results):
+    """Markdown lines for BENCHMARKS.md: `make bench` adds them when
+    bench-data/scale.json exists."""
+    lines = ["", f"## Builds at scale (`make bench-scale`, {results.get('date', '')})", "",
+             "Rows piped from `gen-promotions --seed 1` into `promo build - --memory-limit 1GiB`; "
+             "peak disk is the most the filesystem held beyond what it held before "
+             "(sorted runs, dates kept as written and the new file), sampled every 0.1 s.", "",
+             "| rows | build | peak RSS | file | bytes/record | peak disk |",
+             "|---:|---:|---:|---:|---:|---:|"]
     for r in results["scale"]:
-        print(f"| {r['rows']:,} | {r['wall']:.1f} s | {r['rss'] / 2**30:.2f} GiB | "
-              f"{r['file_bytes'] / 1e9:.2f} GB | {r['bytes_per_record']:.1f} | "
-              f"{r['peak_disk'] / 1e9:.2f} GB = {r['peak_disk_ratio']:.2f}x the file |")
+        lines.append(f"| {r['rows']:,} | {r['wall']:.1f} s | {r['rss'] / 2**30:.2f} GiB | "
+                     f"{r['file_bytes'] / 1e9:.2f} GB | {r['bytes_per_record']:.1f} | "
+                     f"{r['peak_disk'] / 1e9:.2f} GB, {r['peak_disk_ratio']:.2f}x the file |")
     if len(results["scale"]) > 1:
         a, b = results["scale"][0], results["scale"][-1]
-        print(f"\n{b['rows']:,} rows took {b['wall'] / a['wall']:.2f}x the {a['rows']:,}-row time.")
-    for v in results.get("versions", []):
-        print(f"\n{v['rows']:,} rows, medians of {args.rounds} alternating rounds: "
-              f"v2 {v['v2']['wall']:.2f} s / {v['v2']['rss'] / 2**30:.2f} GiB / "
-              f"{v['v2']['bytes_per_record']:.1f} B a record; "
-              f"v1 {v['v1']['wall']:.2f} s / {v['v1']['rss'] / 2**30:.2f} GiB / "
-              f"{v['v1']['bytes_per_record']:.1f} B a record; "
-              f"time {v['v2']['wall'] / v['v1']['wall']:.2f}x, RSS {v['v2']['rss'] / v['v1']['rss']:.2f}x")
+        lines += ["", f"{b['rows']:,} rows took {b['wall'] / a['wall']:.2f}x the {a['rows']:,}-row time."]
+    if results.get("versions"):
+        lines += ["", "Format version 2 against the last release that wrote version 1, on the same "
+                  f"generated rows, alternating, medians of {results.get('rounds', 3)} rounds:", "",
+                  "| rows | v2 build | v1 build | v2 peak RSS | v1 peak RSS | v2 B/record | v1 B/record |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for v in results["versions"]:
+            a, b = v["v2"], v["v1"]
+            lines.append(f"| {v['rows']:,} | {a['wall']:.2f} s | {b['wall']:.2f} s ({a['wall'] / b['wall']:.2f}x) | "
+                         f"{a['rss'] / 2**30:.2f} GiB | {b['rss'] / 2**30:.2f} GiB | "
+                         f"{a['bytes_per_record']:.1f} | {b['bytes_per_record']:.1f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::generation::record::{prefetch, Record, RECORD_LEN};
+use crate::generation::record::{key_of, prefetch, Record, RECORD_LEN};
 
 /// Bytes of memory one buffered record costs: the record and its sort entry.
 pub const ITEM_LEN: usize = RECORD_LEN + 16;
@@ -44,7 +44,7 @@ pub struct Sorter {
     /// Records the buffer may hold before it spills.
     capacity: usize,
     /// Spilled runs, oldest first: a later run's record wins a tie.
-    runs: Vec<File>,
+    runs: Vec<Run>,
     tmp_dir: PathBuf,
     /// Most runs merged at once; more are first merged in groups.
     max_fan_in: usize,
@@ -54,6 +54,8 @@ pub struct Sorter {
     spilled: usize,
     /// Bytes of a run freed at once, at least, as the merge reads it.
     free_step: u64,
+    /// Bytes read from a run at a time in the merge.
+    read_len: usize,
 }
 
 /// What a finished sort saw.
@@ -89,6 +91,7 @@ impl Sorter {
             duplicates: 0,
             spilled: 0,
             free_step: FREE_STEP,
+            read_len: READ_LEN,
         })
     }
 
@@ -108,6 +111,12 @@ impl Sorter {
     /// Sets how many bytes of a run are freed at once as the merge reads it.
     pub fn with_free_step(mut self, bytes: u64) -> Sorter {
         self.free_step = bytes.max(1);
+        self
+    }
+
+    /// Sets how many records the merge reads from a run at a time.
+    pub fn with_read_records(mut self, n: usize) -> Sorter {
+        self.read_len = n.max(1) * RECORD_LEN;
         self
     }
 
@@ -211,19 +220,28 @@ impl Sorter {
 
     fn spill(&mut self) -> Result<()> {
         let mut run = self.new_run()?;
-        let tmp = self.tmp_dir.clone();
-        self.drain_sorted(&mut |block: &[u8]| {
-            run.write_all(block)
-                .map_err(Error::io_op("writing a sorted run", &tmp))
-        })?;
-        self.runs.push(run);
+        self.drain_sorted(&mut |block: &[u8]| run.write(block))?;
+        self.runs.push(run.finish());
         self.spilled += 1;
         Ok(())
     }
 
-    fn new_run(&self) -> Result<File> {
-        tempfile::tempfile_in(&self.tmp_dir)
-            .map_err(Error::io_op("creating a sorted run", &self.tmp_dir))
+    fn new_run(&self) -> Result<RunWriter> {
+        let file = tempfile::tempfile_in(&self.tmp_dir)
+            .map_err(Error::io_op("creating a sorted run", &self.tmp_dir))?;
+        Ok(RunWriter {
+            file,
+            records: 0,
+            samples: Vec::new(),
+            every: self.sample_every(),
+            tmp_dir: self.tmp_dir.clone(),
+        })
+    }
+
+    /// Every how many records of a run a key is sampled: a sixteenth of a
+    /// merge range, at most 4,096 (4 MiB of samples at 10^9 records).
+    fn sample_every(&self) -> u64 {
+        (self.range_records as u64 / 16).clamp(1, 4096)
     }
 
     /// Hands every distinct key's winning record to `sink`, in key order,
@@ -250,15 +268,10 @@ impl Sorter {
             let mut merged_runs = Vec::new();
             let mut rest = runs.into_iter().peekable();
             while rest.peek().is_some() {
-                let group: Vec<File> = rest.by_ref().take(self.max_fan_in).collect();
+                let group: Vec<Run> = rest.by_ref().take(self.max_fan_in).collect();
                 let mut merged = self.new_run()?;
-                let tmp = self.tmp_dir.clone();
-                self.merge_parallel(&group, &mut |block: &[u8]| {
-                    merged
-                        .write_all(block)
-                        .map_err(Error::io_op("writing a merged run", &tmp))
-                })?;
-                merged_runs.push(merged);
+                self.merge_parallel(&group, &mut |block: &[u8]| merged.write(block))?;
+                merged_runs.push(merged.finish());
             }
             runs = merged_runs;
         }
@@ -274,114 +287,63 @@ impl Sorter {
     /// range by key range, ranges in parallel; of records with the same key,
     /// the one from the latest run wins. Returns the records handed out.
     ///
-    /// Split points come from a sample of every run's keys (see below), so
-    /// a range holds a bounded number of records of each run whatever the
-    /// key distribution, and finding the ranges costs a few reads of
-    /// single keys per range and run. Ranges are read with positioned reads: the runs are never mapped, so
-    /// they do not count in the process's memory.
+    /// The split points between ranges come from the keys every run
+    /// sampled as it was written (see [`RunWriter`]), so finding them reads
+    /// nothing. Each run is then read front to back in large reads, one
+    /// range after the other, while the ranges read before are merged in
+    /// parallel: the disk sees sequential reads, however many runs there
+    /// are. The runs are never mapped, so they do not count in the
+    /// process's memory.
     fn merge_parallel(
         &mut self,
-        runs: &[File],
+        runs: &[Run],
         sink: &mut (impl FnMut(&[u8]) -> Result<()> + Send),
     ) -> Result<u64> {
-        use std::os::unix::fs::FileExt;
-        let tmp = self.tmp_dir.clone();
-        let io = |e| Error::io_op("reading a sorted run", &tmp)(e);
-        let key_at = |run: &File, i: u64| -> Result<u128> {
-            let mut key = [0u8; 16];
-            run.read_exact_at(&mut key, i * RECORD_LEN as u64)
-                .map_err(io)?;
-            Ok(u128::from_be_bytes(key))
-        };
-        let mut lens = Vec::with_capacity(runs.len());
-        for run in runs {
-            lens.push(run.metadata().map_err(io)?.len() / RECORD_LEN as u64);
-        }
-        // Every `stride`-th key of each run is sampled; between two
-        // neighbouring samples of all runs together there are at most
-        // `stride` records of any run.
-        let stride = (self.range_records / runs.len()).max(1) as u64;
-        let mut samples = Vec::with_capacity(runs.len());
-        for (run, &len) in runs.iter().zip(&lens) {
-            let mut keys = Vec::with_capacity((len / stride) as usize);
-            for i in (stride..len).step_by(stride as usize) {
-                keys.push(key_at(run, i)?);
-            }
-            samples.push(keys);
-        }
-        // Every `runs`-th sample of them all is a split: a range then holds
-        // about `range_records` records, and at most `runs * stride` of any
-        // one run whatever the key distribution.
-        let mut all: Vec<u128> = samples.concat();
+        // Between two neighbouring samples of all runs together there are
+        // at most `every` records of any one run, and on average `every`
+        // records in all. So every `per_range`-th sample is a split: a range
+        // then holds about `range_records` records, and at most
+        // `per_range * every` of any one run whatever the keys.
+        let mut all: Vec<u128> = runs.iter().flat_map(|r| r.samples.iter().copied()).collect();
         all.sort_unstable();
         all.dedup();
-        let splits: Vec<u128> = all
+        let per_range = (self.range_records as u64 / self.sample_every()).max(1) as usize;
+        let bounds: Vec<Option<u128>> = all
             .into_iter()
-            .skip(runs.len() - 1)
-            .step_by(runs.len())
+            .skip(per_range - 1)
+            .step_by(per_range)
+            .map(Some)
+            .chain([None])
             .collect();
-        // bounds[r][j]: the first record of run r whose key is >= splits[j].
-        // The run's samples narrow it to one stride in memory; positioned
-        // reads of single keys find it there.
-        let mut bounds = Vec::with_capacity(runs.len());
-        for ((run, &len), keys) in runs.iter().zip(&lens).zip(&samples) {
-            let mut b = Vec::with_capacity(splits.len() + 2);
-            b.push(0);
-            for &split in &splits {
-                // keys[i] is the key at (i + 1) * stride; c of them are < split.
-                let c = keys.partition_point(|&k| k < split) as u64;
-                let mut lo = if c == 0 { 0 } else { c * stride + 1 };
-                let mut hi = ((c + 1) * stride).min(len);
-                lo = lo.max(*b.last().unwrap());
-                while lo < hi {
-                    let mid = lo + (hi - lo) / 2;
-                    if key_at(run, mid)? < split {
-                        lo = mid + 1;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                b.push(lo);
-            }
-            b.push(len);
-            bounds.push(b);
-        }
-        let merge_range = |j: usize| -> Result<(Vec<u8>, u64)> {
-            let mut parts = Vec::with_capacity(runs.len());
-            for (run, b) in runs.iter().zip(&bounds) {
-                let mut part = vec![0u8; ((b[j + 1] - b[j]) as usize) * RECORD_LEN];
-                run.read_exact_at(&mut part, b[j] * RECORD_LEN as u64)
-                    .map_err(io)?;
-                parts.push(part);
-            }
-            Ok(merge_slices(&parts))
+        let mut readers: Vec<RunReader> = runs
+            .iter()
+            .map(|run| RunReader::new(run, &self.tmp_dir, self.free_step, self.read_len))
+            .collect();
+        // The parts of each range of `bounds`, run by run.
+        let read = |readers: &mut Vec<RunReader>, bounds: &[Option<u128>]| {
+            bounds
+                .iter()
+                .map(|&bound| {
+                    readers
+                        .iter_mut()
+                        .map(|r| r.take_below(bound))
+                        .collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<Vec<_>>>()
         };
-        let ranges: Vec<usize> = (0..=splits.len()).collect();
-        let batch = 2 * rayon::current_num_threads();
-        let mut batches = ranges.chunks(batch);
-        let gather = |js: &[usize]| {
-            let merged = js.par_iter().map(|&j| merge_range(j)).collect::<Vec<_>>();
-            (merged, js.last().map_or(0, |&j| j + 1))
-        };
-        let mut current = batches.next().map(gather);
+        let mut batches = bounds.chunks(2 * rayon::current_num_threads());
+        let mut current = batches.next().map(|b| read(&mut readers, b)).transpose()?;
         let mut unique = 0;
-        let mut freed = vec![0u64; runs.len()];
-        let step = self.free_step;
-        while let Some((merged, read_to)) = current {
+        while let Some(ranges) = current {
             let (next, written) = rayon::join(
-                || batches.next().map(gather),
+                || batches.next().map(|b| read(&mut readers, b)).transpose(),
                 || -> Result<(u64, u64)> {
+                    let merged: Vec<_> = ranges.par_iter().map(|parts| merge_slices(parts)).collect();
                     let (mut records, mut duplicates) = (0, 0);
-                    for m in merged {
-                        let (block, dups) = m?;
+                    for (block, dups) in merged {
                         records += (block.len() / RECORD_LEN) as u64;
                         duplicates += dups;
                         sink(&block)?;
-                    }
-                    // What has been read of each run is not read again:
-                    // give its disk space back while the output grows.
-                    for ((run, b), freed) in runs.iter().zip(&bounds).zip(&mut freed) {
-                        free_prefix(run, b[read_to] * RECORD_LEN as u64, step, freed);
                     }
                     Ok((records, duplicates))
                 },
@@ -389,9 +351,122 @@ impl Sorter {
             let (records, duplicates) = written?;
             unique += records;
             self.duplicates += duplicates;
-            current = next;
+            current = next?;
         }
         Ok(unique)
+    }
+}
+
+/// A sorted run on disk, and the keys sampled as it was written.
+struct Run {
+    file: File,
+    /// Key `i` is that of record `(i + 1) * every - 1`.
+    samples: Vec<u128>,
+}
+
+/// Writes a run and samples every `every`-th key, the last of each group.
+struct RunWriter {
+    file: File,
+    records: u64,
+    samples: Vec<u128>,
+    every: u64,
+    tmp_dir: PathBuf,
+}
+
+impl RunWriter {
+    fn write(&mut self, block: &[u8]) -> Result<()> {
+        let n = (block.len() / RECORD_LEN) as u64;
+        let mut i = self.every - 1 - self.records % self.every;
+        while i < n {
+            self.samples.push(key_of(&block[i as usize * RECORD_LEN..]));
+            i += self.every;
+        }
+        self.records += n;
+        self.file
+            .write_all(block)
+            .map_err(Error::io_op("writing a sorted run", &self.tmp_dir))
+    }
+
+    fn finish(self) -> Run {
+        Run {
+            file: self.file,
+            samples: self.samples,
+        }
+    }
+}
+
+/// Bytes read from a run at a time: a few per run are in memory at once.
+const READ_LEN: usize = 1 << 20;
+
+/// Reads a run front to back, range by range, and frees what it has read.
+struct RunReader<'a> {
+    file: &'a File,
+    tmp_dir: &'a Path,
+    /// Bytes in the file, and where the next read starts.
+    len: u64,
+    next: u64,
+    /// What the last read brought, of which `at` bytes are taken.
+    buf: Vec<u8>,
+    at: usize,
+    freed: u64,
+    step: u64,
+    read_len: usize,
+}
+
+impl<'a> RunReader<'a> {
+    fn new(run: &'a Run, tmp_dir: &'a Path, step: u64, read_len: usize) -> RunReader<'a> {
+        RunReader {
+            file: &run.file,
+            tmp_dir,
+            len: run.file.metadata().map_or(0, |m| m.len()),
+            next: 0,
+            buf: Vec::new(),
+            at: 0,
+            freed: 0,
+            step,
+            read_len,
+        }
+    }
+
+    /// The run's next records whose keys are below `bound` (all the rest
+    /// for `None`).
+    fn take_below(&mut self, bound: Option<u128>) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut out = Vec::new();
+        loop {
+            let avail = &self.buf[self.at..];
+            let count = avail.len() / RECORD_LEN;
+            let n = match bound {
+                None => count,
+                Some(b) => {
+                    let (mut lo, mut hi) = (0, count);
+                    while lo < hi {
+                        let mid = lo + (hi - lo) / 2;
+                        if key_of(&avail[mid * RECORD_LEN..]) < b {
+                            lo = mid + 1;
+                        } else {
+                            hi = mid;
+                        }
+                    }
+                    lo
+                }
+            };
+            out.extend_from_slice(&avail[..n * RECORD_LEN]);
+            self.at += n * RECORD_LEN;
+            if self.at < self.buf.len() || self.next >= self.len {
+                break;
+            }
+            let want = (self.read_len as u64).min(self.len - self.next) as usize;
+            self.buf.resize(want, 0);
+            self.file
+                .read_exact_at(&mut self.buf, self.next)
+                .map_err(Error::io_op("reading a sorted run", self.tmp_dir))?;
+            self.next += want as u64;
+            self.at = 0;
+        }
+        let consumed = self.next - (self.buf.len() - self.at) as u64;
+        free_prefix(self.file, consumed, self.step, &mut self.freed);
+        Ok(out)
     }
 }
 
@@ -490,7 +565,7 @@ fn merge_slices(parts: &[Vec<u8>]) -> (Vec<u8>, u64) {
     let mut heap = BinaryHeap::with_capacity(parts.len());
     for (i, p) in parts.iter().enumerate() {
         if !p.is_empty() {
-            heap.push(Reverse((crate::generation::record::key_of(p), i)));
+            heap.push(Reverse((key_of(p), i)));
         }
     }
     let mut duplicates = 0;
@@ -500,7 +575,7 @@ fn merge_slices(parts: &[Vec<u8>]) -> (Vec<u8>, u64) {
         at[i] += RECORD_LEN;
         if at[i] < parts[i].len() {
             heap.push(Reverse((
-                crate::generation::record::key_of(&parts[i][at[i]..]),
+                key_of(&parts[i][at[i]..]),
                 i,
             )));
         }
@@ -542,12 +617,14 @@ mod tests {
 
     fn check_ranges(keys: &[u128], memory_limit: usize, fan_in: usize, range: usize) -> SortStats {
         let dir = tempfile::tempdir().unwrap();
-        // Runs are freed a record at a time as they are read: a record
-        // freed before it was merged would come out as zeros.
+        // Runs are read three records at a time and freed a record at a
+        // time as they are read: a record freed before it was read would
+        // come out as zeros.
         let mut s = Sorter::new(memory_limit, dir.path())
             .unwrap()
             .with_max_fan_in(fan_in)
             .with_range_records(range)
+            .with_read_records(3)
             .with_free_step(RECORD_LEN as u64);
         for (i, &k) in keys.iter().enumerate() {
             s.push(rec(k, i as u64)).unwrap();
