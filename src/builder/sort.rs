@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::generation::format::start_writeback;
 use crate::generation::record::{key_of, prefetch, Record, RECORD_LEN};
 
 /// Bytes of memory one buffered record costs: the record and its sort entry.
@@ -231,6 +232,8 @@ impl Sorter {
             .map_err(Error::io_op("creating a sorted run", &self.tmp_dir))?;
         Ok(RunWriter {
             file,
+            written: 0,
+            flushed: 0,
             records: 0,
             samples: Vec::new(),
             every: self.sample_every(),
@@ -304,7 +307,10 @@ impl Sorter {
         // records in all. So every `per_range`-th sample is a split: a range
         // then holds about `range_records` records, and at most
         // `per_range * every` of any one run whatever the keys.
-        let mut all: Vec<u128> = runs.iter().flat_map(|r| r.samples.iter().copied()).collect();
+        let mut all: Vec<u128> = runs
+            .iter()
+            .flat_map(|r| r.samples.iter().copied())
+            .collect();
         all.sort_unstable();
         all.dedup();
         let per_range = (self.range_records as u64 / self.sample_every()).max(1) as usize;
@@ -338,7 +344,8 @@ impl Sorter {
             let (next, written) = rayon::join(
                 || batches.next().map(|b| read(&mut readers, b)).transpose(),
                 || -> Result<(u64, u64)> {
-                    let merged: Vec<_> = ranges.par_iter().map(|parts| merge_slices(parts)).collect();
+                    let merged: Vec<_> =
+                        ranges.par_iter().map(|parts| merge_slices(parts)).collect();
                     let (mut records, mut duplicates) = (0, 0);
                     for (block, dups) in merged {
                         records += (block.len() / RECORD_LEN) as u64;
@@ -367,6 +374,9 @@ struct Run {
 /// Writes a run and samples every `every`-th key, the last of each group.
 struct RunWriter {
     file: File,
+    /// Bytes written, and how many of them writeback was started for.
+    written: u64,
+    flushed: u64,
     records: u64,
     samples: Vec<u128>,
     every: u64,
@@ -384,7 +394,15 @@ impl RunWriter {
         self.records += n;
         self.file
             .write_all(block)
-            .map_err(Error::io_op("writing a sorted run", &self.tmp_dir))
+            .map_err(Error::io_op("writing a sorted run", &self.tmp_dir))?;
+        // Runs larger than the page cache's dirty limit would otherwise
+        // stall the build in bursts once it is reached: keep the disk busy.
+        self.written += block.len() as u64;
+        if self.written - self.flushed >= crate::generation::format::WRITEBACK_STEP {
+            start_writeback(&self.file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
+        Ok(())
     }
 
     fn finish(self) -> Run {
@@ -570,14 +588,16 @@ fn merge_slices(parts: &[Vec<u8>]) -> (Vec<u8>, u64) {
     }
     let mut duplicates = 0;
     let mut last: Option<u128> = None;
-    while let Some(Reverse((key, i))) = heap.pop() {
+    // The smallest key is replaced in place by the next of its slice: one
+    // sift down, where a pop and a push would sift twice.
+    while let Some(mut top) = heap.peek_mut() {
+        let Reverse((key, i)) = *top;
         let record = &parts[i][at[i]..at[i] + RECORD_LEN];
         at[i] += RECORD_LEN;
         if at[i] < parts[i].len() {
-            heap.push(Reverse((
-                key_of(&parts[i][at[i]..]),
-                i,
-            )));
+            *top = Reverse((key_of(&parts[i][at[i]..]), i));
+        } else {
+            std::collections::binary_heap::PeekMut::pop(top);
         }
         // Equal keys pop in slice order: the later one replaces the earlier.
         if last == Some(key) {

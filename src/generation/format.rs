@@ -491,7 +491,29 @@ pub struct Writer {
 const WRITING: &str = "writing the new generation";
 
 /// Bytes between two early writeback requests.
-const WRITEBACK_STEP: u64 = 64 << 20;
+pub(crate) const WRITEBACK_STEP: u64 = 64 << 20;
+
+/// Asks the kernel to start writing `len` bytes of `file` from `offset`,
+/// without waiting. Only a hint: an fsync is what makes a file durable.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sync_file_range only reads its arguments; the file
+        // descriptor is open for as long as `file` is borrowed.
+        let rc = unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!("sync_file_range: {}", std::io::Error::last_os_error());
+        }
+    }
+}
 
 impl Writer {
     /// Starts a generation in `file` (new and empty) at `path`. `max_count`
@@ -584,24 +606,11 @@ impl Writer {
         self.out
             .flush()
             .map_err(Error::io_op(WRITING, &self.path))?;
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: sync_file_range only reads its arguments; the file
-            // descriptor is open for as long as `self.out` lives.
-            let rc = unsafe {
-                libc::sync_file_range(
-                    self.out.get_ref().as_raw_fd(),
-                    self.flushed as libc::off64_t,
-                    (self.written - self.flushed) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            // Only a hint: the fsync in `finish` is what makes the file durable.
-            if rc != 0 {
-                tracing::debug!("sync_file_range: {}", std::io::Error::last_os_error());
-            }
-        }
+        start_writeback(
+            self.out.get_ref(),
+            self.flushed,
+            self.written - self.flushed,
+        );
         self.flushed = self.written;
         Ok(())
     }
