@@ -65,6 +65,10 @@ enum Command {
         /// accept backlog until one closes.
         #[arg(long, default_value_t = http::Limits::default().max_connections)]
         max_connections: usize,
+        /// Serving threads (0: eight per core). A lookup whose page is on
+        /// disk blocks its thread's connections until the disk answers.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
         /// Seconds a client has to send a request's headers, on a new
         /// connection or for the next request on a kept-alive one; then it
         /// is disconnected.
@@ -305,6 +309,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             listen,
             max_connections,
+            threads,
             header_timeout,
             source,
             source_interval,
@@ -350,6 +355,7 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     .zip(tls_key)
                     .map(|(cert, key)| server::tls::TlsFiles { cert, key }),
                 admin,
+                threads,
                 ..server::Config::new(dir.data_dir, listen)
             };
             server::run(config, server::shutdown_signal())?;

@@ -17,9 +17,9 @@ pub const LOOKUPS: &str = "promo_lookups_total";
 pub const GENERATION_SEQUENCE: &str = "promo_generation_sequence";
 /// Gauge: records in the live generation.
 pub const GENERATION_ROWS: &str = "promo_generation_rows";
-/// Counter: lookups whose page was not in memory, answered on a blocking
-/// thread so that the serving thread kept serving.
-pub const DISK_LOOKUPS: &str = "promo_lookups_from_disk_total";
+/// Counter (sampled at each scrape): page faults of the process that read
+/// from disk, which lookups take once a generation no longer fits in memory.
+pub const MAJOR_FAULTS: &str = "process_major_page_faults_total";
 /// Gauges: the live generation's shard K of N (0 of 1 when unsharded).
 pub const GENERATION_SHARD_INDEX: &str = "promo_generation_shard";
 pub const GENERATION_SHARD_COUNT: &str = "promo_generation_shards";
@@ -73,7 +73,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         metrics::counter!(LOOKUPS, "result" => result).absolute(0);
     }
     metrics::counter!(GENERATION_SWAPS).absolute(0);
-    metrics::counter!(DISK_LOOKUPS).absolute(0);
+    metrics::counter!(MAJOR_FAULTS).absolute(0);
     metrics::counter!(GENERATION_LOAD_FAILURES).absolute(0);
     metrics::gauge!(GENERATION_SEQUENCE).set(0.0);
     metrics::gauge!(GENERATION_ROWS).set(0.0);
@@ -105,9 +105,9 @@ fn describe() {
     );
     describe_gauge!(GENERATION_ROWS, "Records in the live generation.");
     describe_counter!(
-        DISK_LOOKUPS,
-        "Lookups whose page of the generation was not in memory, answered on a blocking thread \
-         (the generation does not fit the page cache)."
+        MAJOR_FAULTS,
+        "Page faults of the process that read from disk: lookups take them once the live \
+         generation no longer fits in memory."
     );
     describe_gauge!(
         GENERATION_SHARD_INDEX,
@@ -192,6 +192,14 @@ pub fn render(handle: &PrometheusHandle) -> String {
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!(PROCESS_OPEN_FDS).set(fds.count() as f64);
+    }
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the pointer, which points
+    // to room for one; on failure nothing is read.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0 {
+        // SAFETY: initialised by the successful call above.
+        let faults = unsafe { usage.assume_init() }.ru_majflt;
+        metrics::counter!(MAJOR_FAULTS).absolute(faults.max(0) as u64);
     }
     handle.render()
 }

@@ -452,7 +452,6 @@ struct Counters {
     requests: Vec<(&'static str, StatusCode, metrics::Counter)>,
     durations: Vec<(&'static str, metrics::Histogram)>,
     lookups: [metrics::Counter; 4],
-    disk_lookups: metrics::Counter,
     open_connections: metrics::Gauge,
 }
 
@@ -501,7 +500,6 @@ impl Counters {
             ]
             .map(|l| metrics::counter!(m::LOOKUPS, "result" => l.label())),
             open_connections: metrics::gauge!(m::HTTP_OPEN_CONNECTIONS),
-            disk_lookups: metrics::counter!(m::DISK_LOOKUPS),
         }
     }
 
@@ -563,32 +561,6 @@ impl App {
         self.counters
             .count(&routed, started.elapsed().as_secs_f64());
         routed.response
-    }
-
-    /// The live generation, if `req` is a lookup in it whose page is not in
-    /// memory: then answering it blocks on the disk.
-    pub fn needs_disk<B>(&self, req: &Request<B>) -> Option<Arc<Table>> {
-        let id = req.uri().path().strip_prefix(PROMOTIONS)?;
-        let key = id_in_url(id)?;
-        let live = self.store.current();
-        let table = live.as_ref()?;
-        (!table.resident(key)).then(|| table.clone())
-    }
-
-    /// Answers a lookup that blocks on the disk on a blocking thread, so
-    /// that this thread serves its other connections meanwhile and many
-    /// reads are in flight at once (the disk answers more reads a second
-    /// the more it is given at once).
-    pub async fn handle_from_disk<B>(
-        &self,
-        req: Request<B>,
-        table: Arc<Table>,
-    ) -> Response<Full<Bytes>> {
-        self.counters.disk_lookups.increment(1);
-        let (app, method, target) = (self.clone(), req.method().clone(), target(&req).to_owned());
-        tokio::task::spawn_blocking(move || app.answer(&method, &target, Some(&table)))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// Answers `POST /promotions/batch`: reads the body (at most
@@ -749,18 +721,10 @@ async fn serve_connection<I>(
 {
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         use futures_util::future::Either;
-        // Only a batch has a body to wait for, and only a lookup whose page
-        // is on disk waits for the disk; the rest are answered at once.
-        let batch = req.method() == Method::POST && req.uri().path() == BATCH;
-        let disk = if batch { None } else { app.needs_disk(&req) };
-        if batch || disk.is_some() {
+        if req.method() == Method::POST && req.uri().path() == BATCH {
+            // Only a batch has a body to wait for.
             let app = app.clone();
-            Either::Left(async move {
-                Ok::<_, Infallible>(match disk {
-                    Some(table) => app.handle_from_disk(req, table).await,
-                    None => app.handle_batch(req).await,
-                })
-            })
+            Either::Left(async move { Ok::<_, Infallible>(app.handle_batch(req).await) })
         } else {
             Either::Right(std::future::ready(Ok(app.handle(&req))))
         }

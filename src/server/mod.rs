@@ -21,6 +21,16 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 use live::Live;
 
+/// Serving threads per core, by default. A lookup whose page is not in
+/// memory blocks its thread until the disk answers, and the other
+/// connections of that thread wait with it; with one thread a core, a
+/// generation larger than memory was served at a couple of disk reads at a
+/// time. Eight a core keep up to sixteen reads in flight on two cores, which
+/// served 1.2x more lookups a second than handing disk lookups to a blocking
+/// pool (each handoff costs wake-ups), and cached lookups as fast as before
+/// (BENCHMARKS.md, "Serving a generation larger than memory").
+pub const THREADS_PER_CORE: usize = 8;
+
 /// What `promo serve` is told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -29,7 +39,8 @@ pub struct Config {
     /// Where to listen; port 0 takes a free one (see [`Server::local_addr`]).
     pub listen: SocketAddr,
     pub limits: http::Limits,
-    /// Serving threads, each with its own listener; 0 means one per core.
+    /// Serving threads, each with its own listener; 0 means
+    /// [`THREADS_PER_CORE`] per core.
     pub threads: usize,
     /// An object store to poll for new generations, if any.
     pub source: Option<fetch::Source>,
@@ -57,7 +68,7 @@ impl Config {
 /// A running server: its serving threads, the watcher, the fetcher and the
 /// metrics upkeep. [`Server::stop`] (or dropping it) stops them all.
 ///
-/// One single-threaded runtime per core, each accepting on its own
+/// [`THREADS_PER_CORE`] single-threaded runtimes a core, each accepting on its own
 /// SO_REUSEPORT listener: a connection lives on one thread, and no request
 /// is handed between threads. Everything else shares one more thread, so a
 /// slow store or a long verification never takes a serving thread.
@@ -93,7 +104,7 @@ impl Server {
             Err(e) => tracing::warn!("scanning for generations: {e}"),
         }
         let workers = match config.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => THREADS_PER_CORE * std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
         let listeners = http::bind(config.listen, workers)

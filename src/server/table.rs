@@ -276,37 +276,6 @@ impl Table {
         let guess = lo + ((u128::from(frac) * u128::from(hi - lo)) >> 64) as u64;
         Some((lo, hi, guess))
     }
-
-    /// Whether looking up `key` will find its page in memory: the page of
-    /// the interpolated guess, where nearly every lookup ends. A lookup
-    /// whose page is on disk blocks its thread until the disk answers; the
-    /// server answers those on a blocking thread instead (see `http`), so
-    /// one serving thread keeps many reads in flight. One `mincore` call.
-    pub fn resident(&self, key: u128) -> bool {
-        let Some((_, _, guess)) = self.guess(key) else {
-            return true;
-        };
-        let page = page_size();
-        let at = self.record_at(guess) / page * page;
-        let mut vec = 0u8;
-        // SAFETY: `at` is a page-aligned offset inside the mapping (the
-        // mapping starts page-aligned and the record is inside it), the
-        // length is one page, and `vec` has room for that page's byte.
-        let rc =
-            unsafe { libc::mincore(self.map.as_ptr().add(at) as *mut libc::c_void, 1, &mut vec) };
-        // If the kernel cannot tell, answer as before: inline.
-        rc != 0 || vec & 1 == 1
-    }
-}
-
-/// The size of a memory page.
-fn page_size() -> usize {
-    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    // SAFETY: sysconf only reads its argument.
-    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as usize,
-        _ => 4096,
-    })
 }
 
 /// Records on each side of the interpolated guess that are prefetched.
@@ -564,30 +533,6 @@ mod tests {
         let flags = mapping_flags(&path);
         assert!(flags.split_whitespace().any(|f| f == "rr"), "{flags}");
         assert!(!flags.split_whitespace().any(|f| f == "sr"), "{flags}");
-    }
-
-    /// A page dropped from the page cache is seen as such before a lookup,
-    /// and as resident after it.
-    #[test]
-    fn lookups_tell_whether_their_page_is_in_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let n = 400_000u128;
-        let mut keys: Vec<u128> = (0..n).map(|i| i * (u128::MAX / n)).collect();
-        let path = write(dir.path(), &mut keys);
-        let table = Table::open(&path, 1).unwrap();
-        // Written and synced, so clean: drop what no mapping holds. Open
-        // touched the header and the fanout table only, at the ends of the
-        // 13 MB file (the page cache may hold it in folios of a few pages
-        // up to megabytes, which go whole or not at all).
-        let file = File::open(&path).unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: posix_fadvise only reads its arguments.
-        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(rc, 0);
-        let key = keys[n as usize / 2];
-        assert!(!table.resident(key), "the page was just dropped");
-        assert!(table.get(key).is_some());
-        assert!(table.resident(key), "the lookup read the page");
     }
 
     #[test]
