@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 
 use crate::generation::date::{DateTables, Dates, Fields, PREFIX_LEN};
-use crate::generation::record::{Price, Record, DATE_MAX};
+use crate::generation::record::{Price, Record, DATE_MAX, RECORD_LEN};
 
 /// A valid row: its id, its price and its date as written (trimmed).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -748,7 +748,7 @@ impl ChunkRows {
     fn accept(&mut self, key: u128, price: Price, date: &[u8], fields: Fields) {
         self.rows += 1;
         let word = self.dates.encode(Some(fields), &date[PREFIX_LEN..], date);
-        self.records.push(Record::from_bytes([0; 32]));
+        self.records.push(Record::from_bytes([0; RECORD_LEN]));
         self.records.last_mut().unwrap().set(key, price, word);
     }
 

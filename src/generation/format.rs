@@ -378,40 +378,60 @@ impl Dates for FileDates<'_> {
 /// Checks everything the header cannot: the body checksum, the key order,
 /// the shard, the fanout table, every price and every date. `file` is the
 /// whole file, whose header already passed [`Header::decode`].
-pub fn verify_body(header: &Header, file: &[u8]) -> Result<(), FormatError> {
-    let body = &file[header.header_len()..];
-    let computed = xxhash_rust::xxh3::xxh3_64(body);
+///
+/// The file is read once, front to back, in windows of [`VERIFY_WINDOW`]
+/// bytes; `done` is told each byte range once it has been read for good,
+/// so that a caller may let its pages go. A damaged file is reported as a
+/// checksum mismatch first: a flipped byte is that, whatever else it breaks.
+pub fn verify_body(
+    header: &Header,
+    file: &[u8],
+    mut done: impl FnMut(std::ops::Range<usize>),
+) -> Result<(), FormatError> {
+    let mut hasher = Xxh3::new();
+    // The tables after the records, read first: the dates point into them.
+    let tail = header.fanout_offset()..file.len();
+    let dates = FileDates::of(header, file);
+    let fanout = &file[header.fanout_offset()..header.zones_offset()];
+    let records_at = header.header_len()..header.fanout_offset();
+    let width = header.record_len();
+    let window = (VERIFY_WINDOW / width).max(1) * width;
+    let mut expected = FanoutBuilder::new(header.fanout_bits);
+    let mut prev: Option<u128> = None;
+    let mut first_error: Option<FormatError> = dates.as_ref().err().cloned();
+    let mut index = 0u64;
+    let mut at = records_at.start;
+    while at < records_at.end {
+        let end = (at + window).min(records_at.end);
+        let part = &file[at..end];
+        hasher.update(part);
+        for rec in part.chunks_exact(width) {
+            if first_error.is_none() {
+                first_error = check_record(header, dates.as_ref().ok(), rec, index, prev).err();
+            }
+            let key = key_of(rec);
+            prev = Some(key);
+            expected.push(key);
+            index += 1;
+        }
+        done(at..end);
+        at = end;
+    }
+    hasher.update(&file[tail.clone()]);
+    let computed = hasher.digest();
     if computed != header.body_checksum {
         return Err(FormatError::BodyChecksum {
             stored: header.body_checksum,
             computed,
         });
     }
-    let records = &file[header.header_len()..header.fanout_offset()];
-    let fanout = &file[header.fanout_offset()..header.zones_offset()];
-    let dates = FileDates::of(header, file)?;
+    if let Some(e) = first_error {
+        return Err(e);
+    }
     let entry = |j: u64| {
         let at = j as usize * 8;
         u64::from_le_bytes(fanout[at..at + 8].try_into().unwrap())
     };
-    let mut expected = FanoutBuilder::new(header.fanout_bits);
-    let mut prev: Option<u128> = None;
-    for (i, rec) in records.chunks_exact(header.record_len()).enumerate() {
-        let index = i as u64;
-        let key = key_of(rec);
-        if prev.is_some_and(|p| p >= key) {
-            return Err(FormatError::OutOfOrder { index });
-        }
-        prev = Some(key);
-        if !header.shard.contains(key) {
-            return Err(FormatError::OutsideShard { index });
-        }
-        let date_ok = header.version == 1 || date_points_inside(&dates, rec);
-        if price_of(rec).is_none() || !date_ok {
-            return Err(FormatError::BadRecord { index });
-        }
-        expected.push(key);
-    }
     for (j, want) in expected.finish().into_iter().enumerate() {
         let got = entry(j as u64);
         if got != want {
@@ -421,6 +441,33 @@ pub fn verify_body(header: &Header, file: &[u8]) -> Result<(), FormatError> {
                 got,
             });
         }
+    }
+    done(tail);
+    Ok(())
+}
+
+/// Bytes of a generation verified at a time.
+pub const VERIFY_WINDOW: usize = 64 << 20;
+
+/// Checks record `index` against the one before it, the shard, and its
+/// price and date encodings.
+fn check_record(
+    header: &Header,
+    dates: Option<&FileDates>,
+    rec: &[u8],
+    index: u64,
+    prev: Option<u128>,
+) -> Result<(), FormatError> {
+    let key = key_of(rec);
+    if prev.is_some_and(|p| p >= key) {
+        return Err(FormatError::OutOfOrder { index });
+    }
+    if !header.shard.contains(key) {
+        return Err(FormatError::OutsideShard { index });
+    }
+    let date_ok = header.version == 1 || dates.is_some_and(|d| date_points_inside(d, rec));
+    if price_of(rec).is_none() || !date_ok {
+        return Err(FormatError::BadRecord { index });
     }
     Ok(())
 }

@@ -77,14 +77,42 @@ impl Table {
     /// Checks the body checksum, the key order and the fanout table.
     ///
     /// The whole file is read in order, so the mapping is advised
-    /// sequential meanwhile (large read-ahead, and pages the kernel may
-    /// reclaim first, so that verifying a new generation does not push the
-    /// live one out of the page cache), then random again for lookups.
+    /// sequential meanwhile (large read-ahead), then random again for
+    /// lookups. A file that fits in memory twice over (the live generation
+    /// beside it is usually as large) stays in the page cache, warm for when
+    /// it goes live. A larger one is read cold: each window's pages are let
+    /// go once verified, so that verifying it does not push the live
+    /// generation out of the page cache.
     pub fn verify(&self) -> Result<()> {
+        let cold = memory_for_cache().is_some_and(|m| 2 * self.map.len() as u64 > m);
         let _ = self.map.advise(Advice::Sequential);
-        let verified = format::verify_body(&self.header, &self.map);
+        let verified = format::verify_body(&self.header, &self.map, |range| {
+            if cold {
+                self.page_out(range);
+            }
+        });
         let _ = self.map.advise(Advice::Random);
         verified.map_err(|e| Error::format(&self.path, e))
+    }
+
+    /// Lets the kernel reclaim the pages of `range` of the file now.
+    fn page_out(&self, range: std::ops::Range<usize>) {
+        let page = page_size();
+        let start = range.start / page * page;
+        // SAFETY: the range is inside the mapping, rounded down to a page
+        // boundary; MADV_PAGEOUT only drops clean file pages from memory,
+        // to be read again from the file on the next access: the mapping's
+        // contents never change.
+        let rc = unsafe {
+            libc::madvise(
+                self.map.as_ptr().add(start) as *mut libc::c_void,
+                range.end - start,
+                libc::MADV_PAGEOUT,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!("MADV_PAGEOUT: {}", std::io::Error::last_os_error());
+        }
     }
 
     /// Opens and fully verifies a generation: the gate before it goes live.
@@ -275,6 +303,48 @@ impl Table {
         let frac = ((key << bits) >> 64) as u64;
         let guess = lo + ((u128::from(frac) * u128::from(hi - lo)) >> 64) as u64;
         Some((lo, hi, guess))
+    }
+}
+
+/// The size of a memory page.
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads its argument.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    }
+}
+
+/// Bytes of memory this process may fill with page cache: its memory
+/// cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) or the
+/// machine's memory, whichever is less.
+pub fn memory_for_cache() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let total = meminfo.as_deref().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    });
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let limit = cgroups.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = match controllers {
+            "" => format!("/sys/fs/cgroup{path}/memory.max"),
+            c if c.split(',').any(|c| c == "memory") => {
+                format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+            }
+            _ => return None,
+        };
+        // "max" (v2) or a huge number (v1) is no limit.
+        std::fs::read_to_string(file)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
+    match (total, limit) {
+        (Some(t), Some(l)) => Some(t.min(l)),
+        (t, l) => t.or(l),
     }
 }
 
@@ -533,6 +603,25 @@ mod tests {
         let flags = mapping_flags(&path);
         assert!(flags.split_whitespace().any(|f| f == "rr"), "{flags}");
         assert!(!flags.split_whitespace().any(|f| f == "sr"), "{flags}");
+    }
+
+    /// Verification reads every byte after the header once, in order, and
+    /// says so range by range (a cold verification lets each range go).
+    #[test]
+    fn verification_hands_back_every_range_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys: Vec<u128> = (0..5000u128).map(|i| i * (u128::MAX / 5000)).collect();
+        let path = write(dir.path(), &mut keys);
+        let t = Table::open(&path, 1).unwrap();
+        let mut ranges = Vec::new();
+        format::verify_body(t.header(), &t.map, |r| ranges.push(r)).unwrap();
+        let mut at = HEADER_LEN;
+        for r in &ranges {
+            assert_eq!(r.start, at);
+            at = r.end;
+        }
+        assert_eq!(at, t.map.len());
+        assert!(memory_for_cache().is_some_and(|m| m > 0));
     }
 
     #[test]
