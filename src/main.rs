@@ -65,8 +65,9 @@ enum Command {
         /// accept backlog until one closes.
         #[arg(long, default_value_t = http::Limits::default().max_connections)]
         max_connections: usize,
-        /// Serving threads (0: eight per core). A lookup whose page is on
-        /// disk blocks its thread's connections until the disk answers.
+        /// Serving threads (0: one per core, or eight per core when the
+        /// generation at start is larger than memory). A lookup whose page
+        /// is on disk blocks its thread's connections until the disk answers.
         #[arg(long, default_value_t = 0)]
         threads: usize,
         /// Seconds a client has to send a request's headers, on a new

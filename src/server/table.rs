@@ -135,6 +135,11 @@ impl Table {
         self.sequence
     }
 
+    /// Bytes of the file this table maps.
+    pub fn path_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
     /// The file this table maps.
     pub fn path(&self) -> &Path {
         &self.path
