@@ -51,7 +51,7 @@ def run(cmd, timeout=3600, **kw):
 
 def ensure_tools():
     apt = [pkg for tool, pkg in [("wrk", "wrk"), ("nginx", "nginx"), ("/usr/bin/time", "time"),
-                                 ("curl", "curl"), ("openssl", "openssl")]
+                                 ("curl", "curl"), ("openssl", "openssl"), ("fio", "fio")]
            if not shutil.which(tool)]
     if apt:
         log(f"installing {' '.join(apt)} (Debian)")
