@@ -385,3 +385,45 @@ fn a_server_starts_in_process_from_the_library() {
         "still listening after stop"
     );
 }
+
+/// A fleet upgrades its servers before its builders: a server of this
+/// version serves a version-1 generation (written by the last release that
+/// wrote version 1, from fixtures/promotions.csv) as that release did, and
+/// swaps from it to a version-2 generation built from the same feed.
+#[test]
+fn a_version_1_generation_is_served_and_swapped_for_a_version_2_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("promotions-v1.promo"),
+        dir.path().join("gen-0000000001.promo"),
+    )
+    .unwrap();
+    let server = Server::start(dir.path());
+    let csv = std::fs::read_to_string(fixture("promotions.csv")).unwrap();
+    let rows: Vec<(&str, &str, &str)> = csv
+        .lines()
+        .filter(|l| !l.starts_with("id,"))
+        .map(|l| {
+            let mut f = l.splitn(3, ',');
+            (f.next().unwrap(), f.next().unwrap(), f.next().unwrap())
+        })
+        .collect();
+    let check = |generation: &str| {
+        for (id, price, date) in &rows {
+            let r = server.get(&format!("/promotions/{id}"));
+            assert_eq!(r.status, 200, "{id}");
+            assert_eq!(r.header("x-promo-generation"), Some(generation));
+            // Digit for digit, as the feed wrote them.
+            assert_eq!(
+                r.text(),
+                format!(r#"{{"id":"{id}","price":{price},"expiration_date":"{date}"}}"#)
+            );
+        }
+    };
+    check("1");
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    server.wait_for("/readyz", Duration::from_secs(20), |r| {
+        r.text().trim() == "ready: generation 2"
+    });
+    check("2");
+}
