@@ -9,7 +9,8 @@ same file (direct I/O: what the disk gives). Then, with a generation that
 fits the cgroup live, verifying another one as large in the same cgroup
 must not push the live one out of the page cache.
 
-Needs root (cgroups, dropping the page cache) and fio (installed if missing).
+Needs root (cgroups, dropping the page cache) and fio, which `make bench`
+installs with its other tools.
 """
 
 import bisect
@@ -18,6 +19,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import signal
 import subprocess
 import time
@@ -29,14 +31,6 @@ from bench_common import free_port, log
 ROOT = Path(__file__).resolve().parent.parent
 PROMO = ROOT / "target/release/promo"
 CGROUP = "promo-bench"
-
-
-def ensure_fio():
-    if not shutil.which("fio"):
-        log("installing fio (Debian)")
-        subprocess.run(["apt-get", "install", "-y", "-qq", "fio"], check=True,
-                       stdout=subprocess.DEVNULL,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 class Cgroup:
@@ -143,14 +137,9 @@ def resident(path):
     return int(out.split()[0])
 
 
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
 
 def bench_beyond_memory(work, generation, wrk, results, seconds=20, rounds=2,
                         limit=1 << 30, id_count=2_000_000):
-    ensure_fio()
     size = generation.stat().st_size
     log(f"beyond memory: a {size / 1e9:.1f} GB generation, promo serve limited to "
         f"{limit / 2**30:.1f} GiB; sampling {id_count:,} ids")
@@ -184,10 +173,10 @@ def bench_beyond_memory(work, generation, wrk, results, seconds=20, rounds=2,
         proc.wait(timeout=60)
         results["beyond_memory"] = {
             "file_bytes": size, "limit": limit, "ids": id_count, "seconds": seconds,
-            "rounds": rounds, "fio_iops": median(runs["fio"]),
-            **{name: {"rps": median([x["rps"] for x in runs[name]]),
-                      "p99": median([x["p99"] for x in runs[name]]),
-                      "healthz_p99": median([x["healthz_p99"] for x in runs[name]]),
+            "rounds": rounds, "fio_iops": statistics.median(runs["fio"]),
+            **{name: {"rps": statistics.median([x["rps"] for x in runs[name]]),
+                      "p99": statistics.median([x["p99"] for x in runs[name]]),
+                      "healthz_p99": statistics.median([x["healthz_p99"] for x in runs[name]]),
                       "rounds": runs[name]} for name in ("uniform", "zipf")},
             "fio_rounds": runs["fio"],
         }

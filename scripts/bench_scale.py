@@ -15,6 +15,7 @@ bench-data/tools, alternating with this build on the same generated rows.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -101,10 +102,6 @@ def build(promo, rows, data):
     return result
 
 
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -125,8 +122,8 @@ def main():
                     runs[name].append(build(binary, rows, WORK / f"data-scale-{name}"))
             results.setdefault("versions", []).append({
                 "rows": rows,
-                **{name: {"wall": median([r["wall"] for r in rs]),
-                          "rss": median([r["rss"] for r in rs]),
+                **{name: {"wall": statistics.median([r["wall"] for r in rs]),
+                          "rss": statistics.median([r["rss"] for r in rs]),
                           "bytes_per_record": rs[0]["bytes_per_record"],
                           "walls": [r["wall"] for r in rs]} for name, rs in runs.items()}})
     for rows in (int(r) for r in args.rows.split(",")):

@@ -53,7 +53,6 @@ impl Row {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         crate::generation::record::write_json(self.key, Some(self.price), out, |o| {
             o.extend_from_slice(self.date());
-            true
         });
     }
 }

@@ -232,9 +232,8 @@ impl Sorter {
             .map_err(Error::io_op("creating a sorted run", &self.tmp_dir))?;
         Ok(RunWriter {
             file,
-            written: 0,
-            flushed: 0,
             records: 0,
+            flushed: 0,
             samples: Vec::new(),
             every: self.sample_every(),
             tmp_dir: self.tmp_dir.clone(),
@@ -367,6 +366,8 @@ impl Sorter {
 /// A sorted run on disk, and the keys sampled as it was written.
 struct Run {
     file: File,
+    /// Records in the file, as written.
+    records: u64,
     /// Key `i` is that of record `(i + 1) * every - 1`.
     samples: Vec<u128>,
 }
@@ -374,10 +375,9 @@ struct Run {
 /// Writes a run and samples every `every`-th key, the last of each group.
 struct RunWriter {
     file: File,
-    /// Bytes written, and how many of them writeback was started for.
-    written: u64,
-    flushed: u64,
     records: u64,
+    /// Bytes writeback was started for.
+    flushed: u64,
     samples: Vec<u128>,
     every: u64,
     tmp_dir: PathBuf,
@@ -397,10 +397,10 @@ impl RunWriter {
             .map_err(Error::io_op("writing a sorted run", &self.tmp_dir))?;
         // Runs larger than the page cache's dirty limit would otherwise
         // stall the build in bursts once it is reached: keep the disk busy.
-        self.written += block.len() as u64;
-        if self.written - self.flushed >= crate::generation::format::WRITEBACK_STEP {
-            start_writeback(&self.file, self.flushed, self.written - self.flushed);
-            self.flushed = self.written;
+        let written = self.records * RECORD_LEN as u64;
+        if written - self.flushed >= crate::generation::format::WRITEBACK_STEP {
+            start_writeback(&self.file, self.flushed, written - self.flushed);
+            self.flushed = written;
         }
         Ok(())
     }
@@ -408,6 +408,7 @@ impl RunWriter {
     fn finish(self) -> Run {
         Run {
             file: self.file,
+            records: self.records,
             samples: self.samples,
         }
     }
@@ -436,7 +437,7 @@ impl<'a> RunReader<'a> {
         RunReader {
             file: &run.file,
             tmp_dir,
-            len: run.file.metadata().map_or(0, |m| m.len()),
+            len: run.records * RECORD_LEN as u64,
             next: 0,
             buf: Vec::new(),
             at: 0,

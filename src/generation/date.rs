@@ -176,8 +176,14 @@ pub fn split(text: &[u8]) -> Option<(Fields, &[u8])> {
 pub trait Dates {
     /// Zone `i`, if the table has it.
     fn zone(&self, i: u32) -> Option<&[u8]>;
+    /// The overflow area.
+    fn overflow_area(&self) -> &[u8];
+
     /// `len` bytes at `offset` of the overflow area, if it has them.
-    fn overflow(&self, offset: u64, len: usize) -> Option<&[u8]>;
+    fn overflow(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        self.overflow_area().get(start..start.checked_add(len)?)
+    }
 
     /// Appends the date's text to `out`; `false` (and nothing appended)
     /// when the word points outside the tables, which a verified file never
@@ -316,10 +322,8 @@ impl Dates for DateTables {
         Some(&self.zone_bytes[start..end])
     }
 
-    #[inline]
-    fn overflow(&self, offset: u64, len: usize) -> Option<&[u8]> {
-        let start = usize::try_from(offset).ok()?;
-        self.overflow.get(start..start.checked_add(len)?)
+    fn overflow_area(&self) -> &[u8] {
+        &self.overflow
     }
 }
 

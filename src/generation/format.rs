@@ -101,7 +101,7 @@ pub const HEADER_LEN: usize = 128;
 /// Bytes of a version-1 header and record.
 pub const V1_HEADER_LEN: usize = 64;
 pub const V1_RECORD_LEN: usize = 64;
-/// Bytes of the longest header; a shorter file cannot be a generation.
+/// Bytes of the shortest header; a shorter file cannot be a generation.
 const MIN_HEADER_LEN: usize = V1_HEADER_LEN;
 /// Largest fanout: 2^26 buckets is a 512 MiB table, for about 10^10 records.
 pub const MAX_FANOUT_BITS: u32 = 26;
@@ -184,18 +184,16 @@ impl Header {
 
     /// Bytes before the first record.
     pub fn header_len(&self) -> usize {
-        match self.version {
-            1 => V1_HEADER_LEN,
-            _ => HEADER_LEN,
-        }
+        layout(self.version)
+            .expect("a header holds a version promo reads")
+            .0
     }
 
     /// Bytes of one record.
     pub fn record_len(&self) -> usize {
-        match self.version {
-            1 => V1_RECORD_LEN,
-            _ => RECORD_LEN,
-        }
+        layout(self.version)
+            .expect("a header holds a version promo reads")
+            .1
     }
 
     /// Total file length this header describes, or `None` if it overflows.
@@ -262,11 +260,7 @@ impl Header {
             return Err(FormatError::Magic { got: magic });
         }
         let version = u32_at(8);
-        let header_len = match version {
-            1 => V1_HEADER_LEN,
-            2 => HEADER_LEN,
-            got => return Err(FormatError::Version { got }),
-        };
+        let (header_len, _) = layout(version).ok_or(FormatError::Version { got: version })?;
         if bytes.len() < header_len || file_len < header_len as u64 {
             return Err(FormatError::TooShort { len: file_len });
         }
@@ -314,6 +308,15 @@ impl Header {
             });
         }
         Ok(header)
+    }
+}
+
+/// The header and record sizes of format `version`, if promo reads it.
+fn layout(version: u32) -> Option<(usize, usize)> {
+    match version {
+        1 => Some((V1_HEADER_LEN, V1_RECORD_LEN)),
+        VERSION => Some((HEADER_LEN, RECORD_LEN)),
+        _ => None,
     }
 }
 
@@ -369,9 +372,8 @@ impl Dates for FileDates<'_> {
         self.zones.zone(i)
     }
 
-    fn overflow(&self, offset: u64, len: usize) -> Option<&[u8]> {
-        let start = usize::try_from(offset).ok()?;
-        self.overflow.get(start..start.checked_add(len)?)
+    fn overflow_area(&self) -> &[u8] {
+        self.overflow
     }
 }
 

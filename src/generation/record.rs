@@ -166,12 +166,12 @@ pub fn price_of(bytes: &[u8]) -> Option<Price> {
 }
 
 /// Appends the API's JSON body for a promotion to `out`; `date` appends the
-/// date's text (and says whether it could).
+/// date's text.
 pub fn write_json(
     key: u128,
     price: Option<Price>,
     out: &mut Vec<u8>,
-    date: impl FnOnce(&mut Vec<u8>) -> bool,
+    date: impl FnOnce(&mut Vec<u8>),
 ) {
     let id = uuid::Uuid::from_u128(key);
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -286,7 +286,6 @@ mod tests {
         let mut out = Vec::new();
         write_json(key, Some(price), &mut out, |o| {
             o.extend_from_slice(date);
-            true
         });
         out
     }

@@ -141,9 +141,10 @@ pub fn route(
                 text(StatusCode::OK, &{
                     // A shard says which: what an unsharded server says is unchanged.
                     let shard = t.header().shard;
-                    match shard.is_whole() {
-                        true => format!("ready: generation {}\n", t.sequence()),
-                        false => format!("ready: generation {}, shard {shard}\n", t.sequence()),
+                    if shard.is_whole() {
+                        format!("ready: generation {}\n", t.sequence())
+                    } else {
+                        format!("ready: generation {}, shard {shard}\n", t.sequence())
                     }
                 }),
             ),
@@ -230,11 +231,10 @@ pub fn promotion(
 /// a missing promotion.
 fn misdirected(key: u128, table: &Table) -> Response<Full<Bytes>> {
     let shard = table.header().shard;
+    let its = Shard::new(Shard::of(key, shard.count()), shard.count()).expect("of < count");
     let message = format!(
-        "promotion {} is in shard {}/{}, and this server serves shard {shard}",
+        "promotion {} is in shard {its}, and this server serves shard {shard}",
         uuid::Uuid::from_u128(key),
-        Shard::of(key, shard.count()),
-        shard.count()
     );
     json_error(StatusCode::MISDIRECTED_REQUEST, &message)
 }

@@ -111,7 +111,7 @@ impl Server {
         let workers = match config.threads {
             0 => {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let size = live.current().as_ref().map_or(0, |t| t.path_len());
+                let size = live.current().as_ref().map_or(0, |t| t.header().file_len());
                 match crate::server::table::memory_for_cache() {
                     Some(memory) if size > memory => THREADS_PER_CORE * cores,
                     _ => cores,

@@ -135,11 +135,6 @@ impl Table {
         self.sequence
     }
 
-    /// Bytes of the file this table maps.
-    pub fn path_len(&self) -> u64 {
-        self.map.len() as u64
-    }
-
     /// The file this table maps.
     pub fn path(&self) -> &Path {
         &self.path
@@ -227,7 +222,18 @@ impl Table {
     /// read or prefetched (a no-op in lookups, compiled away).
     #[inline(always)]
     fn search(&self, key: u128, mut touch: impl FnMut(usize)) -> Option<u64> {
-        let (mut lo, mut hi, guess) = self.guess(key)?;
+        let bits = self.header.fanout_bits;
+        let bucket = format::bucket_of(key, bits);
+        let (mut lo, mut hi) = (self.fanout(bucket), self.fanout(bucket + 1));
+        // Bad bytes on disk must not panic: verify() rejects such a table,
+        // but stay in bounds even for one that skipped it.
+        hi = hi.min(self.header.count);
+        if lo >= hi {
+            return None;
+        }
+        // The key's position inside its bucket, as a fraction of 2^64.
+        let frac = ((key << bits) >> 64) as u64;
+        let guess = lo + ((u128::from(frac) * u128::from(hi - lo)) >> 64) as u64;
         // Uniform keys land within a few records of the guess: fetch those
         // lines in parallel rather than one dependent miss per probe.
         let from = guess.saturating_sub(PREFETCH_RECORDS).max(lo);
@@ -290,27 +296,6 @@ impl Table {
     }
 }
 
-impl Table {
-    /// The key's bucket `[lo, hi)` and the interpolated guess inside it, or
-    /// `None` when the bucket is empty.
-    #[inline(always)]
-    fn guess(&self, key: u128) -> Option<(u64, u64, u64)> {
-        let bits = self.header.fanout_bits;
-        let bucket = format::bucket_of(key, bits);
-        let (lo, hi) = (self.fanout(bucket), self.fanout(bucket + 1));
-        // Bad bytes on disk must not panic: verify() rejects such a table,
-        // but stay in bounds even for one that skipped it.
-        let hi = hi.min(self.header.count);
-        if lo >= hi {
-            return None;
-        }
-        // The key's position inside its bucket, as a fraction of 2^64.
-        let frac = ((key << bits) >> 64) as u64;
-        let guess = lo + ((u128::from(frac) * u128::from(hi - lo)) >> 64) as u64;
-        Some((lo, hi, guess))
-    }
-}
-
 /// The size of a memory page.
 fn page_size() -> usize {
     // SAFETY: sysconf only reads its argument.
@@ -363,12 +348,8 @@ impl Dates for Table {
     }
 
     #[inline]
-    fn overflow(&self, offset: u64, len: usize) -> Option<&[u8]> {
-        let start = self
-            .header
-            .overflow_offset()
-            .checked_add(usize::try_from(offset).ok()?)?;
-        self.map.get(start..start.checked_add(len)?)
+    fn overflow_area(&self) -> &[u8] {
+        &self.map[self.header.overflow_offset()..]
     }
 }
 
@@ -410,7 +391,9 @@ impl Found<'_> {
 
     /// Appends the API's JSON body for this promotion to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        record::write_json(self.key(), self.price(), out, |o| self.write_date(o));
+        record::write_json(self.key(), self.price(), out, |o| {
+            self.write_date(o);
+        });
     }
 }
 
