@@ -20,8 +20,15 @@ setup = function(thread)
   thread:set("seed", thread_count)
 end
 
+-- A single GET is the same bytes but the id: build them once, as wrk.format
+-- would, and join the id in per request (wrk.format per request costs the
+-- client more CPU than the server spends on some lookups).
+local head, tail
 init = function(args)
   math.randomseed(os.time() * 1000 + (seed or 0))
+  local sample = wrk.format("GET", "/promotions/@")
+  local at = sample:find("@", 1, true)
+  head, tail = sample:sub(1, at - 1), sample:sub(at + 1)
 end
 
 -- Every tenth id is absent: version-4 shaped, random hex.
@@ -45,5 +52,5 @@ request = function()
     local body = '{"ids":[' .. table.concat(parts, ",") .. ']}'
     return wrk.format("POST", "/promotions/batch", {["Content-Type"] = "application/json"}, body)
   end
-  return wrk.format("GET", "/promotions/" .. next_id())
+  return head .. next_id() .. tail
 end
