@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use promo::builder::pipeline::{self, BuildOptions, Input, InvalidLimit};
-use promo::builder::publish;
+use promo::builder::{publish, textfile};
 use promo::generation::{
     format, local,
     remote::{self, Remote},
@@ -23,6 +23,19 @@ use promo::server::{self, fetch, http, live::Live, table::Table};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How logs are written to standard error: text, or one JSON object a
+    /// line (timestamp, level, message, fields, target) for a log collector.
+    /// With json, what build, fetch and rollback did is logged too, instead
+    /// of printed.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text,
+          env = "PROMO_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Clone)]
@@ -53,6 +66,13 @@ enum Command {
         /// the store keeps the newest --keep generations.
         #[arg(long, value_name = "URL")]
         publish: Option<String>,
+        /// Write the build's outcome here in the Prometheus text format, for
+        /// node_exporter's textfile collector (a PATH ending in .prom in its
+        /// directory): when it ended, whether it published, and the last
+        /// successful build's rows, invalid rows, duplicates, seconds and
+        /// generation. Replaced atomically after every attempt.
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
     },
     /// Serve the newest generation over HTTP, swapping to newer ones as they appear.
     Serve {
@@ -247,16 +267,28 @@ fn main() -> ExitCode {
         | Command::Rollback { .. }
         | Command::Fetch { .. } => "info",
     };
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .init();
-    match try_main(cli) {
+        .with_env_filter(filter);
+    let json = cli.log_format == LogFormat::Json;
+    if json {
+        logs.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+    let out = Output { json };
+    match try_main(cli, out) {
         Ok(code) => code,
+        Err(e) if json => {
+            tracing::error!("{e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("promo: error: {e:#}");
             ExitCode::from(2)
@@ -264,7 +296,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Where a command says what it did: a line on standard output, or with
+/// `--log-format json` an info event, so that every line a container
+/// writes is one JSON object.
+#[derive(Clone, Copy)]
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn say(self, line: &str) {
+        if self.json {
+            tracing::info!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+}
+
+fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build {
             csv,
@@ -273,38 +323,29 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             tmp_dir,
             force,
             publish,
+            metrics_file,
         } => {
-            let publish = publish.map(|url| guards.store(url));
-            // A bad URL fails before the feed is read.
-            if let Some(url) = &publish {
-                Remote::open(url)?;
+            if let Some(path) = &metrics_file {
+                textfile::check(path)?;
             }
-            let keep = guards.keep;
-            let opts = BuildOptions {
-                tmp_dir,
-                progress: std::io::stderr().is_terminal(),
-                force,
-                ..guards.options(dir.data_dir)
-            };
-            let summary = pipeline::build(&Input::from_arg(&csv), &opts)?;
-            println!("{summary}");
-            if let Some(url) = publish {
-                let p = publish::publish(&url, &summary.generation.path, keep as usize).map_err(
-                    |e| {
-                        anyhow::anyhow!(
-                            "{e}\npublishing to the store failed; generation {} stays \
-                             published in {}",
-                            summary.generation.sequence,
-                            opts.data_dir.display()
-                        )
-                    },
-                )?;
-                println!(
-                    "published generation {} to {url} as its generation {} ({} bytes in {:.2} s)",
-                    summary.generation.sequence, p.sequence, p.bytes, p.seconds
-                );
+            let shard = guards.shard;
+            let built = build(csv, dir, guards, tmp_dir, force, publish, out);
+            let written = metrics_file.map(|path| {
+                let summary = built.as_ref().ok();
+                textfile::write(&path, shard, std::time::SystemTime::now(), summary)
+            });
+            match (built, written) {
+                (Err(e), Some(Err(w))) => {
+                    tracing::error!("writing --metrics-file: {w}");
+                    Err(e)
+                }
+                (Err(e), _) => Err(e),
+                (Ok(s), Some(Err(w))) => Err(anyhow::anyhow!(
+                    "{w}\ngeneration {} was published, but --metrics-file was not written",
+                    s.generation.sequence
+                )),
+                (Ok(_), _) => Ok(ExitCode::SUCCESS),
             }
-            Ok(ExitCode::SUCCESS)
         }
         Command::Serve {
             dir,
@@ -370,18 +411,18 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     bytes,
                     seconds,
                     ..
-                } => println!(
+                } => out.say(&format!(
                     "fetched generation {} ({bytes} bytes in {seconds:.2} s) to {}",
                     entry.sequence,
                     entry.path.display()
-                ),
-                fetch::Outcome::UpToDate { store } => match store {
-                    Some(s) => println!(
+                )),
+                fetch::Outcome::UpToDate { store } => out.say(&match store {
+                    Some(s) => format!(
                         "up to date: nothing newer and valid than the data directory holds \
                          (the store's newest is {s})"
                     ),
-                    None => println!("up to date: the store holds no generation yet"),
-                },
+                    None => "up to date: the store holds no generation yet".to_string(),
+                }),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -422,22 +463,80 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
             publish: Some(url), ..
         } => {
             let (from, to) = publish::rollback(&url)?;
-            println!(
+            out.say(&format!(
                 "{url}: generation {from} is the newest again, as generation {}",
                 to.sequence
-            );
+            ));
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback { dir, .. } => {
             let (from, to) = pipeline::rollback(&dir.data_dir)?;
-            println!(
+            out.say(&format!(
                 "generation {from} is live again as generation {} ({})",
                 to.sequence,
                 to.path.display()
-            );
+            ));
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `promo build`: builds the feed into the data directory, then publishes
+/// it to the store if one is given.
+fn build(
+    csv: String,
+    dir: DataDir,
+    guards: Guards,
+    tmp_dir: Option<PathBuf>,
+    force: bool,
+    publish: Option<String>,
+    out: Output,
+) -> anyhow::Result<pipeline::BuildSummary> {
+    let publish = publish.map(|url| guards.store(url));
+    // A bad URL fails before the feed is read.
+    if let Some(url) = &publish {
+        Remote::open(url)?;
+    }
+    let keep = guards.keep;
+    let opts = BuildOptions {
+        tmp_dir,
+        progress: std::io::stderr().is_terminal(),
+        force,
+        ..guards.options(dir.data_dir)
+    };
+    let summary = pipeline::build(&Input::from_arg(&csv), &opts)?;
+    if out.json {
+        let s = &summary;
+        tracing::info!(
+            rows = s.rows,
+            valid = s.valid,
+            invalid = s.invalid,
+            duplicates = s.duplicates,
+            other_shards = s.other_shards,
+            records = s.records,
+            generation = s.generation.sequence,
+            seconds = s.seconds,
+            path = %s.generation.path.display(),
+            "built generation {}",
+            s.generation.sequence
+        );
+    } else {
+        println!("{summary}");
+    }
+    if let Some(url) = publish {
+        let p = publish::publish(&url, &summary.generation.path, keep as usize).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\npublishing to the store failed; generation {} stays published in {}",
+                summary.generation.sequence,
+                opts.data_dir.display()
+            )
+        })?;
+        out.say(&format!(
+            "published generation {} to {url} as its generation {} ({} bytes in {:.2} s)",
+            summary.generation.sequence, p.sequence, p.bytes, p.seconds
+        ));
+    }
+    Ok(summary)
 }
 
 fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -496,3 +496,153 @@ fn bad_feeds_fail_clearly_and_replace_nothing() {
     );
     assert_eq!(temp_files(&data), Vec::<String>::new());
 }
+
+/// Every line of `text` is one JSON object with the fields a log collector
+/// expects; returns them.
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+            for field in ["timestamp", "level", "message", "target"] {
+                assert!(v.get(field).is_some(), "no {field} in {line}");
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_are_one_object_a_line_with_the_build_as_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("feed.csv");
+    let rows: Vec<_> = (0..5)
+        .map(|i| (id(1, i), "1.5".into(), "2030-01-01 00:00:00".into()))
+        .collect();
+    write_csv(&csv, &rows);
+    let data = dir.path().join("data");
+
+    let out = build(&data, &csv, &["--log-format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
+    let events = json_lines(&stderr(&out));
+    let built = events
+        .iter()
+        .find(|e| e["message"] == "built generation 1")
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(built["level"], "INFO");
+    assert_eq!(built["rows"], 5);
+    assert_eq!(built["records"], 5);
+    assert_eq!(built["generation"], 1);
+
+    // A bad row and the error that ends the command, both as JSON; the
+    // environment variable does what the flag does.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "id,price,expiration_date\nnot-an-id,1,2030-01-01\n").unwrap();
+    let out = promo()
+        .arg("build")
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("PROMO_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let events = json_lines(&stderr(&out));
+    assert!(events
+        .iter()
+        .any(|e| e["level"] == "WARN" && e["message"].as_str().unwrap().contains("bad.csv:2:")));
+    let last = events.last().unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert!(last["message"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was published"));
+
+    // Queries answer on stdout as before; their logs (none here) would be JSON.
+    let out = promo()
+        .args(["--log-format", "json", "inspect", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    json_lines(&stderr(&out));
+
+    // Text stays the default.
+    let out = build(&data, &csv, &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("rows=5 "));
+}
+
+#[test]
+fn the_metrics_file_says_how_each_build_went_and_keeps_the_last_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("feed.csv");
+    let rows: Vec<_> = (0..7)
+        .map(|i| (id(2, i), "2".into(), "2030-01-01 00:00:00".into()))
+        .chain([(id(2, 0), "3".into(), "2030-01-01 00:00:00".into())])
+        .collect();
+    write_csv(&csv, &rows);
+    let data = dir.path().join("data");
+    let textfile = dir.path().join("textfile");
+    let metrics = textfile.join("promo_build.prom");
+    let metrics_arg = metrics.to_str().unwrap();
+
+    // Its directory is checked before the feed is read.
+    let out = build(&data, &csv, &["--metrics-file", metrics_arg]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--metrics-file"), "{}", stderr(&out));
+    assert!(sequences(&data).is_empty());
+
+    std::fs::create_dir(&textfile).unwrap();
+    build_ok(&data, &csv, &["--metrics-file", metrics_arg]);
+    let value = |name: &str| -> Option<f64> {
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        let prefix = format!("{name}{{shard=\"0/1\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.parse().unwrap())
+    };
+    assert_eq!(value("promo_build_last_attempt_success"), Some(1.0));
+    assert_eq!(value("promo_build_rows"), Some(8.0));
+    assert_eq!(value("promo_build_duplicate_rows"), Some(1.0));
+    assert_eq!(value("promo_build_invalid_rows"), Some(0.0));
+    assert_eq!(value("promo_build_generation"), Some(1.0));
+    let success = value("promo_build_last_success_timestamp_seconds").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - 600.0..=now + 1.0).contains(&success),
+        "{success} vs {now}"
+    );
+
+    // A feed the shrink guard refuses: the attempt fails, the success stays.
+    let small = dir.path().join("small.csv");
+    write_csv(&small, &rows[..1]);
+    let out = build(&data, &small, &["--metrics-file", metrics_arg]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(value("promo_build_last_attempt_success"), Some(0.0));
+    assert_eq!(
+        value("promo_build_last_success_timestamp_seconds"),
+        Some(success)
+    );
+    assert_eq!(value("promo_build_generation"), Some(1.0));
+    assert!(value("promo_build_last_attempt_timestamp_seconds").unwrap() >= success);
+
+    // promtool reads it as Prometheus would.
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&metrics).unwrap())
+        .output()
+        .expect("promtool is needed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing but the file: the temporary ones were renamed or removed.
+    assert_eq!(std::fs::read_dir(&textfile).unwrap().count(), 1);
+}

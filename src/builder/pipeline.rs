@@ -475,7 +475,7 @@ fn newest_valid_count(dir: &std::path::Path) -> Scan {
 /// temporary file, gone at once. Run before the feed is read, so that a
 /// mistyped or read-only directory fails the build in a moment, not at the
 /// first sorted run or at the generation file.
-fn usable_dir(option: &'static str, dir: &std::path::Path, create: bool) -> Result<()> {
+pub(crate) fn usable_dir(option: &'static str, dir: &std::path::Path, create: bool) -> Result<()> {
     let fail = |reason: String| Error::Dir {
         option,
         path: dir.to_path_buf(),
