@@ -5,7 +5,7 @@ LISTEN ?= 0.0.0.0:1321
 CARGO ?= cargo
 PROMO := target/release/promo
 
-.PHONY: all build run demo test lint bench bench-scale gen clean fault fuzz soak
+.PHONY: all build run demo test lint bench bench-scale gen clean fault fuzz soak fleet
 
 all: build
 
@@ -36,6 +36,12 @@ bench:
 # 10^7 and 10^8 against the last format-version-1 release.
 bench-scale: build
 	python3 scripts/bench_scale.py --v1 $(SCALE_ARGS)
+
+# deploy/compose.yaml's topology as plain processes: an S3 store, a builder,
+# two replicas, nginx, node_exporter and Prometheus; prints the URLs.
+# A shared-directory store instead: make fleet FLEET_ARGS="--store file"
+fleet: build
+	python3 scripts/fleet.py $(FLEET_ARGS)
 
 # A generated CSV: make gen ROWS=10000000 OUT=bench-data/10m.csv
 ROWS ?= 1000000

@@ -1,0 +1,278 @@
+//! The deployment files under deploy/, each checked offline by the tool its
+//! ecosystem uses: hadolint, a compose validator, the Kubernetes schemas,
+//! `systemd-analyze verify` and promtool. `.ci/run` installs them; a test
+//! whose tool is missing fails and says which, it never skips.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn deploy(path: &str) -> PathBuf {
+    root().join("deploy").join(path)
+}
+
+/// Runs a checker, failing the test with its output if it is missing or
+/// finds something.
+fn check(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} is needed to check deploy/ ({e}); .ci/run installs it")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    check(
+        "hadolint",
+        &["--failure-threshold", "info", "deploy/Dockerfile"],
+    );
+    let text = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    // Multi-stage, no compiler in the image, not root, serving on 1321.
+    let stages: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(stages.len() >= 2, "{stages:?}");
+    let runtime = text.rsplit("\nFROM ").next().unwrap();
+    assert!(runtime.starts_with("debian:"), "{runtime}");
+    assert!(!runtime.contains("cargo") && !runtime.contains("rustc"));
+    assert!(runtime.contains("USER 10001") && runtime.contains("EXPOSE 1321"));
+    assert!(runtime.contains("CMD [\"serve\"]"));
+}
+
+#[test]
+fn the_compose_file_is_valid() {
+    let compose = deploy("compose.yaml");
+    let compose = compose.to_str().unwrap();
+    check("docker-compose", &["-f", compose, "config", "--quiet"]);
+    let out = check("docker-compose", &["-f", compose, "config", "--services"]);
+    let mut services: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    services.sort();
+    assert_eq!(
+        services,
+        [
+            "builder",
+            "grafana",
+            "nginx",
+            "node-exporter",
+            "prometheus",
+            "replica-a",
+            "replica-b",
+            "s3"
+        ]
+    );
+    // What the topology is made of: the shipped files, mounted as they are.
+    let text = std::fs::read_to_string(deploy("compose.yaml")).unwrap();
+    for needed in [
+        "./nginx/promo.conf",
+        "./prometheus/alerts.yml",
+        "./grafana/promo.json",
+        "--publish s3://promo/generations",
+        "\"--source\", \"s3://promo/generations\"",
+        "--metrics-file",
+    ] {
+        assert!(text.contains(needed), "compose.yaml lacks {needed}");
+    }
+}
+
+#[test]
+fn the_kubernetes_manifests_match_the_schemas() {
+    let files: Vec<String> = std::fs::read_dir(deploy("k8s"))
+        .unwrap()
+        .map(|e| e.unwrap().path().to_str().unwrap().to_string())
+        .filter(|p| p.ends_with(".yaml"))
+        .collect();
+    let mut args = vec!["--strict"];
+    args.extend(files.iter().map(String::as_str));
+    let out = check("kubernetes-validate", &args);
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    for kind in [
+        "deployment/promo",
+        "service/promo",
+        "cronjob/promo-build",
+        "poddisruptionbudget/promo",
+        "horizontalpodautoscaler/promo",
+    ] {
+        assert!(
+            report.contains(&format!("passed for resource {kind} ")),
+            "{kind} not validated:\n{report}"
+        );
+    }
+    let deployment = std::fs::read_to_string(deploy("k8s/deployment.yaml")).unwrap();
+    for needed in [
+        "path: /readyz",
+        "path: /healthz",
+        "preStop:",
+        "readOnlyRootFilesystem: true",
+        "runAsNonRoot: true",
+        "secretName: promo-tls",
+        "--admin-token-file=",
+        "sizeLimit:",
+    ] {
+        assert!(
+            deployment.contains(needed),
+            "deployment.yaml lacks {needed}"
+        );
+    }
+}
+
+#[test]
+fn the_systemd_units_verify() {
+    // `systemd-analyze verify` checks that ExecStart's program exists, so
+    // the units are verified in a root of their own: the system's unit
+    // directory, the units where they are installed, and promo where
+    // ExecStart says.
+    let sandbox = tempfile::tempdir().unwrap();
+    let r = sandbox.path();
+    let copy = |from: &Path, to: &str| {
+        let to = r.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, &to).unwrap();
+    };
+    for unit in std::fs::read_dir("/usr/lib/systemd/system").expect("systemd is needed") {
+        let unit = unit.unwrap();
+        if unit.file_type().unwrap().is_file() {
+            copy(
+                &unit.path(),
+                &format!(
+                    "usr/lib/systemd/system/{}",
+                    unit.file_name().to_str().unwrap()
+                ),
+            );
+        }
+    }
+    copy(
+        Path::new(env!("CARGO_BIN_EXE_promo")),
+        "usr/local/bin/promo",
+    );
+    copy(Path::new("/usr/bin/kill"), "usr/bin/kill");
+    std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+    let units = [
+        "promo-serve.service",
+        "promo-build.service",
+        "promo-build.timer",
+    ];
+    for unit in units {
+        copy(
+            &deploy(&format!("systemd/{unit}")),
+            &format!("etc/systemd/system/{unit}"),
+        );
+    }
+    let mut args = vec![format!("--root={}", r.display()), "verify".to_string()];
+    args.extend(units.iter().map(|u| format!("/etc/systemd/system/{u}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = check("systemd-analyze", &args);
+    // It only warns of what it cannot parse: a warning is a failure here.
+    assert!(
+        out.stderr.is_empty() && out.stdout.is_empty(),
+        "systemd-analyze verify:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serve = std::fs::read_to_string(deploy("systemd/promo-serve.service")).unwrap();
+    for needed in [
+        "User=promo",
+        "StateDirectory=promo",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "LimitNOFILE=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(serve.contains(needed), "promo-serve.service lacks {needed}");
+    }
+    let timer = std::fs::read_to_string(deploy("systemd/promo-build.timer")).unwrap();
+    assert!(timer.contains("OnCalendar=*:00,30"));
+}
+
+/// Every alert the runbook names, by these names.
+const ALERTS: [&str; 7] = [
+    "PromoGenerationStale",
+    "PromoGenerationRefused",
+    "PromoNotReady",
+    "PromoHighErrorRate",
+    "PromoReplicasDisagree",
+    "PromoSourceErrors",
+    "PromoBuildStale",
+];
+
+#[test]
+fn the_prometheus_files_check_and_every_alert_is_tested_both_ways() {
+    check(
+        "promtool",
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+    );
+    check(
+        "promtool",
+        &["check", "rules", "deploy/prometheus/alerts.yml"],
+    );
+    check(
+        "promtool",
+        &["test", "rules", "deploy/prometheus/alerts_test.yml"],
+    );
+    let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(deploy("prometheus/alerts_test.yml")).unwrap();
+    for alert in ALERTS {
+        assert!(rules.contains(&format!("- alert: {alert}\n")), "{alert}");
+        // A case that fires it (alerts expected) and one that does not.
+        let cases: Vec<&str> = tests
+            .split(&format!("alertname: {alert}\n"))
+            .skip(1)
+            .map(|rest| rest.trim_start().lines().next().unwrap())
+            .collect();
+        assert!(
+            cases.iter().any(|c| c.trim() == "exp_alerts:"),
+            "{alert} never fires in alerts_test.yml"
+        );
+        assert!(
+            cases.iter().any(|c| c.trim() == "exp_alerts: []"),
+            "{alert} has no case where it stays quiet"
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_queries_the_provisioned_prometheus() {
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/promo.json")).unwrap())
+            .unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    let titles: Vec<&str> = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for needed in [
+        "Requests/s by status",
+        "Lookup latency",
+        "Lookups: hits and misses",
+        "Live generation per replica",
+        "Live generation age per replica",
+        "Swaps and refusals",
+        "Fetch bytes/s",
+        "Resident memory",
+        "Open file descriptors and connections",
+    ] {
+        assert!(titles.contains(&needed), "no panel {needed}: {titles:?}");
+    }
+    let datasource =
+        std::fs::read_to_string(deploy("grafana/provisioning/datasources/prometheus.yaml"))
+            .unwrap();
+    for p in panels {
+        assert_eq!(p["datasource"]["uid"], "prometheus", "{}", p["title"]);
+    }
+    assert!(datasource.contains("uid: prometheus"));
+}
