@@ -20,12 +20,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O error on a named file or directory.
-    #[error("{}: {cause}", path.display())]
+    #[error("{}: {}", path.display(), explain(cause))]
     Io { path: PathBuf, cause: io::Error },
 
     /// An I/O error while doing `op` ("writing a sorted run") with a named
     /// file or directory: the messages a full disk produces.
-    #[error("{}: {op}: {cause}", path.display())]
+    #[error("{}: {op}: {}", path.display(), explain(cause))]
     IoOp {
         op: &'static str,
         path: PathBuf,
@@ -39,22 +39,26 @@ pub enum Error {
     /// More rows were invalid than `--max-invalid` allows.
     #[error(
         "{input}: {invalid} of {rows} rows are invalid, more than the limit of {limit}; \
-         nothing was published (see the lines reported above, or raise --max-invalid)"
+         nothing was published (see the lines reported above, or raise --max-invalid){hint}"
     )]
     TooManyInvalid {
         input: String,
         invalid: u64,
         rows: u64,
         limit: String,
+        /// ". The file seems to use ';' ..." when it does, else empty.
+        hint: String,
         /// The first invalid rows, as reported.
         first_invalid: Vec<InvalidRow>,
     },
 
     /// The input held no valid row; publishing it would empty the service.
-    #[error("{input}: no valid rows ({rows} rows read); nothing was published")]
+    #[error("{input}: no valid rows ({rows} rows read); nothing was published{hint}")]
     NoValidRows {
         input: String,
         rows: u64,
+        /// As [`Error::TooManyInvalid`]'s.
+        hint: String,
         first_invalid: Vec<InvalidRow>,
     },
 
@@ -153,6 +157,48 @@ pub enum Error {
     Usage(String),
 }
 
+/// An I/O error as a sentence about the path it happened on. The system's
+/// own text is kept where it already says what happened ("No such file or
+/// directory", "No space left on device"); the ones that only make sense
+/// to a programmer ("No such device", what `mmap` says of a directory) are
+/// said again in words.
+pub fn explain(cause: &io::Error) -> String {
+    let said = match cause.raw_os_error() {
+        Some(libc::ENODEV) => "is not a regular file, so it cannot be mapped",
+        Some(libc::EISDIR) => "is a directory, not a file",
+        Some(libc::ENOTDIR) => {
+            "is a file where a directory is expected (this path or a part of it)"
+        }
+        Some(libc::EACCES | libc::EPERM) => {
+            "permission denied: the user promo runs as may not use it (check its owner and mode)"
+        }
+        Some(libc::EMFILE | libc::ENFILE) => {
+            "too many open files: raise the open-files limit (ulimit -n, or LimitNOFILE=)"
+        }
+        Some(libc::ENXIO) => "is a socket or a device with nothing behind it, not a file",
+        Some(libc::ELOOP) => "is a loop of symbolic links",
+        Some(libc::ENOMEM) => "not enough memory or address space to map it (see ulimit -v)",
+        _ => return cause.to_string(),
+    };
+    said.to_string()
+}
+
+/// What a file that is not a regular file is, for messages.
+pub fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> Error {
@@ -193,6 +239,38 @@ mod tests {
         assert_eq!(
             format!("{:#}", anyhow::Error::new(e)),
             "x.csv: entity not found"
+        );
+    }
+
+    #[test]
+    fn errors_only_a_programmer_reads_are_said_in_words() {
+        let said = |errno| Error::io("gen-0000000005.promo")(io::Error::from_raw_os_error(errno));
+        for (errno, text) in [
+            (
+                libc::ENODEV,
+                "is not a regular file, so it cannot be mapped",
+            ),
+            (libc::EISDIR, "is a directory, not a file"),
+            (
+                libc::EACCES,
+                "permission denied: the user promo runs as may not use it",
+            ),
+            (
+                libc::EMFILE,
+                "too many open files: raise the open-files limit",
+            ),
+        ] {
+            let e = said(errno).to_string();
+            assert!(
+                e.starts_with(&format!("gen-0000000005.promo: {text}")),
+                "{e}"
+            );
+            assert!(!e.contains("os error"), "{e}");
+        }
+        // The system's text where it already says what happened.
+        assert_eq!(
+            said(libc::ENOENT).to_string(),
+            "gen-0000000005.promo: No such file or directory (os error 2)"
         );
     }
 }

@@ -446,7 +446,8 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     eprintln!(
-                        "promo: no promotion {key} in generation {}",
+                        "promo: no promotion {} in generation {}",
+                        uuid::Uuid::from_u128(key).hyphenated(),
                         table.sequence()
                     );
                     Ok(ExitCode::from(1))

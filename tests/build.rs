@@ -452,8 +452,13 @@ fn bad_feeds_fail_clearly_and_replace_nothing() {
     );
     assert!(err.contains("--max-shrink 50%"), "{err}");
 
-    // Another delimiter: every row is one field.
-    for (name, delimiter) in [("semicolons.csv", ";"), ("tabs.csv", "\t")] {
+    // Another delimiter: every row is one field, and the error says which
+    // delimiter the file seems to use.
+    for (name, delimiter, said) in [
+        ("semicolons.csv", ";", "';'"),
+        ("tabs.csv", "\t", "tabs"),
+        ("pipes.csv", "|", "'|'"),
+    ] {
         let text = String::from_utf8(good.clone())
             .unwrap()
             .replace(',', delimiter);
@@ -462,15 +467,32 @@ fn bad_feeds_fail_clearly_and_replace_nothing() {
         assert!(!out.status.success(), "{name}");
         assert!(
             err.contains(&format!(
-                "{name}:1: invalid row: expected 3 fields, found 1"
+                "{name}:1: invalid row: expected 3 fields separated by commas, found 1 field \
+                 holding {said}"
             )),
             "{err}"
         );
         assert!(
-            err.contains("rows are invalid, more than the limit"),
+            err.contains(&format!(
+                "rows are invalid, more than the limit of 1%; nothing was published (see the \
+                 lines reported above, or raise --max-invalid). The file seems to use {said} \
+                 between fields: promo reads comma-separated values (id,price,expiration_date)"
+            )),
             "{err}"
         );
     }
+    // Rows of one field without such a delimiter, or a mix: no guess.
+    let lone = feed("lone.csv", b"id,price,expiration_date\nabc\ndef;ghi\n");
+    let err = stderr(&build(&data, &lone, &["--max-invalid", "100%"]));
+    assert!(
+        err.contains("lone.csv:2: invalid row: expected 3 fields, found 1\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("lone.csv: no valid rows (2 rows read); nothing was published\n"),
+        "{err}"
+    );
+    assert!(!err.contains("seems to use"), "{err}");
 
     // Binary garbage.
     let mut noise = Vec::new();
@@ -645,4 +667,82 @@ fn the_metrics_file_says_how_each_build_went_and_keeps_the_last_success() {
     );
     // Nothing but the file: the temporary ones were renamed or removed.
     assert_eq!(std::fs::read_dir(&textfile).unwrap().count(), 1);
+}
+
+#[test]
+fn get_names_a_missing_id_as_the_api_does() {
+    let dir = tempfile::tempdir().unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let out = promo()
+        .args(["get", "17C6A0E2-4F3B-4A3D-9D2E-0123456789AB", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "promo: no promotion 17c6a0e2-4f3b-4a3d-9d2e-0123456789ab in generation 1\n"
+    );
+}
+
+#[test]
+fn files_that_are_not_what_they_should_be_are_named_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    build_ok(&data, &fixture("promotions.csv"), &[]);
+    // A directory named like a generation: inspect says what it is, and
+    // the generation before it stays live.
+    std::fs::create_dir(data.join("gen-0000000005.promo")).unwrap();
+    let out = promo()
+        .args(["inspect", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = table
+        .lines()
+        .find(|l| l.contains("gen-0000000005.promo"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.contains("is a directory, not a regular file"),
+        "{line}"
+    );
+    assert!(!table.contains("os error"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("gen-0000000001.promo") && l.contains(" * ")),
+        "{table}"
+    );
+    let out = promo()
+        .args(["get", "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A directory given as the feed.
+    let out = build(&data, dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "promo: error: {}: is a directory, not a file\n",
+            dir.path().display()
+        )
+    );
+
+    // A file given as the data directory.
+    let file = dir.path().join("plain");
+    std::fs::write(&file, "x").unwrap();
+    let out = promo()
+        .args(["get", "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118", "--data-dir"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains("os error"), "{err}");
+    assert!(err.contains("plain"), "{err}");
 }

@@ -63,6 +63,10 @@ pub enum RowError {
     /// The row does not have exactly `id,price,expiration_date`.
     #[error("expected 3 fields, found {0}")]
     FieldCount(usize),
+    /// One field holding another common delimiter (`;`, a tab, `|`): the
+    /// row of a feed that is not comma-separated.
+    #[error("expected 3 fields separated by commas, found 1 field holding {}", delimiter_name(*.0))]
+    OtherDelimiter(u8),
     /// The id is not a UUID.
     #[error("bad id {0:?}")]
     BadId(String),
@@ -85,6 +89,43 @@ pub enum RowError {
     /// The date does not fit the record.
     #[error("date is longer than {max} bytes: {0:?}", max = DATE_MAX)]
     DateTooLong(String),
+}
+
+impl RowError {
+    /// The error of a row of `n` fields, `row` its text (or its one field):
+    /// [`RowError::OtherDelimiter`] when it is one field holding `;`, tabs
+    /// or `|` (the most frequent of them), else [`RowError::FieldCount`].
+    pub fn field_count(n: usize, row: &[u8]) -> RowError {
+        if n == 1 {
+            let most = OTHER_DELIMITERS
+                .iter()
+                .map(|&d| (memchr::memchr_iter(d, row).count(), d))
+                .max();
+            if let Some((_, d)) = most.filter(|&(count, _)| count > 0) {
+                return RowError::OtherDelimiter(d);
+            }
+        }
+        RowError::FieldCount(n)
+    }
+
+    /// The delimiter the row seems to use, when it is not a comma.
+    pub fn delimiter(&self) -> Option<u8> {
+        match *self {
+            RowError::OtherDelimiter(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// Delimiters feeds use instead of commas, recognised in bad rows.
+const OTHER_DELIMITERS: [u8; 3] = [b';', b'\t', b'|'];
+
+/// How a delimiter is named in messages.
+pub fn delimiter_name(d: u8) -> String {
+    match d {
+        b'\t' => "tabs".to_string(),
+        d => format!("'{}'", d as char),
+    }
 }
 
 /// Longest excerpt of offending input kept in a [`RowError`], in characters;
@@ -713,7 +754,7 @@ impl<R: Read> Iterator for Rows<R> {
             }
             let verdict = match (r.len(), r.get(0), r.get(1), r.get(2)) {
                 (3, Some(id), Some(price), Some(date)) => parse_fields(id, price, date),
-                (n, ..) => Err(RowError::FieldCount(n)),
+                (n, first, ..) => Err(RowError::field_count(n, first.unwrap_or_default())),
             };
             return Some(Ok((self.start_line(), verdict)));
         }
@@ -836,7 +877,7 @@ pub fn parse_chunk(chunk: &[u8], first: bool) -> ChunkRows {
             let n = memchr::memchr_iter(b',', text).count() + 1;
             let id = &text[..memchr::memchr(b',', text).unwrap_or(text.len())];
             if std::mem::replace(&mut past_first, true) || !is_header(id) {
-                out.verdict(line, Err(RowError::FieldCount(n)));
+                out.verdict(line, Err(RowError::field_count(n, text)));
             }
             continue;
         };

@@ -205,6 +205,22 @@ const REPORTED_INVALID: usize = 10;
 pub struct InvalidRow {
     pub line: u64,
     pub reason: String,
+    /// The delimiter the row seems to use instead of commas, if any.
+    pub delimiter: Option<u8>,
+}
+
+/// What to tell the user when every reported row is one field holding the
+/// same other delimiter: the file is not comma-separated. Empty otherwise.
+pub fn delimiter_hint(first_invalid: &[InvalidRow]) -> String {
+    let mut delimiters = first_invalid.iter().map(|r| r.delimiter);
+    match delimiters.next() {
+        Some(Some(d)) if delimiters.all(|other| other == Some(d)) => format!(
+            ". The file seems to use {} between fields: promo reads comma-separated \
+             values (id,price,expiration_date)",
+            ingest::delimiter_name(d)
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Builds and publishes a generation from `input`.
@@ -216,7 +232,12 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
         }
         Input::File(p) => {
             let f = File::open(p).map_err(Error::io(p))?;
-            let len = f.metadata().map_err(Error::io(p))?.len();
+            let meta = f.metadata().map_err(Error::io(p))?;
+            // A directory opens; only its first read would fail.
+            if meta.is_dir() {
+                return Err(Error::io(p)(io::Error::from_raw_os_error(libc::EISDIR)));
+            }
+            let len = meta.len();
             (Box::new(DropBehind::new(f)), Some(len))
         }
     };
@@ -349,6 +370,7 @@ pub fn build_from(
             invalid,
             rows,
             limit: opts.max_invalid.to_string(),
+            hint: delimiter_hint(&first_invalid),
             first_invalid,
         });
     }
@@ -356,6 +378,7 @@ pub fn build_from(
         return Err(Error::NoValidRows {
             input: name,
             rows,
+            hint: delimiter_hint(&first_invalid),
             first_invalid,
         });
     }
@@ -581,6 +604,7 @@ impl Tally {
                 self.first_invalid.push(InvalidRow {
                     line,
                     reason: why.to_string(),
+                    delimiter: why.delimiter(),
                 });
             }
         }

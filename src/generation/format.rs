@@ -109,6 +109,10 @@ pub const MAX_FANOUT_BITS: u32 = 26;
 /// Why a generation file must not be served. Each message says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
+    #[error(
+        "is {kind}, not a regular file: a generation is a file (move it out of the data directory)"
+    )]
+    NotAFile { kind: &'static str },
     #[error("file is {len} bytes, too short for a generation header (truncated?)")]
     TooShort { len: u64 },
     #[error("bad magic {got:02x?}: not a promo generation file")]

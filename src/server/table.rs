@@ -35,7 +35,12 @@ impl Table {
     /// record size, length); see [`Table::verify`] for the full check.
     pub fn open(path: &Path, sequence: u64) -> Result<Table> {
         let file = File::open(path).map_err(Error::io(path))?;
-        let len = file.metadata().map_err(Error::io(path))?.len();
+        let meta = file.metadata().map_err(Error::io(path))?;
+        if !meta.is_file() {
+            let kind = crate::error::file_kind(meta.file_type());
+            return Err(Error::format(path, FormatError::NotAFile { kind }));
+        }
+        let len = meta.len();
         if len < format::V1_HEADER_LEN as u64 {
             return Err(Error::format(path, FormatError::TooShort { len }));
         }
