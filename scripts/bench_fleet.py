@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_common import free_port, log
+from bench_common import free_port, log, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMO = ROOT / "target/release/promo"
@@ -202,14 +202,7 @@ def bench_fleet(work, csv, ids, wrk, results, rounds=5):
     try:
         _bench_fleet(work, csv, ids, wrk, results, rounds, running)
     finally:
-        for p in running:
-            if p.poll() is None:
-                p.terminate()
-        for p in running:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(running)
 
 
 def _bench_fleet(work, csv, ids, wrk, results, rounds, running):

@@ -34,7 +34,7 @@ import urllib.request
 from pathlib import Path
 
 import bench_fleet
-from bench_common import free_port, log
+from bench_common import free_port, log, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_FEED = ROOT / "fixtures/promotions.csv"
@@ -208,14 +208,7 @@ Ctrl-C stops it.""", flush=True)
     finally:
         if builder:
             builder.stopping.set()
-        for p in reversed(running):
-            if p.poll() is None:
-                p.terminate()
-        for p in running:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(running, timeout=30)
         log("fleet stopped")
 
 
