@@ -223,22 +223,55 @@ impl Table {
         pages.len()
     }
 
-    /// The search itself; `touch` sees the byte offset of every cache line
-    /// read or prefetched (a no-op in lookups, compiled away).
+    /// The bucket `[lo, hi)` that holds `key` if any record does, and the
+    /// record its next 64 bits interpolate inside it; `None` for an empty
+    /// bucket.
     #[inline(always)]
-    fn search(&self, key: u128, mut touch: impl FnMut(usize)) -> Option<u64> {
+    fn guess(&self, key: u128) -> Option<(u64, u64, u64)> {
         let bits = self.header.fanout_bits;
         let bucket = format::bucket_of(key, bits);
-        let (mut lo, mut hi) = (self.fanout(bucket), self.fanout(bucket + 1));
+        let lo = self.fanout(bucket);
         // Bad bytes on disk must not panic: verify() rejects such a table,
         // but stay in bounds even for one that skipped it.
-        hi = hi.min(self.header.count);
+        let hi = self.fanout(bucket + 1).min(self.header.count);
         if lo >= hi {
             return None;
         }
         // The key's position inside its bucket, as a fraction of 2^64.
         let frac = ((key << bits) >> 64) as u64;
-        let guess = lo + ((u128::from(frac) * u128::from(hi - lo)) >> 64) as u64;
+        Some((
+            lo,
+            hi,
+            lo + ((u128::from(frac) * u128::from(hi - lo)) >> 64) as u64,
+        ))
+    }
+
+    /// Lets the lookups of many keys overlap their memory reads, where one
+    /// lookup waits for two in turn (its fanout entry, then its record):
+    /// call this for every key, then [`Table::prefetch_record`] for every
+    /// key, then look them up. Only hints to the CPU: nothing is read from
+    /// disk, and the answers do not change.
+    #[inline]
+    pub fn prefetch_fanout(&self, key: u128) {
+        let bucket = format::bucket_of(key, self.header.fanout_bits);
+        crate::generation::record::prefetch(&self.fanout[bucket as usize * 8]);
+    }
+
+    /// The second step of [`Table::prefetch_fanout`]: reads the fanout
+    /// entries (loaded by then) and starts loading the record guessed for
+    /// `key`, where its lookup will look first.
+    #[inline]
+    pub fn prefetch_record(&self, key: u128) {
+        if let Some((_, _, guess)) = self.guess(key) {
+            crate::generation::record::prefetch(&self.record_bytes(guess)[0]);
+        }
+    }
+
+    /// The search itself; `touch` sees the byte offset of every cache line
+    /// read or prefetched (a no-op in lookups, compiled away).
+    #[inline(always)]
+    fn search(&self, key: u128, mut touch: impl FnMut(usize)) -> Option<u64> {
+        let (mut lo, mut hi, guess) = self.guess(key)?;
         // Uniform keys land within a few records of the guess: fetch those
         // lines in parallel rather than one dependent miss per probe.
         let from = guess.saturating_sub(PREFETCH_RECORDS).max(lo);
