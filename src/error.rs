@@ -195,7 +195,7 @@ pub fn file_kind(t: std::fs::FileType) -> &'static str {
     } else if t.is_block_device() || t.is_char_device() {
         "a device"
     } else {
-        "not a regular file"
+        "an unusual file"
     }
 }
 
