@@ -23,6 +23,7 @@ import platform
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMO = ROOT / "target/release/promo"
 GEN = ROOT / "target/release/gen-promotions"
 WRK_SCRIPT = ROOT / "scripts/wrk-lookups.lua"
+FLOOR = ROOT / "target/release/examples/hyper_floor"
 BATCH = 1000
 
 
@@ -105,7 +107,9 @@ def warm(path):
 
 
 def http_get(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
+    """GET `url`: (status, body). HTTPS certificates are the bench's own
+    self-signed ones, so they are not checked."""
+    with urllib.request.urlopen(url, timeout=10, context=ssl._create_unverified_context()) as r:
         return r.status, r.read()
 
 
@@ -225,12 +229,17 @@ def bench_big_build(work, rows, results):
     return data, ids
 
 
-def start_nginx(work, body):
-    """nginx returning `body` for every /promotions/ path: (process, url)."""
+def start_nginx(work, body, tls=None):
+    """nginx returning `body` for every /promotions/ path: (process, url).
+    With `tls` (cert, key), over TLS 1.3 only."""
     port = free_port()
-    prefix = work / "nginx"
+    prefix = work / ("nginx-tls" if tls else "nginx")
     prefix.mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
+    listen = f"127.0.0.1:{port}"
+    if tls:
+        listen += (f" ssl;\n        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
+                   "        ssl_protocols TLSv1.3")
     conf.write_text(f"""
 worker_processes 2;
 pid {prefix}/nginx.pid;
@@ -240,7 +249,7 @@ http {{
     access_log off;
     keepalive_requests 1000000;
     server {{
-        listen 127.0.0.1:{port};
+        listen {listen};
         location /promotions/ {{
             default_type application/json;
             return 200 '{body.decode()}';
@@ -250,38 +259,87 @@ http {{
 """)
     nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"],
                              stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     wait_ready(url + "/promotions/x", 30)
     return nginx, url
 
 
-def bench_serve(work, data, ids, duration, results, rounds=2):
-    """promo and nginx, alternately, `rounds` times each: the machine's
-    noise then falls on both."""
+def stop_nginx(nginx):
+    nginx.send_signal(signal.SIGQUIT)
+    nginx.wait(timeout=30)
+
+
+class Floor:
+    """examples/hyper_floor.rs: promo's HTTP stack answering `body` to every
+    request, with no routing, lookup or counting."""
+
+    def __init__(self, work, body, threads):
+        path = work / "floor-body.json"
+        path.write_bytes(body)
+        self.proc = subprocess.Popen([FLOOR, "127.0.0.1:0", str(threads), path], stdout=subprocess.PIPE,
+                                     text=True)
+        self.url = "http://" + self.proc.stdout.readline().strip()
+        wait_ready(self.url + "/promotions/x", 30)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def alternate(servers, ids, duration, rounds, what):
+    """wrk against each of `servers` ({name: url}) in turn, `rounds` times:
+    every run, and each server's medians."""
+    for url in servers.values():
+        wrk(url, ids, 3)  # warm up
+    runs = {name: [] for name in servers}
+    for r in range(rounds):
+        for name, url in servers.items():
+            log(f"{what}: {name}, round {r + 1} of {rounds}")
+            runs[name].append(wrk(url, ids, duration))
+    med = {name: {k: statistics.median(w[k] for w in rs) for k in ("rps", "p50", "p99")}
+           for name, rs in runs.items()}
+    for name in med:
+        med[name]["command"] = runs[name][0]["command"]
+    return runs, med
+
+
+def bench_serve(work, data, ids, duration, results, rounds=3):
+    """promo, the hyper floor and nginx, alternately, `rounds` times each:
+    the machine's noise then falls on all three."""
     server = Serve(data)
     body = http_get(server.url + "/promotions/" + Path(ids).read_text().split()[0])[1]
     nginx, nginx_url = start_nginx(work, body)
-    runs = {"promo": [], "nginx": []}
-    for url in (server.url, nginx_url):
-        wrk(url, ids, 3)  # warm up
-    for r in range(rounds):
-        for name, url in (("promo", server.url), ("nginx", nginx_url)):
-            log(f"serve: {name}, round {r + 1} of {rounds}")
-            runs[name].append(wrk(url, ids, duration))
+    floor = Floor(work, body, os.cpu_count())
+    runs, med = alternate({"promo": server.url, "floor": floor.url, "nginx": nginx_url}, ids, duration,
+                          rounds, "serve")
     server.stop()
-    nginx.send_signal(signal.SIGQUIT)
-    nginx.wait(timeout=30)
-    results["serve"] = {"runs": runs, "body_bytes": len(body)}
-    for name, rs in runs.items():
-        results["serve"][name] = {
-            "rps": sum(r["rps"] for r in rs) / len(rs),
-            "p50": sum(r["p50"] for r in rs) / len(rs),
-            "p99": sum(r["p99"] for r in rs) / len(rs),
-            "command": rs[0]["command"],
-        }
+    floor.stop()
+    stop_nginx(nginx)
+    results["serve"] = {"runs": runs, "body_bytes": len(body), "rounds": rounds, **med}
 
 
-def bench_batch(data, ids, duration, results, rounds=2):
+def bench_tls(work, data, ids, duration, results, rounds=3):
+    """promo over TLS, nginx over TLS with the same certificate and fixed
+    body, and promo over plain HTTP, alternately."""
+    tls = work / "tls"
+    tls.mkdir(exist_ok=True)
+    cert, key = tls / "cert.pem", tls / "key.pem"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "2", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    plain, plain_url = bench_ports.serve(data, [])
+    https, https_url = bench_ports.serve(data, ["--tls-cert", cert, "--tls-key", key], "https")
+    body = http_get(plain_url + "/promotions/" + Path(ids).read_text().split()[0])[1]
+    nginx, nginx_url = start_nginx(work, body, (cert, key))
+    runs, med = alternate({"promo_https": https_url, "nginx_https": nginx_url, "promo_http": plain_url},
+                          ids, duration, rounds, "tls")
+    bench_ports.stop(plain)
+    bench_ports.stop(https)
+    stop_nginx(nginx)
+    results["tls"] = {"runs": runs, "rounds": rounds, **med}
+
+
+def bench_batch(data, ids, duration, results, rounds=3):
     """Ids answered a second: 1,000-id batches against single-id GETs,
     alternately, on the same server and connections settings."""
     server = Serve(data)
@@ -415,18 +473,7 @@ def write_report(results, path, chart):
     if results.get("build_criterion"):
         lines += ["", "Criterion (`benches/build.rs`, 1M rows): " + ", ".join(
             f"{k}: {v:.3f} s" for k, v in sorted(results["build_criterion"].items())) + "."]
-    lines += ["", f"## Serve: `wrk -t2 -c64 -d{results['duration']}s --latency`, 90% present ids, 10% absent",
-              "", "promo and nginx alternate, each run twice; the table gives every run and the mean.", "",
-              "| server | requests/s | p50 | p99 |", "|---|---:|---:|---:|"]
-    for name in ["promo", "nginx"]:
-        for i, w in enumerate(s["runs"][name]):
-            lines.append(f"| {name}, run {i + 1} | {w['rps']:,.0f} | {w['p50'] * 1e3:.2f} ms | {w['p99'] * 1e3:.2f} ms |")
-        w = s[name]
-        lines.append(f"| **{name}, mean** | **{w['rps']:,.0f}** | {w['p50'] * 1e3:.2f} ms | {w['p99'] * 1e3:.2f} ms |")
-    lines += ["", f"promo serves {ratio(s['promo']['rps'], s['nginx']['rps']):.2f}x nginx's mean requests/s; "
-              f"its p99 is {ratio(s['promo']['p99'], s['nginx']['p99']):.2f}x nginx's. nginx returns a fixed "
-              f"{s['body_bytes']}-byte JSON body for every `/promotions/` path (the HTTP/1.1 ceiling here).",
-              "", f"Command: `IDS=ids.txt {rel(s['promo']['command'])}`"]
+    lines += serve_report(results)
     lines += ["", "## Lookup (criterion, `benches/lookup.rs`)", "",
               "| records | hit | miss | hit, cache-resident | one random record read | one dependent record read | pages touched (mean / max) |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -478,6 +525,48 @@ def write_report(results, path, chart):
     path.write_text("\n".join(lines))
 
 
+def serve_report(results):
+    """BENCHMARKS.md lines for results["serve"] and results["tls"]."""
+    s, ms = results["serve"], lambda x: f"{x * 1e3:.2f} ms"
+
+    def table(runs, med, names):
+        out = ["| server | requests/s | p50 | p99 |", "|---|---:|---:|---:|"]
+        for name, label in names.items():
+            for i, w in enumerate(runs[name]):
+                out.append(f"| {label}, run {i + 1} | {w['rps']:,.0f} | {ms(w['p50'])} | {ms(w['p99'])} |")
+            m = med[name]
+            out.append(f"| **{label}, median** | **{m['rps']:,.0f}** | {ms(m['p50'])} | {ms(m['p99'])} |")
+        return out
+
+    lines = ["", f"## Serve: `wrk -t2 -c64 -d{results['duration']}s --latency`, 90% present ids, 10% absent", "",
+             f"Three servers take turns, {s['rounds']} rounds: promo; nginx returning a fixed "
+             f"{s['body_bytes']}-byte JSON body for every `/promotions/` path (no lookup, no 404s); and "
+             "the *hyper floor* (`examples/hyper_floor.rs`): promo's own HTTP stack (its listeners, one "
+             "runtime per core, its hyper settings) answering that fixed body, with no routing, lookup, "
+             "counting or timing. The floor is what hyper and tokio serve on this machine; promo's "
+             "distance to it is promo's own cost, the floor's distance to nginx is the HTTP stack's.", ""]
+    lines += table(s["runs"], s, {"promo": "promo", "floor": "hyper floor", "nginx": "nginx"})
+    lines += ["", f"promo serves **{s['promo']['rps'] / s['nginx']['rps']:.2f}x** nginx's median requests/s "
+              f"with a p99 **{s['promo']['p99'] / s['nginx']['p99']:.2f}x** nginx's; "
+              f"{s['promo']['rps'] / s['floor']['rps']:.2f}x the hyper floor's requests/s (p99 "
+              f"{s['promo']['p99'] / s['floor']['p99']:.2f}x). The floor serves "
+              f"{s['floor']['rps'] / s['nginx']['rps']:.2f}x nginx's.",
+              "", f"Command: `IDS=ids.txt {rel(s['promo']['command'])}`"]
+    if "tls" in results:
+        t = results["tls"]
+        lines += ["", "## HTTPS: promo and nginx over TLS 1.3, and promo over plain HTTP", "",
+                  "The same load. promo with `--tls-cert` and nginx (`ssl_protocols TLSv1.3`, the fixed "
+                  "body) share one self-signed ECDSA P-256 certificate; promo over plain HTTP runs in the "
+                  f"same rounds ({t['rounds']}, taking turns). wrk keeps its connections, so this is the "
+                  "cost of encrypting requests, not of handshakes.", ""]
+        lines += table(t["runs"], t, {"promo_https": "promo, TLS 1.3", "nginx_https": "nginx, TLS 1.3",
+                                      "promo_http": "promo, plain HTTP"})
+        lines += ["", f"Over TLS promo serves **{t['promo_https']['rps'] / t['nginx_https']['rps']:.2f}x** "
+                  f"nginx's median requests/s (p99 {t['promo_https']['p99'] / t['nginx_https']['p99']:.2f}x), "
+                  f"and {t['promo_https']['rps'] / t['promo_http']['rps']:.2f}x its own plain HTTP."]
+    return lines
+
+
 def chart(results, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -488,9 +577,12 @@ def chart(results, path):
     a.bar(names, [tools[n]["rows_per_s"] / 1e6 for n in names], color=["#2a7", "#999", "#bbb"])
     a.set_title(f"build {results['build']['rows'] / 1e6:.0f}M rows: million rows/s")
     serve = results["serve"]
-    b.bar(["promo", "nginx (fixed body)"], [serve["promo"]["rps"] / 1e3, serve["nginx"]["rps"] / 1e3],
-          color=["#2a7", "#999"])
-    b.set_title("serve: thousand requests/s")
+    bars = {"promo": serve["promo"], "hyper floor": serve["floor"], "nginx": serve["nginx"]}
+    if "tls" in results:
+        bars.update({"promo TLS": results["tls"]["promo_https"], "nginx TLS": results["tls"]["nginx_https"]})
+    b.bar(list(bars), [w["rps"] / 1e3 for w in bars.values()], color=["#2a7", "#bbb", "#999", "#2a7", "#999"])
+    b.tick_params(axis="x", labelsize=8)
+    b.set_title("serve: thousand requests/s (medians)")
     fig.suptitle(f"promo beside its peers, {results['machine']['cores']} cores, {results['date']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -509,7 +601,7 @@ def main():
     started = time.time()
     ensure_tools()
     log("building promo (release)")
-    run(["cargo", "build", "--release", "--bins"], cwd=ROOT)
+    run(["cargo", "build", "--release", "--bins", "--example", "hyper_floor"], cwd=ROOT)
     args.work.mkdir(parents=True, exist_ok=True)
     results = {"date": datetime.date.today().isoformat(), "machine": machine(), "duration": args.duration}
     data = bench_build(args.work, args.rows, results)
@@ -518,7 +610,7 @@ def main():
     bench_serve(args.work, data, ids, args.duration, results)
     bench_swap(args.work, generation, ids, args.duration, results)
     bench_batch(data, ids, args.duration, results)
-    bench_ports.bench_tls(args.work, data, ids, args.duration, wrk, results)
+    bench_tls(args.work, data, ids, args.duration, results)
     if not args.no_fleet:
         bench_fleet.bench_fleet(args.work, csv, ids, wrk, results)
     bench_lookup(generation, results)

@@ -1,11 +1,6 @@
-"""The HTTPS and upload part of `make bench`.
+"""The upload part of `make bench`, and the way it starts servers.
 
-Measured side by side, in alternating rounds:
-
-- HTTPS: requests/s and p99 of `wrk -t2 -c64` against one `promo serve`
-  with `--tls-cert` (a self-signed ECDSA P-256 certificate made by openssl)
-  and one without, on the same generation;
-- upload: the 10M-row CSV sent with `curl -T` (raw, streamed from the file)
+Measured side by side, in alternating rounds: the 10M-row CSV sent with `curl -T` (raw, streamed from the file)
   and with `curl -F file=@` (multipart) to the admin port of a running
   `promo serve`, from curl's start to its exit (the answer comes once the
   generation is live), against `promo build` of the same file into an empty
@@ -36,7 +31,7 @@ def _curl(args, timeout=600, quiet=False):
                           text=True).stdout
 
 
-def _serve(data, extra, scheme="http"):
+def serve(data, extra, scheme="http"):
     """A `promo serve` on `data` with `extra` flags: (process, url)."""
     port = free_port()
     proc = subprocess.Popen([PROMO, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
@@ -52,32 +47,9 @@ def _serve(data, extra, scheme="http"):
     raise RuntimeError(f"{url} never answered")
 
 
-def _stop(proc):
+def stop(proc):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
-
-
-def bench_tls(work, data, ids, duration, wrk, results, rounds=2):
-    """wrk against promo over HTTPS and over plain HTTP, alternately."""
-    tls = work / "tls"
-    tls.mkdir(exist_ok=True)
-    cert, key = tls / "cert.pem", tls / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    plain, plain_url = _serve(data, [])
-    https, https_url = _serve(data, ["--tls-cert", cert, "--tls-key", key], "https")
-    runs = {"http": [], "https": []}
-    for url in (plain_url, https_url):
-        wrk(url, ids, 3)  # warm up
-    for r in range(rounds):
-        for name, url in (("http", plain_url), ("https", https_url)):
-            log(f"tls: {name}, round {r + 1} of {rounds}")
-            runs[name].append(wrk(url, ids, duration))
-    _stop(plain)
-    _stop(https)
-    med = lambda name, k: statistics.median(w[k] for w in runs[name])
-    results["tls"] = {"runs": runs, **{f"{n}_{k}": med(n, k) for n in runs for k in ("rps", "p99")}}
 
 
 def bench_upload(work, csv, results, rounds=5):
@@ -99,7 +71,7 @@ def bench_upload(work, csv, results, rounds=5):
                 continue
             shutil.rmtree(serve_dir, ignore_errors=True)
             port = free_port()
-            proc, url = _serve(serve_dir, ["--admin-listen", f"127.0.0.1:{port}"])
+            proc, url = serve(serve_dir, ["--admin-listen", f"127.0.0.1:{port}"])
             body = ["-X", "POST", "-H", "Content-Type: text/csv", "-T", str(csv)] if name == "raw" \
                 else ["-F", f"file=@{csv}"]
             started = time.time()
@@ -110,7 +82,7 @@ def bench_upload(work, csv, results, rounds=5):
             if live != f"ready: generation {answer['generation']}":
                 raise RuntimeError(f"upload answered {answer} but the server says {live!r}")
             answers.append(answer)
-            _stop(proc)
+            stop(proc)
     shutil.rmtree(build_dir, ignore_errors=True)
     shutil.rmtree(serve_dir, ignore_errors=True)
     results["upload"] = {"runs": runs, "bytes": size, "rows": answers[-1]["records"],
@@ -135,21 +107,9 @@ def _fresh_memory(csv):
 
 
 def report(results):
-    """BENCHMARKS.md lines for results["tls"] and results["upload"]."""
+    """BENCHMARKS.md lines for results["upload"]."""
     lines = []
     ms = lambda s: f"{s * 1e3:.2f} ms"
-    if "tls" in results:
-        t = results["tls"]
-        lines += ["", "## HTTPS: the same wrk load over TLS and over plain HTTP", "",
-                  "Two servers on one generation, one with `--tls-cert` (ECDSA P-256, TLS 1.3 as wrk "
-                  "negotiates it), taking turns; `wrk -t2 -c64` keeps its connections, so this is the "
-                  "cost of encrypting requests, not of handshakes. Medians.", "",
-                  "| run | requests/s | p50 | p99 |", "|---|---:|---:|---:|"]
-        for name in ("http", "https"):
-            for w in t["runs"][name]:
-                lines.append(f"| {name} | {w['rps']:,.0f} | {ms(w['p50'])} | {ms(w['p99'])} |")
-        lines += ["", f"HTTPS serves {t['https_rps'] / t['http_rps']:.2f}x plain HTTP's requests/s; "
-                  f"its p99 is {t['https_p99'] / t['http_p99']:.2f}x."]
     if "upload" in results:
         u = results["upload"]
         each = lambda name: ", ".join(f"{x:.2f}" for x in u["runs"][name])

@@ -687,7 +687,7 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
 /// [`MAX_HEAD_LEN`] of request head. `read_buffer` is the most one read
 /// takes from the socket: a lookup needs no more than a head, an upload
 /// wants large reads (each read becomes a body chunk handed to the build).
-pub(crate) fn connection_builder(
+pub fn connection_builder(
     header_timeout: Duration,
     read_buffer: usize,
 ) -> hyper::server::conn::http1::Builder {
