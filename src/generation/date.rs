@@ -221,7 +221,7 @@ pub struct DateTables {
     /// The zone just looked up: nearly every row of a feed has the zone of
     /// the row before it.
     last: u32,
-    index: std::collections::HashMap<Box<[u8]>, u32>,
+    index: rustc_hash::FxHashMap<Box<[u8]>, u32>,
 }
 
 impl DateTables {
