@@ -68,7 +68,9 @@ async fn serve(listener: std::net::TcpListener, body: Bytes) -> std::io::Result<
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 std::future::ready(Ok::<_, Infallible>(response))
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
