@@ -8,7 +8,7 @@
 //!
 //! Records are buffered in arrival order up to a byte budget. Beside them,
 //! one 16-byte sort entry per record holds the key's top 64 bits and the
-//! record's index; sorting those entries (in parallel, with rayon) moves a
+//! record's index; sorting those entries (a parallel radix sort) moves a
 //! quarter of the bytes that sorting the records would, and equal entries
 //! fall in arrival order because the index is the tie-breaker. UUIDs that
 //! share their top 64 bits (duplicates, almost always) are then ordered by
