@@ -250,13 +250,7 @@ fn get_and_inspect_report_generations_and_skip_corrupt_ones() {
     let dir = tempfile::tempdir().unwrap();
     build_ok(dir.path(), &fixture("promotions.csv"), &[]);
     let id = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
-    let get = |id: &str| {
-        promo()
-            .args(["get", id, "--data-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap()
-    };
+    let get = |id: &str| promo_get_output(dir.path(), id);
     let hit = get(id);
     assert!(hit.status.success());
     assert!(String::from_utf8_lossy(&hit.stdout).contains("\"price\":60.683466"));
@@ -673,11 +667,7 @@ fn the_metrics_file_says_how_each_build_went_and_keeps_the_last_success() {
 fn get_names_a_missing_id_as_the_api_does() {
     let dir = tempfile::tempdir().unwrap();
     build_ok(dir.path(), &fixture("promotions.csv"), &[]);
-    let out = promo()
-        .args(["get", "17C6A0E2-4F3B-4A3D-9D2E-0123456789AB", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = promo_get_output(dir.path(), "17C6A0E2-4F3B-4A3D-9D2E-0123456789AB");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out),
@@ -731,11 +721,7 @@ fn files_that_are_not_what_they_should_be_are_named_in_words() {
     // A file given as the data directory.
     let file = dir.path().join("plain");
     std::fs::write(&file, "x").unwrap();
-    let out = promo()
-        .args(["get", "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118", "--data-dir"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = promo_get_output(&file, "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118");
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(!err.contains("os error"), "{err}");

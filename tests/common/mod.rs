@@ -66,14 +66,19 @@ pub fn sequences(dir: &Path) -> Vec<u64> {
         .collect()
 }
 
-/// `promo get <id>` against `dir`: the JSON printed, or `None` when not
-/// found; panics on any other outcome.
-pub fn promo_get(dir: &Path, id: &str) -> Option<String> {
-    let out = promo()
+/// Runs `promo get <id> --data-dir <dir>`, whatever it answers.
+pub fn promo_get_output(dir: &Path, id: &str) -> Output {
+    promo()
         .args(["get", id, "--data-dir"])
         .arg(dir)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `promo get <id>` against `dir`: the JSON printed, or `None` when not
+/// found; panics on any other outcome.
+pub fn promo_get(dir: &Path, id: &str) -> Option<String> {
+    let out = promo_get_output(dir, id);
     match out.status.code() {
         Some(0) => Some(String::from_utf8(out.stdout).unwrap().trim().to_string()),
         Some(1) => None,
