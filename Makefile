@@ -5,7 +5,7 @@ LISTEN ?= 0.0.0.0:1321
 CARGO ?= cargo
 PROMO := target/release/promo
 
-.PHONY: all build run demo test lint bench bench-scale gen clean fault fuzz soak fleet
+.PHONY: all build run demo test tools lint bench bench-scale gen clean fault fuzz soak fleet
 
 all: build
 
@@ -20,8 +20,15 @@ run: build
 demo: build
 	$(PROMO) build fixtures/promotions.csv --data-dir $(DATA_DIR)
 
-test: lint
-	$(CARGO) test
+# The tools the tests call (Debian packages, and PyPI checkers in
+# target/tools), made sure of before anything compiles.
+TOOLS_BIN := $(CURDIR)/target/tools/bin
+tools:
+	@bash scripts/tools.sh
+
+test: tools
+	@$(MAKE) --no-print-directory lint
+	PATH="$(TOOLS_BIN):$$PATH" $(CARGO) test
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -57,7 +57,7 @@ def which(name, *also):
         if path:
             return path
     sys.exit(f"fleet: {name} is missing; install Debian's package for it "
-             "(.ci/run lists them)")
+             "(make test installs them: scripts/tools.sh)")
 
 
 class FileStore:

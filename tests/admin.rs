@@ -71,7 +71,7 @@ fn curl(args: &[&str]) -> (u16, String) {
         ])
         .args(args)
         .output()
-        .expect("curl must be installed (.ci/run installs it)");
+        .expect("curl must be installed (make test installs it: scripts/tools.sh)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap();
     (code.parse().unwrap_or(0), body.to_string())

@@ -1,7 +1,8 @@
 //! The deployment files under deploy/, each checked offline by the tool its
 //! ecosystem uses: hadolint, a compose validator, the Kubernetes schemas,
-//! `systemd-analyze verify` and promtool. `.ci/run` installs them; a test
-//! whose tool is missing fails and says which, it never skips.
+//! `systemd-analyze verify` and promtool. `make test` installs them
+//! (scripts/tools.sh); a test whose tool is missing fails and says which, it
+//! never skips.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,7 +23,7 @@ fn check(program: &str, args: &[&str]) -> Output {
         .current_dir(root())
         .output()
         .unwrap_or_else(|e| {
-            panic!("{program} is needed to check deploy/ ({e}); .ci/run installs it")
+            panic!("{program} is needed to check deploy/ ({e}); make test installs it: scripts/tools.sh")
         });
     assert!(
         out.status.success(),

@@ -157,7 +157,7 @@ fn parse_metrics(text: &str) -> Vec<(String, f64)> {
 }
 
 /// Runs `promtool check metrics`; a missing promtool fails the test
-/// (`.ci/run` installs it, Debian's package prometheus).
+/// (`make test` installs it, Debian's package prometheus).
 fn promtool_check(text: &str) {
     use std::io::Write;
     let mut child = std::process::Command::new("promtool")
@@ -166,7 +166,7 @@ fn promtool_check(text: &str) {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool is not installed: .ci/run installs it (apt-get install prometheus)");
+        .expect("promtool is not installed: make test installs it (scripts/tools.sh)");
     child
         .stdin
         .take()

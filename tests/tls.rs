@@ -177,7 +177,7 @@ fn curl(args: &[&str]) -> std::process::Output {
         .args(["--silent", "--show-error", "--max-time", "20"])
         .args(args)
         .output()
-        .expect("curl must be installed (.ci/run installs it)")
+        .expect("curl must be installed (make test installs it: scripts/tools.sh)")
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn pkcs8_sec1_and_pkcs1_keys_are_accepted() {
         let out = Command::new("openssl")
             .args(args)
             .output()
-            .expect("openssl must be installed (.ci/run installs it)");
+            .expect("openssl must be installed (make test installs it: scripts/tools.sh)");
         assert!(out.status.success(), "openssl {args:?}: {out:?}");
     };
     let ca = Ca::new("promo test CA");

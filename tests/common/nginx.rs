@@ -111,5 +111,5 @@ pub fn which(tool: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{tool} is not installed: .ci/run installs it (apt-get install {tool})");
+    panic!("{tool} is not installed: make test installs it (scripts/tools.sh)");
 }
