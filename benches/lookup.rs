@@ -8,7 +8,7 @@ use std::fs::File;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use promo::generation::format::Writer;
 use promo::generation::record::Price;
-use promo::server::table::Table;
+use promo::generation::table::Table;
 
 fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

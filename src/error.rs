@@ -3,8 +3,16 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::builder::pipeline::InvalidRow;
 use crate::generation::format::FormatError;
+
+/// An invalid row: its line in the input (the header is line 1) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRow {
+    pub line: u64,
+    pub reason: String,
+    /// The delimiter the row seems to use instead of commas, if any.
+    pub delimiter: Option<u8>,
+}
 
 /// A `Result` whose error is promo's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -19,12 +19,13 @@
 //!   [`builder::publish`] (to an object store, and a store's rollback).
 //! - [`generation`]: what both sides share. [`generation::record`] (one
 //!   promotion as a 32-byte record), [`generation::date`] (its date in
-//!   eight bytes), [`generation::shard`] (range shards), [`generation::format`] (the file, byte
-//!   by byte), [`generation::local`] (the data directory: naming, atomic
-//!   publishing, retention, the lock) and [`generation::remote`] (the
+//!   eight bytes), [`generation::shard`] (range shards),
+//!   [`generation::format`] (the file, byte by byte), [`generation::table`]
+//!   (a mapped generation and its lookup, read by the builder, `diff` and
+//!   the server alike), [`generation::local`] (the data directory: naming,
+//!   atomic publishing, retention, the lock) and [`generation::remote`] (the
 //!   object store's layout, object by object).
-//! - [`server`]: the serve side. [`server::table`] (a mapped generation and
-//!   its lookup), [`server::live`] (the live generation, its atomic swap and
+//! - [`server`]: the serve side. [`server::live`] (the live generation, its atomic swap and
 //!   the directory watcher), [`server::http`] (routes as pure functions and
 //!   the hyper server), [`server::fetch`] (from an object store) and
 //!   [`server::Server`] (the whole serving process, startable from a test).

@@ -10,12 +10,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use promo::builder::pipeline::{self, BuildOptions, Input, InvalidLimit};
 use promo::builder::{publish, textfile};
+use promo::generation::table::Table;
 use promo::generation::{
     format, local,
     remote::{self, Remote},
     shard::Shard,
 };
-use promo::server::{self, fetch, http, live::Live, table::Table};
+use promo::server::{self, fetch, http, live::Live};
 
 /// Serve partner promotion feeds from immutable, memory-mapped generations.
 #[derive(Parser)]

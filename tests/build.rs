@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use promo::generation::local;
-use promo::server::table::Table;
+use promo::generation::table::Table;
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

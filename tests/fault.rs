@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use promo::generation::local;
-use promo::server::table::Table;
+use promo::generation::table::Table;
 
 const REAL_ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
 

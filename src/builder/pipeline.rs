@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::builder::ingest;
 use crate::builder::sort::Sorter;
-use crate::error::{Error, Result};
+use crate::error::{Error, InvalidRow, Result};
 use crate::generation::date::{DateTables, DateWord};
 use crate::generation::format::Writer;
 use crate::generation::local::{BuildLock, Entry, Known, RemoveOnDrop};
@@ -199,15 +199,6 @@ impl std::fmt::Display for BuildSummary {
 
 /// Invalid rows reported one by one before the rest are only counted.
 const REPORTED_INVALID: usize = 10;
-
-/// An invalid row: its line in the input (the header is line 1) and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidRow {
-    pub line: u64,
-    pub reason: String,
-    /// The delimiter the row seems to use instead of commas, if any.
-    pub delimiter: Option<u8>,
-}
 
 /// What to tell the user when every reported row is one field holding the
 /// same other delimiter: the file is not comma-separated. Empty otherwise.
@@ -448,7 +439,7 @@ pub fn rollback(dir: &std::path::Path) -> Result<(u64, Entry)> {
     let valid: Vec<Entry> = crate::generation::local::list(dir)?
         .into_iter()
         .rev()
-        .filter(|e| crate::server::table::Table::open_verified(&e.path, e.sequence).is_ok())
+        .filter(|e| crate::generation::table::Table::open_verified(&e.path, e.sequence).is_ok())
         .take(2)
         .collect();
     let [_live, previous] = valid.as_slice() else {
@@ -482,7 +473,7 @@ fn newest_valid_count(dir: &std::path::Path) -> Scan {
         return scan;
     };
     for e in entries.iter().rev() {
-        match crate::server::table::Table::open_verified(&e.path, e.sequence) {
+        match crate::generation::table::Table::open_verified(&e.path, e.sequence) {
             Ok(t) => {
                 scan.current = Some((e.sequence, t.len()));
                 scan.known.good.push(e.sequence);

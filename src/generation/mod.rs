@@ -2,7 +2,8 @@
 //!
 //! [`record`] is one promotion as fixed-width bytes, [`date`] its date in
 //! eight bytes, [`shard`] the range of ids a file holds, [`format`](mod@format)
-//! the generation file byte by byte, [`local`] the data directory that holds
+//! the generation file byte by byte, [`table`] one generation mapped and
+//! read (by the builder, `diff` and the server), [`local`] the data directory that holds
 //! generations (naming, atomic publishing, retention, the build lock), and
 //! [`remote`] the object store layout through which a fleet exchanges them.
 
@@ -12,3 +13,4 @@ pub mod local;
 pub mod record;
 pub mod remote;
 pub mod shard;
+pub mod table;

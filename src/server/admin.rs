@@ -28,14 +28,14 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
-use crate::builder::pipeline::{self, BuildOptions, BuildSummary, InvalidRow};
+use crate::builder::pipeline::{self, BuildOptions, BuildSummary};
 use crate::builder::publish;
-use crate::error::{Error, Result};
+use crate::error::{Error, InvalidRow, Result};
 use crate::generation::local;
+use crate::generation::table::Table;
 use crate::metrics as m;
 use crate::server::http::{self, json, json_error, method_not_allowed};
 use crate::server::live::Live;
-use crate::server::table::Table;
 use crate::server::tls::{self, Tls};
 
 /// An upload that sends nothing for this long is abandoned: the build

@@ -25,9 +25,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use crate::error::{Error, Result};
 use crate::generation::local::{self, BuildLock, Entry, RemoveOnDrop};
 use crate::generation::remote::{Manifest, Remote};
+use crate::generation::table::Table;
 use crate::metrics as m;
 use crate::server::live::Live;
-use crate::server::table::Table;
 
 /// Where `serve --source` fetches from, and how.
 #[derive(Debug, Clone)]

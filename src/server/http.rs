@@ -21,9 +21,9 @@ use tokio::sync::Semaphore;
 
 use crate::builder::ingest;
 use crate::generation::shard::Shard;
+use crate::generation::table::Table;
 use crate::metrics as m;
 use crate::server::live::Live;
-use crate::server::table::Table;
 use crate::server::tls::{self, Tls};
 
 /// The response header that names the generation an answer came from.

@@ -15,8 +15,8 @@ use arc_swap::{ArcSwapOption, Guard};
 
 use crate::error::Result;
 use crate::generation::local;
+use crate::generation::table::Table;
 use crate::metrics as m;
-use crate::server::table::Table;
 use crate::server::{every_tick_and_hangup, Wake};
 
 /// The data directory and the generation that is live from it.

@@ -1,7 +1,7 @@
 //! The serve side: generations mapped, swapped and answered over HTTP.
 //!
-//! [`table`] maps one generation and looks ids up in it, [`live`] holds the
-//! generation that is live and swaps it, [`http`] answers requests, and
+//! [`live`] holds the generation that is live (a mapped
+//! [`Table`](crate::generation::table::Table)) and swaps it, [`http`] answers requests, and
 //! [`fetch`] brings new generations from an object store into the data
 //! directory. [`run`] assembles them into the serving process.
 
@@ -9,7 +9,6 @@ pub mod admin;
 pub mod fetch;
 pub mod http;
 pub mod live;
-pub mod table;
 pub mod tls;
 
 use std::future::Future;
@@ -112,7 +111,7 @@ impl Server {
             0 => {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let size = live.current().as_ref().map_or(0, |t| t.header().file_len());
-                match crate::server::table::memory_for_cache() {
+                match crate::generation::table::memory_for_cache() {
                     Some(memory) if size > memory => THREADS_PER_CORE * cores,
                     _ => cores,
                 }

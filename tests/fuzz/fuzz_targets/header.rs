@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use promo::generation::local::format::{fanout_len, Header, HEADER_LEN};
 use promo::generation::local::record::{Record, RECORD_LEN};
-use promo::server::table::Table;
+use promo::generation::table::Table;
 use xxhash_rust::xxh3::xxh3_64;
 
 fuzz_target!(|data: &[u8]| {

@@ -30,7 +30,7 @@ use promo::generation::local::format::Writer;
 use promo::server::http::{route, GENERATION_HEADER};
 use promo::builder::ingest::parse_chunk;
 use promo::generation::local::record::Record;
-use promo::server::table::Table;
+use promo::generation::table::Table;
 use uuid::Uuid;
 
 const SEQUENCE: u64 = 7;
