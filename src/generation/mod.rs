@@ -5,8 +5,10 @@
 //! the generation file byte by byte, [`table`] one generation mapped and
 //! read (by the builder, `diff` and the server), [`local`] the data directory that holds
 //! generations (naming, atomic publishing, retention, the build lock), and
-//! [`remote`] the object store layout through which a fleet exchanges them.
+//! [`remote`] the object store layout through which a fleet exchanges them;
+//! [`churn`] what one generation changes against another.
 
+pub mod churn;
 pub mod date;
 pub mod format;
 pub mod local;

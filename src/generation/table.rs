@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use memmap2::{Advice, Mmap, MmapOptions};
 
 use crate::error::{Error, Result};
-use crate::generation::date::{DateTables, Dates};
+use crate::generation::date::{DateTables, DateWord, Dates};
 use crate::generation::format::{self, FileDates, FormatError, Header};
 use crate::generation::record::{self, key_of, price_of, Price, Record};
 
@@ -207,6 +207,21 @@ impl Table {
     #[inline]
     pub fn position(&self, key: u128) -> Option<u64> {
         self.search(key, |_| {})
+    }
+
+    /// The index of the first record whose key is `key` or more (`len()`
+    /// when there is none): where a range of keys starts.
+    pub fn lower_bound(&self, key: u128) -> u64 {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.key_at(mid) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// The distinct 4 KiB pages of the file (records; the fanout table is
@@ -418,6 +433,13 @@ impl Found<'_> {
         }
         let word = Record::from_bytes(self.bytes.try_into().unwrap()).date();
         self.table.write(word, out)
+    }
+
+    /// The date's eight bytes in a version-2 file; `None` in version 1,
+    /// which keeps the text in the record.
+    pub fn date_word(&self) -> Option<DateWord> {
+        (self.table.header.version >= 2)
+            .then(|| Record::from_bytes(self.bytes.try_into().unwrap()).date())
     }
 
     /// The expiration date as written.
