@@ -84,6 +84,25 @@ pub enum Error {
         max_shrink: f64,
     },
 
+    /// The new generation changes more than `--max-churn` or
+    /// `--max-price-jumps` allows against the live one.
+    #[error(
+        "{input}: refused by {guard} {limit}%: {detail} against generation {sequence}; nothing \
+         was published (check the feed, or pass --force to publish it anyway). The first: {}",
+        examples.join("; ")
+    )]
+    Refused {
+        input: String,
+        /// The option that refused it.
+        guard: &'static str,
+        limit: f64,
+        /// The figures, in words.
+        detail: String,
+        sequence: u64,
+        /// The first ids concerned: `id old -> new`.
+        examples: Vec<String>,
+    },
+
     /// A directory named by `option` (`--tmp-dir`, `--data-dir`) that a
     /// build cannot use, found before the feed is read.
     #[error("{option} {}: {reason}; nothing was read or published", path.display())]
@@ -208,6 +227,13 @@ pub fn file_kind(t: std::fs::FileType) -> &'static str {
 }
 
 impl Error {
+    /// Whether a guard refused the feed (`--max-shrink`, `--max-churn`,
+    /// `--max-price-jumps`): the feed is suspect rather than the build
+    /// broken, so `promo build` exits 3 and an upload is answered 422.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Shrink { .. } | Error::Refused { .. })
+    }
+
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> Error {
         let path = path.as_ref().to_path_buf();

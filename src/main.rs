@@ -59,7 +59,8 @@ enum Command {
         /// Where sorted runs spill (default: the data directory).
         #[arg(long)]
         tmp_dir: Option<PathBuf>,
-        /// Publish even if the generation shrinks more than --max-shrink.
+        /// Publish even if a guard would refuse the generation
+        /// (--max-shrink, --max-churn, --max-price-jumps).
         #[arg(long)]
         force: bool,
         /// Then upload the generation to this object store and make it the
@@ -162,6 +163,24 @@ enum Command {
         #[arg(long, value_name = "URL")]
         publish: Option<String>,
     },
+    /// Print the ids whose promotion differs between two generations, with
+    /// their old and new values, then a summary; exit 0 when they hold the
+    /// same promotions, 1 when they differ.
+    Diff {
+        /// The old generation: a generation file, a sequence in --data-dir,
+        /// or a store URL with a sequence (s3://bucket/prefix#7).
+        old: String,
+        /// The new generation, in any of the same forms.
+        new: String,
+        #[command(flatten)]
+        dir: DataDir,
+        /// One JSON object a line: each difference, then the summary.
+        #[arg(long)]
+        json: bool,
+        /// Print at most this many differences (the summary counts all).
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
     /// List the generations and check each one.
     Inspect {
         #[command(flatten)]
@@ -191,6 +210,17 @@ struct Guards {
     /// than the newest one (50% or 50).
     #[arg(long, default_value = "50%", value_parser = parse_percent)]
     max_shrink: f64,
+    /// Refuse a generation whose added, removed and changed ids (a new
+    /// price or date) exceed this percentage of the live generation's ids
+    /// (50% or 50). Off unless given.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent, env = "PROMO_MAX_CHURN")]
+    max_churn: Option<f64>,
+    /// Refuse a generation in which more than this percentage of the ids
+    /// it shares with the live generation have their price go to 0 or move
+    /// by more than 10x (5% or 5). Off unless given.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent,
+          env = "PROMO_MAX_PRICE_JUMPS")]
+    max_price_jumps: Option<f64>,
     /// Keep only the ids of range shard K of N (K/N, like 0/4): the ids
     /// whose first 32 bits x satisfy floor(x * N / 2^32) = K. A shard's
     /// object store is the given URL's shard-K-of-N prefix.
@@ -211,6 +241,8 @@ impl Guards {
             max_invalid: self.max_invalid,
             keep: self.keep as usize,
             max_shrink: self.max_shrink,
+            max_churn: self.max_churn,
+            max_price_jumps: self.max_price_jumps,
             shard: self.shard,
             ..BuildOptions::new(data_dir)
         }
@@ -262,7 +294,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Builds and servers log what they do; queries print only their answer.
     let default_level = match cli.command {
-        Command::Get { .. } | Command::Inspect { .. } => "warn",
+        Command::Get { .. } | Command::Inspect { .. } | Command::Diff { .. } => "warn",
         Command::Build { .. }
         | Command::Serve { .. }
         | Command::Rollback { .. }
@@ -286,13 +318,17 @@ fn main() -> ExitCode {
     let out = Output { json };
     match try_main(cli, out) {
         Ok(code) => code,
-        Err(e) if json => {
-            tracing::error!("{e:#}");
-            ExitCode::from(2)
-        }
         Err(e) => {
-            eprintln!("promo: error: {e:#}");
-            ExitCode::from(2)
+            if json {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("promo: error: {e:#}");
+            }
+            // A guard's refusal is the feed's fault, not the build's.
+            let refused = e
+                .downcast_ref::<promo::Error>()
+                .is_some_and(promo::Error::is_refusal);
+            ExitCode::from(if refused { 3 } else { 2 })
         }
     }
 }
@@ -332,8 +368,14 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
             let shard = guards.shard;
             let built = build(csv, dir, guards, tmp_dir, force, publish, out);
             let written = metrics_file.map(|path| {
-                let summary = built.as_ref().ok();
-                textfile::write(&path, shard, std::time::SystemTime::now(), summary)
+                let outcome = match &built {
+                    Ok(summary) => textfile::Outcome::Published(summary),
+                    Err(e) => match e.downcast_ref::<promo::Error>() {
+                        Some(e) if e.is_refusal() => textfile::Outcome::Refused,
+                        _ => textfile::Outcome::Failed,
+                    },
+                };
+                textfile::write(&path, shard, std::time::SystemTime::now(), outcome)
             });
             match (built, written) {
                 (Err(e), Some(Err(w))) => {
@@ -461,6 +503,13 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
             ..
         } => inspect_store(&url, json),
         Command::Inspect { dir, json, .. } => inspect(&dir.data_dir, json),
+        Command::Diff {
+            old,
+            new,
+            dir,
+            json,
+            limit,
+        } => diff(&old, &new, &dir.data_dir, json, limit),
         Command::Rollback {
             publish: Some(url), ..
         } => {
@@ -509,7 +558,9 @@ fn build(
     let summary = pipeline::build(&Input::from_arg(&csv), &opts)?;
     if out.json {
         let s = &summary;
+        let churn = s.churn.as_ref().map(|c| c.to_json().to_string());
         tracing::info!(
+            churn,
             rows = s.rows,
             valid = s.valid,
             invalid = s.invalid,
@@ -561,12 +612,20 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:>7}  {:>5}  {:<8}  path",
-            "sequence", "live", "rows", "bytes", "created", "version", "shard", "checksum"
+            "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:>7}  {:>5}  {:<8}  {:<34}  path",
+            "sequence",
+            "live",
+            "rows",
+            "bytes",
+            "created",
+            "version",
+            "shard",
+            "checksum",
+            "churn"
         );
         for r in &rows {
             println!(
-                "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:>7}  {:>5}  {:<8}  {}",
+                "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:>7}  {:>5}  {:<8}  {:<34}  {}",
                 r["sequence"].as_u64().unwrap_or_default(),
                 if r["live"] == true { "*" } else { "" },
                 r["rows"].as_u64().map_or("-".into(), |n| n.to_string()),
@@ -575,6 +634,7 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 r["version"].as_u64().map_or("-".into(), |n| n.to_string()),
                 r["shard"].as_str().unwrap_or("-"),
                 r["checksum"].as_str().unwrap_or("-"),
+                churn_column(&r["churn"]),
                 r["path"].as_str().unwrap_or("-"),
             );
         }
@@ -601,6 +661,7 @@ fn inspect_store(url: &str, json: bool) -> anyhow::Result<ExitCode> {
                 "published": format::rfc3339_utc(m.published_ms),
                 "object": m.object,
                 "state": object,
+                "churn": m.churn,
             })
         })
         .collect();
@@ -608,20 +669,116 @@ fn inspect_store(url: &str, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  object",
-            "sequence", "rows", "bytes", "created", "state"
+            "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  {:<34}  object",
+            "sequence", "rows", "bytes", "created", "state", "churn"
         );
         for r in &rows {
             println!(
-                "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  {}",
+                "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  {:<34}  {}",
                 r["sequence"].as_u64().unwrap_or_default(),
                 r["rows"].as_u64().unwrap_or_default(),
                 r["bytes"].as_u64().unwrap_or_default(),
                 r["created"].as_str().unwrap_or("-"),
                 r["state"].as_str().unwrap_or("-"),
+                churn_column(&r["churn"]),
                 r["object"].as_str().unwrap_or("-"),
             );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A generation's churn in `inspect`'s table: `+added -removed ~changed
+/// (percent)`, or `-` when it is not known.
+fn churn_column(churn: &serde_json::Value) -> String {
+    match promo::generation::churn::Churn::from_json(churn) {
+        Some(c) => format!(
+            "+{} -{} ~{} ({:.2}%)",
+            c.added,
+            c.removed,
+            c.changed,
+            c.churn_percent()
+        ),
+        None => "-".to_string(),
+    }
+}
+
+/// `promo diff`: streams the differences, then the summary.
+fn diff(
+    old: &str,
+    new: &str,
+    data_dir: &Path,
+    json: bool,
+    limit: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    // Generations from a store are downloaded here, and gone when diff ends.
+    let scratch = match data_dir.is_dir() {
+        true => tempfile::Builder::new()
+            .prefix(".diff-")
+            .tempdir_in(data_dir)?,
+        false => tempfile::tempdir()?,
+    };
+    let old = open_generation(old, data_dir, scratch.path())?;
+    let new = open_generation(new, data_dir, scratch.path())?;
+    let mut printed = 0;
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = Ok(());
+    let churn = promo::generation::churn::walk(&old, &new, |change| {
+        if limit.is_some_and(|n| printed >= n) || failed.is_err() {
+            return;
+        }
+        printed += 1;
+        let kind = match (&change.old, &change.new) {
+            (None, _) => "added",
+            (_, None) => "removed",
+            _ => "changed",
+        };
+        failed = if json {
+            let mut line = change.to_json();
+            line["kind"] = kind.into();
+            writeln!(stdout, "{line}")
+        } else {
+            writeln!(stdout, "{kind:<8} {}", change.describe())
+        };
+    });
+    use std::io::Write;
+    failed?;
+    if json {
+        writeln!(stdout, "{}", serde_json::json!({ "summary": churn.to_json() }))?;
+    } else {
+        writeln!(
+            stdout,
+            "generation {} -> {}: {}",
+            old.sequence(),
+            new.sequence(),
+            churn.summary()
+        )?;
+    }
+    stdout.flush()?;
+    Ok(ExitCode::from(if churn.is_same() { 0 } else { 1 }))
+}
+
+/// One side of `promo diff`, verified: a generation file, a sequence in
+/// `data_dir`, or a store URL with `#sequence`.
+fn open_generation(arg: &str, data_dir: &Path, scratch: &Path) -> anyhow::Result<Table> {
+    if let Some((url, sequence)) = arg.rsplit_once('#').filter(|(url, _)| url.contains("://")) {
+        let sequence: u64 = sequence
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{arg:?}: expected a sequence after '#', as in s3://bucket/prefix#7"))?;
+        return Ok(fetch::fetch_sequence(url, sequence, scratch, std::io::stderr().is_terminal())?);
+    }
+    if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_digit()) && !Path::new(arg).exists() {
+        let sequence: u64 = arg.parse()?;
+        let entry = local::list(data_dir)?
+            .into_iter()
+            .find(|e| e.sequence == sequence)
+            .ok_or_else(|| {
+                anyhow::anyhow!("{}: no generation {sequence}", data_dir.display())
+            })?;
+        return Ok(Table::open_verified(&entry.path, sequence)?);
+    }
+    let path = Path::new(arg);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let sequence = local::parse_name(name).unwrap_or(0);
+    Ok(Table::open_verified(path, sequence)?)
 }

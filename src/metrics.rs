@@ -43,6 +43,9 @@ pub const TLS_RELOADS: &str = "promo_tls_reloads_total";
 /// Counter: TLS handshakes that failed or timed out (plain HTTP or garbage
 /// sent to the TLS port, a client that stalled).
 pub const TLS_HANDSHAKE_ERRORS: &str = "promo_tls_handshake_errors_total";
+/// Counter, label `guard` = `shrink`, `churn` or `price_jumps`: admin
+/// uploads a guard refused (answered 422, nothing published).
+pub const UPLOADS_REFUSED: &str = "promo_upload_refusals_total";
 /// Gauge: resident memory of the process (the conventional name).
 pub const PROCESS_RESIDENT: &str = "process_resident_memory_bytes";
 /// Gauge: open file descriptors of the process (the conventional name).
@@ -75,6 +78,9 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::counter!(GENERATION_SWAPS).absolute(0);
     metrics::counter!(MAJOR_FAULTS).absolute(0);
     metrics::counter!(GENERATION_LOAD_FAILURES).absolute(0);
+    for guard in ["shrink", "churn", "price_jumps"] {
+        metrics::counter!(UPLOADS_REFUSED, "guard" => guard).absolute(0);
+    }
     metrics::gauge!(GENERATION_SEQUENCE).set(0.0);
     metrics::gauge!(GENERATION_ROWS).set(0.0);
     metrics::gauge!(HTTP_OPEN_CONNECTIONS).set(0.0);
@@ -104,6 +110,11 @@ fn describe() {
         "Sequence number of the live generation; 0 before one is loaded."
     );
     describe_gauge!(GENERATION_ROWS, "Records in the live generation.");
+    describe_counter!(
+        UPLOADS_REFUSED,
+        "Admin uploads refused by a guard (shrink, churn, price_jumps): answered 422, nothing \
+         published."
+    );
     describe_counter!(
         MAJOR_FAULTS,
         "Page faults of the process that read from disk: lookups take them once the live \

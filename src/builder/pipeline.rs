@@ -18,9 +18,11 @@ use crate::builder::ingest;
 use crate::builder::sort::Sorter;
 use crate::error::{Error, InvalidRow, Result};
 use crate::generation::date::{DateTables, DateWord};
+use crate::generation::churn::{self, Churn};
 use crate::generation::format::Writer;
 use crate::generation::local::{BuildLock, Entry, Known, RemoveOnDrop};
 use crate::generation::shard::Shard;
+use crate::generation::table::Table;
 use rayon::prelude::*;
 
 /// How many invalid rows a build tolerates before it fails.
@@ -137,7 +139,14 @@ pub struct BuildOptions {
     /// its records; a smaller feed is refused (a truncated or half-empty
     /// feed must not replace good data).
     pub max_shrink: f64,
-    /// Publish even if the shrink guard would refuse.
+    /// Most ids a generation may change against the live one (added,
+    /// removed, or with a new price or date), in percent of the live one's
+    /// ids; off when `None`.
+    pub max_churn: Option<f64>,
+    /// Most ids in both generations whose price may go to 0 or move by more
+    /// than [`churn::JUMP_FACTOR`], in percent of those ids; off when `None`.
+    pub max_price_jumps: Option<f64>,
+    /// Publish even if a guard (shrink, churn, price jumps) would refuse.
     pub force: bool,
     /// Keep only the ids of this shard (every id by default).
     pub shard: Shard,
@@ -154,6 +163,8 @@ impl BuildOptions {
             tmp_dir: None,
             progress: false,
             max_shrink: 50.0,
+            max_churn: None,
+            max_price_jumps: None,
             force: false,
             shard: Shard::WHOLE,
         }
@@ -176,6 +187,8 @@ pub struct BuildSummary {
     /// The first invalid rows (at most ten), which were also logged.
     pub first_invalid: Vec<InvalidRow>,
     pub generation: Entry,
+    /// What it changes against the generation that was live, if any.
+    pub churn: Option<Churn>,
     pub seconds: f64,
 }
 
@@ -183,7 +196,7 @@ impl std::fmt::Display for BuildSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "rows={} valid={} invalid={} duplicates={} other_shards={} records={} generation={} seconds={:.2} path={}",
+            "rows={} valid={} invalid={} duplicates={} other_shards={} records={} generation={} seconds={:.2} ",
             self.rows,
             self.valid,
             self.invalid,
@@ -192,8 +205,12 @@ impl std::fmt::Display for BuildSummary {
             self.records,
             self.generation.sequence,
             self.seconds,
-            self.generation.path.display()
-        )
+        )?;
+        match &self.churn {
+            Some(churn) => write!(f, "{} ", churn.summary())?,
+            None => write!(f, "against=none ")?,
+        }
+        write!(f, "path={}", self.generation.path.display())
     }
 }
 
@@ -272,14 +289,14 @@ pub fn build_from(
     usable_dir("--data-dir", dir, true)?;
     let lock = BuildLock::acquire(dir)?;
     lock.remove_leftovers(dir)?;
-    // What the shrink guard measures against, found while the feed is read:
-    // it reads the whole newest generation to verify it (about 0.2 s of one
-    // core for 10^7 records). Not needed when the guard cannot refuse.
-    let guarded = !opts.force && opts.max_shrink < 100.0;
-    let newest = guarded.then(|| {
+    // What the guards and the churn measure against, found while the feed
+    // is read: the whole newest generation is read to verify it (about
+    // 0.2 s of one core for 10^7 records), and stays in the page cache for
+    // the comparison.
+    let newest = {
         let dir = dir.clone();
-        std::thread::spawn(move || newest_valid_count(&dir))
-    });
+        std::thread::spawn(move || newest_valid(&dir))
+    };
 
     let name = name.to_string();
     let progress = Progress::new(opts.progress, total_bytes);
@@ -376,16 +393,14 @@ pub fn build_from(
     }
     // What the guard verified also tells retention which files are good
     // and which are bad; without the guard, retention checks headers only.
-    let Scan { current, mut known } = match newest {
-        Some(thread) => thread
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-        None => Scan::default(),
-    };
+    let Scan { current, mut known } = newest
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     // Unique records are at most the valid rows: refuse early when even
     // those are too few, and exactly once the sort has counted them.
     let kept = valid - other_shards;
-    check_shrink(opts, &name, kept, current)?;
+    let live = current.as_ref().map(|t| (t.sequence(), t.len()));
+    check_shrink(opts, &name, kept, live)?;
 
     let (file, tmp_path) = lock.temp_file(dir)?;
     let tmp = RemoveOnDrop::new(&tmp_path);
@@ -394,14 +409,29 @@ pub fn build_from(
         .with_shard(opts.shard)
         .with_dates(zones, spill);
     let stats = sorter.finish(|block| writer.push_block(block))?;
-    check_shrink(opts, &name, stats.unique, current)?;
+    check_shrink(opts, &name, stats.unique, live)?;
     writer.finish()?;
     tracing::debug!(
         seconds = started.elapsed().as_secs_f64(),
         runs = stats.runs,
         "sorted and written"
     );
-    let generation = lock.publish(dir, &tmp_path)?;
+    let churn = match &current {
+        Some(old) => {
+            let new = Table::open(&tmp_path, 0)?;
+            let churn = Churn::between(old, &new);
+            tracing::debug!(
+                seconds = started.elapsed().as_secs_f64(),
+                "compared with generation {}",
+                old.sequence()
+            );
+            check_churn(opts, &name, &churn)?;
+            Some(churn)
+        }
+        None => None,
+    };
+    let sidecar = churn.as_ref().map(|c| c.to_json());
+    let generation = lock.publish(dir, &tmp_path, sidecar.as_ref())?;
     tmp.disarm();
     // Published: from here on the build has succeeded, and what fails is a
     // warning (the file and the error), not a failed build.
@@ -422,6 +452,7 @@ pub fn build_from(
         records: stats.unique,
         first_invalid,
         generation,
+        churn,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -439,7 +470,7 @@ pub fn rollback(dir: &std::path::Path) -> Result<(u64, Entry)> {
     let valid: Vec<Entry> = crate::generation::local::list(dir)?
         .into_iter()
         .rev()
-        .filter(|e| crate::generation::table::Table::open_verified(&e.path, e.sequence).is_ok())
+        .filter(|e| Table::open_verified(&e.path, e.sequence).is_ok())
         .take(2)
         .collect();
     let [_live, previous] = valid.as_slice() else {
@@ -451,12 +482,11 @@ pub fn rollback(dir: &std::path::Path) -> Result<(u64, Entry)> {
     Ok((previous.sequence, entry))
 }
 
-/// What the shrink guard's scan of the data directory found.
+/// What the scan of the data directory for the live generation found.
 #[derive(Default)]
 struct Scan {
-    /// The sequence and record count of the newest generation that fully
-    /// verifies, if any.
-    current: Option<(u64, u64)>,
+    /// The newest generation that fully verifies, if any.
+    current: Option<Table>,
     /// That generation as good, and every newer file, which failed, as bad:
     /// retention counts on it.
     known: Known,
@@ -464,18 +494,18 @@ struct Scan {
 
 /// Finds the newest generation in `dir` that fully verifies: the one
 /// servers have live. A newer file that does not verify (a bad copy, a
-/// flipped bit) is refused by servers, so the shrink guard must not measure
-/// a feed against it either, even when its header alone is sound. Usually
-/// the newest file verifies, and it is the only one read.
-fn newest_valid_count(dir: &std::path::Path) -> Scan {
+/// flipped bit) is refused by servers, so the guards must not measure a
+/// feed against it either, even when its header alone is sound. Usually the
+/// newest file verifies, and it is the only one read.
+fn newest_valid(dir: &std::path::Path) -> Scan {
     let mut scan = Scan::default();
     let Ok(entries) = crate::generation::local::list(dir) else {
         return scan;
     };
     for e in entries.iter().rev() {
-        match crate::generation::table::Table::open_verified(&e.path, e.sequence) {
+        match Table::open_verified(&e.path, e.sequence) {
             Ok(t) => {
-                scan.current = Some((e.sequence, t.len()));
+                scan.current = Some(t);
                 scan.known.good.push(e.sequence);
                 break;
             }
@@ -556,6 +586,59 @@ fn check_shrink(
         sequence,
         max_shrink: opts.max_shrink,
     })
+}
+
+/// Refuses a generation that jumps more prices than `--max-price-jumps`
+/// allows, or changes more ids than `--max-churn` does, unless `--force`.
+/// Price jumps first: a feed of zeroed prices churns too, and the narrower
+/// guard says better what is wrong with it.
+fn check_churn(opts: &BuildOptions, input: &str, churn: &Churn) -> Result<()> {
+    if opts.force {
+        return Ok(());
+    }
+    let refuse = |guard, limit, detail, examples: &[churn::Change]| Error::Refused {
+        input: input.to_string(),
+        guard,
+        limit,
+        detail,
+        sequence: churn.previous,
+        examples: examples.iter().map(churn::Change::describe).collect(),
+    };
+    if let Some(limit) = opts.max_price_jumps {
+        if churn.price_jump_percent() > limit {
+            return Err(refuse(
+                "--max-price-jumps",
+                limit,
+                format!(
+                    "{:.2}% of the {} ids in both would have their price go to 0 or move more \
+                     than {}x ({} ids)",
+                    churn.price_jump_percent(),
+                    churn.changed + churn.unchanged,
+                    churn::JUMP_FACTOR,
+                    churn.price_jumps
+                ),
+                &churn.jump_examples,
+            ));
+        }
+    }
+    if let Some(limit) = opts.max_churn {
+        if churn.churn_percent() > limit {
+            return Err(refuse(
+                "--max-churn",
+                limit,
+                format!(
+                    "{:.2}% of the {} ids would change (added {}, removed {}, changed {})",
+                    churn.churn_percent(),
+                    churn.previous_records,
+                    churn.added,
+                    churn.removed,
+                    churn.changed
+                ),
+                &churn.examples,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Counts of the rows read so far.

@@ -46,7 +46,10 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
             "uploading"
         );
         remote.upload(path, &object).await?;
-        let manifest = Manifest::new(sequence, object.clone(), &header);
+        let manifest = Manifest {
+            churn: crate::generation::local::churn_of(path),
+            ..Manifest::new(sequence, object.clone(), &header)
+        };
         if let Err(e) = remote.commit(&manifest).await {
             if let Err(d) = remote.delete_object(&object).await {
                 tracing::warn!("{d} (the next publish removes it)");

@@ -9,6 +9,9 @@
 //! and the figures of the last build that did. A failed attempt carries the
 //! last success over from the file it replaces, so "no successful build for
 //! two hours" (`PromoBuildStale`) stays true across any number of failures.
+//! A guard's refusal (a feed that shrinks, churns or jumps too much) is
+//! told apart from other failures (`PromoBuildRefused`), and the last
+//! success's churn is carried over like its other figures.
 //!
 //! Samples carry the build's shard (`shard="K/N"`), so the builds of several
 //! shards on one machine, each with its own file, stay apart.
@@ -24,6 +27,19 @@ use crate::{Error, Result};
 
 const LAST_ATTEMPT: &str = "promo_build_last_attempt_timestamp_seconds";
 const LAST_ATTEMPT_SUCCESS: &str = "promo_build_last_attempt_success";
+const LAST_ATTEMPT_REFUSED: &str = "promo_build_last_attempt_refused";
+const CHURN: &str = "promo_build_churn_ids";
+
+/// How a build attempt ended.
+#[derive(Clone, Copy)]
+pub enum Outcome<'a> {
+    /// It published this generation.
+    Published(&'a BuildSummary),
+    /// A guard refused the feed.
+    Refused,
+    /// It failed otherwise.
+    Failed,
+}
 /// The metrics of the last successful build, in the order they are written.
 const SUCCESS: [(&str, &str); 6] = [
     (
@@ -66,14 +82,12 @@ fn dir_of(path: &Path) -> &Path {
     }
 }
 
-/// Writes the outcome of the attempt that ended at `ended`: `Some(summary)`
-/// when it published a generation, `None` when it failed.
-pub fn write(
-    path: &Path,
-    shard: Shard,
-    ended: SystemTime,
-    outcome: Option<&BuildSummary>,
-) -> Result<()> {
+/// Writes the outcome of the attempt that ended at `ended`.
+pub fn write(path: &Path, shard: Shard, ended: SystemTime, outcome: Outcome<'_>) -> Result<()> {
+    let summary = match outcome {
+        Outcome::Published(s) => Some(s),
+        _ => None,
+    };
     let label = format!("{{shard=\"{shard}\"}}");
     let secs = |t: SystemTime| {
         t.duration_since(UNIX_EPOCH)
@@ -94,9 +108,19 @@ pub fn write(
     sample(
         LAST_ATTEMPT_SUCCESS,
         "1 if the last build attempt published a generation, 0 if it failed.",
-        if outcome.is_some() { "1" } else { "0" },
+        if summary.is_some() { "1" } else { "0" },
     );
-    let values: Vec<Option<String>> = match outcome {
+    sample(
+        LAST_ATTEMPT_REFUSED,
+        "1 if a guard (--max-shrink, --max-churn, --max-price-jumps) refused the last build \
+         attempt's feed, else 0.",
+        if matches!(outcome, Outcome::Refused) { "1" } else { "0" },
+    );
+    let old = match summary {
+        Some(_) => String::new(),
+        None => fs::read_to_string(path).unwrap_or_default(),
+    };
+    let values: Vec<Option<String>> = match summary {
         Some(s) => vec![
             Some(format!("{:.3}", secs(ended))),
             Some(s.rows.to_string()),
@@ -107,17 +131,40 @@ pub fn write(
         ],
         // Whatever the file it replaces said of the last success; nothing
         // if there was none (or no readable file).
-        None => {
-            let old = fs::read_to_string(path).unwrap_or_default();
-            SUCCESS
-                .iter()
-                .map(|(name, _)| previous(&old, name, &label))
-                .collect()
-        }
+        None => SUCCESS
+            .iter()
+            .map(|(name, _)| previous(&old, name, &label))
+            .collect(),
     };
     for ((name, help), value) in SUCCESS.iter().zip(values) {
         if let Some(value) = value {
             sample(name, help, &value);
+        }
+    }
+    // The last success's churn: ids by kind against the generation that
+    // was live, absent when there was none.
+    let churn: Vec<(String, String)> = match summary {
+        Some(s) => s
+            .churn
+            .iter()
+            .flat_map(|c| c.kinds())
+            .map(|(kind, n)| (kind.to_string(), n.to_string()))
+            .collect(),
+        None => ["added", "removed", "price", "expiry", "unchanged"]
+            .iter()
+            .filter_map(|kind| {
+                let label = format!("{{shard=\"{shard}\",kind=\"{kind}\"}}");
+                previous(&old, CHURN, &label).map(|v| (kind.to_string(), v))
+            })
+            .collect(),
+    };
+    if !churn.is_empty() {
+        out.push_str(&format!(
+            "# HELP {CHURN} Ids the last successful build changed against the generation that was \
+             live, by kind (added, removed, price, expiry, unchanged).\n# TYPE {CHURN} gauge\n"
+        ));
+        for (kind, n) in churn {
+            out.push_str(&format!("{CHURN}{{shard=\"{shard}\",kind=\"{kind}\"}} {n}\n"));
         }
     }
     replace(path, out.as_bytes())
@@ -175,6 +222,20 @@ mod tests {
                 sequence,
                 path: format!("gen-{sequence:010}.promo").into(),
             },
+            churn: Some(crate::generation::churn::Churn {
+                previous: sequence - 1,
+                previous_records: 990,
+                added: 3,
+                removed: 6,
+                price: 20,
+                expiry: 2,
+                changed: 21,
+                unchanged: 963,
+                price_jumps: 1,
+                median_price_change: Some(0.1),
+                examples: Vec::new(),
+                jump_examples: Vec::new(),
+            }),
             seconds: 1.25,
         }
     }
@@ -189,7 +250,7 @@ mod tests {
         let path = dir.path().join("promo_build.prom");
         let shard = Shard::WHOLE;
 
-        write(&path, shard, at(100), None).unwrap();
+        write(&path, shard, at(100), Outcome::Failed).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("promo_build_last_attempt_timestamp_seconds{shard=\"0/1\"} 100.000\n")
@@ -197,7 +258,7 @@ mod tests {
         assert!(text.contains("promo_build_last_attempt_success{shard=\"0/1\"} 0\n"));
         assert!(!text.contains("promo_build_last_success"), "{text}");
 
-        write(&path, shard, at(200), Some(&summary(7))).unwrap();
+        write(&path, shard, at(200), Outcome::Published(&summary(7))).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         for line in [
             "promo_build_last_attempt_success{shard=\"0/1\"} 1",
@@ -207,6 +268,12 @@ mod tests {
             "promo_build_duplicate_rows{shard=\"0/1\"} 3",
             "promo_build_duration_seconds{shard=\"0/1\"} 1.250",
             "promo_build_generation{shard=\"0/1\"} 7",
+            "promo_build_last_attempt_refused{shard=\"0/1\"} 0",
+            "promo_build_churn_ids{shard=\"0/1\",kind=\"added\"} 3",
+            "promo_build_churn_ids{shard=\"0/1\",kind=\"removed\"} 6",
+            "promo_build_churn_ids{shard=\"0/1\",kind=\"price\"} 20",
+            "promo_build_churn_ids{shard=\"0/1\",kind=\"expiry\"} 2",
+            "promo_build_churn_ids{shard=\"0/1\",kind=\"unchanged\"} 963",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -214,7 +281,7 @@ mod tests {
             );
         }
 
-        write(&path, shard, at(300), None).unwrap();
+        write(&path, shard, at(300), Outcome::Refused).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("promo_build_last_attempt_timestamp_seconds{shard=\"0/1\"} 300.000\n")
@@ -224,6 +291,9 @@ mod tests {
             text.contains("promo_build_last_success_timestamp_seconds{shard=\"0/1\"} 200.000\n")
         );
         assert!(text.contains("promo_build_generation{shard=\"0/1\"} 7\n"));
+        // A refusal says so, and the last success's churn stays.
+        assert!(text.contains("promo_build_last_attempt_refused{shard=\"0/1\"} 1\n"));
+        assert!(text.contains("promo_build_churn_ids{shard=\"0/1\",kind=\"removed\"} 6\n"));
         // Only the file itself is left: the temporary one was renamed.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
@@ -234,10 +304,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("promo_build.prom");
         let one: Shard = "1/4".parse().unwrap();
-        write(&path, one, at(100), Some(&summary(2))).unwrap();
+        write(&path, one, at(100), Outcome::Published(&summary(2))).unwrap();
         // Another shard's failure does not take this shard's success.
         let two: Shard = "2/4".parse().unwrap();
-        write(&path, two, at(150), None).unwrap();
+        write(&path, two, at(150), Outcome::Failed).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert!(!text.contains("promo_build_generation"), "{text}");
         assert!(text.contains("{shard=\"2/4\"}"));

@@ -189,7 +189,7 @@ impl Churn {
         };
         format!(
             "against={} added={} removed={} price={} expiry={} unchanged={} churn={:.2}% \
-             price_jumps={} ({:.2}%) median_price_change={median}",
+             price_jumps={} price_jump_share={:.2}% median_price_change={median}",
             self.previous,
             self.added,
             self.removed,

@@ -18,6 +18,22 @@
 //! first valid one), else a header that checks (magic, version, header
 //! checksum, length). Old generations can be tens of gigabytes, so they are
 //! never read in full just to decide what to delete.
+//!
+//! ## The data directory, file by file
+//!
+//! ```text
+//! gen-<sequence:010>.promo        a generation (see format), read-only
+//! gen-<sequence:010>.churn.json   what it changed against the generation
+//!                                 that was live when it was built (see
+//!                                 churn: `Churn::to_json`), one JSON object;
+//!                                 renamed into place just before its
+//!                                 generation, removed with it, absent for
+//!                                 the first generation and for rollbacks
+//! .tmp-<pid>.promo, .tmp-<pid>.churn.json
+//!                                 a build's or a fetch's files before their
+//!                                 rename; removed by the next build
+//! .build.lock                     the build lock (flock), empty
+//! ```
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -26,6 +42,8 @@ use crate::error::{Error, Result};
 
 const PREFIX: &str = "gen-";
 const SUFFIX: &str = ".promo";
+/// A generation's churn sidecar ends with this instead of [`SUFFIX`].
+const CHURN_SUFFIX: &str = ".churn.json";
 /// Temporary files start with this; only a build holding the lock makes them.
 const TMP_PREFIX: &str = ".tmp-";
 /// The build lock's file in the data directory (see [`BuildLock`]).
@@ -34,6 +52,18 @@ pub const LOCK_NAME: &str = ".build.lock";
 /// The file name of generation `sequence`.
 pub fn file_name(sequence: u64) -> String {
     format!("{PREFIX}{sequence:010}{SUFFIX}")
+}
+
+/// The file name of generation `sequence`'s churn sidecar.
+pub fn churn_file_name(sequence: u64) -> String {
+    format!("{PREFIX}{sequence:010}{CHURN_SUFFIX}")
+}
+
+/// What the generation at `path` changed when it was built (its churn
+/// sidecar's JSON), if that is known.
+pub fn churn_of(path: &Path) -> Option<serde_json::Value> {
+    let text = fs::read(path.with_extension(&CHURN_SUFFIX[1..])).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 /// The sequence of a generation file name, if it is one.
@@ -120,6 +150,7 @@ pub fn describe(entry: &Entry, checksum: &str, live: bool) -> serde_json::Value 
         "shard": header.map(|h| h.shard.to_string()),
         "checksum": checksum,
         "live": live,
+        "churn": churn_of(&entry.path),
     })
 }
 
@@ -151,14 +182,25 @@ impl BuildLock {
         }
     }
 
-    /// Removes temporary files that crashed builds left in `dir`. Safe only
-    /// under the lock, which is why it is a method of the lock.
+    /// Removes temporary files that crashed builds left in `dir`, and churn
+    /// sidecars whose generation is not there (a crash between the two
+    /// renames). Safe only under the lock, which is why it is a method of
+    /// the lock.
     pub fn remove_leftovers(&self, dir: &Path) -> Result<usize> {
         let mut removed = 0;
         for entry in fs::read_dir(dir).map_err(Error::io(dir))? {
             let entry = entry.map_err(Error::io(dir))?;
             let name = entry.file_name();
-            if name.to_str().is_some_and(|n| n.starts_with(TMP_PREFIX)) {
+            let orphan = |n: &str| {
+                let generation = n
+                    .strip_suffix(CHURN_SUFFIX)
+                    .map(|stem| dir.join(format!("{stem}{SUFFIX}")));
+                generation.is_some_and(|g| !g.exists())
+            };
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with(TMP_PREFIX) || orphan(n))
+            {
                 fs::remove_file(entry.path()).map_err(Error::io(entry.path()))?;
                 tracing::info!(path = %entry.path().display(), "removed a leftover temporary file");
                 removed += 1;
@@ -179,18 +221,50 @@ impl BuildLock {
     }
 
     /// Publishes the finished, synced temporary file `tmp` as the next
-    /// generation and returns it. The rename is the commit point: an error
-    /// before it means nothing was published, and nothing after it is one.
-    pub fn publish(&self, dir: &Path, tmp: &Path) -> Result<Entry> {
+    /// generation, with `churn` as its sidecar, and returns it. The rename
+    /// of the generation is the commit point: an error before it means
+    /// nothing was published, and nothing after it is one.
+    pub fn publish(
+        &self,
+        dir: &Path,
+        tmp: &Path,
+        churn: Option<&serde_json::Value>,
+    ) -> Result<Entry> {
         let sequence = list(dir)?.last().map_or(1, |e| e.sequence + 1);
-        self.publish_as(dir, tmp, sequence)
+        self.publish_as(dir, tmp, sequence, churn)
     }
 
     /// Publishes `tmp` as generation `sequence`, as [`BuildLock::publish`]
     /// does: for a generation fetched from a store, whose sequence the
-    /// store gave it. A file of that name already there is replaced.
-    pub fn publish_as(&self, dir: &Path, tmp: &Path, sequence: u64) -> Result<Entry> {
+    /// store gave it. A file of that name already there is replaced, and
+    /// so is its sidecar (removed when `churn` is `None`).
+    pub fn publish_as(
+        &self,
+        dir: &Path,
+        tmp: &Path,
+        sequence: u64,
+        churn: Option<&serde_json::Value>,
+    ) -> Result<Entry> {
         let path = dir.join(file_name(sequence));
+        let sidecar = dir.join(churn_file_name(sequence));
+        match churn {
+            // Renamed first: a generation is never seen without its sidecar.
+            Some(churn) => {
+                let tmp_sidecar = dir.join(format!("{TMP_PREFIX}{}{CHURN_SUFFIX}", std::process::id()));
+                let mut bytes = serde_json::to_vec_pretty(churn).expect("JSON values serialize");
+                bytes.push(b'\n');
+                let written = File::create(&tmp_sidecar)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes).and_then(|()| f.sync_all()));
+                written.map_err(Error::io(&tmp_sidecar))?;
+                fs::rename(&tmp_sidecar, &sidecar).map_err(Error::io(&sidecar))?;
+            }
+            None => match fs::remove_file(&sidecar) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&sidecar)(e))
+                }
+                _ => {}
+            },
+        }
         let mut perms = fs::metadata(tmp).map_err(Error::io(tmp))?.permissions();
         perms.set_readonly(true);
         fs::set_permissions(tmp, perms).map_err(Error::io(tmp))?;
@@ -216,7 +290,7 @@ impl BuildLock {
     pub fn republish(&self, dir: &Path, source: &Path) -> Result<Entry> {
         let tmp = dir.join(format!("{TMP_PREFIX}{}{SUFFIX}", std::process::id()));
         fs::hard_link(source, &tmp).map_err(Error::io(&tmp))?;
-        self.publish(dir, &tmp)
+        self.publish(dir, &tmp, None)
     }
 
     /// Keeps the newest `keep` sound generations (at least one; see
@@ -249,7 +323,10 @@ impl BuildLock {
             .take_while(|e| cut.is_some_and(|cut| e.sequence < cut));
         for e in old {
             match fs::remove_file(&e.path) {
-                Ok(()) => done.removed.push(e),
+                Ok(()) => {
+                    let _ = fs::remove_file(e.path.with_file_name(churn_file_name(e.sequence)));
+                    done.removed.push(e)
+                }
                 Err(err) => done
                     .failed
                     .push(Error::io_op("removing an old generation", &e.path)(err)),
@@ -332,7 +409,7 @@ mod tests {
         let lock = BuildLock::acquire(dir.path()).unwrap();
         for i in 1..=5u64 {
             let (_, tmp) = lock.temp_file(dir.path()).unwrap();
-            let e = lock.publish(dir.path(), &tmp).unwrap();
+            let e = lock.publish(dir.path(), &tmp, None).unwrap();
             assert_eq!(e.sequence, i);
             assert!(fs::metadata(&e.path).unwrap().permissions().readonly());
         }
@@ -354,7 +431,7 @@ mod tests {
         assert_eq!(left, [3, 4, 5]);
         // Sequences keep rising after deletions.
         let (_, tmp) = lock.temp_file(dir.path()).unwrap();
-        assert_eq!(lock.publish(dir.path(), &tmp).unwrap().sequence, 6);
+        assert_eq!(lock.publish(dir.path(), &tmp, None).unwrap().sequence, 6);
     }
 
     /// Writes a valid generation `sequence` of three records into `dir`.

@@ -25,6 +25,11 @@
 //!       "created_ms"     the same, milliseconds since the Unix epoch
 //!       "body_checksum"  its header's XXH3-64 body checksum, 16 hex digits
 //!       "published"      when the manifest was written, RFC 3339 UTC
+//!       "churn"          what the generation changed against the one live
+//!                        in the builder's data directory (see churn:
+//!                        `Churn::to_json`; its "against" is the builder's
+//!                        sequence), or null: the first build, a rollback,
+//!                        a builder older than churn
 //! ```
 //!
 //! A range shard (`--shard K/N`, not `0/1`) has a store of its own: the
@@ -88,6 +93,8 @@ pub struct Manifest {
     pub created_ms: u64,
     pub body_checksum: u64,
     pub published_ms: u64,
+    /// What the generation changed when it was built, as its sidecar says.
+    pub churn: Option<serde_json::Value>,
 }
 
 impl Manifest {
@@ -101,6 +108,7 @@ impl Manifest {
             created_ms: header.created_ms,
             body_checksum: header.body_checksum,
             published_ms: now_ms(),
+            churn: None,
         }
     }
 
@@ -110,6 +118,7 @@ impl Manifest {
         Manifest {
             sequence,
             published_ms: now_ms(),
+            churn: None,
             ..self.clone()
         }
     }
@@ -127,6 +136,7 @@ impl Manifest {
             "body_checksum": format!("{:016x}", self.body_checksum),
             "published": rfc3339_utc(self.published_ms),
             "published_ms": self.published_ms,
+            "churn": self.churn,
         }))
         .expect("a JSON object serializes");
         out.push(b'\n');
@@ -161,6 +171,7 @@ impl Manifest {
             created_ms: int("created_ms")?,
             body_checksum,
             published_ms: int("published_ms")?,
+            churn: v.get("churn").filter(|c| c.is_object()).cloned(),
         })
     }
 

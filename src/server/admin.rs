@@ -554,6 +554,7 @@ fn summary_json(s: &BuildSummary) -> serde_json::Value {
         "generation": s.generation.sequence,
         "seconds": s.seconds,
         "first_invalid": invalid_json(&s.first_invalid),
+        "churn": s.churn.as_ref().map(|c| c.to_json()),
     })
 }
 
@@ -572,7 +573,14 @@ fn build_error(e: Error) -> Response<Full<Bytes>> {
         Error::TooManyInvalid { first_invalid, .. } | Error::NoValidRows { first_invalid, .. } => {
             (StatusCode::UNPROCESSABLE_ENTITY, Some(first_invalid))
         }
-        Error::Shrink { .. } => (StatusCode::UNPROCESSABLE_ENTITY, None),
+        Error::Shrink { .. } | Error::Refused { .. } => {
+            let guard = match &e {
+                Error::Refused { guard, .. } => guard.trim_start_matches("--max-").replace('-', "_"),
+                _ => "shrink".to_string(),
+            };
+            metrics::counter!(crate::metrics::UPLOADS_REFUSED, "guard" => guard).increment(1);
+            (StatusCode::UNPROCESSABLE_ENTITY, None)
+        }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -215,7 +215,7 @@ impl Fetcher {
                         .into(),
                 }));
             }
-            let entry = lock.publish_as(&dir, &tmp, sequence)?;
+            let entry = lock.publish_as(&dir, &tmp, sequence, expected.churn.as_ref())?;
             cleanup.disarm();
             let table = table.moved_to(entry.path.clone());
             Ok(Ok((entry, table)))
@@ -418,6 +418,25 @@ pub fn fetch_once(url: &str, dir: &Path, rate: Option<u64>, progress: bool) -> R
         retain(dir);
     }
     Ok(outcome)
+}
+
+/// Downloads generation `sequence` of the store at `url` into `dir`, a
+/// scratch directory, and verifies it as a fetch does: the old or new side
+/// of `promo diff s3://bucket/prefix#7`.
+pub fn fetch_sequence(url: &str, sequence: u64, dir: &Path, progress: bool) -> Result<Table> {
+    let fetcher = Fetcher::new(Remote::open(url)?, dir, None, progress);
+    crate::generation::remote::block_on(async {
+        let manifest = fetcher
+            .remote
+            .manifest(sequence)
+            .await?
+            .ok_or_else(|| Error::NothingInStore {
+                url: url.to_string(),
+                reason: format!("it holds no generation {sequence}"),
+            })?;
+        let lock = BuildLock::acquire(dir)?;
+        fetcher.fetch(lock, &manifest).await?.map(|(_, table, _)| table)
+    })?
 }
 
 /// Polls the store every `source.interval` (jittered), fetching newer
