@@ -613,15 +613,7 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:>7}  {:>5}  {:<8}  {:<34}  path",
-            "sequence",
-            "live",
-            "rows",
-            "bytes",
-            "created",
-            "version",
-            "shard",
-            "checksum",
-            "churn"
+            "sequence", "live", "rows", "bytes", "created", "version", "shard", "checksum", "churn"
         );
         for r in &rows {
             println!(
@@ -744,7 +736,11 @@ fn diff(
     use std::io::Write;
     failed?;
     if json {
-        writeln!(stdout, "{}", serde_json::json!({ "summary": churn.to_json() }))?;
+        writeln!(
+            stdout,
+            "{}",
+            serde_json::json!({ "summary": churn.to_json() })
+        )?;
     } else {
         writeln!(
             stdout,
@@ -762,23 +758,29 @@ fn diff(
 /// `data_dir`, or a store URL with `#sequence`.
 fn open_generation(arg: &str, data_dir: &Path, scratch: &Path) -> anyhow::Result<Table> {
     if let Some((url, sequence)) = arg.rsplit_once('#').filter(|(url, _)| url.contains("://")) {
-        let sequence: u64 = sequence
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{arg:?}: expected a sequence after '#', as in s3://bucket/prefix#7"))?;
-        return Ok(fetch::fetch_sequence(url, sequence, scratch, std::io::stderr().is_terminal())?);
+        let sequence: u64 = sequence.parse().map_err(|_| {
+            anyhow::anyhow!("{arg:?}: expected a sequence after '#', as in s3://bucket/prefix#7")
+        })?;
+        return Ok(fetch::fetch_sequence(
+            url,
+            sequence,
+            scratch,
+            std::io::stderr().is_terminal(),
+        )?);
     }
     if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_digit()) && !Path::new(arg).exists() {
         let sequence: u64 = arg.parse()?;
         let entry = local::list(data_dir)?
             .into_iter()
             .find(|e| e.sequence == sequence)
-            .ok_or_else(|| {
-                anyhow::anyhow!("{}: no generation {sequence}", data_dir.display())
-            })?;
+            .ok_or_else(|| anyhow::anyhow!("{}: no generation {sequence}", data_dir.display()))?;
         return Ok(Table::open_verified(&entry.path, sequence)?);
     }
     let path = Path::new(arg);
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let sequence = local::parse_name(name).unwrap_or(0);
     Ok(Table::open_verified(path, sequence)?)
 }

@@ -635,12 +635,15 @@ fn the_metrics_file_says_how_each_build_went_and_keeps_the_last_success() {
         "{success} vs {now}"
     );
 
-    // A feed the shrink guard refuses: the attempt fails, the success stays.
+    // A feed the shrink guard refuses: the attempt fails (exit 3, a
+    // refusal), the success stays.
+    assert_eq!(value("promo_build_last_attempt_refused"), Some(0.0));
     let small = dir.path().join("small.csv");
     write_csv(&small, &rows[..1]);
     let out = build(&data, &small, &["--metrics-file", metrics_arg]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3));
     assert_eq!(value("promo_build_last_attempt_success"), Some(0.0));
+    assert_eq!(value("promo_build_last_attempt_refused"), Some(1.0));
     assert_eq!(
         value("promo_build_last_success_timestamp_seconds"),
         Some(success)

@@ -114,7 +114,11 @@ pub fn write(path: &Path, shard: Shard, ended: SystemTime, outcome: Outcome<'_>)
         LAST_ATTEMPT_REFUSED,
         "1 if a guard (--max-shrink, --max-churn, --max-price-jumps) refused the last build \
          attempt's feed, else 0.",
-        if matches!(outcome, Outcome::Refused) { "1" } else { "0" },
+        if matches!(outcome, Outcome::Refused) {
+            "1"
+        } else {
+            "0"
+        },
     );
     let old = match summary {
         Some(_) => String::new(),
@@ -164,7 +168,9 @@ pub fn write(path: &Path, shard: Shard, ended: SystemTime, outcome: Outcome<'_>)
              live, by kind (added, removed, price, expiry, unchanged).\n# TYPE {CHURN} gauge\n"
         ));
         for (kind, n) in churn {
-            out.push_str(&format!("{CHURN}{{shard=\"{shard}\",kind=\"{kind}\"}} {n}\n"));
+            out.push_str(&format!(
+                "{CHURN}{{shard=\"{shard}\",kind=\"{kind}\"}} {n}\n"
+            ));
         }
     }
     replace(path, out.as_bytes())

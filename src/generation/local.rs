@@ -250,11 +250,13 @@ impl BuildLock {
         match churn {
             // Renamed first: a generation is never seen without its sidecar.
             Some(churn) => {
-                let tmp_sidecar = dir.join(format!("{TMP_PREFIX}{}{CHURN_SUFFIX}", std::process::id()));
+                let tmp_sidecar =
+                    dir.join(format!("{TMP_PREFIX}{}{CHURN_SUFFIX}", std::process::id()));
                 let mut bytes = serde_json::to_vec_pretty(churn).expect("JSON values serialize");
                 bytes.push(b'\n');
-                let written = File::create(&tmp_sidecar)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes).and_then(|()| f.sync_all()));
+                let written = File::create(&tmp_sidecar).and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, &bytes).and_then(|()| f.sync_all())
+                });
                 written.map_err(Error::io(&tmp_sidecar))?;
                 fs::rename(&tmp_sidecar, &sidecar).map_err(Error::io(&sidecar))?;
             }

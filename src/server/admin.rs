@@ -575,7 +575,9 @@ fn build_error(e: Error) -> Response<Full<Bytes>> {
         }
         Error::Shrink { .. } | Error::Refused { .. } => {
             let guard = match &e {
-                Error::Refused { guard, .. } => guard.trim_start_matches("--max-").replace('-', "_"),
+                Error::Refused { guard, .. } => {
+                    guard.trim_start_matches("--max-").replace('-', "_")
+                }
                 _ => "shrink".to_string(),
             };
             metrics::counter!(crate::metrics::UPLOADS_REFUSED, "guard" => guard).increment(1);

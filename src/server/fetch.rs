@@ -426,16 +426,20 @@ pub fn fetch_once(url: &str, dir: &Path, rate: Option<u64>, progress: bool) -> R
 pub fn fetch_sequence(url: &str, sequence: u64, dir: &Path, progress: bool) -> Result<Table> {
     let fetcher = Fetcher::new(Remote::open(url)?, dir, None, progress);
     crate::generation::remote::block_on(async {
-        let manifest = fetcher
-            .remote
-            .manifest(sequence)
-            .await?
-            .ok_or_else(|| Error::NothingInStore {
-                url: url.to_string(),
-                reason: format!("it holds no generation {sequence}"),
-            })?;
+        let manifest =
+            fetcher
+                .remote
+                .manifest(sequence)
+                .await?
+                .ok_or_else(|| Error::NothingInStore {
+                    url: url.to_string(),
+                    reason: format!("it holds no generation {sequence}"),
+                })?;
         let lock = BuildLock::acquire(dir)?;
-        fetcher.fetch(lock, &manifest).await?.map(|(_, table, _)| table)
+        fetcher
+            .fetch(lock, &manifest)
+            .await?
+            .map(|(_, table, _)| table)
     })?
 }
 
