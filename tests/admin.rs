@@ -268,6 +268,54 @@ fn refused_feeds_get_422_with_their_first_invalid_lines_and_force_overrides_the_
 }
 
 #[test]
+fn the_churn_guards_refuse_uploads_with_422_and_force_overrides_them() {
+    let a = start(&["--max-churn", "50", "--max-price-jumps", "5"]);
+    let metric = |guard: &str| -> String {
+        let text = a.server.get("/metrics").text();
+        let prefix = format!("promo_upload_refusals_total{{guard=\"{guard}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    };
+    assert_eq!(metric("price_jumps"), "0");
+
+    // Every price from 1 to 0.01: cents for units.
+    let cents = feed(a.dir.path(), "cents.csv", 1, 1000, "0.01");
+    let (code, j) = a.upload(&cents, "");
+    assert_eq!(code, 422, "{j}");
+    let error = j["error"].as_str().unwrap();
+    assert!(
+        error.contains("refused by --max-price-jumps 5%: 100.00% of the 1000 ids in both"),
+        "{error}"
+    );
+    assert!(
+        error.contains(" 1 2030-01-01 00:00:00 -> 0.01 2030-01-01 00:00:00"),
+        "{error}"
+    );
+    assert_eq!(metric("price_jumps"), "1");
+    assert_eq!(sequences(&a.data), [1]);
+    assert_eq!(a.live(), 1);
+
+    // Another partner's ids: the churn guard.
+    let other = feed(a.dir.path(), "other.csv", 5, 1000, "1");
+    let (code, j) = a.upload(&other, "");
+    assert_eq!(code, 422, "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("--max-churn 50%"),
+        "{j}"
+    );
+    assert_eq!(metric("churn"), "1");
+    assert_eq!(a.live(), 1);
+    assert!(temp_files(&a.data).is_empty());
+
+    // ?force=true takes it, and the answer says what it changed.
+    let (code, j) = a.upload(&cents, "?force=true");
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(j["churn"]["price_jumps"], 1000);
+    assert_eq!(a.live(), 2);
+}
+
+#[test]
 fn oversized_and_malformed_uploads_are_refused_and_leave_nothing() {
     let a = start(&["--max-upload", "10KiB"]);
     let big = feed(a.dir.path(), "big.csv", 1, 1000, "2");
@@ -502,6 +550,11 @@ fn generations_and_rollback_over_the_admin_port() {
     assert_eq!(fields(&listed), fields(&inspected));
     assert_eq!(listed[1]["live"], true);
     assert_eq!(listed[1]["checksum"], "ok");
+    // What each upload changed: every price, from 1 to 7.
+    assert_eq!(listed[0]["churn"], serde_json::Value::Null);
+    assert_eq!(listed[1]["churn"]["price"], 1000);
+    assert_eq!(listed[1]["churn"]["median_price_change"], 6.0);
+    assert_eq!(listed[1]["churn"], inspected[1]["churn"]);
 
     let (code, body) = a.curl(&["-X", "POST", &a.url("/rollback")]);
     assert_eq!(code, 200, "{body}");

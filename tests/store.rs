@@ -98,6 +98,22 @@ fn round_trip(url: &str, env: &[(String, String)]) {
     assert_eq!(listed[1]["state"], "ok");
     let local = std::fs::metadata(builder.join(promo::generation::local::file_name(2))).unwrap();
     assert_eq!(listed[1]["bytes"], local.len());
+    // Each manifest carries what its generation changed: nothing to
+    // compare the first with, every price in the second.
+    assert_eq!(listed[0]["churn"], serde_json::Value::Null);
+    assert_eq!(listed[1]["churn"]["price"], 50);
+    assert_eq!(listed[1]["churn"]["median_price_change"], 1.0);
+    // promo diff reads generations from the store by sequence.
+    let (code, out, err) = run(&["diff", &format!("{url}#1"), &format!("{url}#2")], env);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("changed ")).count(),
+        50
+    );
+    assert!(out.contains("price=50 expiry=0 unchanged=0"), "{out}");
+    let (code, _, err) = run(&["diff", &format!("{url}#7"), &format!("{url}#2")], env);
+    assert_eq!(code, 2);
+    assert!(err.contains("no generation 7"), "{err}");
 
     // A replica's first fetch takes the newest; the second has nothing to do.
     let replica = w.join("replica");
@@ -105,6 +121,13 @@ fn round_trip(url: &str, env: &[(String, String)]) {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("fetched generation 2"), "{out}");
     assert_eq!(common::sequences(&replica), [2]);
+    // The replica keeps the manifest's churn beside the generation.
+    let (_, out, _) = run(
+        &["inspect", "--json", "--data-dir", replica.to_str().unwrap()],
+        env,
+    );
+    let local: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(local[0]["churn"]["price"], 50, "{local}");
     assert!(promo_get(&replica, &id).unwrap().contains("\"price\":2"));
     let (code, out, _) = fetch(url, &replica, env);
     assert_eq!(code, 0);
