@@ -4,7 +4,8 @@
 //! with the project's generator.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use promo::builder::pipeline::{build, BuildOptions, Input};
+use promo::builder::feed::Input;
+use promo::builder::pipeline::{build, BuildOptions};
 
 fn builds(c: &mut Criterion) {
     let rows: u64 = std::env::var("PROMO_BENCH_BUILD_ROWS")

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use promo::builder::pipeline::{self, BuildOptions, Input, InvalidLimit};
+use promo::builder::feed::Input;
+use promo::builder::pipeline::{self, BuildOptions, InvalidLimit};
 use promo::builder::{publish, textfile};
 use promo::generation::table::Table;
 use promo::generation::{
@@ -50,7 +51,9 @@ struct DataDir {
 enum Command {
     /// Validate, sort and publish a CSV as a new generation.
     Build {
-        /// The CSV file, or `-` for standard input.
+        /// The CSV: a file, `-` for standard input, or an object's URL
+        /// (s3://bucket/feeds/today.csv, gs://, az://, file:///, http(s)://).
+        /// Plain, gzip or zstd, told apart by content.
         csv: String,
         #[command(flatten)]
         dir: DataDir,

@@ -14,6 +14,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::builder::feed::{self, Input};
 use crate::builder::ingest;
 use crate::builder::sort::Sorter;
 use crate::error::{Error, InvalidRow, Result};
@@ -95,31 +96,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     n.checked_mul(mult).ok_or_else(bad)
-}
-
-/// Where the CSV comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Input {
-    Stdin,
-    File(PathBuf),
-}
-
-impl Input {
-    /// `-` is standard input, anything else a path.
-    pub fn from_arg(arg: &str) -> Input {
-        if arg == "-" {
-            Input::Stdin
-        } else {
-            Input::File(PathBuf::from(arg))
-        }
-    }
-
-    fn name(&self) -> String {
-        match self {
-            Input::Stdin => "<stdin>".to_string(),
-            Input::File(p) => p.display().to_string(),
-        }
-    }
 }
 
 /// How to build.
@@ -233,47 +209,17 @@ pub fn delimiter_hint(first_invalid: &[InvalidRow]) -> String {
 
 /// Builds and publishes a generation from `input`.
 pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
-    let (reader, total_bytes): (Box<dyn Read + Send>, Option<u64>) = match input {
-        Input::Stdin => {
-            widen_pipe(&io::stdin());
-            (Box::new(io::stdin()), None)
-        }
-        Input::File(p) => {
-            let f = File::open(p).map_err(Error::io(p))?;
-            let meta = f.metadata().map_err(Error::io(p))?;
-            // A directory opens; only its first read would fail.
-            if meta.is_dir() {
-                return Err(Error::io(p)(io::Error::from_raw_os_error(libc::EISDIR)));
-            }
-            let len = meta.len();
-            (Box::new(DropBehind::new(f)), Some(len))
-        }
-    };
-    build_from(reader, &input.name(), total_bytes, opts)
-}
-
-/// Asks for a 1 MiB pipe buffer when `input` is a pipe (`zcat feed.gz |
-/// promo build -`): with the default 64 KiB, a billion-row feed is some
-/// million reads and as many wake-ups of the writer. Only a hint: an
-/// unprivileged process may be refused more than the system's maximum.
-fn widen_pipe(input: &impl std::os::fd::AsRawFd) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: F_SETPIPE_SZ only reads its arguments; on anything but a
-        // pipe it fails with EBADF and changes nothing.
-        let rc = unsafe { libc::fcntl(input.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-        if rc < 0 {
-            tracing::debug!("F_SETPIPE_SZ: {}", io::Error::last_os_error());
-        }
-    }
+    let opened = feed::open(input)?;
+    build_from(opened.reader, &input.name(), opened.bytes, opts)
 }
 
 /// Builds and publishes a generation from what `reader` yields (a file,
-/// standard input, an upload's body), named `name` in messages; `total`
-/// is its length, if known, for the progress bar. A read error fails the
-/// build: nothing is published and no file is left behind.
+/// standard input, an upload's body, an object), plain or compressed (see
+/// [`feed::decode`]), named `name` in messages; `total` is its length, if
+/// known, for the progress bar. A read error fails the build: nothing is
+/// published and no file is left behind.
 pub fn build_from(
-    reader: impl Read + Send,
+    reader: impl Read + Send + 'static,
     name: &str,
     total_bytes: Option<u64>,
     opts: &BuildOptions,
@@ -299,6 +245,16 @@ pub fn build_from(
     };
 
     let name = name.to_string();
+    let read_err = |e| Error::Io {
+        path: PathBuf::from(&name),
+        cause: e,
+    };
+    let (reader, compression) = feed::decode(reader).map_err(read_err)?;
+    if let Some(c) = compression {
+        tracing::debug!("{name}: {c:?}-compressed");
+    }
+    // The bar counts the bytes of CSV, so a compressed length is no total.
+    let total_bytes = total_bytes.filter(|_| compression.is_none());
     let progress = Progress::new(opts.progress, total_bytes);
     let tmp_dir = opts.tmp_dir.as_deref().unwrap_or(dir);
     // Leave a sixteenth of the budget for everything but the sort buffer.
@@ -309,10 +265,6 @@ pub fn build_from(
     // previous batch's rows to the sorter in input order, read the next batch.
     let batch_len = 2 * rayon::current_num_threads();
     let mut chunks = Chunker::new(reader, CHUNK_LEN);
-    let read_err = |e| Error::Io {
-        path: PathBuf::from(&name),
-        cause: e,
-    };
     let mut tally = Tally {
         shard: opts.shard,
         dates: BuildDates::new(tmp_dir),
@@ -882,53 +834,6 @@ impl<R: Read> Chunker<R> {
                 None => want = buf.len().max(1) * 2,
             }
         }
-    }
-}
-
-/// Reads a file once, telling the kernel to drop what was read from the
-/// page cache: a feed is read once, and caching it would push out the sorted
-/// runs the merge is about to read back, and the generation servers map.
-struct DropBehind {
-    file: File,
-    read: u64,
-    dropped: u64,
-}
-
-impl DropBehind {
-    const STEP: u64 = 64 << 20;
-
-    fn new(file: File) -> DropBehind {
-        DropBehind {
-            file,
-            read: 0,
-            dropped: 0,
-        }
-    }
-}
-
-impl Read for DropBehind {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read(buf)?;
-        self.read += n as u64;
-        if self.read - self.dropped >= Self::STEP {
-            #[cfg(target_os = "linux")]
-            {
-                use std::os::fd::AsRawFd;
-                // SAFETY: posix_fadvise only reads its arguments, and the
-                // descriptor is open for as long as `self.file` lives. It is
-                // advice: failure changes nothing but the page cache.
-                unsafe {
-                    libc::posix_fadvise(
-                        self.file.as_raw_fd(),
-                        self.dropped as libc::off_t,
-                        (self.read - self.dropped) as libc::off_t,
-                        libc::POSIX_FADV_DONTNEED,
-                    )
-                };
-            }
-            self.dropped = self.read;
-        }
-        Ok(n)
     }
 }
 

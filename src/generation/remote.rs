@@ -267,6 +267,152 @@ impl Object {
     }
 }
 
+/// What a URL names: a store of generations (a prefix), or one object.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Store,
+    Object,
+}
+
+/// The object at `url` (a feed: `s3://bucket/feeds/today.csv`, `gs://`,
+/// `az://`, `file:///path`, `http(s)://host/path`), and the store that
+/// holds it, configured from the environment as [`Remote::open`] is.
+pub fn object_at(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    let (store, path, _) = store_at(url, &[], Kind::Object)?;
+    if path.as_ref().is_empty() {
+        return Err(Error::Url {
+            url: url.to_string(),
+            reason: "no object named after the bucket or host".into(),
+        });
+    }
+    Ok((store, path))
+}
+
+/// Times a feed's request is retried, a dropped answer included: the
+/// store client asks again from the byte where the answer stopped, as long
+/// as the object's ETag is still the one it started with.
+pub const FEED_RETRIES: usize = 5;
+
+/// `builder` with the retries of a feed's reads when `kind` is an object
+/// (a store of generations keeps the client's defaults: its downloads
+/// retry whole ranges themselves).
+fn retried<B>(builder: B, kind: Kind, with: impl FnOnce(B, object_store::RetryConfig) -> B) -> B {
+    match kind {
+        Kind::Store => builder,
+        Kind::Object => with(
+            builder,
+            object_store::RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: std::time::Duration::from_millis(100),
+                    max_backoff: std::time::Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: FEED_RETRIES,
+                retry_timeout: std::time::Duration::from_secs(180),
+            },
+        ),
+    }
+}
+
+/// The store a URL is in, the path the URL names inside it, and for
+/// `file://` the directory or file on disk.
+fn store_at(
+    url: &str,
+    options: &[(String, String)],
+    kind: Kind,
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath, Option<std::path::PathBuf>)> {
+    let bad = |reason: &str| Error::Url {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    let path = ObjectPath::from(parsed.path().trim_matches('/'));
+    let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+        "s3" | "gs" | "az" if parsed.host_str().is_none_or(str::is_empty) => {
+            return Err(bad("no bucket or container after the scheme"));
+        }
+        "s3" => Arc::new(
+            configure(
+                retried(
+                    object_store::aws::AmazonS3Builder::from_env().with_url(url),
+                    kind,
+                    |b, r| b.with_retry(r),
+                ),
+                options,
+                |b, k, v| b.with_config(k, v),
+            )
+            .build()
+            .map_err(|e| bad(&e.to_string()))?,
+        ),
+        "gs" => Arc::new(
+            configure(
+                retried(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url),
+                    kind,
+                    |b, r| b.with_retry(r),
+                ),
+                options,
+                |b, k, v| b.with_config(k, v),
+            )
+            .build()
+            .map_err(|e| bad(&e.to_string()))?,
+        ),
+        "az" => Arc::new(
+            configure(
+                retried(
+                    object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url),
+                    kind,
+                    |b, r| b.with_retry(r),
+                ),
+                options,
+                |b, k, v| b.with_config(k, v),
+            )
+            .build()
+            .map_err(|e| bad(&e.to_string()))?,
+        ),
+        "http" | "https" if kind == Kind::Object => {
+            let origin = parsed.origin().ascii_serialization();
+            let client =
+                object_store::ClientOptions::new().with_allow_http(parsed.scheme() == "http");
+            Arc::new(
+                retried(object_store::http::HttpBuilder::new(), kind, |b, r| {
+                    b.with_retry(r)
+                })
+                .with_url(origin)
+                .with_client_options(client)
+                .build()
+                .map_err(|e| bad(&e.to_string()))?,
+            )
+        }
+        "file" => {
+            if parsed.host_str().is_some_and(|h| !h.is_empty()) {
+                return Err(bad("a file URL names no host: file:///absolute/path"));
+            }
+            let on_disk = parsed
+                .to_file_path()
+                .map_err(|()| bad("not an absolute path: file:///absolute/path"))?;
+            // Not checked here: a share that is not mounted yet must not
+            // stop a server from starting; listing says it is missing.
+            let path = ObjectPath::from_absolute_path(&on_disk).map_err(|e| bad(&e.to_string()))?;
+            // Synced writes: a manifest that survives a crash names an
+            // object that survived it too.
+            let files = object_store::local::LocalFileSystem::new().with_fsync(true);
+            return Ok((Arc::new(files), path, Some(on_disk)));
+        }
+        other => {
+            return Err(bad(&match kind {
+                Kind::Store => {
+                    format!("unknown scheme {other:?}: use s3://, gs://, az:// or file:///")
+                }
+                Kind::Object => format!(
+                "unknown scheme {other:?}: use s3://, gs://, az://, file:///, http:// or https://"
+            ),
+            }))
+        }
+    };
+    Ok((store, path, None))
+}
+
 impl Remote {
     /// The store at `url`. Credentials, region and endpoint come from the
     /// environment as the cloud's own tools read them (`AWS_*`, including
@@ -284,70 +430,8 @@ impl Remote {
         options: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Remote> {
         let options: Vec<(String, String)> = options.into_iter().collect();
-        let bad = |reason: &str| Error::Url {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        };
-        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-        let prefix = parsed.path().trim_matches('/').to_string();
-        let inner: Arc<dyn ObjectStore> = match parsed.scheme() {
-            "s3" | "gs" | "az" if parsed.host_str().is_none_or(str::is_empty) => {
-                return Err(bad("no bucket or container after the scheme"));
-            }
-            "s3" => Arc::new(
-                configure(
-                    object_store::aws::AmazonS3Builder::from_env().with_url(url),
-                    &options,
-                    |b, k, v| b.with_config(k, v),
-                )
-                .build()
-                .map_err(|e| bad(&e.to_string()))?,
-            ),
-            "gs" => Arc::new(
-                configure(
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url),
-                    &options,
-                    |b, k, v| b.with_config(k, v),
-                )
-                .build()
-                .map_err(|e| bad(&e.to_string()))?,
-            ),
-            "az" => Arc::new(
-                configure(
-                    object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url),
-                    &options,
-                    |b, k, v| b.with_config(k, v),
-                )
-                .build()
-                .map_err(|e| bad(&e.to_string()))?,
-            ),
-            "file" => {
-                if parsed.host_str().is_some_and(|h| !h.is_empty()) {
-                    return Err(bad("a file URL names no host: file:///absolute/dir"));
-                }
-                let dir = parsed
-                    .to_file_path()
-                    .map_err(|()| bad("not an absolute directory: file:///absolute/dir"))?;
-                // Not checked here: a share that is not mounted yet must not
-                // stop a server from starting; listing says it is missing.
-                let prefix =
-                    ObjectPath::from_absolute_path(&dir).map_err(|e| bad(&e.to_string()))?;
-                // Synced writes: a manifest that survives a crash names an
-                // object that survived it too.
-                let files = object_store::local::LocalFileSystem::new().with_fsync(true);
-                return Ok(Remote {
-                    store: Arc::new(object_store::prefix::PrefixStore::new(files, prefix)),
-                    url: url.to_string(),
-                    dir: Some(dir),
-                });
-            }
-            other => {
-                return Err(bad(&format!(
-                    "unknown scheme {other:?}: use s3://, gs://, az:// or file:///"
-                )))
-            }
-        };
-        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+        let (inner, prefix, dir) = store_at(url, &options, Kind::Store)?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
             inner
         } else {
             Arc::new(object_store::prefix::PrefixStore::new(inner, prefix))
@@ -355,7 +439,7 @@ impl Remote {
         Ok(Remote {
             store,
             url: url.to_string(),
-            dir: None,
+            dir,
         })
     }
 

@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: the real binary, real files, real HTTP.
 #![allow(dead_code)]
 
+pub mod http_file;
 pub mod nginx;
 pub mod s3;
 
