@@ -268,6 +268,36 @@ fn refused_feeds_get_422_with_their_first_invalid_lines_and_force_overrides_the_
 }
 
 #[test]
+fn compressed_uploads_are_read_by_content_and_a_corrupt_one_is_refused() {
+    let a = start(&[]);
+    let csv = std::fs::read(feed(a.dir.path(), "next.csv", 1, 1000, "3")).unwrap();
+    let gz = a.dir.path().join("next.csv.gz");
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut e, &csv).unwrap();
+    let mut bytes = e.finish().unwrap();
+    std::fs::write(&gz, &bytes).unwrap();
+    let (code, j) = a.upload(&gz, "");
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(j["records"], 1000);
+    assert_eq!(j["churn"]["price"], 1000);
+    assert_eq!(a.live(), 2);
+
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&gz, &bytes).unwrap();
+    let (code, j) = a.upload(&gz, "");
+    assert_eq!(code, 422, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt gzip stream near compressed byte"),
+        "{j}"
+    );
+    assert_eq!(a.live(), 2);
+    assert!(temp_files(&a.data).is_empty());
+}
+
+#[test]
 fn the_churn_guards_refuse_uploads_with_422_and_force_overrides_them() {
     let a = start(&["--max-churn", "50", "--max-price-jumps", "5"]);
     let metric = |guard: &str| -> String {

@@ -566,12 +566,16 @@ fn invalid_json(rows: &[InvalidRow]) -> serde_json::Value {
 
 /// The answer to a build or rollback that failed: 409 while the data
 /// directory is busy or there is nothing to roll back to, 422 for a feed
-/// the guards refused (with its first invalid rows), 500 otherwise.
+/// the guards refused (with its first invalid rows) or a corrupt compressed
+/// one, 500 otherwise.
 fn build_error(e: Error) -> Response<Full<Bytes>> {
     let (status, first_invalid) = match &e {
         Error::Locked { .. } | Error::NothingToRollBack { .. } => (StatusCode::CONFLICT, None),
         Error::TooManyInvalid { first_invalid, .. } | Error::NoValidRows { first_invalid, .. } => {
             (StatusCode::UNPROCESSABLE_ENTITY, Some(first_invalid))
+        }
+        Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::InvalidData => {
+            (StatusCode::UNPROCESSABLE_ENTITY, None)
         }
         Error::Shrink { .. } | Error::Refused { .. } => {
             let guard = match &e {
