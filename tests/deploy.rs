@@ -201,7 +201,7 @@ fn the_systemd_units_verify() {
 }
 
 /// Every alert the runbook names, by these names.
-const ALERTS: [&str; 7] = [
+const ALERTS: [&str; 8] = [
     "PromoGenerationStale",
     "PromoGenerationRefused",
     "PromoNotReady",
@@ -209,6 +209,7 @@ const ALERTS: [&str; 7] = [
     "PromoReplicasDisagree",
     "PromoSourceErrors",
     "PromoBuildStale",
+    "PromoBuildRefused",
 ];
 
 #[test]
@@ -266,6 +267,7 @@ fn the_dashboard_queries_the_provisioned_prometheus() {
         "Fetch bytes/s",
         "Resident memory",
         "Open file descriptors and connections",
+        "Builds: churn of the last success",
     ] {
         assert!(titles.contains(&needed), "no panel {needed}: {titles:?}");
     }
@@ -276,4 +278,40 @@ fn the_dashboard_queries_the_provisioned_prometheus() {
         assert_eq!(p["datasource"]["uid"], "prometheus", "{}", p["title"]);
     }
     assert!(datasource.contains("uid: prometheus"));
+}
+
+#[test]
+fn every_shipped_way_to_run_promo_turns_the_feed_safety_guards_on() {
+    // Each file that runs a build or takes uploads, with the guards as it
+    // passes them: flags, or the environment both commands read.
+    for (file, guards) in [
+        ("compose.yaml", "--max-churn 50 --max-price-jumps 5"),
+        (
+            "k8s/cronjob.yaml",
+            "- --max-churn=50\n                - --max-price-jumps=5",
+        ),
+        (
+            "k8s/deployment.yaml",
+            "- --max-churn=50\n            - --max-price-jumps=5",
+        ),
+        (
+            "systemd/promo-build.service",
+            "Environment=PROMO_MAX_CHURN=50 PROMO_MAX_PRICE_JUMPS=5",
+        ),
+        (
+            "systemd/promo-serve.service",
+            "Environment=PROMO_MAX_CHURN=50 PROMO_MAX_PRICE_JUMPS=5",
+        ),
+    ] {
+        let text = std::fs::read_to_string(deploy(file)).unwrap();
+        assert!(text.contains(guards), "{file} does not turn the guards on");
+    }
+    // The variables are the ones promo reads.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_promo"))
+        .args(["build", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("[env: PROMO_MAX_CHURN=]"), "{help}");
+    assert!(help.contains("[env: PROMO_MAX_PRICE_JUMPS=]"), "{help}");
 }
