@@ -88,8 +88,9 @@ pub enum Error {
     /// `--max-price-jumps` allows against the live one.
     #[error(
         "{input}: refused by {guard} {limit}%: {detail} against generation {sequence}; nothing \
-         was published (check the feed, or pass --force to publish it anyway). The first: {}",
-        examples.join("; ")
+         was published (check the feed, or pass --force to publish it anyway). The first ids, \
+         old -> new:\n  {}",
+        examples.join("\n  ")
     )]
     Refused {
         input: String,

@@ -319,7 +319,7 @@ fn the_churn_guards_refuse_uploads_with_422_and_force_overrides_them() {
         "{error}"
     );
     assert!(
-        error.contains(" 1 2030-01-01 00:00:00 -> 0.01 2030-01-01 00:00:00"),
+        error.contains(" 1,2030-01-01 00:00:00 -> 0.01,2030-01-01 00:00:00"),
         "{error}"
     );
     assert_eq!(metric("price_jumps"), "1");

@@ -89,12 +89,12 @@ fn every_price_zeroed_is_refused_by_the_price_jump_guard() {
     let old = usual().into_iter().find(|r| r.0 == first).unwrap();
     assert!(
         err.contains(&format!(
-            "The first: {first} {} {} -> 0 {}",
+            "The first ids, old -> new:\n  {first} {},{} -> 0,{}\n",
             old.1, old.2, old.2
         )),
         "{err}"
     );
-    assert_eq!(err.matches(" -> 0 ").count(), 5, "five examples: {err}");
+    assert_eq!(err.matches(" -> 0,").count(), 5, "five examples: {err}");
     nothing_changed(&data);
 
     // --force publishes it all the same, and says what it changed.
@@ -258,7 +258,7 @@ fn diff_streams_the_differences_and_exits_like_grep() {
     assert!(
         lines.contains(
             &format!(
-                "changed  {} {} {} -> 99.99 {}",
+                "changed  {} {},{} -> 99.99,{}",
                 old[10].0, old[10].1, old[10].2, old[10].2
             )
             .as_str()
@@ -267,11 +267,11 @@ fn diff_streams_the_differences_and_exits_like_grep() {
     );
     assert!(
         lines
-            .contains(&format!("removed  {} {} {} -> -", old[30].0, old[30].1, old[30].2).as_str()),
+            .contains(&format!("removed  {} {},{} -> -", old[30].0, old[30].1, old[30].2).as_str()),
         "{text}"
     );
     assert!(
-        lines.contains(&format!("added    {} - -> 1 2030-01-01 00:00:00", id(3, 0)).as_str()),
+        lines.contains(&format!("added    {} - -> 1,2030-01-01 00:00:00", id(3, 0)).as_str()),
         "{text}"
     );
     assert!(

@@ -70,11 +70,12 @@ impl Values {
 }
 
 impl Change {
-    /// `id old -> new`, with `-` for a side that has none: the form of a
-    /// refusal's examples and of `promo diff`'s lines.
+    /// `id price,date -> price,date` (the values as the feed's columns),
+    /// with `-` for a side that has none: the form of a refusal's examples
+    /// and of `promo diff`'s lines.
     pub fn describe(&self) -> String {
         let side = |v: &Option<Values>| match v {
-            Some(v) => format!("{} {}", v.price, v.date),
+            Some(v) => format!("{},{}", v.price, v.date),
             None => "-".to_string(),
         };
         format!(
@@ -639,8 +640,8 @@ mod tests {
         assert_eq!(
             jumps,
             [
-                format!("{} 100 {D1} -> 0 {D1}", uuid::Uuid::from_u128(7)),
-                format!("{} 100 {D1} -> 10000 {D1}", uuid::Uuid::from_u128(8)),
+                format!("{} 100,{D1} -> 0,{D1}", uuid::Uuid::from_u128(7)),
+                format!("{} 100,{D1} -> 10000,{D1}", uuid::Uuid::from_u128(8)),
             ]
         );
 
