@@ -5,7 +5,8 @@ Installs what it needs (Debian's nginx, wrk and time; PyPI's duckdb and
 matplotlib; crates.io's s3s-fs server for the fleet), generates its data with
 the project's generator, runs the build, serve, lookup, memory, swap and
 fleet benchmarks (the fleet's are in bench_fleet.py, HTTPS and uploads in
-bench_ports.py), and writes BENCHMARKS.md and
+bench_ports.py, churn and feeds by URL or compressed in bench_feeds.py),
+and writes BENCHMARKS.md and
 benchmarks.png. Absolute figures move from run to run on a shared machine;
 the ratios between tools measured back to back are what to read.
 
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fleet  # noqa: E402
 from bench_common import free_port, log  # noqa: E402
 import bench_beyond
+import bench_feeds
 import bench_scale
 import bench_ports  # noqa: E402
 
@@ -53,7 +55,8 @@ def run(cmd, timeout=3600, **kw):
 
 def ensure_tools():
     apt = [pkg for tool, pkg in [("wrk", "wrk"), ("nginx", "nginx"), ("/usr/bin/time", "time"),
-                                 ("curl", "curl"), ("openssl", "openssl"), ("fio", "fio")]
+                                 ("curl", "curl"), ("openssl", "openssl"), ("fio", "fio"),
+                                 ("zstd", "zstd")]
            if not shutil.which(tool)]
     if apt:
         log(f"installing {' '.join(apt)} (Debian)")
@@ -519,6 +522,7 @@ def write_report(results, path, chart):
     if scale.exists():
         lines += bench_scale.report(json.loads(scale.read_text()))
     lines += bench_ports.report(results)
+    lines += bench_feeds.report(results)
     if "fleet" in results:
         lines += bench_fleet.report(results)
     lines += ["", "Raw results: `bench-data/results.json`.", ""]
@@ -611,6 +615,7 @@ def main():
     bench_swap(args.work, generation, ids, args.duration, results)
     bench_batch(data, ids, args.duration, results)
     bench_tls(args.work, data, ids, args.duration, results)
+    bench_feeds.bench_feeds(args.work, csv, results)
     if not args.no_fleet:
         bench_fleet.bench_fleet(args.work, csv, ids, wrk, results)
     bench_lookup(generation, results)

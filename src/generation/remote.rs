@@ -327,49 +327,30 @@ fn store_at(
     };
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
     let path = ObjectPath::from(parsed.path().trim_matches('/'));
+    // The three clouds' builders: from the environment, the URL, the
+    // retries of `kind`, then `options` over them.
+    macro_rules! cloud {
+        ($builder:ty) => {
+            Arc::new(
+                configure(
+                    retried(<$builder>::from_env().with_url(url), kind, |b, r| {
+                        b.with_retry(r)
+                    }),
+                    options,
+                    |b, k, v| b.with_config(k, v),
+                )
+                .build()
+                .map_err(|e| bad(&e.to_string()))?,
+            )
+        };
+    }
     let store: Arc<dyn ObjectStore> = match parsed.scheme() {
         "s3" | "gs" | "az" if parsed.host_str().is_none_or(str::is_empty) => {
             return Err(bad("no bucket or container after the scheme"));
         }
-        "s3" => Arc::new(
-            configure(
-                retried(
-                    object_store::aws::AmazonS3Builder::from_env().with_url(url),
-                    kind,
-                    |b, r| b.with_retry(r),
-                ),
-                options,
-                |b, k, v| b.with_config(k, v),
-            )
-            .build()
-            .map_err(|e| bad(&e.to_string()))?,
-        ),
-        "gs" => Arc::new(
-            configure(
-                retried(
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url),
-                    kind,
-                    |b, r| b.with_retry(r),
-                ),
-                options,
-                |b, k, v| b.with_config(k, v),
-            )
-            .build()
-            .map_err(|e| bad(&e.to_string()))?,
-        ),
-        "az" => Arc::new(
-            configure(
-                retried(
-                    object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url),
-                    kind,
-                    |b, r| b.with_retry(r),
-                ),
-                options,
-                |b, k, v| b.with_config(k, v),
-            )
-            .build()
-            .map_err(|e| bad(&e.to_string()))?,
-        ),
+        "s3" => cloud!(object_store::aws::AmazonS3Builder),
+        "gs" => cloud!(object_store::gcp::GoogleCloudStorageBuilder),
+        "az" => cloud!(object_store::azure::MicrosoftAzureBuilder),
         "http" | "https" if kind == Kind::Object => {
             let origin = parsed.origin().ascii_serialization();
             let client =
