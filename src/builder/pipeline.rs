@@ -343,8 +343,8 @@ pub fn build_from(
             first_invalid,
         });
     }
-    // What the guard verified also tells retention which files are good
-    // and which are bad; without the guard, retention checks headers only.
+    // What the scan verified also tells retention which files are good and
+    // which are bad.
     let Scan { current, mut known } = newest
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));

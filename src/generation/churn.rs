@@ -148,14 +148,18 @@ impl Churn {
                 i => (old.lower_bound(i * step), new.lower_bound(i * step)),
             })
             .collect();
-        let parts: Vec<Tally> = bounds
-            .par_windows(2)
-            .map(|w| {
-                let mut tally = Tally::default();
-                merge(old, w[0].0..w[1].0, new, w[0].1..w[1].1, &mut tally, None);
-                tally
+        let parts: Vec<Tally> = old.in_order(|| {
+            new.in_order(|| {
+                bounds
+                    .par_windows(2)
+                    .map(|w| {
+                        let mut tally = Tally::default();
+                        merge(old, w[0].0..w[1].0, new, w[0].1..w[1].1, &mut tally, None);
+                        tally
+                    })
+                    .collect()
             })
-            .collect();
+        });
         let mut tally = Tally::default();
         for part in parts {
             tally.add(part);
@@ -278,14 +282,8 @@ fn percent(part: u64, whole: u64) -> f64 {
 /// order, on one thread: `promo diff`. Returns the counts.
 pub fn walk(old: &Table, new: &Table, mut each: impl FnMut(&Change)) -> Churn {
     let mut tally = Tally::default();
-    merge(
-        old,
-        0..old.len(),
-        new,
-        0..new.len(),
-        &mut tally,
-        Some(&mut each),
-    );
+    let (a, b) = (0..old.len(), 0..new.len());
+    old.in_order(|| new.in_order(|| merge(old, a, new, b, &mut tally, Some(&mut each))));
     tally.churn(old)
 }
 

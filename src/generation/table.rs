@@ -100,6 +100,16 @@ impl Table {
         verified.map_err(|e| Error::format(&self.path, e))
     }
 
+    /// Runs `read`, which reads the table front to back (a comparison with
+    /// another generation), with the mapping advised sequential: lookups
+    /// keep it random, which reads a cold file a page per fault.
+    pub fn in_order<R>(&self, read: impl FnOnce() -> R) -> R {
+        let _ = self.map.advise(Advice::Sequential);
+        let out = read();
+        let _ = self.map.advise(Advice::Random);
+        out
+    }
+
     /// Lets the kernel reclaim the pages of `range` of the file now.
     fn page_out(&self, range: std::ops::Range<usize>) {
         let page = page_size();
