@@ -445,6 +445,11 @@ impl Found<'_> {
         self.table.write(word, out)
     }
 
+    /// The record as it is on disk.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+
     /// The date's eight bytes in a version-2 file; `None` in version 1,
     /// which keeps the text in the record.
     pub fn date_word(&self) -> Option<DateWord> {
