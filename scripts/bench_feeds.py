@@ -14,6 +14,9 @@ the medians compared:
 - zstd: `promo build feed.csv.zst` (zstd -3, as the `zstd` command writes
   it) against the plain file.
 
+Beside them, in the same rounds, the floors the two ratios stand on: curl
+downloading the object from the same server, and `zstd -d` alone.
+
 `python3 scripts/bench_feeds.py --rows 1000000` runs it alone.
 """
 
@@ -98,7 +101,7 @@ def _bench_feeds(work, csv, results, rounds, running):
     _build([csv], previous)
     prev_gen = sorted(previous.glob("gen-*.promo"))[-1]
 
-    runs = {k: [] for k in ("first", "compared", "local", "url", "plain", "zstd")}
+    runs = {k: [] for k in ("first", "compared", "local", "url", "curl", "plain", "zstd", "unzstd")}
     churn_seconds = []
     for r in range(rounds):
         log(f"feeds: round {r + 1} of {rounds}")
@@ -116,11 +119,19 @@ def _bench_feeds(work, csv, results, rounds, running):
         _warm(csv)
         runs["local"].append(_build([csv], data)[0])
         runs["url"].append(_build([url], data, env=s3.env)[0])
+        started = time.time()
+        subprocess.run(["curl", "-sSf", "-o", "/dev/null", "--aws-sigv4", "aws:amz:us-east-1:s3",
+                        "--user", f"{ACCESS_KEY}:{SECRET_KEY}", "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+                        f"http://127.0.0.1:{s3.port}/{BUCKET}/feeds/feed.csv"], check=True)
+        runs["curl"].append(time.time() - started)
         # zstd against plain.
         _warm(csv)
         runs["plain"].append(_build([csv], data)[0])
         _warm(zst)
         runs["zstd"].append(_build([zst], data)[0])
+        started = time.time()
+        subprocess.run(["sh", "-c", f"zstd -d -c '{zst}' > /dev/null"], check=True)
+        runs["unzstd"].append(time.time() - started)
     med = {k: statistics.median(v) for k, v in runs.items()}
     results["feeds"] = {
         "rounds": rounds,
@@ -160,6 +171,11 @@ def report(results):
         f"{m['local']:.2f} s | **{f['url_ratio']:.2f}x** |",
         f"| `promo build feed.csv.zst` | {m['zstd']:.2f} | the plain file: {m['plain']:.2f} s "
         f"| **{f['zstd_ratio']:.2f}x** |",
+        "",
+        f"In the same rounds: curl downloads the object from the same server in {m['curl']:.2f} s "
+        f"(one stream), and `zstd -d` alone decompresses the feed to /dev/null in {m['unzstd']:.2f} s. "
+        "Every run, in order: " + "; ".join(f"{k} " + ", ".join(f"{x:.2f}" for x in v)
+                                            for k, v in f["runs"].items()) + ".",
         "",
         f"The comparison itself (the merge of the two generations, from the build's debug log) took "
         f"{statistics.median([c for c in f['churn_seconds'] if c is not None]):.2f} s a build (median).",
