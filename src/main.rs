@@ -226,16 +226,17 @@ struct Guards {
     max_price_jumps: Option<f64>,
     /// Keep only the ids of range shard K of N (K/N, like 0/4): the ids
     /// whose first 32 bits x satisfy floor(x * N / 2^32) = K. A shard's
-    /// object store is the given URL's shard-K-of-N prefix.
-    #[arg(long, value_name = "K/N", default_value = "0/1")]
-    shard: Shard,
+    /// object store is the given URL's shard-K-of-N prefix. `serve --shard`
+    /// refuses generations built for another shard, or for every id.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
 }
 
 impl Guards {
     /// The store a build of these options publishes to (or a server of
     /// them fetches from): each shard has its own under `url`.
     fn store(&self, url: String) -> String {
-        remote::shard_url(&url, self.shard)
+        remote::shard_url(&url, self.shard.unwrap_or_default())
     }
 
     fn options(&self, data_dir: PathBuf) -> BuildOptions {
@@ -246,7 +247,7 @@ impl Guards {
             max_shrink: self.max_shrink,
             max_churn: self.max_churn,
             max_price_jumps: self.max_price_jumps,
-            shard: self.shard,
+            shard: self.shard.unwrap_or_default(),
             ..BuildOptions::new(data_dir)
         }
     }
@@ -368,7 +369,7 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
             if let Some(path) = &metrics_file {
                 textfile::check(path)?;
             }
-            let shard = guards.shard;
+            let shard = guards.shard.unwrap_or_default();
             let built = build(csv, dir, guards, tmp_dir, force, publish, out);
             let written = metrics_file.map(|path| {
                 let outcome = match &built {
@@ -444,6 +445,7 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
                     .map(|(cert, key)| server::tls::TlsFiles { cert, key }),
                 admin,
                 threads,
+                shard: guards.shard,
                 ..server::Config::new(dir.data_dir, listen)
             };
             server::run(config, server::shutdown_signal())?;

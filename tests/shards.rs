@@ -121,3 +121,65 @@ fn four_shards_behind_nginx_answer_every_id_and_misroutes_get_421() {
         assert_eq!(s.metric("promo_lookups_total{result=\"misdirected\"}"), 1.0);
     }
 }
+
+#[test]
+fn serve_with_shard_refuses_generations_of_other_shards_and_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<_> = (0..ROWS)
+        .map(|i| (id(7, i), "1".to_string(), "2030-01-01 00:00:00".to_string()))
+        .collect();
+    let csv = dir.path().join("feed.csv");
+    write_csv(&csv, &rows);
+    let data = dir.path().join("data");
+    build_ok(&data, &csv, &["--shard", "1/4"]);
+    let server = Server::start_with(&data, &["--shard", "1/4"]);
+    assert_eq!(server.metric("promo_generation_sequence"), 1.0);
+
+    // Generations built elsewhere, for shard 2 of 4 and for every id, put
+    // in the data directory as generations 2 and 3: both refused, and
+    // shard 1's generation stays live.
+    for (sequence, shard, said) in [
+        (2, Some("2/4"), "it was built for shard 2/4"),
+        (3, None, "it was built for every id (no --shard)"),
+    ] {
+        let other = dir.path().join(format!("other-{sequence}"));
+        let args: Vec<&str> = shard.map(|s| vec!["--shard", s]).unwrap_or_default();
+        build_ok(&other, &csv, &args);
+        std::fs::rename(
+            other.join(promo::generation::local::file_name(1)),
+            data.join(promo::generation::local::file_name(sequence)),
+        )
+        .unwrap();
+        server.wait_log(
+            &format!("refused generation {sequence}: "),
+            std::time::Duration::from_secs(20),
+        );
+        let log = server.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("refused generation {sequence}: ")))
+            .unwrap();
+        assert!(
+            line.contains(said) && line.contains("this server serves shard 1/4 (--shard)"),
+            "{line}"
+        );
+        assert_eq!(
+            server.metric("promo_generation_load_failures_total"),
+            (sequence - 1) as f64
+        );
+        assert_eq!(server.metric("promo_generation_sequence"), 1.0);
+        assert_eq!(
+            server.get("/readyz").text(),
+            "ready: generation 1, shard 1/4\n"
+        );
+    }
+    // Its own shard's next generation goes live, past the refused ones.
+    build_ok(&data, &csv, &["--shard", "1/4", "--force"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.metric("promo_generation_sequence") != 4.0 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Refused once each: the scans that followed did not count them again.
+    assert_eq!(server.metric("promo_generation_load_failures_total"), 2.0);
+}

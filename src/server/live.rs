@@ -15,6 +15,7 @@ use arc_swap::{ArcSwapOption, Guard};
 
 use crate::error::Result;
 use crate::generation::local;
+use crate::generation::shard::Shard;
 use crate::generation::table::Table;
 use crate::metrics as m;
 use crate::server::{every_tick_and_hangup, Wake};
@@ -32,6 +33,9 @@ pub struct Live {
     /// the watcher and the fetcher may both offer the same generation, and
     /// only a newer one may replace the live one.
     swapping: Mutex<()>,
+    /// The shard this server serves (`serve --shard`), if it was told one:
+    /// a generation of another shard, or of every id, is refused.
+    shard: Option<Shard>,
 }
 
 /// What tells one file from another under the same name: its inode, and
@@ -65,6 +69,44 @@ impl Live {
             live: ArcSwapOption::empty(),
             refused: Mutex::new(HashMap::new()),
             swapping: Mutex::new(()),
+            shard: None,
+        }
+    }
+
+    /// The same, serving only generations built for `shard`.
+    pub fn for_shard(dir: impl Into<PathBuf>, shard: Option<Shard>) -> Live {
+        Live {
+            shard,
+            ..Live::new(dir)
+        }
+    }
+
+    /// Why `table` must not be served here, if it must not: it was built
+    /// for another shard than this server's, or for every id. Serving it
+    /// would answer 421 for ids this shard owns, or 200 for ids it does not.
+    fn wrong_shard(&self, table: &Table) -> Option<String> {
+        let want = self.shard?;
+        let got = table.header().shard;
+        (got != want).then(|| {
+            let built = if got.is_whole() {
+                "every id (no --shard)".to_string()
+            } else {
+                format!("shard {got}")
+            };
+            format!(
+                "{}: it was built for {built}, and this server serves shard {want} (--shard)",
+                table.path().display()
+            )
+        })
+    }
+
+    /// Logs and counts a refused generation, and remembers its file so
+    /// that later scans skip it.
+    fn refuse(&self, sequence: u64, id: Option<FileId>, why: &dyn std::fmt::Display) {
+        tracing::error!("refused generation {sequence}: {why}");
+        metrics::counter!(m::GENERATION_LOAD_FAILURES).increment(1);
+        if let Some(id) = id {
+            self.refused.lock().unwrap().insert(sequence, id);
         }
     }
 
@@ -96,18 +138,15 @@ impl Live {
                 continue;
             }
             match Table::open_verified(&entry.path, entry.sequence) {
+                Ok(table) if let Some(why) = self.wrong_shard(&table) => {
+                    self.refuse(entry.sequence, id, &why);
+                }
                 Ok(table) => {
                     self.refused.lock().unwrap().remove(&entry.sequence);
                     // Another swap (a fetch) may have won meanwhile.
                     return Ok(self.go_live(table).then_some(entry.sequence));
                 }
-                Err(e) => {
-                    tracing::error!("refused generation {}: {e}", entry.sequence);
-                    metrics::counter!(m::GENERATION_LOAD_FAILURES).increment(1);
-                    if let Some(id) = id {
-                        self.refused.lock().unwrap().insert(entry.sequence, id);
-                    }
-                }
+                Err(e) => self.refuse(entry.sequence, id, &e),
             }
         }
         Ok(None)
@@ -115,9 +154,14 @@ impl Live {
 
     /// Makes `table`, verified by the caller, live if it is newer than the
     /// live one: a generation the fetcher downloaded and verified before
-    /// renaming it into the data directory. Returns whether it went live.
+    /// renaming it into the data directory. Returns whether it went live;
+    /// a generation of another shard is refused (and not read again).
     pub fn install(&self, table: Table) -> bool {
         let sequence = table.sequence();
+        if let Some(why) = self.wrong_shard(&table) {
+            self.refuse(sequence, FileId::of(table.path()), &why);
+            return false;
+        }
         let swapped = self.go_live(table);
         if swapped {
             self.refused.lock().unwrap().remove(&sequence);
@@ -247,5 +291,31 @@ mod tests {
         assert_eq!(store.refresh().unwrap(), Some(2));
         assert_eq!(store.current().as_ref().unwrap().len(), 5);
         assert!(store.refused.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_fetched_generation_of_another_shard_is_refused_and_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let gen = |s| dir.path().join(local::file_name(s));
+        // Keys 1 << 100 and up are all in shard 0 of 4, and in the whole.
+        put_generation(&gen(1), 3);
+        let quarter = Shard::new(0, 4).unwrap();
+        let store = Live::for_shard(dir.path(), Some(quarter));
+        assert_eq!(store.refresh().unwrap(), None, "a whole generation is refused");
+        assert!(store.current().is_none());
+        assert!(store.refused.lock().unwrap().contains_key(&1));
+
+        // As the fetcher hands one over: refused, not live, remembered.
+        put_generation(&gen(2), 4);
+        let table = Table::open_verified(&gen(2), 2).unwrap();
+        assert!(!store.install(table));
+        assert!(store.current().is_none());
+        assert_eq!(
+            store.refused.lock().unwrap().get(&2).copied(),
+            FileId::of(&gen(2))
+        );
+        // Without --shard, the same files are served.
+        let any = Live::new(dir.path());
+        assert_eq!(any.refresh().unwrap(), Some(2));
     }
 }

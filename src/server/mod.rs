@@ -51,6 +51,9 @@ pub struct Config {
     pub tls: Option<tls::TlsFiles>,
     /// The admin port (uploads, rollback), if any.
     pub admin: Option<admin::AdminConfig>,
+    /// Serve only generations of this shard (`--shard`); any shard the
+    /// file says when `None`.
+    pub shard: Option<crate::generation::shard::Shard>,
 }
 
 impl Config {
@@ -64,6 +67,7 @@ impl Config {
             source: None,
             tls: None,
             admin: None,
+            shard: None,
         }
     }
 }
@@ -93,7 +97,7 @@ impl Server {
         if let Some(admin) = &config.admin {
             admin.check()?;
         }
-        let live = Arc::new(Live::new(&config.data_dir));
+        let live = Arc::new(Live::for_shard(&config.data_dir, config.shard));
         match live.refresh() {
             Ok(Some(_)) => {}
             Ok(None) => tracing::warn!(
