@@ -2,19 +2,22 @@
 //!
 //! The first byte picks a mode (`% 4`); the rest is its input:
 //! - 0: a header's bytes after an 8-byte little-endian file length;
-//! - 1: a forged header: flags, then 64 bytes made right where the flags say
-//!   (magic, version, record size, fanout bits, count, length) and always
-//!   given a correct checksum, so that decoding gets past the checksum;
+//! - 1: a forged header: flags, then 128 bytes made right where the flags
+//!   say (magic, version 1 or 2, record size, fanout bits, count, shard,
+//!   table lengths, file length) and always given a correct checksum, so
+//!   that decoding gets past the checksum;
 //! - 2: a whole file, as is, opened from a temporary file;
-//! - 3: a forged whole file: count, fanout bits and flags, then records (keys
-//!   sorted or not, prices sanitised or not), a fanout table (computed or
-//!   from the input), and a header with a right or a wrong body checksum.
+//! - 3: a forged whole version-2 file: count, fanout bits and flags, then
+//!   records (keys sorted or not, prices and dates sanitised or not), a
+//!   fanout table (computed or from the input), a zone table of one zone and
+//!   an overflow area of 8 bytes, and a header with a right or a wrong body
+//!   checksum.
 //!
 //! Properties:
 //! - `decode` accepts exactly what the README's layout table allows;
 //! - an accepted header encodes to the same fields and decodes back equal;
 //! - `open_verified` never panics; it accepts a forged file exactly when its
-//!   checksum, key order, prices and fanout are right, and an accepted
+//!   checksum, key order, prices, dates and fanout are right, and an accepted
 //!   table finds every record it holds, at its index, and no other key.
 #![no_main]
 
@@ -22,8 +25,9 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use promo::generation::local::format::{fanout_len, Header, HEADER_LEN};
-use promo::generation::local::record::{Record, RECORD_LEN};
+use promo::generation::date::{DateWord, Decoded, Fields};
+use promo::generation::format::{fanout_len, Header, HEADER_LEN};
+use promo::generation::record::{Record, RECORD_LEN};
 use promo::generation::table::Table;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -58,19 +62,31 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// Whether the README's header table allows `b` as the header of a file of
-/// `file_len` bytes. Lengths are computed in u128, so nothing wraps.
+/// Whether the README's header tables allow `b` as the header of a file
+/// of `file_len` bytes, in version 1 or 2. Lengths are computed in u128, so
+/// nothing wraps.
 fn header_allowed(b: &[u8], file_len: u64) -> bool {
-    if b.len() < 64 || file_len < 64 {
+    if b.len() < 64 || file_len < 64 || &b[0..8] != b"PROMOGEN" {
+        return false;
+    }
+    let version = le32(b, 8);
+    let (header_len, record_len) = match version {
+        1 => (64usize, 64u128),
+        2 => (128, 32),
+        _ => return false,
+    };
+    if b.len() < header_len || file_len < header_len as u64 {
         return false;
     }
     let (count, bits) = (u128::from(le64(b, 16)), le32(b, 24));
-    &b[0..8] == b"PROMOGEN"
-        && le32(b, 8) == 1
-        && le32(b, 12) == 64
-        && bits <= 26
-        && xxh3_64(&b[..56]) == le64(b, 56)
-        && 64 + 64 * count + 8 * ((1u128 << bits) + 1) == u128::from(file_len)
+    let at = header_len - 8;
+    let mut ok = le32(b, 12) == record_len as u32 && bits <= 26 && xxh3_64(&b[..at]) == le64(b, at);
+    let mut len = header_len as u128 + record_len * count + 8 * ((1u128 << bits.min(26)) + 1);
+    if version == 2 {
+        ok &= le32(b, 48) < le32(b, 52);
+        len += u128::from(le64(b, 56)) + u128::from(le64(b, 64));
+    }
+    ok && len == u128::from(file_len)
 }
 
 fn check_decode(bytes: &[u8], file_len: u64) {
@@ -81,23 +97,33 @@ fn check_decode(bytes: &[u8], file_len: u64) {
         "decode said {got:?}"
     );
     if bytes.len() > HEADER_LEN {
-        // Only the first 64 bytes are the header.
+        // Only the first 64 or 128 bytes are the header.
         assert_eq!(Header::decode(&bytes[..HEADER_LEN], file_len), got);
     }
     let Ok(h) = got else { return };
     assert_eq!(h.file_len(), file_len);
     assert_eq!(
-        h.fanout_offset() as u64 + fanout_len(h.fanout_bits),
+        h.zones_offset() as u64 + h.zones_len + h.overflow_len,
         file_len
     );
+    assert_eq!(
+        h.fanout_offset() as u64 + fanout_len(h.fanout_bits),
+        h.zones_offset() as u64
+    );
     let encoded = h.encode();
+    assert_eq!(encoded.len(), h.header_len());
     assert_eq!(Header::decode(&encoded, file_len), Ok(h));
     // Every field the decoder reads is encoded as it was; the reserved
     // words are written as zeros (and the checksum follows them).
     assert_eq!(encoded[..28], bytes[..28]);
     assert_eq!(encoded[32..48], bytes[32..48]);
     assert_eq!(encoded[28..32], [0; 4]);
-    assert_eq!(encoded[48..56], [0; 8]);
+    if h.version == 1 {
+        assert_eq!(encoded[48..56], [0; 8]);
+    } else {
+        assert_eq!(encoded[48..72], bytes[48..72]);
+        assert_eq!(encoded[72..120], [0; 48]);
+    }
 }
 
 fn forged_header(data: &[u8]) {
@@ -105,6 +131,8 @@ fn forged_header(data: &[u8]) {
         return;
     };
     let (len, data) = take_u64(data);
+    let v2 = flags & 64 != 0;
+    let (header_len, record_len, version) = if v2 { (128, 32u32, 2u32) } else { (64, 64, 1) };
     let mut b = [0u8; HEADER_LEN];
     let n = data.len().min(HEADER_LEN);
     b[..n].copy_from_slice(&data[..n]);
@@ -112,10 +140,10 @@ fn forged_header(data: &[u8]) {
         b[0..8].copy_from_slice(b"PROMOGEN");
     }
     if flags & 2 != 0 {
-        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[8..12].copy_from_slice(&version.to_le_bytes());
     }
     if flags & 4 != 0 {
-        b[12..16].copy_from_slice(&64u32.to_le_bytes());
+        b[12..16].copy_from_slice(&record_len.to_le_bytes());
     }
     if flags & 8 != 0 {
         let bits = le32(&b, 24) % 27;
@@ -125,13 +153,35 @@ fn forged_header(data: &[u8]) {
         let count = le64(&b, 16) % (1 << 20);
         b[16..24].copy_from_slice(&count.to_le_bytes());
     }
-    let sum = xxh3_64(&b[..56]);
-    b[56..64].copy_from_slice(&sum.to_le_bytes());
+    if v2 && flags & 128 != 0 {
+        // A shard that exists and tables of sizes a file could have.
+        let shards = le32(&b, 52) % 16 + 1;
+        let index = le32(&b, 48) % shards;
+        b[48..52].copy_from_slice(&index.to_le_bytes());
+        b[52..56].copy_from_slice(&shards.to_le_bytes());
+        for at in [56, 64] {
+            let small = le64(&b, at) % 4096;
+            b[at..at + 8].copy_from_slice(&small.to_le_bytes());
+        }
+    }
+    let at = header_len - 8;
+    let sum = xxh3_64(&b[..at]);
+    b[at..at + 8].copy_from_slice(&sum.to_le_bytes());
     let file_len = if flags & 32 != 0 {
         // The length the header describes, wrapped to 64 bits if it must:
         // a wrapped length must not pass for the right one.
         let (count, bits) = (u128::from(le64(&b, 16)), le32(&b, 24).min(100));
-        (64 + 64 * count + 8 * ((1u128 << bits) + 1)) as u64
+        let tables = if v2 {
+            u128::from(le64(&b, 56)) + u128::from(le64(&b, 64))
+        } else {
+            0
+        };
+        let records = u128::from(record_len) * count;
+        let fanout = 8u128.wrapping_mul((1u128 << bits.min(127)).wrapping_add(1));
+        (header_len as u128)
+            .wrapping_add(records)
+            .wrapping_add(fanout)
+            .wrapping_add(tables) as u64
     } else {
         len
     };
@@ -213,6 +263,28 @@ fn forged_file(data: &[u8]) {
             r[16..24].copy_from_slice(&fixed.to_le_bytes());
         }
     }
+    if flags & 16 != 0 {
+        // Make every date point inside the tables: a compact date of the
+        // one zone, or a slice of the 8-byte overflow area.
+        for (i, r) in records.iter_mut().enumerate() {
+            let word = if i % 2 == 0 {
+                let fields = Fields {
+                    year: 2000 + u32::from(r[24]),
+                    month: 1 + u32::from(r[25] % 12),
+                    day: 1 + u32::from(r[26] % 28),
+                    hour: u32::from(r[27] % 24),
+                    minute: u32::from(r[28] % 60),
+                    second: u32::from(r[29] % 60),
+                    sep: b' ',
+                };
+                DateWord::compact(fields, 0).expect("fields in range")
+            } else {
+                let offset = u64::from(r[24] % 8);
+                DateWord::overflow(offset, usize::from(r[25]) % (9 - offset as usize))
+            };
+            r[24..32].copy_from_slice(&word.0.to_le_bytes());
+        }
+    }
     let keys: Vec<u128> = records
         .iter()
         .map(|r| u128::from_be_bytes(r[..16].try_into().unwrap()))
@@ -240,12 +312,18 @@ fn forged_file(data: &[u8]) {
     for entry in &table {
         body.extend_from_slice(&entry.to_le_bytes());
     }
+    // One zone (" CET") and an overflow area of 8 bytes.
+    let zones = b"\x04 CET";
+    let overflow = b"whenever";
+    body.extend_from_slice(zones);
+    body.extend_from_slice(overflow);
     let checksum_right = flags & 8 == 0;
     let header = Header {
-        count: records.len() as u64,
-        fanout_bits: bits,
-        created_ms,
         body_checksum: xxh3_64(&body) ^ u64::from(!checksum_right),
+        created_ms,
+        zones_len: zones.len() as u64,
+        overflow_len: overflow.len() as u64,
+        ..Header::new(records.len() as u64, bits)
     };
     let mut file = header.encode().to_vec();
     file.extend_from_slice(&body);
@@ -255,6 +333,13 @@ fn forged_file(data: &[u8]) {
         && records
             .iter()
             .all(|r| u64::from_le_bytes(r[16..24].try_into().unwrap()) >> 59 <= 18)
+        && records.iter().all(|r| {
+            match DateWord(u64::from_le_bytes(r[24..32].try_into().unwrap())).decode() {
+                Some(Decoded::Compact { zone, .. }) => zone == 0,
+                Some(Decoded::Overflow { offset, len }) => offset + len as u64 <= 8,
+                None => false,
+            }
+        })
         && table == right_fanout;
     let result = open(&file);
     assert_eq!(
@@ -277,18 +362,18 @@ fn check_table(table: &Table, records: &[Record]) {
     assert_eq!(table.is_empty(), records.is_empty());
     let held = |k: u128| records.iter().any(|r| r.key() == k);
     for (i, r) in records.iter().enumerate() {
-        assert_eq!(table.record(i as u64), *r);
+        assert_eq!(table.record(i as u64).bytes(), r.as_bytes());
         assert_eq!(table.position(r.key()), Some(i as u64));
-        assert_eq!(table.get(r.key()), Some(*r));
+        assert_eq!(table.get(r.key()).map(|f| f.bytes().to_vec()), Some(r.as_bytes().to_vec()));
         for near in [r.key().wrapping_sub(1), r.key().wrapping_add(1), !r.key()] {
             if !held(near) {
-                assert_eq!(table.get(near), None, "{near:032x}");
+                assert!(table.get(near).is_none(), "{near:032x}");
             }
         }
     }
     for k in [0, u128::MAX, 1 << 127] {
         if !held(k) {
-            assert_eq!(table.get(k), None, "{k:032x}");
+            assert!(table.get(k).is_none(), "{k:032x}");
         }
     }
 }

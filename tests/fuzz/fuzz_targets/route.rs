@@ -26,11 +26,11 @@ use bytes::Bytes;
 use hyper::body::Body;
 use hyper::{Method, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use promo::generation::local::format::Writer;
+use promo::generation::format::Writer;
 use promo::server::http::{route, GENERATION_HEADER};
 use promo::builder::ingest::parse_chunk;
-use promo::generation::local::record::Record;
-use promo::generation::table::Table;
+use promo::generation::record::Record;
+use promo::generation::table::{Found, Table};
 use uuid::Uuid;
 
 const SEQUENCE: u64 = 7;
@@ -198,7 +198,7 @@ fn named_key(target: &str) -> Option<u128> {
 }
 
 /// The API's JSON for a record.
-fn json(record: &Record) -> Bytes {
+fn json(record: &Found<'_>) -> Bytes {
     let mut out = Vec::new();
     record.write_json(&mut out);
     Bytes::from(out)

@@ -29,7 +29,7 @@ use std::io::Read;
 use libfuzzer_sys::fuzz_target;
 use promo::builder::ingest::{self, parse_chunk, parse_fields, parse_id, parse_price, RowError, Rows};
 use promo::builder::pipeline::Chunker;
-use promo::generation::local::record::{Price, Record};
+use promo::generation::record::{Price, Record};
 use uuid::Uuid;
 
 type Verdicts = Vec<(u64, Result<Record, RowError>)>;
