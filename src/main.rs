@@ -215,8 +215,9 @@ struct Guards {
     max_shrink: f64,
     /// Refuse a generation whose added, removed and changed ids (a new
     /// price or date) exceed this percentage of the live generation's ids
-    /// (50% or 50). Off unless given.
-    #[arg(long, value_name = "PCT", value_parser = parse_percent, env = "PROMO_MAX_CHURN")]
+    /// (50% or 50; over 100% allows a feed to grow more than twofold). Off
+    /// unless given.
+    #[arg(long, value_name = "PCT", value_parser = parse_churn, env = "PROMO_MAX_CHURN")]
     max_churn: Option<f64>,
     /// Refuse a generation in which more than this percentage of the ids
     /// it shares with the live generation have their price go to 0 or move
@@ -279,6 +280,21 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
         .ok()
         .filter(|&secs| Duration::try_from_secs_f64(secs).is_ok_and(|d| !d.is_zero()))
         .ok_or_else(|| format!("invalid duration {s:?}: expected seconds, such as 10 or 0.5"))
+}
+
+/// A percentage of at least 0 with no upper bound: churn counts added ids
+/// against the old generation's, so a feed that doubles is 100% and more.
+fn parse_churn(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("invalid percentage {s:?}"))?;
+    if p.is_finite() && p >= 0.0 {
+        Ok(p)
+    } else {
+        Err(format!("invalid percentage {s:?}: expected 0% or more"))
+    }
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -711,7 +727,7 @@ fn diff(
     // Generations from a store are downloaded here, and gone when diff ends.
     let scratch = match data_dir.is_dir() {
         true => tempfile::Builder::new()
-            .prefix(".diff-")
+            .prefix(local::DIFF_PREFIX)
             .tempdir_in(data_dir)?,
         false => tempfile::tempdir()?,
     };

@@ -134,8 +134,23 @@ impl Compression {
 pub fn decode(
     reader: impl Read + Send + 'static,
 ) -> io::Result<(Box<dyn Read + Send>, Option<Compression>)> {
-    let mut buffered = BufReader::with_capacity(1 << 20, reader);
-    let compression = Compression::sniff(buffered.fill_buf()?);
+    // The magic numbers are 4 bytes at most, and a first read (an upload's
+    // first chunk, a pipe) may bring fewer: read until there are 4 or the
+    // end, then hand them on in front of the rest.
+    let mut reader = reader;
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < head.len() {
+        match reader.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let compression = Compression::sniff(&head[..got]);
+    let head = io::Cursor::new(head[..got].to_vec());
+    let buffered = BufReader::with_capacity(1 << 20, head.chain(reader));
     let Some(compression) = compression else {
         return Ok((Box::new(buffered), None));
     };
@@ -295,6 +310,9 @@ pub struct ObjectReader {
     /// Ranges in order; an error is the last item.
     ranges: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, String>>,
     current: Bytes,
+    /// The error that ended the read, returned by every later read too: a
+    /// failed read must never look like the end of the feed.
+    failed: Option<String>,
     /// The fetching thread; it ends when the receiver is dropped.
     _thread: std::thread::JoinHandle<()>,
 }
@@ -318,25 +336,32 @@ impl ObjectReader {
     /// request with `in_flight` requests at once.
     pub fn open(url: &str, range: u64, in_flight: usize) -> Result<ObjectReader> {
         let (store, path) = remote::object_at(url)?;
-        let meta = remote::block_on(store.head(&path))?.map_err(|e| Error::Remote {
-            url: url.to_string(),
-            op: "looking up a feed",
-            cause: e.to_string(),
-        })?;
-        let pinned = Pinned {
-            store,
-            path,
-            e_tag: meta.e_tag,
-            version: meta.version,
-        };
-        let len = meta.size;
         let (tx, rx) = tokio::sync::mpsc::channel(in_flight);
+        // The object is looked up on the thread that reads it, on its one
+        // runtime: the store client's pooled connections belong to the
+        // runtime that opened them.
+        let (looked_up, lookup) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("promo-feed".into())
             .spawn(move || {
                 let sender = tx.clone();
                 let fetched = remote::block_on(async move {
                     let tx = sender;
+                    let meta = match store.head(&path).await {
+                        Ok(meta) => meta,
+                        Err(e) => {
+                            let _ = looked_up.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let len = meta.size;
+                    let _ = looked_up.send(Ok(len));
+                    let pinned = Pinned {
+                        store,
+                        path,
+                        e_tag: meta.e_tag,
+                        version: meta.version,
+                    };
                     let ranges = (0..len)
                         .step_by(range as usize)
                         .map(|s| s..(s + range).min(len));
@@ -363,10 +388,20 @@ impl ObjectReader {
                 }
             })
             .map_err(Error::io_op("starting the feed's reader", url))?;
+        let failed = |cause: String| Error::Remote {
+            url: url.to_string(),
+            op: "looking up a feed",
+            cause,
+        };
+        let len = lookup
+            .recv()
+            .map_err(|_| failed("the reader stopped".into()))?
+            .map_err(failed)?;
         Ok(ObjectReader {
             len,
             ranges: rx,
             current: Bytes::new(),
+            failed: None,
             _thread: thread,
         })
     }
@@ -444,9 +479,12 @@ impl Pinned {
 impl Read for ObjectReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
+            if let Some(e) = &self.failed {
+                return Err(io::Error::other(e.clone()));
+            }
             match self.ranges.blocking_recv() {
                 Some(Ok(bytes)) => self.current = bytes,
-                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Err(e)) => self.failed = Some(e),
                 // Every range was handed on: the end.
                 None => return Ok(0),
             }

@@ -26,12 +26,15 @@
 //! gen-<sequence:010>.churn.json   what it changed against the generation
 //!                                 that was live when it was built (see
 //!                                 churn: `Churn::to_json`), one JSON object;
-//!                                 renamed into place just before its
-//!                                 generation, removed with it, absent for
-//!                                 the first generation and for rollbacks
+//!                                 renamed into place just after its
+//!                                 generation (a crash between leaves the
+//!                                 churn unknown), removed with it, absent
+//!                                 for the first generation and rollbacks
 //! .tmp-<pid>.promo, .tmp-<pid>.churn.json
 //!                                 a build's or a fetch's files before their
 //!                                 rename; removed by the next build
+//! .diff-<random>/                 `promo diff`'s downloads from a store,
+//!                                 while it runs; removed by the next build
 //! .build.lock                     the build lock (flock), empty
 //! ```
 
@@ -44,6 +47,9 @@ const PREFIX: &str = "gen-";
 const SUFFIX: &str = ".promo";
 /// A generation's churn sidecar ends with this instead of [`SUFFIX`].
 const CHURN_SUFFIX: &str = ".churn.json";
+/// `promo diff`'s scratch folders for generations it downloads start with
+/// this; the next build removes one a killed diff left.
+pub const DIFF_PREFIX: &str = ".diff-";
 /// Temporary files start with this; only a build holding the lock makes them.
 const TMP_PREFIX: &str = ".tmp-";
 /// The build lock's file in the data directory (see [`BuildLock`]).
@@ -191,16 +197,26 @@ impl BuildLock {
         for entry in fs::read_dir(dir).map_err(Error::io(dir))? {
             let entry = entry.map_err(Error::io(dir))?;
             let name = entry.file_name();
+            // Only a sidecar named for a generation is ours to remove.
             let orphan = |n: &str| {
                 let generation = n
                     .strip_suffix(CHURN_SUFFIX)
-                    .map(|stem| dir.join(format!("{stem}{SUFFIX}")));
-                generation.is_some_and(|g| !g.exists())
+                    .map(|stem| format!("{stem}{SUFFIX}"))
+                    .filter(|g| parse_name(g).is_some());
+                generation.is_some_and(|g| !dir.join(g).exists())
             };
-            if name
-                .to_str()
-                .is_some_and(|n| n.starts_with(TMP_PREFIX) || orphan(n))
-            {
+            let name = name.to_str().unwrap_or_default();
+            // A killed `promo diff` leaves its downloads in a scratch folder.
+            // One whose lock is held is downloading now: left alone. (Once
+            // downloaded, a generation is mapped, and removing it is safe.)
+            if name.starts_with(DIFF_PREFIX) && entry.path().is_dir() {
+                if let Ok(diffing) = BuildLock::acquire(&entry.path()) {
+                    drop(diffing);
+                    fs::remove_dir_all(entry.path()).map_err(Error::io(entry.path()))?;
+                    tracing::info!(path = %entry.path().display(), "removed a leftover diff folder");
+                    removed += 1;
+                }
+            } else if name.starts_with(TMP_PREFIX) || orphan(name) {
                 fs::remove_file(entry.path()).map_err(Error::io(entry.path()))?;
                 tracing::info!(path = %entry.path().display(), "removed a leftover temporary file");
                 removed += 1;
@@ -247,25 +263,13 @@ impl BuildLock {
     ) -> Result<Entry> {
         let path = dir.join(file_name(sequence));
         let sidecar = dir.join(churn_file_name(sequence));
-        match churn {
-            // Renamed first: a generation is never seen without its sidecar.
-            Some(churn) => {
-                let tmp_sidecar =
-                    dir.join(format!("{TMP_PREFIX}{}{CHURN_SUFFIX}", std::process::id()));
-                let mut bytes = serde_json::to_vec_pretty(churn).expect("JSON values serialize");
-                bytes.push(b'\n');
-                let written = File::create(&tmp_sidecar).and_then(|mut f| {
-                    std::io::Write::write_all(&mut f, &bytes).and_then(|()| f.sync_all())
-                });
-                written.map_err(Error::io(&tmp_sidecar))?;
-                fs::rename(&tmp_sidecar, &sidecar).map_err(Error::io(&sidecar))?;
+        // A sidecar already there belongs to the file being replaced: gone
+        // first, so that it never describes another generation.
+        match fs::remove_file(&sidecar) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(&sidecar)(e))
             }
-            None => match fs::remove_file(&sidecar) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io(&sidecar)(e))
-                }
-                _ => {}
-            },
+            _ => {}
         }
         let mut perms = fs::metadata(tmp).map_err(Error::io(tmp))?.permissions();
         perms.set_readonly(true);
@@ -277,6 +281,14 @@ impl BuildLock {
         // is the newest again after a reboot, the state before this build,
         // which is consistent. So a warning and success, as most systems
         // that publish by rename do.
+        // The sidecar after its generation: a crash or a full disk between
+        // the two leaves a generation whose churn is unknown, never a
+        // sidecar that describes another file. A warning, like the sync.
+        if let Some(churn) = churn {
+            if let Err(e) = write_sidecar(dir, &sidecar, churn) {
+                tracing::warn!("published, but its churn could not be written: {e}");
+            }
+        }
         if let Err(e) = sync_dir(dir) {
             tracing::warn!(
                 path = %path.display(),
@@ -376,6 +388,20 @@ impl Drop for RemoveOnDrop {
             let _ = fs::remove_file(p);
         }
     }
+}
+
+/// Writes `churn` to `sidecar` through a temporary file, synced and renamed.
+fn write_sidecar(dir: &Path, sidecar: &Path, churn: &serde_json::Value) -> Result<()> {
+    let tmp = dir.join(format!("{TMP_PREFIX}{}{CHURN_SUFFIX}", std::process::id()));
+    let mut bytes = serde_json::to_vec_pretty(churn).expect("JSON values serialize");
+    bytes.push(b'\n');
+    let written = File::create(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes).and_then(|()| f.sync_all()));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(&tmp)(e));
+    }
+    fs::rename(&tmp, sidecar).map_err(Error::io(sidecar))
 }
 
 /// Makes a directory's entries (a rename, an unlink) durable.
@@ -541,5 +567,51 @@ mod tests {
         assert_eq!(lock.remove_leftovers(dir.path()).unwrap(), 1);
         assert!(!dir.path().join(".tmp-999.promo").exists());
         assert!(dir.path().join(file_name(1)).exists());
+    }
+
+    #[test]
+    fn orphan_sidecars_and_idle_diff_folders_go_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join(file_name(1)), b"gen").unwrap();
+        fs::write(d.join(churn_file_name(1)), b"{}").unwrap();
+        fs::write(d.join(churn_file_name(2)), b"{}").unwrap(); // no gen 2
+        fs::write(d.join("notes.churn.json"), b"mine").unwrap(); // not ours
+        fs::create_dir(d.join(".diff-idle")).unwrap();
+        fs::write(d.join(".diff-idle/.tmp-5.promo"), b"half").unwrap();
+        let busy = d.join(".diff-busy");
+        let downloading = BuildLock::acquire(&busy).unwrap();
+        let lock = BuildLock::acquire(d).unwrap();
+        assert_eq!(lock.remove_leftovers(d).unwrap(), 2);
+        assert!(d.join(churn_file_name(1)).exists());
+        assert!(!d.join(churn_file_name(2)).exists());
+        assert!(d.join("notes.churn.json").exists());
+        assert!(!d.join(".diff-idle").exists());
+        assert!(busy.exists(), "a diff downloading keeps its folder");
+        drop(downloading);
+        assert_eq!(lock.remove_leftovers(d).unwrap(), 1);
+        assert!(!busy.exists());
+    }
+
+    #[test]
+    fn a_replaced_generation_never_keeps_the_old_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let lock = BuildLock::acquire(d).unwrap();
+        let put = |churn: Option<&serde_json::Value>| {
+            let (mut f, tmp) = lock.temp_file(d).unwrap();
+            std::io::Write::write_all(&mut f, b"gen").unwrap();
+            lock.publish_as(d, &tmp, 3, churn).unwrap()
+        };
+        let entry = put(Some(&serde_json::json!({"against": 2})));
+        assert_eq!(
+            churn_of(&entry.path),
+            Some(serde_json::json!({"against": 2}))
+        );
+        // Fetched again, from a manifest without churn: none, not the old.
+        let entry = put(None);
+        assert_eq!(churn_of(&entry.path), None);
+        assert!(!d.join(churn_file_name(3)).exists());
+        assert!(list(d).unwrap().len() == 1);
     }
 }

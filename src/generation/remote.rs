@@ -326,7 +326,14 @@ fn store_at(
         reason: reason.to_string(),
     };
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-    let path = ObjectPath::from(parsed.path().trim_matches('/'));
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad(
+            "a query or a fragment (?..., #...) cannot be read: name the object by its path",
+        ));
+    }
+    // The URL's path is percent-encoded; the object's name is not.
+    let path = ObjectPath::from_url_path(parsed.path().trim_matches('/'))
+        .map_err(|e| bad(&e.to_string()))?;
     // The three clouds' builders: from the environment, the URL, the
     // retries of `kind`, then `options` over them.
     macro_rules! cloud {

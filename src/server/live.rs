@@ -301,7 +301,11 @@ mod tests {
         put_generation(&gen(1), 3);
         let quarter = Shard::new(0, 4).unwrap();
         let store = Live::for_shard(dir.path(), Some(quarter));
-        assert_eq!(store.refresh().unwrap(), None, "a whole generation is refused");
+        assert_eq!(
+            store.refresh().unwrap(),
+            None,
+            "a whole generation is refused"
+        );
         assert!(store.current().is_none());
         assert!(store.refused.lock().unwrap().contains_key(&1));
 
