@@ -733,12 +733,14 @@ fn diff(
     };
     let old = open_generation(old, data_dir, scratch.path())?;
     let new = open_generation(new, data_dir, scratch.path())?;
+    use std::io::Write;
+    use std::ops::ControlFlow;
     let mut printed = 0;
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = Ok(());
     let churn = promo::generation::churn::walk(&old, &new, |change| {
-        if limit.is_some_and(|n| printed >= n) || failed.is_err() {
-            return;
+        if limit.is_some_and(|n| printed >= n) {
+            return ControlFlow::Continue(());
         }
         printed += 1;
         let kind = match (&change.old, &change.new) {
@@ -753,26 +755,28 @@ fn diff(
         } else {
             writeln!(stdout, "{kind:<8} {}", change.describe())
         };
+        // Standard output closed (`promo diff ... | head`): stop reading.
+        match failed {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
     });
-    use std::io::Write;
-    failed?;
-    if json {
-        writeln!(
-            stdout,
-            "{}",
-            serde_json::json!({ "summary": churn.to_json() })
-        )?;
+    let summary = if json {
+        serde_json::json!({ "summary": churn.to_json() }).to_string()
     } else {
-        writeln!(
-            stdout,
-            "generation {} -> {}: {}",
-            old.sequence(),
-            new.sequence(),
-            churn.summary()
-        )?;
+        let (from, to) = (old.sequence(), new.sequence());
+        format!("generation {from} -> {to}: {}", churn.summary())
+    };
+    let written = failed
+        .and_then(|()| writeln!(stdout, "{summary}"))
+        .and_then(|()| stdout.flush());
+    match written {
+        // Whoever read the output stopped: they had the differences they
+        // wanted, and there were some.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::from(1)),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(ExitCode::from(if churn.is_same() { 0 } else { 1 })),
     }
-    stdout.flush()?;
-    Ok(ExitCode::from(if churn.is_same() { 0 } else { 1 }))
 }
 
 /// One side of `promo diff`, verified: a generation file, a sequence in

@@ -314,6 +314,20 @@ fn diff_streams_the_differences_and_exits_like_grep() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 
+    // A reader that goes away (`| head`) ends it quietly: differences were
+    // found, and there is no error to report.
+    let mut child = promo()
+        .args(["diff", "1", "2", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+
     // A sequence that is not there is an error, not a difference.
     let out = diff(&["1", "9"]);
     assert_eq!(out.status.code(), Some(2));

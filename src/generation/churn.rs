@@ -14,7 +14,7 @@
 //! Prices compare by value (`12.50` and `12.5` are the same price); dates
 //! compare as the text the API returns.
 
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -139,6 +139,7 @@ impl Churn {
     /// Compares `new` with `old`, on every core: the key space is cut into
     /// ranges, each merged on its own, and the counts added up.
     pub fn between(old: &Table, new: &Table) -> Churn {
+        let dates = SameDate::new(old, new);
         let pieces = (rayon::current_num_threads() * 4) as u128;
         let step = u128::MAX / pieces;
         let bounds: Vec<(u64, u64)> = (0..=pieces)
@@ -154,7 +155,8 @@ impl Churn {
                     .par_windows(2)
                     .map(|w| {
                         let mut tally = Tally::default();
-                        merge(old, w[0].0..w[1].0, new, w[0].1..w[1].1, &mut tally, None);
+                        let (a, b) = (w[0].0..w[1].0, w[0].1..w[1].1);
+                        merge(old, a, new, b, &dates, &mut tally, None);
                         tally
                     })
                     .collect()
@@ -279,11 +281,13 @@ fn percent(part: u64, whole: u64) -> f64 {
 }
 
 /// Streams every difference between `old` and `new` to `each`, in id
-/// order, on one thread: `promo diff`. Returns the counts.
-pub fn walk(old: &Table, new: &Table, mut each: impl FnMut(&Change)) -> Churn {
+/// order, on one thread: `promo diff`. Returns the counts; they are of the
+/// ids before the stop if `each` stops the walk (its reader went away).
+pub fn walk(old: &Table, new: &Table, mut each: impl FnMut(&Change) -> ControlFlow<()>) -> Churn {
     let mut tally = Tally::default();
+    let dates = SameDate::new(old, new);
     let (a, b) = (0..old.len(), 0..new.len());
-    old.in_order(|| new.in_order(|| merge(old, a, new, b, &mut tally, Some(&mut each))));
+    old.in_order(|| new.in_order(|| merge(old, a, new, b, &dates, &mut tally, Some(&mut each))));
     tally.churn(old)
 }
 
@@ -344,38 +348,41 @@ impl Tally {
 /// range of each) into `tally`, handing each difference to `each` if given.
 /// A difference is rendered (its prices and dates as text) only when
 /// `each` or the examples want it.
+/// What a walk hands each difference to; `Break` stops the walk.
+type Each<'a> = dyn FnMut(&Change) -> ControlFlow<()> + 'a;
+
 fn merge(
     old: &Table,
     a: Range<u64>,
     new: &Table,
     b: Range<u64>,
+    dates: &SameDate,
     tally: &mut Tally,
-    mut each: Option<&mut dyn FnMut(&Change)>,
+    mut each: Option<&mut Each<'_>>,
 ) {
-    let dates = SameDate::new(old, new);
     let (mut i, mut j) = (a.start, b.start);
+    let mut stop = false;
     let mut keep = |tally: &mut Tally, jump: bool, o: Option<&Found<'_>>, n: Option<&Found<'_>>| {
         let example = tally.examples.len() < EXAMPLES;
         let jump_example = jump && tally.jump_examples.len() < EXAMPLES;
         if each.is_none() && !example && !jump_example {
-            return;
+            return false;
         }
         let change = Change {
             key: o.or(n).map(|f| f.key()).unwrap_or_default(),
             old: o.map(Values::of),
             new: n.map(Values::of),
         };
-        if let Some(each) = each.as_mut() {
-            each(&change);
-        }
+        let stopped = each.as_mut().is_some_and(|each| each(&change).is_break());
         if jump_example {
             tally.jump_examples.push(change.clone());
         }
         if example {
             tally.examples.push(change);
         }
+        stopped
     };
-    while i < a.end || j < b.end {
+    while (i < a.end || j < b.end) && !stop {
         let o = (i < a.end).then(|| old.record(i));
         let n = (j < b.end).then(|| new.record(j));
         match (o, n) {
@@ -405,17 +412,17 @@ fn merge(
                     jump = !(1.0 / JUMP_FACTOR..=JUMP_FACTOR).contains(&ratio);
                     tally.jumps += u64::from(jump);
                 }
-                keep(tally, jump, Some(&o), Some(&n));
+                stop = keep(tally, jump, Some(&o), Some(&n));
             }
             (Some(o), n) if n.is_none_or(|n| o.key() < n.key()) => {
                 i += 1;
                 tally.removed += 1;
-                keep(tally, false, Some(&o), None);
+                stop = keep(tally, false, Some(&o), None);
             }
             (_, Some(n)) => {
                 j += 1;
                 tally.added += 1;
-                keep(tally, false, None, Some(&n));
+                stop = keep(tally, false, None, Some(&n));
             }
             (_, None) => unreachable!("the loop runs while either side has records"),
         }
@@ -669,7 +676,10 @@ mod tests {
 
         // One walk finds the same, one difference at a time, in id order.
         let mut seen = Vec::new();
-        let walked = walk(&old, &new, |c| seen.push(c.key));
+        let walked = walk(&old, &new, |c| {
+            seen.push(c.key);
+            ControlFlow::Continue(())
+        });
         assert_eq!(seen, [2, 4, 5, 6, 7, 8, 9]);
         assert_eq!(walked, churn);
         assert_eq!(Churn::from_json(&churn.to_json()), Some(churn));
@@ -769,7 +779,10 @@ mod tests {
         let old = table(dir.path(), "old", 1, &old_rows);
         let new = table(dir.path(), "new", 2, &new_rows);
         let mut walked_changes = 0;
-        let walked = walk(&old, &new, |_| walked_changes += 1);
+        let walked = walk(&old, &new, |_| {
+            walked_changes += 1;
+            ControlFlow::Continue(())
+        });
         let churn = Churn::between(&old, &new);
         assert_eq!(churn, walked);
         assert_eq!(walked_changes, churn.added + churn.removed + churn.changed);
