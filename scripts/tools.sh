@@ -61,7 +61,11 @@ missing_debian() {
 
 mapfile -t missing < <(missing_debian)
 if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then
+    if ! command -v "$APT_GET" >/dev/null 2>&1; then
+        echo "make test needs these Debian packages: ${missing[*]}" >&2
+        echo "this machine has no apt-get: install their equivalents, then run make test again" >&2
+        exit 1
+    elif [ "$(id -u)" = 0 ]; then
         sudo=()
     elif command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then
         sudo=(sudo -n)
@@ -76,16 +80,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${sudo[@]}" "$APT_GET" update -qq >/dev/null
     # A package's service is not started here: the tests start their own
     # (nginx's would otherwise take port 80).
-    made_policy=
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
         "${sudo[@]}" chmod +x /usr/sbin/policy-rc.d
-        made_policy=1
+        # Removed however the script ends: left, it would keep every
+        # service on the machine from starting.
+        trap '"${sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     status=0
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         "$APT_GET" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
-    [ -z "$made_policy" ] || "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
     [ "$status" = 0 ] || { echo "tools: apt-get install failed ($status)" >&2; exit "$status"; }
     mapfile -t still < <(missing_debian)
     if [ ${#still[@]} -gt 0 ]; then
