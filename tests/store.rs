@@ -156,6 +156,25 @@ fn round_trip(url: &str, env: &[(String, String)]) {
     fetch(url, &replica, env);
     assert!(promo_get(&replica, &id).unwrap().contains("\"price\":2"));
     assert!(common::temp_files(&replica).is_empty());
+
+    // The manifest names what a build was compared with in the store's
+    // sequences: the builder's live generation is its own 2, which the
+    // store now holds as 4 (the second rollback).
+    publish(&b, &builder, url, env);
+    let listed = inspect(url, env);
+    let churn = &listed.last().unwrap()["churn"];
+    assert_eq!(listed.last().unwrap()["sequence"], 5);
+    assert_eq!(churn["against"], 4, "{churn}");
+    assert_eq!(churn["unchanged"], 50);
+    // Another builder published in between: the store's newest is not
+    // what this builder compared with, so that is unknown, and said so.
+    publish(&a, &w.join("builder-2"), url, env);
+    publish(&b, &builder, url, env);
+    let listed = inspect(url, env);
+    let churn = &listed.last().unwrap()["churn"];
+    assert_eq!(listed.last().unwrap()["sequence"], 7);
+    assert_eq!(churn["against"], serde_json::Value::Null, "{churn}");
+    assert_eq!(churn["unchanged"], 50, "against the builder's own live one");
 }
 
 #[test]

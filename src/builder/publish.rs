@@ -36,7 +36,8 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
     let remote = Remote::open(url)?;
     let header = read_header(path)?;
     block_on(async {
-        let sequence = next_sequence(&remote, remote.sequences().await?.last().copied())?;
+        let newest = remote.sequences().await?.last().copied();
+        let sequence = next_sequence(&remote, newest)?;
         let object = new_object_name(sequence);
         tracing::info!(
             url,
@@ -46,8 +47,12 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
             "uploading"
         );
         remote.upload(path, &object).await?;
+        let churn = match crate::generation::local::churn_of(path) {
+            Some(churn) => Some(in_store_terms(&remote, churn, newest).await),
+            None => None,
+        };
         let manifest = Manifest {
-            churn: crate::generation::local::churn_of(path),
+            churn,
             ..Manifest::new(sequence, object.clone(), &header)
         };
         if let Err(e) = remote.commit(&manifest).await {
@@ -74,6 +79,29 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
             seconds: started.elapsed().as_secs_f64(),
         })
     })?
+}
+
+/// A build's churn as the store's manifest keeps it: `against` is the
+/// builder's sequence, which means nothing to a replica, so it becomes the
+/// store's sequence of that same generation (its newest, when the builder
+/// compared with what it last published), or null when the store's newest
+/// is another generation (a store rolled back, a builder that published
+/// elsewhere); `against_checksum` names it either way.
+async fn in_store_terms(
+    remote: &Remote,
+    mut churn: serde_json::Value,
+    newest: Option<u64>,
+) -> serde_json::Value {
+    let compared = churn["against_checksum"].as_str().map(str::to_owned);
+    let store_newest = match newest {
+        Some(s) => remote.manifest(s).await.ok().flatten(),
+        None => None,
+    };
+    churn["against"] = match store_newest {
+        Some(m) if compared == Some(format!("{:016x}", m.body_checksum)) => m.sequence.into(),
+        _ => serde_json::Value::Null,
+    };
+    churn
 }
 
 /// `promo rollback --publish URL`: publishes the generation before the

@@ -231,6 +231,7 @@ mod tests {
             churn: Some(crate::generation::churn::Churn {
                 previous: sequence - 1,
                 previous_records: 990,
+                previous_checksum: 0x1234,
                 added: 3,
                 removed: 6,
                 price: 20,

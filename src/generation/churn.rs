@@ -112,9 +112,13 @@ impl Change {
 /// What a generation changes against the one before it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Churn {
-    /// The sequence compared against, and its record count.
+    /// The sequence compared against (0 when unknown: a store's manifest
+    /// whose builder compared with a generation the store does not hold as
+    /// its newest), its record count, and its body checksum, which names
+    /// it in any directory or store.
     pub previous: u64,
     pub previous_records: u64,
+    pub previous_checksum: u64,
     /// Ids only in the new generation, and only in the old one.
     pub added: u64,
     pub removed: u64,
@@ -226,6 +230,7 @@ impl Churn {
         json!({
             "against": self.previous,
             "against_records": self.previous_records,
+            "against_checksum": format!("{:016x}", self.previous_checksum),
             "added": self.added,
             "removed": self.removed,
             "price": self.price,
@@ -252,8 +257,10 @@ impl Churn {
                 .collect()
         };
         Some(Churn {
-            previous: n("against")?,
+            previous: n("against").unwrap_or(0),
             previous_records: n("against_records")?,
+            previous_checksum: u64::from_str_radix(v.get("against_checksum")?.as_str()?, 16)
+                .ok()?,
             added: n("added")?,
             removed: n("removed")?,
             price: n("price")?,
@@ -330,6 +337,7 @@ impl Tally {
         Churn {
             previous: old.sequence(),
             previous_records: old.len(),
+            previous_checksum: old.header().body_checksum,
             added: self.added,
             removed: self.removed,
             price: self.price,

@@ -27,9 +27,11 @@
 //!       "published"      when the manifest was written, RFC 3339 UTC
 //!       "churn"          what the generation changed against the one live
 //!                        in the builder's data directory (see churn:
-//!                        `Churn::to_json`; its "against" is the builder's
-//!                        sequence), or null: the first build, a rollback,
-//!                        a builder older than churn
+//!                        `Churn::to_json`), or null: the first build, a
+//!                        rollback, a builder older than churn. Its
+//!                        "against" is the store's sequence of that
+//!                        generation when it was the store's newest, else
+//!                        null; "against_checksum" names it either way
 //! ```
 //!
 //! A range shard (`--shard K/N`, not `0/1`) has a store of its own: the
