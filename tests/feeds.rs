@@ -255,3 +255,41 @@ fn a_corrupt_compressed_feed_is_named_with_its_byte_and_publishes_nothing() {
     assert_eq!(sequences(&data), [1]);
     assert!(temp_files(&data).is_empty());
 }
+
+#[test]
+fn ranges_in_flight_come_back_in_order_and_a_later_one_of_another_object_fails() {
+    use promo::builder::feed::ObjectReader;
+    use std::io::Read;
+    let body: Vec<u8> = (0..25_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let server = HttpFile::start(body.clone(), "v1");
+    // 1000-byte ranges, three in flight: 100 ranges, reassembled in order.
+    let mut reader = ObjectReader::open(&server.url("numbers"), 1000, 3).unwrap();
+    assert_eq!(reader.len, body.len() as u64);
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).unwrap();
+    assert!(got == body, "the bytes came back out of order or changed");
+    let gets = server.gets();
+    assert_eq!(gets.len(), 100);
+    assert!(gets.contains(&Some("bytes=99000-99999".into())), "{gets:?}");
+
+    // The object replaced after two ranges were read (one at a time, so
+    // that which answers come from which object is certain): the third
+    // answer is another object's, and the read fails there, for good.
+    let server = HttpFile::start(body.clone(), "v1");
+    let other: Vec<u8> = body.iter().map(|b| b ^ 1).collect();
+    server.behaviour.lock().unwrap().replace_after = Some((2, other, "v2".into()));
+    let mut reader = ObjectReader::open(&server.url("numbers"), 1000, 1).unwrap();
+    let mut first = vec![0; 2000];
+    reader.read_exact(&mut first).unwrap();
+    assert_eq!(first, body[..2000]);
+    let err = reader.read(&mut [0; 10]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the object changed during the read (it was ETag \"v1\", now \"v2\")"),
+        "{err}"
+    );
+    assert!(
+        reader.read(&mut [0; 10]).is_err(),
+        "a failed read stays failed"
+    );
+}
