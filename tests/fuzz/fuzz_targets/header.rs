@@ -364,7 +364,10 @@ fn check_table(table: &Table, records: &[Record]) {
     for (i, r) in records.iter().enumerate() {
         assert_eq!(table.record(i as u64).bytes(), r.as_bytes());
         assert_eq!(table.position(r.key()), Some(i as u64));
-        assert_eq!(table.get(r.key()).map(|f| f.bytes().to_vec()), Some(r.as_bytes().to_vec()));
+        assert_eq!(
+            table.get(r.key()).map(|f| f.bytes().to_vec()),
+            Some(r.as_bytes().to_vec())
+        );
         for near in [r.key().wrapping_sub(1), r.key().wrapping_add(1), !r.key()] {
             if !held(near) {
                 assert!(table.get(near).is_none(), "{near:032x}");

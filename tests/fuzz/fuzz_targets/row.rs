@@ -27,12 +27,41 @@
 use std::io::Read;
 
 use libfuzzer_sys::fuzz_target;
-use promo::builder::ingest::{self, parse_chunk, parse_fields, parse_id, parse_price, RowError, Rows};
+use promo::builder::ingest::{
+    self, parse_chunk, parse_fields, parse_id, parse_price, RowError, Rows,
+};
+use promo::builder::ingest::{ChunkRows, Row};
 use promo::builder::pipeline::Chunker;
-use promo::generation::record::{Price, Record};
+use promo::generation::date::Dates;
+use promo::generation::record::Price;
 use uuid::Uuid;
 
-type Verdicts = Vec<(u64, Result<Record, RowError>)>;
+type Verdicts = Vec<(u64, Result<Row, RowError>)>;
+
+/// A promotion as text reads it: id, price, the date as written. What
+/// `Rows` yields and what `parse_chunk` yields (records whose dates point
+/// into the chunk's own tables) compare in this form.
+type Promotion = (u128, Price, Vec<u8>);
+
+fn of_row(r: &Row) -> Promotion {
+    (r.key(), r.price(), r.date().to_vec())
+}
+
+/// A parsed chunk's records, each date rendered from the chunk's tables.
+fn of_chunk(parsed: &ChunkRows) -> Vec<Promotion> {
+    parsed
+        .records
+        .iter()
+        .map(|r| {
+            let mut date = Vec::new();
+            assert!(
+                parsed.dates.write(r.date(), &mut date),
+                "a date outside its chunk's tables"
+            );
+            (r.key(), r.price().expect("a parsed price is valid"), date)
+        })
+        .collect()
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((ctl, body)) = data.split_first_chunk::<3>() else {
@@ -95,7 +124,7 @@ fn fields(id: &[u8], price: &[u8], date: &[u8]) {
     }
     let record = verdict.expect("every field is valid");
     assert_eq!(record.key(), key);
-    assert_eq!(record.price(), Some(price));
+    assert_eq!(record.price(), price);
     assert_eq!(record.date(), date);
     round_trip(&record);
 }
@@ -191,10 +220,9 @@ fn check_price(text: &[u8]) {
 }
 
 /// An accepted record, written back as text, parses to itself.
-fn round_trip(record: &Record) {
+fn round_trip(record: &Row) {
     let id = Uuid::from_u128(record.key()).hyphenated().to_string();
-    let price = record.price().expect("a parsed record has a valid price");
-    let price = price.to_string();
+    let price = record.price().to_string();
     let date = std::str::from_utf8(record.date()).expect("a valid date is ASCII");
     assert_eq!(
         parse_fields(id.as_bytes(), price.as_bytes(), date.as_bytes()).as_ref(),
@@ -209,8 +237,8 @@ fn round_trip(record: &Record) {
     ] {
         let parsed = parse_chunk(line.as_bytes(), true);
         assert_eq!(
-            (parsed.rows, parsed.invalid, &parsed.records[..]),
-            (1, 0, &[*record][..]),
+            (parsed.rows, parsed.invalid, of_chunk(&parsed)),
+            (1, 0, vec![of_row(record)]),
             "{line:?}"
         );
     }
@@ -246,16 +274,16 @@ fn check_lines(verdicts: &Verdicts, input: &[u8]) {
 /// `parse_chunk` finds the rows `Rows` found (`verdicts`) in `chunk`.
 fn check_chunk(chunk: &[u8], first: bool, verdicts: &Verdicts) {
     let parsed = parse_chunk(chunk, first);
-    let records: Vec<Record> = verdicts
+    let records: Vec<Promotion> = verdicts
         .iter()
-        .filter_map(|(_, v)| v.as_ref().ok().copied())
+        .filter_map(|(_, v)| v.as_ref().ok().map(of_row))
         .collect();
     let invalid: Vec<(u64, RowError)> = verdicts
         .iter()
         .filter_map(|(line, v)| v.as_ref().err().map(|e| (*line, e.clone())))
         .collect();
     assert_eq!(parsed.rows, verdicts.len() as u64);
-    assert_eq!(parsed.records, records);
+    assert_eq!(of_chunk(&parsed), records);
     assert_eq!(parsed.invalid, invalid.len() as u64);
     let kept = invalid.len().min(ingest::CHUNK_INVALID_KEPT);
     assert_eq!(parsed.first_invalid, invalid[..kept]);
@@ -285,7 +313,7 @@ fn check_chunked(input: &[u8], chunk_len: usize, whole: &Verdicts) {
         let parsed = parse_chunk(&c.bytes, c.first);
         rows += parsed.rows;
         invalid += parsed.invalid;
-        records.extend_from_slice(&parsed.records);
+        records.extend(of_chunk(&parsed));
         // This chunk's invalid rows are the next ones of the whole input;
         // it reports the first few of them, with lines within the chunk.
         let mine: Vec<_> = errors.by_ref().take(parsed.invalid as usize).collect();
@@ -309,9 +337,9 @@ fn check_chunked(input: &[u8], chunk_len: usize, whole: &Verdicts) {
         invalid,
         whole.iter().filter(|(_, v)| v.is_err()).count() as u64
     );
-    let whole_records: Vec<Record> = whole
+    let whole_records: Vec<Promotion> = whole
         .iter()
-        .filter_map(|(_, v)| v.as_ref().ok().copied())
+        .filter_map(|(_, v)| v.as_ref().ok().map(of_row))
         .collect();
     assert_eq!(records, whole_records);
 }
