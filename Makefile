@@ -29,6 +29,8 @@ tools:
 test: tools
 	@$(MAKE) --no-print-directory lint
 	PATH="$(TOOLS_BIN):$$PATH" $(CARGO) test
+	# The fuzz targets (make fuzz) build against today's library.
+	$(CARGO) build --manifest-path tests/fuzz/Cargo.toml --bins
 
 lint:
 	$(CARGO) fmt --all -- --check
