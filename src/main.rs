@@ -285,28 +285,28 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 /// A percentage of at least 0 with no upper bound: churn counts added ids
 /// against the old generation's, so a feed that doubles is 100% and more.
 fn parse_churn(s: &str) -> Result<f64, String> {
-    let p: f64 = s
-        .trim()
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("invalid percentage {s:?}"))?;
-    if p.is_finite() && p >= 0.0 {
-        Ok(p)
-    } else {
-        Err(format!("invalid percentage {s:?}: expected 0% or more"))
-    }
+    percent_within(s, 0.0..=f64::MAX, "0% or more")
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
+    percent_within(s, 0.0..=100.0, "0% to 100%")
+}
+
+/// `50`, `50%` or `12.5%` as a number, if it is within `range`.
+fn percent_within(
+    s: &str,
+    range: std::ops::RangeInclusive<f64>,
+    expected: &str,
+) -> Result<f64, String> {
     let p: f64 = s
         .trim()
         .trim_end_matches('%')
         .parse()
         .map_err(|_| format!("invalid percentage {s:?}"))?;
-    if (0.0..=100.0).contains(&p) {
+    if range.contains(&p) {
         Ok(p)
     } else {
-        Err(format!("invalid percentage {s:?}: expected 0% to 100%"))
+        Err(format!("invalid percentage {s:?}: expected {expected}"))
     }
 }
 
