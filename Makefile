@@ -26,11 +26,12 @@ TOOLS_BIN := $(CURDIR)/target/tools/bin
 tools:
 	@bash scripts/tools.sh
 
+# Then the fuzz targets (make fuzz) are built against today's library, in
+# the same target directory, so that what they share is compiled once.
 test: tools
 	@$(MAKE) --no-print-directory lint
 	PATH="$(TOOLS_BIN):$$PATH" $(CARGO) test
-	# The fuzz targets (make fuzz) build against today's library.
-	$(CARGO) build --manifest-path tests/fuzz/Cargo.toml --bins
+	$(CARGO) build --manifest-path tests/fuzz/Cargo.toml --bins --target-dir target
 
 lint:
 	$(CARGO) fmt --all -- --check
