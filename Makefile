@@ -26,8 +26,9 @@ TOOLS_BIN := $(CURDIR)/target/tools/bin
 tools:
 	@bash scripts/tools.sh
 
-# Then the fuzz targets (make fuzz) are built against today's library, in
-# the same target directory, so that what they share is compiled once.
+# The tools, the lints, the tests, then the fuzz targets (make fuzz) built
+# against today's library, in the same target directory so that what they
+# share compiles once.
 test: tools
 	@$(MAKE) --no-print-directory lint
 	PATH="$(TOOLS_BIN):$$PATH" $(CARGO) test
