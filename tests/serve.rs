@@ -427,3 +427,79 @@ fn a_version_1_generation_is_served_and_swapped_for_a_version_2_one() {
     });
     check("2");
 }
+
+/// The process's anonymous resident memory, in bytes.
+fn anon_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[test]
+fn memory_taken_by_a_burst_of_connections_is_given_back_once_they_close() {
+    use std::io::{Read, Write};
+    // Room for the burst's sockets in this process.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit, which
+    // `limit` is.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    const BURST: usize = 2000;
+    assert!(limit.rlim_cur as usize > BURST + 100, "{}", limit.rlim_cur);
+    let dir = tempfile::tempdir().unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let server = Server::start(dir.path());
+    let pid = server.child.id();
+    let id = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
+    assert_eq!(server.get(&format!("/promotions/{id}")).status, 200);
+    let before = anon_bytes(pid);
+
+    // Each connection asks once and stays open, as a keep-alive client does.
+    let request = format!("GET /promotions/{id} HTTP/1.1\r\nHost: promo\r\n\r\n");
+    let mut conns: Vec<std::net::TcpStream> = (0..BURST)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(server.addr).unwrap();
+            c.write_all(request.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    for c in &mut conns {
+        let mut buf = [0u8; 1024];
+        assert!(c.read(&mut buf).unwrap() > 0);
+    }
+    let during = anon_bytes(pid);
+    assert!(
+        during > before + (8 << 20),
+        "{BURST} connections took only {} KiB",
+        (during - before) >> 10
+    );
+
+    // Closed: within 10 s, back within 8 MiB of where it was.
+    drop(conns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = anon_bytes(pid);
+        if now < before + (8 << 20) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "10 s after {BURST} connections closed: {} MiB anonymous, {} MiB before, {} MiB during",
+            now >> 20,
+            before >> 20,
+            during >> 20
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -673,6 +673,7 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
                 }
             }
             open.decrement(1);
+            crate::server::memory::connection_closed();
             drop(permit);
         });
     }

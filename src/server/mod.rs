@@ -3,12 +3,14 @@
 //! [`live`] holds the generation that is live (a mapped
 //! [`Table`](crate::generation::table::Table)) and swaps it, [`http`] answers requests, and
 //! [`fetch`] brings new generations from an object store into the data
-//! directory. [`run`] assembles them into the serving process.
+//! directory, and [`memory`] gives back what bursts of connections took.
+//! [`run`] assembles them into the serving process.
 
 pub mod admin;
 pub mod fetch;
 pub mod http;
 pub mod live;
+pub mod memory;
 pub mod tls;
 
 use std::future::Future;
@@ -174,6 +176,7 @@ impl Server {
         }
         let watch = live::watch(live.clone(), live::WATCH_INTERVAL, stopped(stop_rx.clone()));
         let upkeep = crate::metrics::upkeep(metrics, stopped(stop_rx.clone()));
+        let give_back = memory::give_back(stopped(stop_rx.clone()));
         let fetcher = config
             .source
             .map(|source| fetch::poll(source, live.clone(), stopped(stop_rx.clone())));
@@ -204,7 +207,7 @@ impl Server {
                         }
                     }
                 };
-                tokio::join!(watch, upkeep, fetch, tls_watch, admin);
+                tokio::join!(watch, upkeep, give_back, fetch, tls_watch, admin);
                 Ok(())
             },
         )?);
