@@ -138,22 +138,14 @@ pub fn decode(
     // first chunk, a pipe) may bring fewer: read until there are 4 or the
     // end, then hand them on in front of the rest.
     let mut reader = reader;
-    let mut head = [0u8; 4];
-    let mut got = 0;
-    while got < head.len() {
-        match reader.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let compression = Compression::sniff(&head[..got]);
-    let head = io::Cursor::new(head[..got].to_vec());
-    let buffered = BufReader::with_capacity(1 << 20, head.chain(reader));
+    let mut head = Vec::with_capacity(4);
+    (&mut reader).take(4).read_to_end(&mut head)?;
+    let compression = Compression::sniff(&head);
+    let whole = io::Cursor::new(head).chain(reader);
     let Some(compression) = compression else {
-        return Ok((Box::new(buffered), None));
+        return Ok((Box::new(whole), None));
     };
+    let buffered = BufReader::with_capacity(1 << 20, whole);
     let consumed = Arc::new(AtomicU64::new(0));
     let source_failed = Arc::new(AtomicBool::new(false));
     let counted = Counted {

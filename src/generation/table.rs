@@ -90,19 +90,20 @@ impl Table {
     /// generation out of the page cache.
     pub fn verify(&self) -> Result<()> {
         let cold = memory_for_cache().is_some_and(|m| 2 * self.map.len() as u64 > m);
-        let _ = self.map.advise(Advice::Sequential);
-        let verified = format::verify_body(&self.header, &self.map, |range| {
-            if cold {
-                self.page_out(range);
-            }
+        let verified = self.in_order(|| {
+            format::verify_body(&self.header, &self.map, |range| {
+                if cold {
+                    self.page_out(range);
+                }
+            })
         });
-        let _ = self.map.advise(Advice::Random);
         verified.map_err(|e| Error::format(&self.path, e))
     }
 
-    /// Runs `read`, which reads the table front to back (a comparison with
-    /// another generation), with the mapping advised sequential: lookups
-    /// keep it random, which reads a cold file a page per fault.
+    /// Runs `read`, which reads the table front to back (verifying it, or
+    /// comparing it with another generation), with the mapping advised
+    /// sequential: lookups keep it random, which reads a cold file a page
+    /// per fault.
     pub fn in_order<R>(&self, read: impl FnOnce() -> R) -> R {
         let _ = self.map.advise(Advice::Sequential);
         let out = read();
