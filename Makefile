@@ -5,7 +5,7 @@ LISTEN ?= 0.0.0.0:1321
 CARGO ?= cargo
 PROMO := target/release/promo
 
-.PHONY: all build run demo test tools lint bench bench-scale gen clean fault fuzz soak fleet
+.PHONY: all build run demo test tools lint bench bench-scale gen clean fault fuzz soak soak-fleet fleet
 
 all: build
 
@@ -78,3 +78,11 @@ fuzz:
 # Shorter: make soak SOAK_ARGS="--minutes 1"
 soak: build
 	python3 scripts/soak.py $(SOAK_ARGS)
+
+# The fleet (S3 store, builder, two replicas, nginx) through faults: a
+# publish every 20 s (every 4th a corrupt object, every 7th a refused feed),
+# a replica SIGKILLed every 60 s, the store away 30 s every 5 minutes.
+# An hour: make soak-fleet SOAK_MINUTES=60
+SOAK_MINUTES ?= 10
+soak-fleet: build
+	python3 scripts/soak_fleet.py --minutes $(SOAK_MINUTES) $(SOAK_FLEET_ARGS)

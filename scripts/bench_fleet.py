@@ -70,18 +70,24 @@ class S3Server:
         shutil.rmtree(self.root, ignore_errors=True)
         (self.root / BUCKET).mkdir(parents=True)
         self.port = free_port()
-        # The store stands in for a remote service: at nice 19 its CPU does
-        # not come out of the replicas' share, as it would not in a fleet.
-        self.proc = subprocess.Popen(
-            ["nice", "-n", "19", binary, "--host", "127.0.0.1", "--port", str(self.port),
-             "--access-key", ACCESS_KEY,
-             "--secret-key", SECRET_KEY, self.root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        running.append(self.proc)
-        _wait_port(self.port)
+        self.binary, self.running = binary, running
+        self.start()
         self.url = f"s3://{BUCKET}/{PREFIX}"
         self.env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
                     "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": ACCESS_KEY,
                     "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1"}
+
+    def start(self):
+        """Starts the server on its port, over what its directory holds
+        (again, after `stop`: a store that went away and came back)."""
+        # The store stands in for a remote service: at nice 19 its CPU does
+        # not come out of the replicas' share, as it would not in a fleet.
+        self.proc = subprocess.Popen(
+            ["nice", "-n", "19", self.binary, "--host", "127.0.0.1", "--port", str(self.port),
+             "--access-key", ACCESS_KEY,
+             "--secret-key", SECRET_KEY, self.root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.running.append(self.proc)
+        _wait_port(self.port)
 
     def newest(self):
         """The newest manifest, read from the server's directory."""
