@@ -440,10 +440,8 @@ fn anon_bytes(pid: u32) -> u64 {
         * 1024
 }
 
-#[test]
-fn memory_taken_by_a_burst_of_connections_is_given_back_once_they_close() {
-    use std::io::{Read, Write};
-    // Room for the burst's sockets in this process.
+/// Lifts this process's open-files limit to its maximum, for `n` sockets.
+fn room_for_sockets(n: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -455,30 +453,94 @@ fn memory_taken_by_a_burst_of_connections_is_given_back_once_they_close() {
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
-    const BURST: usize = 2000;
-    assert!(limit.rlim_cur as usize > BURST + 100, "{}", limit.rlim_cur);
-    let dir = tempfile::tempdir().unwrap();
-    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
-    let server = Server::start(dir.path());
-    let pid = server.child.id();
-    let id = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
-    assert_eq!(server.get(&format!("/promotions/{id}")).status, 200);
-    let before = anon_bytes(pid);
+    assert!(limit.rlim_cur as usize > n + 100, "{}", limit.rlim_cur);
+}
 
-    // Each connection asks once and stays open, as a keep-alive client does.
-    let request = format!("GET /promotions/{id} HTTP/1.1\r\nHost: promo\r\n\r\n");
-    let mut conns: Vec<std::net::TcpStream> = (0..BURST)
+const MEMORY_ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
+
+/// `n` connections to `server`, each having sent `request`.
+fn connections_that_sent(server: &Server, n: usize, request: &str) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    (0..n)
         .map(|_| {
             let mut c = std::net::TcpStream::connect(server.addr).unwrap();
             c.write_all(request.as_bytes()).unwrap();
             c
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn idle_kept_alive_connections_hold_no_buffers() {
+    use std::io::{Read, Write};
+    const IDLE: usize = 2000;
+    room_for_sockets(IDLE);
+    let dir = tempfile::tempdir().unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let server = Server::start(dir.path());
+    let pid = server.child.id();
+    assert_eq!(server.get(&format!("/promotions/{MEMORY_ID}")).status, 200);
+    let settle = promo::server::connection::QUIET_AFTER + Duration::from_secs(2);
+    let per_connection = |before: u64| anon_bytes(pid).saturating_sub(before) / IDLE as u64;
+
+    // What a connection costs that never had hyper's buffers: one that has
+    // sent nothing yet (its task and socket).
+    let before = anon_bytes(pid);
+    let silent = connections_that_sent(&server, IDLE, "");
+    std::thread::sleep(Duration::from_millis(500));
+    let bare = per_connection(before);
+    drop(silent);
+    std::thread::sleep(settle);
+
+    // Each asks once and stays open, as a keep-alive client does. Once
+    // quiet, it costs about what a silent one does, not hyper's two 8 KiB
+    // buffers more.
+    let before = anon_bytes(pid);
+    let request = format!("GET /promotions/{MEMORY_ID} HTTP/1.1\r\nHost: promo\r\n\r\n");
+    let mut conns = connections_that_sent(&server, IDLE, &request);
     for c in &mut conns {
         let mut buf = [0u8; 1024];
         assert!(c.read(&mut buf).unwrap() > 0);
     }
-    let during = anon_bytes(pid);
+    std::thread::sleep(settle);
+    let idle = per_connection(before);
+    eprintln!("per connection: {bare} bytes silent, {idle} bytes idle after a request");
+    assert!(
+        idle < bare + 4096,
+        "an idle connection costs {idle} bytes, a silent one {bare}: it kept its buffers"
+    );
+    // And each still answers its next request.
+    for c in conns.iter_mut().take(50) {
+        c.write_all(request.as_bytes()).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = c.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+}
+
+#[test]
+fn memory_taken_by_a_burst_of_connections_is_given_back_once_they_close() {
+    const BURST: usize = 2000;
+    room_for_sockets(BURST);
+    let dir = tempfile::tempdir().unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let server = Server::start(dir.path());
+    let pid = server.child.id();
+    assert_eq!(server.get(&format!("/promotions/{MEMORY_ID}")).status, 200);
+    let before = anon_bytes(pid);
+
+    // Each is halfway through a request head: hyper holds its buffers.
+    let conns = connections_that_sent(&server, BURST, "GET /promotions/");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut during = anon_bytes(pid);
+    while during < before + (8 << 20) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        during = anon_bytes(pid);
+    }
     assert!(
         during > before + (8 << 20),
         "{BURST} connections took only {} KiB",

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -23,6 +23,7 @@ use crate::builder::ingest;
 use crate::generation::shard::Shard;
 use crate::generation::table::Table;
 use crate::metrics as m;
+use crate::server::connection;
 use crate::server::live::Live;
 use crate::server::tls::{self, Tls};
 
@@ -636,7 +637,9 @@ pub fn bind(addr: std::net::SocketAddr, n: usize) -> std::io::Result<Vec<std::ne
 /// Serves `listener` until `shutdown` completes, then stops accepting,
 /// lets requests in flight finish (up to `SHUTDOWN_GRACE`) and returns.
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Each connection holds a receiver: true asks it to finish, and the
+    // sender's `closed` says when every connection has.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut http = connection_builder(app.limits.header_timeout, MAX_HEAD_LEN);
     // Responses are a few hundred bytes: one copy beats a writev.
     http.writev(false);
@@ -656,30 +659,32 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
+        let (app, http, stopping) = (app.clone(), http.clone(), stopping.clone());
         tokio::spawn(async move {
             let open = app.counters.open_connections.clone();
             open.increment(1);
+            let timeout = app.limits.header_timeout;
             match app.tls.clone() {
-                None => serve_connection(TokioIo::new(stream), app, &http, watcher).await,
+                None => connection::serve(stream, &http, service(app), timeout, stopping).await,
                 // The handshake counts against the connection cap and the
                 // header timeout, as a request head does: a client that
                 // stalls or sends plain HTTP holds one permit, briefly.
                 Some(tls) => {
-                    let timeout = app.limits.header_timeout;
                     if let Some(stream) = tls::accept(&tls, stream, timeout).await {
-                        serve_connection(TokioIo::new(stream), app, &http, watcher).await
+                        connection::serve(stream, &http, service(app), timeout, stopping).await
                     }
                 }
             }
             open.decrement(1);
-            crate::server::memory::connection_closed();
+            crate::server::memory::buffers_freed();
             drop(permit);
         });
     }
     drop(listener);
+    drop(stopping);
+    let _ = stop.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = stop.closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("gave up waiting for open connections"),
     }
 }
@@ -722,29 +727,29 @@ pub(crate) async fn accept(
     }
 }
 
-/// Serves the requests of one connection, plain or TLS, until it closes
-/// or the server shuts down.
-async fn serve_connection<I>(
-    io: I,
+/// promo's routes as a hyper service, for each request of a connection.
+fn service(
     app: App,
-    http: &hyper::server::conn::http1::Builder,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+) -> impl hyper::service::HttpService<
+    hyper::body::Incoming,
+    ResBody = Full<Bytes>,
+    Error = Infallible,
+    Future: Unpin + Send,
+> + Clone
+       + Unpin
+       + Send {
+    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         use futures_util::future::Either;
         if req.method() == Method::POST && req.uri().path() == BATCH {
             // Only a batch has a body to wait for.
             let app = app.clone();
-            Either::Left(async move { Ok::<_, Infallible>(app.handle_batch(req).await) })
+            Either::Left(Box::pin(async move {
+                Ok::<_, Infallible>(app.handle_batch(req).await)
+            }))
         } else {
             Either::Right(std::future::ready(Ok(app.handle(&req))))
         }
-    });
-    if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
-        tracing::debug!("connection ended with an error: {e}");
-    }
+    })
 }
 
 #[cfg(test)]

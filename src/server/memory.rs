@@ -7,7 +7,8 @@
 //! anonymous memory, and all 122 MiB stayed after every one of them closed.
 //! A replica that took one burst would carry it for good, and a memory
 //! limit sized for its steady load would kill it at the next. So once
-//! enough connections have closed since the last time, the server asks
+//! enough connections have closed, or gone quiet and let their buffers go
+//! (see `connection`), since the last time, the server asks
 //! glibc to give back what it holds free (`malloc_trim`): after the same
 //! burst, the process was within 1.3 MiB of where it started within a
 //! second. Checked once a second, on the background thread, never on a
@@ -17,7 +18,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Connections closed since the server started, over all serving threads.
+/// Connections closed or gone quiet since the server started, over all
+/// serving threads.
 static CLOSED: AtomicU64 = AtomicU64::new(0);
 
 /// Connections that must have closed since the last trim for another: a
@@ -29,8 +31,8 @@ pub const TRIM_AFTER: u64 = 64;
 /// How often [`give_back`] looks.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-/// Counts a closed connection.
-pub fn connection_closed() {
+/// Counts a connection that closed, or went quiet and freed its buffers.
+pub fn buffers_freed() {
     CLOSED.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -7,6 +7,7 @@
 //! [`run`] assembles them into the serving process.
 
 pub mod admin;
+pub mod connection;
 pub mod fetch;
 pub mod http;
 pub mod live;

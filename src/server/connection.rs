@@ -1,0 +1,254 @@
+//! One client connection, and what it costs while it is idle.
+//!
+//! hyper gives each HTTP/1 connection two buffers for its whole life: 8 KiB
+//! it reads requests into, allocated at the first read, and 8 KiB it writes
+//! responses from, allocated when the connection is made. A kept-alive
+//! connection that is waiting for its next request holds both: measured,
+//! 8,000 idle connections took 16 KiB each, so a balancer's pool or a burst
+//! of clients that linger costs a replica 160 MiB per 10,000 connections,
+//! for nothing. hyper has no setting for it.
+//!
+//! So a connection is handed to hyper only while it is busy. Once a
+//! response has gone out, the request before it was read whole (the bytes
+//! read so far end a request head), and nothing more has arrived for
+//! [`QUIET_AFTER`], [`Quiet`] tells hyper the stream has ended: hyper
+//! finishes the connection without shutting the socket
+//! (`poll_without_shutdown`), its buffers are freed, and [`serve`] keeps
+//! only the socket and waits for it to be readable, with no buffer at all.
+//! When the client sends its next request, a new hyper connection reads
+//! it. A client that keeps a connection busy never waits the extra turn;
+//! a client that pipelines or sends a request in pieces is never cut off,
+//! since the bytes read then do not end a head, or a response has not gone
+//! out since. An idle connection is closed after the header timeout, as
+//! hyper did, and at once when the server shuts down.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use hyper::body::{Body, Incoming};
+use hyper::service::HttpService;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+/// How long a connection waits for its next request inside hyper, with its
+/// buffers, before it gives them up. A busy client (a balancer's pooled
+/// connection under load) sends again well within it.
+pub const QUIET_AFTER: Duration = Duration::from_secs(1);
+
+/// A stream that can say when its peer has sent something, without reading.
+pub trait Readable {
+    /// Completes once the peer has sent data or closed (or on an error).
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Readable for tokio::net::TcpStream {
+    /// A peek of one byte: `TcpStream::readable` alone may complete with
+    /// nothing to read (tokio documents such false positives; a new
+    /// connection always gave one), which would make a hyper connection,
+    /// and its buffers, for a client that has sent nothing.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            let mut byte = [0u8; 1];
+            self.peek(&mut byte).await.map(|_| ())
+        }
+    }
+}
+
+impl Readable for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    /// rustls holds no plaintext at this point: [`Quiet`] goes quiet only
+    /// after a read found nothing to return, so the socket says when.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.get_ref().0.readable()
+    }
+}
+
+/// Serves the requests of one connection until the client closes it, it
+/// stays idle for `idle_timeout`, it fails, or `stop` turns true (then a
+/// request in flight is finished first).
+pub async fn serve<S, Svc>(
+    stream: S,
+    http: &hyper::server::conn::http1::Builder,
+    service: Svc,
+    idle_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Readable + Unpin + Send + 'static,
+    Svc: HttpService<Incoming> + Clone + Unpin,
+    Svc::Future: Unpin,
+    Svc::ResBody: Unpin + 'static,
+    <Svc::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut quiet = Quiet::new(stream);
+    loop {
+        // Idle: the socket and nothing else until the client speaks.
+        if quiet.unread.is_empty() {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                r = tokio::time::timeout(idle_timeout, quiet.inner.readable()) => match r {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                },
+            }
+        }
+        quiet.wake();
+        // Boxed: while the connection is idle, its task holds no room for it.
+        let mut conn = Box::new(http.serve_connection(TokioIo::new(quiet), service.clone()));
+        let mut stopping = false;
+        let ended = loop {
+            tokio::select! {
+                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                _ = stop.wait_for(|s| *s), if !stopping => {
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    stopping = true;
+                }
+            }
+        };
+        let parts = conn.into_parts();
+        quiet = parts.io.into_inner();
+        match ended {
+            Err(e) => {
+                tracing::debug!("connection ended with an error: {e}");
+                break;
+            }
+            // hyper stopped because the stream "ended" while idle: read on.
+            // Whatever it had read and not parsed is read again first.
+            Ok(()) if quiet.went_quiet && !stopping => {
+                // A copy: `read_buf` shares hyper's whole 8 KiB buffer.
+                quiet.unread = Bytes::copy_from_slice(&parts.read_buf);
+                crate::server::memory::buffers_freed();
+            }
+            // The client closed, asked to close, or the server is stopping.
+            Ok(()) => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), quiet.inner.shutdown()).await;
+}
+
+/// The stream as hyper sees it: the socket, which reports its end once the
+/// connection has gone quiet between requests.
+pub struct Quiet<S> {
+    inner: S,
+    /// Bytes hyper read but did not parse when it last let go: read first.
+    unread: Bytes,
+    /// The last four bytes read: "\r\n\r\n" when they end a request head.
+    tail: [u8; 4],
+    /// Bytes were written since the last read that returned any.
+    wrote: bool,
+    /// Those bytes were flushed: a response has gone out.
+    answered: bool,
+    /// Set when the next empty read starts the quiet period; reset by data.
+    quiet_from: Option<Pin<Box<Sleep>>>,
+    /// It reported the end of the stream because the connection went quiet.
+    went_quiet: bool,
+}
+
+impl<S> Quiet<S> {
+    fn new(inner: S) -> Quiet<S> {
+        Quiet {
+            inner,
+            unread: Bytes::new(),
+            tail: [0; 4],
+            wrote: false,
+            answered: false,
+            quiet_from: None,
+            went_quiet: false,
+        }
+    }
+
+    /// Ready for a new hyper connection.
+    fn wake(&mut self) {
+        self.went_quiet = false;
+        self.answered = false;
+        self.wrote = false;
+        self.quiet_from = None;
+    }
+
+    fn between_requests(&self) -> bool {
+        self.answered && self.unread.is_empty() && &self.tail == b"\r\n\r\n"
+    }
+
+    fn took(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if data.len() >= 4 {
+            self.tail.copy_from_slice(&data[data.len() - 4..]);
+        } else {
+            self.tail.rotate_left(data.len());
+            self.tail[4 - data.len()..].copy_from_slice(data);
+        }
+        self.wrote = false;
+        self.answered = false;
+        self.quiet_from = None;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Quiet<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.took(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.between_requests() => {
+                let timer = this.quiet_from.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + QUIET_AFTER))
+                });
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        // Nothing for QUIET_AFTER: an end of stream to hyper.
+                        this.went_quiet = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Quiet<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote = true;
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) && self.wrote {
+            self.answered = true;
+        }
+        r
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
