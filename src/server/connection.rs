@@ -64,15 +64,18 @@ impl Readable for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
     /// rustls holds no plaintext at this point: [`Quiet`] goes quiet only
     /// after a read found nothing to return, so the socket says when.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        self.get_ref().0.readable()
+        Readable::readable(self.get_ref().0)
     }
 }
 
 /// Serves the requests of one connection until the client closes it, it
 /// stays idle for `idle_timeout`, it fails, or `stop` turns true (then a
-/// request in flight is finished first).
+/// request in flight is finished first). `busy`: the stream may already
+/// hold a request (TLS: the client's first request can arrive with the end
+/// of the handshake, and rustls has read it), so hyper reads at once.
 pub async fn serve<S, Svc>(
     stream: S,
+    mut busy: bool,
     http: &hyper::server::conn::http1::Builder,
     service: Svc,
     idle_timeout: Duration,
@@ -87,7 +90,7 @@ pub async fn serve<S, Svc>(
     let mut quiet = Quiet::new(stream);
     loop {
         // Idle: the socket and nothing else until the client speaks.
-        if quiet.unread.is_empty() {
+        if !std::mem::take(&mut busy) && quiet.unread.is_empty() {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => break,

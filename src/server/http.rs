@@ -665,13 +665,16 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             open.increment(1);
             let timeout = app.limits.header_timeout;
             match app.tls.clone() {
-                None => connection::serve(stream, &http, service(app), timeout, stopping).await,
+                None => {
+                    connection::serve(stream, false, &http, service(app), timeout, stopping).await
+                }
                 // The handshake counts against the connection cap and the
                 // header timeout, as a request head does: a client that
                 // stalls or sends plain HTTP holds one permit, briefly.
                 Some(tls) => {
                     if let Some(stream) = tls::accept(&tls, stream, timeout).await {
-                        connection::serve(stream, &http, service(app), timeout, stopping).await
+                        connection::serve(stream, true, &http, service(app), timeout, stopping)
+                            .await
                     }
                 }
             }
