@@ -5,7 +5,7 @@ LISTEN ?= 0.0.0.0:1321
 CARGO ?= cargo
 PROMO := target/release/promo
 
-.PHONY: all build run demo test tools lint bench bench-scale gen clean fault fuzz soak soak-fleet fleet
+.PHONY: all build run demo test tools lint bench bench-scale gen clean fault fuzz soak soak-fleet fleet image
 
 all: build
 
@@ -86,3 +86,8 @@ soak: build
 SOAK_MINUTES ?= 10
 soak-fleet: build
 	python3 scripts/soak_fleet.py --minutes $(SOAK_MINUTES) $(SOAK_FLEET_ARGS)
+
+# The container image (promo:latest) from deploy/Dockerfile, with podman;
+# base images from the Debian mirror where no registry answers.
+image:
+	bash scripts/image.sh runtime promo:latest

@@ -15,7 +15,11 @@
 # the dashboard; node_exporter serves the build's metrics file; the fleet
 # tests put nginx in front of the replicas; the HTTPS and upload tests use
 # curl and openssl as clients; deploy/ is checked by hadolint, docker-compose,
-# kubernetes-validate and systemd-analyze.
+# kubernetes-validate and systemd-analyze; the container test builds the
+# image with podman (runc as its runtime: it also runs where crun refuses a
+# host's cgroups), from base images mmdebstrap makes where no registry
+# answers, and brings deploy/compose.yaml up with podman-compose (whose
+# services find each other by name through the CNI plugin dnsname).
 #
 # APT_GET names the apt-get to call (a test gives a stand-in).
 set -euo pipefail
@@ -32,6 +36,11 @@ DEBIAN=(
     openssl:openssl
     docker-compose:docker-compose
     systemd-analyze:systemd
+    podman:podman
+    runc:runc
+    podman-compose:podman-compose
+    mmdebstrap:mmdebstrap
+    dnsname:golang-github-containernetworking-plugin-dnsname
 )
 # command:PyPI requirement.
 PYPI=(
@@ -41,7 +50,7 @@ PYPI=(
 
 TOOLS_DIR=${TOOLS_DIR:-target/tools}
 APT_GET=${APT_GET:-apt-get}
-PATH="$PATH:/usr/sbin:/sbin"
+PATH="$PATH:/usr/sbin:/sbin:/usr/lib/cni"
 
 missing_debian() {
     local entry seen=" "

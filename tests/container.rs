@@ -1,0 +1,393 @@
+//! The container image and the compose stack, run for real with podman.
+//!
+//! `scripts/image.sh` builds the image from deploy/Dockerfile (making the
+//! base images from the Debian mirror where no registry answers); then one
+//! test starts it as an operator would (read-only, no capabilities, a data
+//! volume, a mounted feed) and the other brings deploy/compose.yaml's store,
+//! builder, two replicas and nginx up with podman-compose. Where podman
+//! cannot run a container on this machine, both say why, naming the kernel
+//! feature podman's error points at, and pass: they fail only where podman
+//! can run. podman, runc, mmdebstrap and podman-compose come from
+//! `make tools`; their absence is a failure, never a skip.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn podman_cmd(program: &str) -> Command {
+    let mut c = Command::new(program);
+    c.current_dir(root());
+    if std::env::var_os("CONTAINERS_CONF").is_none() {
+        c.env("CONTAINERS_CONF", root().join("tests/containers.conf"));
+    }
+    c
+}
+
+fn podman(args: &[&str]) -> Output {
+    podman_cmd("podman")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("podman is needed ({e}); make test installs it: scripts/tools.sh")
+        })
+}
+
+fn podman_ok(args: &[&str]) -> String {
+    let out = podman(args);
+    assert!(
+        out.status.success(),
+        "podman {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn image_sh(what: &str) {
+    let out = podman_cmd("bash")
+        .args(["scripts/image.sh", what])
+        // What the tests check does not depend on LTO or s3s-fs's
+        // optimisation; the compiles take minutes less without them.
+        // (`make image` builds the shipped profile.)
+        .env(
+            "IMAGE_BUILD_ARGS",
+            "--build-arg CARGO_PROFILE_RELEASE_LTO=false \
+             --build-arg CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+             --build-arg CARGO_PROFILE_RELEASE_OPT_LEVEL=1",
+        )
+        .output()
+        .expect("running scripts/image.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{text}");
+    assert!(
+        out.status.success(),
+        "scripts/image.sh {what} failed:\n{text}"
+    );
+}
+
+/// Once per test binary: the base images, whether a container runs here,
+/// and if so every image the tests start. `Err` says why none can run.
+fn prepared() -> &'static Result<(), String> {
+    static PREPARED: OnceLock<Result<(), String>> = OnceLock::new();
+    PREPARED.get_or_init(|| {
+        image_sh("bases");
+        let probe = podman(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "docker.io/library/debian:bookworm-slim",
+            "true",
+        ]);
+        if !probe.status.success() {
+            return Err(why_not(&String::from_utf8_lossy(&probe.stderr)));
+        }
+        image_sh("compose");
+        Ok(())
+    })
+}
+
+/// Which kernel feature podman's error says is missing.
+fn why_not(error: &str) -> String {
+    let e = error.to_lowercase();
+    let feature = if e.contains("hybrid mode") {
+        "a single cgroup hierarchy: the kernel mounts cgroup v1 controllers and a cgroup2 \
+         hierarchy beside them (hybrid), which this OCI runtime refuses"
+    } else if e.contains("cgroup") {
+        "cgroup delegation: podman could not create or join a cgroup for the container"
+    } else if e.contains("newuidmap") || e.contains("user namespace") || e.contains("uid_map") {
+        "user namespaces (CONFIG_USER_NS, kernel.unprivileged_userns_clone, \
+         user.max_user_namespaces)"
+    } else if e.contains("overlay") {
+        "the overlay filesystem (CONFIG_OVERLAY_FS) for the container's root"
+    } else if e.contains("setrlimit") {
+        "raising resource limits (CAP_SYS_RESOURCE)"
+    } else if e.contains("operation not permitted") || e.contains("permission denied") {
+        "namespaces or mounts this process may not create (it lacks the capabilities, or a \
+         seccomp or LSM policy forbids them)"
+    } else {
+        "unknown: see podman's error"
+    };
+    format!(
+        "podman cannot run a container on this machine. Missing: {feature}.\npodman said: {error}"
+    )
+}
+
+/// True where podman runs containers; else prints why and the test ends.
+fn containers_run_here(test: &str) -> bool {
+    match prepared() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("{test}: not run: {why}");
+            false
+        }
+    }
+}
+
+/// A GET on 127.0.0.1:port, retried until it answers 200 or `limit` passes.
+fn get_until_200(port: u16, path: &str, limit: Duration) -> common::Response {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    loop {
+        // Nothing listening yet is no answer (common::request would panic).
+        let answer = std::net::TcpStream::connect(addr)
+            .ok()
+            .and_then(|_| std::panic::catch_unwind(|| common::request(addr, "GET", path)).ok());
+        match answer {
+            Some(r) if r.status == 200 => return r,
+            last if started.elapsed() > limit => {
+                panic!(
+                    "GET {path} on port {port} never answered 200 in {limit:?}; last: {:?}",
+                    last.map(|r| (r.status, r.text()))
+                )
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// Removes what a test made, however it ends.
+struct Cleanup(Vec<Vec<String>>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for args in self.0.iter().rev() {
+            let _ = podman_cmd(&args[0]).args(&args[1..]).output();
+        }
+    }
+}
+
+#[test]
+fn the_image_builds_serves_as_a_non_root_user_on_a_read_only_root_and_stops_on_sigterm() {
+    if !containers_run_here("container image") {
+        return;
+    }
+    let size: u64 = podman_ok(&["image", "inspect", "promo:latest", "--format", "{{.Size}}"])
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "container image: promo:latest is {size} bytes ({} MB)",
+        size / 1_000_000
+    );
+    assert!(size <= 40_000_000, "the image is {size} bytes, over 40 MB");
+
+    let feeds = tempfile::tempdir().unwrap();
+    let rows: Vec<_> = (0..500)
+        .map(|i| {
+            (
+                common::id(7, i),
+                format!("{}.25", i + 1),
+                "2027-01-01 00:00:00 +0000 UTC".to_string(),
+            )
+        })
+        .collect();
+    common::write_csv(&feeds.path().join("feed.csv"), &rows);
+    // The container's user (10001) reads the mounted feed.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(feeds.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        feeds.path().join("feed.csv"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+
+    let name = format!("promo-test-{}", std::process::id());
+    let volume = format!("{name}-data");
+    let port = common::free_port();
+    let _cleanup = Cleanup(vec![
+        vec![
+            "podman".into(),
+            "volume".into(),
+            "rm".into(),
+            "-f".into(),
+            volume.clone(),
+        ],
+        vec![
+            "podman".into(),
+            "rm".into(),
+            "-f".into(),
+            "-t".into(),
+            "0".into(),
+            name.clone(),
+        ],
+    ]);
+    podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--tmpfs",
+        "/tmp",
+        "-v",
+        &format!("{volume}:/var/lib/promo"),
+        "-v",
+        &format!("{}:/feeds:ro", feeds.path().display()),
+        "-p",
+        &format!("127.0.0.1:{port}:1321"),
+        "promo:latest",
+    ]);
+
+    // A generation built inside the container from the mounted feed; the
+    // server, started with an empty data directory, takes it.
+    let built = podman_ok(&["exec", &name, "promo", "build", "/feeds/feed.csv"]);
+    eprintln!("container image: {}", built.trim());
+    let r = get_until_200(
+        port,
+        &format!("/promotions/{}", rows[42].0),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.json()["price"], serde_json::json!(43.25), "{}", r.text());
+    assert_eq!(r.header("x-promo-generation"), Some("1"));
+
+    // Not root, on a read-only root filesystem.
+    let status = podman_ok(&["exec", &name, "cat", "/proc/1/status"]);
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(1), Some("10001"), "{uid}");
+    let mounts = podman_ok(&["exec", &name, "cat", "/proc/1/mounts"]);
+    let root_mount = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/"))
+        .unwrap();
+    let options = root_mount.split(' ').nth(3).unwrap();
+    assert!(options.split(',').any(|o| o == "ro"), "{root_mount}");
+    let write = podman(&["exec", &name, "sh", "-c", "echo x > /usr/local/bin/x"]);
+    assert!(!write.status.success(), "the root filesystem took a write");
+    // Each log line is one JSON object (the image's default log format).
+    let logs = podman(&["logs", &name]);
+    let logs =
+        String::from_utf8_lossy(&logs.stderr).to_string() + &String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.lines().count() > 0);
+    for line in logs.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+
+    // SIGTERM: it drains and exits 0, well within 5 s.
+    podman_ok(&["kill", "--signal", "TERM", &name]);
+    let started = Instant::now();
+    let exit = loop {
+        let state = podman_ok(&[
+            "inspect",
+            &name,
+            "--format",
+            "{{.State.Status}} {{.State.ExitCode}}",
+        ]);
+        let mut parts = state.split_whitespace();
+        if parts.next() == Some("exited") {
+            break parts.next().unwrap().to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "container image: exited {exit} {:?} after SIGTERM",
+        started.elapsed()
+    );
+    assert_eq!(exit, "0");
+}
+
+#[test]
+fn the_compose_stack_serves_a_lookup_through_nginx() {
+    if !containers_run_here("compose") {
+        return;
+    }
+    // deploy/compose.yaml publishes nginx on port 1321, as shipped.
+    assert!(
+        std::net::TcpListener::bind("127.0.0.1:1321").is_ok(),
+        "port 1321 is taken: stop what listens there (make run?) and run the test again"
+    );
+    let project = format!("promo-test-{}", std::process::id());
+    let compose = |args: &[&str]| -> Output {
+        podman_cmd("podman-compose")
+            .args(["-p", &project, "-f", "deploy/compose.yaml"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("podman-compose is needed ({e}); make test installs it"))
+    };
+    // Cleanup runs these last first: compose's own down, then whatever it
+    // left (a container restarting as it went down, the network).
+    let leftovers = format!(
+        "podman rm -f -t 0 $(podman ps -aq --filter label=io.podman.compose.project={project}); \
+         podman network rm -f {project}_default"
+    );
+    let down = [
+        "podman-compose",
+        "-p",
+        &project,
+        "-f",
+        "deploy/compose.yaml",
+        "down",
+        "-v",
+    ];
+    let _down = Cleanup(vec![
+        vec!["sh".into(), "-c".into(), leftovers],
+        down.map(String::from).to_vec(),
+    ]);
+    let up = compose(&[
+        "up",
+        "-d",
+        "s3",
+        "builder",
+        "replica-a",
+        "replica-b",
+        "nginx",
+    ]);
+    assert!(
+        up.status.success(),
+        "podman-compose up failed:\n{}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    // The builder publishes the demo feed to the store, both replicas fetch
+    // it, and nginx answers from one of them.
+    let demo = std::fs::read_to_string(root().join("fixtures/promotions.csv")).unwrap();
+    let (id, price) = {
+        let mut f = demo.lines().next().unwrap().split(',');
+        (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+    };
+    let r = get_until_200(1321, &format!("/promotions/{id}"), Duration::from_secs(180));
+    assert_eq!(
+        r.json()["price"].as_f64(),
+        price.parse().ok(),
+        "{}",
+        r.text()
+    );
+    let generation: u64 = r.header("x-promo-generation").unwrap().parse().unwrap();
+    assert!(generation >= 1);
+    // Each replica fetched the generation into its own volume.
+    let names = podman_ok(&[
+        "ps",
+        "--filter",
+        &format!("label=io.podman.compose.project={project}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    for replica in ["replica-a", "replica-b"] {
+        let name = names
+            .lines()
+            .find(|n| n.contains(replica))
+            .unwrap_or_else(|| panic!("{replica} is not running: {names}"));
+        let got = podman_ok(&["exec", name, "promo", "get", &id]);
+        assert!(got.contains(&id), "{replica}: {got}");
+    }
+}
