@@ -52,11 +52,9 @@ impl Readable for tokio::net::TcpStream {
     /// nothing to read (tokio documents such false positives; a new
     /// connection always gave one), which would make a hyper connection,
     /// and its buffers, for a client that has sent nothing.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        async move {
-            let mut byte = [0u8; 1];
-            self.peek(&mut byte).await.map(|_| ())
-        }
+    async fn readable(&self) -> io::Result<()> {
+        let mut byte = [0u8; 1];
+        self.peek(&mut byte).await.map(|_| ())
     }
 }
 
