@@ -5,7 +5,7 @@ LISTEN ?= 0.0.0.0:1321
 CARGO ?= cargo
 PROMO := target/release/promo
 
-.PHONY: all build run demo test tools lint bench bench-scale gen clean fault fuzz soak soak-fleet fleet image
+.PHONY: all build run demo test tools lint bench bench-scale gen clean fault fuzz soak soak-fleet fleet image test-containers
 
 all: build
 
@@ -91,3 +91,8 @@ soak-fleet: build
 # base images from the Debian mirror where no registry answers.
 image:
 	bash scripts/image.sh runtime promo:latest
+
+# The image and the compose stack run with podman (tests/container.rs):
+# they compile promo and s3s-fs in containers, too long for make test.
+test-containers: tools
+	PATH="$(TOOLS_BIN):$$PATH" $(CARGO) test --test container -- --ignored --nocapture

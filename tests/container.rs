@@ -9,6 +9,10 @@
 //! feature podman's error points at, and pass: they fail only where podman
 //! can run. podman, runc, mmdebstrap and podman-compose come from
 //! `make tools`; their absence is a failure, never a skip.
+//!
+//! They compile promo and s3s-fs inside containers, which takes longer
+//! than the rest of `make test` together on a 2-core machine, so they run
+//! with `make test-containers` (cargo test lists them as ignored).
 
 mod common;
 
@@ -169,6 +173,7 @@ impl Drop for Cleanup {
 }
 
 #[test]
+#[ignore = "builds promo and s3s-fs inside containers (tens of minutes on 2 cores): make test-containers"]
 fn the_image_builds_serves_as_a_non_root_user_on_a_read_only_root_and_stops_on_sigterm() {
     if !containers_run_here("container image") {
         return;
@@ -306,6 +311,7 @@ fn the_image_builds_serves_as_a_non_root_user_on_a_read_only_root_and_stops_on_s
 }
 
 #[test]
+#[ignore = "builds promo and s3s-fs inside containers (tens of minutes on 2 cores): make test-containers"]
 fn the_compose_stack_serves_a_lookup_through_nginx() {
     if !containers_run_here("compose") {
         return;
