@@ -144,8 +144,13 @@ pub struct Quiet<S> {
     wrote: bool,
     /// Those bytes were flushed: a response has gone out.
     answered: bool,
-    /// Set when the next empty read starts the quiet period; reset by data.
-    quiet_from: Option<Pin<Box<Sleep>>>,
+    /// When the quiet period ends: made at the first empty read after a
+    /// response and kept while the connection is busy, so a busy client
+    /// costs a deadline pushed later per request (no allocation, no timer
+    /// wheel work); dropped once the connection has gone quiet.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Data came since the timer was last set: it starts again from now.
+    restart: bool,
     /// It reported the end of the stream because the connection went quiet.
     went_quiet: bool,
 }
@@ -158,7 +163,8 @@ impl<S> Quiet<S> {
             tail: [0; 4],
             wrote: false,
             answered: false,
-            quiet_from: None,
+            timer: None,
+            restart: true,
             went_quiet: false,
         }
     }
@@ -168,7 +174,7 @@ impl<S> Quiet<S> {
         self.went_quiet = false;
         self.answered = false;
         self.wrote = false;
-        self.quiet_from = None;
+        self.restart = true;
     }
 
     fn between_requests(&self) -> bool {
@@ -187,7 +193,7 @@ impl<S> Quiet<S> {
         }
         self.wrote = false;
         self.answered = false;
-        self.quiet_from = None;
+        self.restart = true;
     }
 }
 
@@ -211,13 +217,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Quiet<S> {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending if this.between_requests() => {
-                let timer = this.quiet_from.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(Instant::now() + QUIET_AFTER))
-                });
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(QUIET_AFTER)));
+                if std::mem::take(&mut this.restart) {
+                    timer.as_mut().reset(Instant::now() + QUIET_AFTER);
+                }
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         // Nothing for QUIET_AFTER: an end of stream to hyper.
                         this.went_quiet = true;
+                        this.timer = None;
                         Poll::Ready(Ok(()))
                     }
                     Poll::Pending => Poll::Pending,
