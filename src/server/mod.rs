@@ -293,7 +293,11 @@ fn raise_open_files_limit(connections: usize) {
         } else {
             let soft = lim.rlim_cur;
             lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            // Not asked where there is nothing to lift (systemd's LimitNOFILE
+            // sets both): a unit's system call filter may refuse setrlimit.
+            if soft >= lim.rlim_max {
+                soft
+            } else if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
                 lim.rlim_max
             } else {
                 soft
