@@ -6,6 +6,12 @@
 #   scripts/image.sh compose         what deploy/compose.yaml's store, builder,
 #                                    replicas and nginx run
 #   scripts/image.sh bases           only the base images
+#   scripts/image.sh systemd         a Debian with systemd as init, where
+#                                    tests/container.rs runs deploy/systemd
+#   scripts/image.sh --prebuilt DIR ...
+#                                    the programs DIR/promo and DIR/s3s-fs
+#                                    (built outside, as make test does)
+#                                    instead of compiling them in the image
 #
 # The Dockerfile names its base images as on Docker Hub. Where they are
 # neither in podman's storage nor pullable (no registry answers), they are
@@ -30,6 +36,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+prebuilt=
+if [ "${1:-}" = --prebuilt ]; then
+    prebuilt=$2
+    shift 2
+fi
 target=${1:-runtime}
 tag=${2:-promo:latest}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/tests/containers.conf}
@@ -65,7 +76,22 @@ if ! have "$debian" && ! pull "$debian"; then
 fi
 
 rust=docker.io/library/rust:$rust_version-slim-$release
-if ! have "$rust" && ! pull "$rust"; then
+if [ -n "$prebuilt" ]; then
+    # The Dockerfile copies them from target/image/, the one part of target/
+    # its context holds; debug information stays out, as in its own build.
+    rm -rf target/image
+    mkdir -p target/image
+    for program in promo s3s-fs; do
+        strip --strip-debug -o "target/image/$program" "$prebuilt/$program"
+    done
+    IMAGE_BUILD_ARGS="${IMAGE_BUILD_ARGS:-} --build-arg PROMO_FROM=prebuilt --build-arg S3_FROM=prebuilt"
+else
+    # The Dockerfile's defaults, said again: buildah (podman 4.3) decides
+    # which stages a build needs before it applies an ARG's default, so a
+    # `FROM ${PROMO_FROM}` left to its default names an image "build".
+    IMAGE_BUILD_ARGS="${IMAGE_BUILD_ARGS:-} --build-arg PROMO_FROM=build --build-arg S3_FROM=s3-build"
+fi
+if [ -z "$prebuilt" ] && ! have "$rust" && ! pull "$rust"; then
     sysroot=$(rustc --print sysroot)
     have_version=$(rustc --version | awk '{print $2}')
     case $have_version in
@@ -91,9 +117,11 @@ build() { # target, tag
     echo "image: podman build --target $1 -t $2"
     local started=$SECONDS size
     # --network host: the build stage fetches crates from crates.io with the
-    # host's network, as docker build's default network does.
+    # host's network, as docker build's default network does. --format
+    # docker: the OCI format has no SHELL, and the Dockerfile's pipes rely
+    # on the one it sets (pipefail).
     # shellcheck disable=SC2086 # IMAGE_BUILD_ARGS is a list of options.
-    podman build -q --network host ${IMAGE_BUILD_ARGS:-} -f deploy/Dockerfile --target "$1" -t "$2" . >/dev/null
+    podman build -q --network host --format docker ${IMAGE_BUILD_ARGS:-} -f deploy/Dockerfile --target "$1" -t "$2" . >/dev/null
     size=$(podman image inspect "$2" --format '{{.Size}}')
     echo "image: $2 built in $((SECONDS - started)) s, $((size / 1000000)) MB ($size bytes)"
 }
@@ -109,6 +137,16 @@ case $target in
             # Debian's nginx reads /etc/nginx/conf.d/*.conf as the official
             # image does, which is all the compose file relies on.
             make_base "$nginx" "nginx-light" "" --change 'CMD ["nginx", "-g", "daemon off;"]'
+        fi
+        ;;
+    systemd)
+        # Debian with systemd as its init, to run deploy/systemd's units in
+        # (podman run --systemd=always): no registry offers one. procps
+        # (priority important, on every Debian install but minbase) has
+        # /bin/kill, which promo-serve.service's ExecReload runs.
+        name=localhost/promo-systemd:$release
+        if ! have "$name"; then
+            make_base "$name" "systemd,systemd-sysv,procps" "" --change 'CMD ["/sbin/init"]'
         fi
         ;;
     *) build "$target" "$tag" ;;
