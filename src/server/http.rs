@@ -672,10 +672,13 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
                 // header timeout, as a request head does: a client that
                 // stalls or sends plain HTTP holds one permit, briefly.
                 Some(tls) => {
-                    if let Some(stream) = tls::accept(&tls, stream, timeout).await {
-                        connection::serve(stream, true, &http, service(app), timeout, stopping)
-                            .await
-                    }
+                    Box::pin(async move {
+                        if let Some(stream) = tls::accept(&tls, stream, timeout).await {
+                            connection::serve(stream, true, &http, service(app), timeout, stopping)
+                                .await
+                        }
+                    })
+                    .await
                 }
             }
             open.decrement(1);
