@@ -267,9 +267,18 @@ fn fleet_behind_nginx(mut store: Store) {
     let r = common::request(nginx.addr(), "GET", &format!("/promotions/{}", ids[5]));
     assert!(r.text().contains("\"price\":2"), "{}", r.text());
 
-    // A replica dies: nginx retries on the other one.
+    // A replica dies: nginx retries on the other one, lookups and batches
+    // alike (a batch is a POST of several KiB, which nginx must take and
+    // may send again).
     replicas[0].take().unwrap().kill();
     lookups.wait_for_more(500);
+    let batch = serde_json::json!({ "ids": ids }).to_string();
+    assert!(batch.len() > 4096);
+    for _ in 0..4 {
+        let r = common::Client::connect(nginx.addr()).post_json("/promotions/batch", &batch);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["promotions"].as_array().unwrap().len(), ids.len());
+    }
 
     // It comes back with an empty data directory, fetches the newest
     // generation, and only then says it is ready.
