@@ -5,7 +5,8 @@ Installs what it needs (Debian's nginx, wrk and time; PyPI's duckdb and
 matplotlib; crates.io's s3s-fs server for the fleet), generates its data with
 the project's generator, runs the build, serve, lookup, memory, swap and
 fleet benchmarks (the fleet's are in bench_fleet.py, HTTPS and uploads in
-bench_ports.py, churn and feeds by URL or compressed in bench_feeds.py),
+bench_ports.py, churn and feeds by URL or compressed in bench_feeds.py,
+idle connections in bench_connections.py),
 and writes BENCHMARKS.md and
 benchmarks.png. Absolute figures move from run to run on a shared machine;
 the ratios between tools measured back to back are what to read.
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fleet  # noqa: E402
 from bench_common import free_port, log  # noqa: E402
 import bench_beyond
+import bench_connections
 import bench_feeds
 import bench_scale
 import bench_ports  # noqa: E402
@@ -232,9 +234,9 @@ def bench_big_build(work, rows, results):
     return data, ids
 
 
-def start_nginx(work, body, tls=None):
+def start_nginx(work, body, tls=None, connections=4096):
     """nginx returning `body` for every /promotions/ path: (process, url).
-    With `tls` (cert, key), over TLS 1.3 only."""
+    With `tls` (cert, key), over TLS 1.3 only; `connections` per worker."""
     port = free_port()
     prefix = work / ("nginx-tls" if tls else "nginx")
     prefix.mkdir(exist_ok=True)
@@ -247,7 +249,7 @@ def start_nginx(work, body, tls=None):
 worker_processes 2;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     keepalive_requests 1000000;
@@ -517,6 +519,7 @@ def write_report(results, path, chart):
             for w in bt["runs"][name]:
                 lines.append(f"| {name} | {w['ids_per_s']:,.0f} | {w['rps']:,.0f} | {w['p99'] * 1e3:.2f} ms |")
         lines += ["", f"Batches answer {ratio(bt['batch'], bt['single']):.1f}x the ids a second of single GETs."]
+    lines += bench_connections.report(results)
     lines += bench_beyond.report(results)
     scale = ROOT / "bench-data" / "scale.json"
     if scale.exists():
@@ -615,6 +618,7 @@ def main():
     bench_swap(args.work, generation, ids, args.duration, results)
     bench_batch(data, ids, args.duration, results)
     bench_tls(args.work, data, ids, args.duration, results)
+    bench_connections.bench_idle_connections(args.work, data, ids, start_nginx, stop_nginx, results)
     bench_feeds.bench_feeds(args.work, csv, results)
     if not args.no_fleet:
         bench_fleet.bench_fleet(args.work, csv, ids, wrk, results)
