@@ -92,7 +92,8 @@ def _measure(pid, port, n, request):
 
 def bench_idle_connections(work, data, ids, start_nginx, stop_nginx, results, n=10_000, rounds=3):
     """promo serve on `data` and nginx, each holding `n` kept-alive
-    connections, alternately."""
+    connections, alternately; each looks up the first id of the file `ids`."""
+    lookup = Path(ids).read_text().split("\n", 1)[0].strip()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < n + 256:
         raise RuntimeError(f"the open-files limit ({hard}) is below {n} connections")
@@ -109,11 +110,11 @@ def bench_idle_connections(work, data, ids, start_nginx, stop_nginx, results, n=
             if time.time() > deadline:
                 raise
             time.sleep(0.1)
-    body = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/promotions/{ids[0]}"], check=True,
+    body = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/promotions/{lookup}"], check=True,
                           capture_output=True).stdout
     nginx, nginx_url = start_nginx(work, body, connections=n + 1000)
     servers = {"promo": (promo.pid, port), "nginx": (nginx.pid, int(nginx_url.rsplit(":", 1)[1]))}
-    request = f"GET /promotions/{ids[0]} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    request = f"GET /promotions/{lookup} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
     runs = {name: [] for name in servers}
     try:
         for r in range(rounds):
