@@ -22,9 +22,10 @@ from bench_common import free_port, log
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMO = ROOT / "target/release/promo"
-# promo hands a connection back from hyper after 1 s of quiet
-# (server::connection::QUIET_AFTER); the memory is read after that.
-SETTLE = 3.0
+# promo hands a connection back from hyper after 1 to 2 s of quiet
+# (server::connection::QUIET_AFTER), and trims once a second; the memory is
+# read after that.
+SETTLE = 4.0
 BACK_WITHIN = 8 << 20
 
 

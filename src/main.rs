@@ -19,6 +19,15 @@ use promo::generation::{
 };
 use promo::server::{self, fetch, http, live::Live};
 
+/// jemalloc, set to give memory back: see `promo::server::memory`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The settings jemalloc reads at start (it looks this symbol up).
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &[u8; promo::server::memory::MALLOC_CONF.len()] =
+    promo::server::memory::MALLOC_CONF;
+
 /// Serve partner promotion feeds from immutable, memory-mapped generations.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]

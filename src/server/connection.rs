@@ -11,7 +11,8 @@
 //! So a connection is handed to hyper only while it is busy. Once a
 //! response has gone out, the request before it was read whole (the bytes
 //! read so far end a request head), and nothing more has arrived for
-//! [`QUIET_AFTER`], [`Quiet`] tells hyper the stream has ended: hyper
+//! [`QUIET_AFTER`] (up to twice that: see [`Quiet`]'s timer), [`Quiet`]
+//! tells hyper the stream has ended: hyper
 //! finishes the connection without shutting the socket
 //! (`poll_without_shutdown`), its buffers are freed, and [`serve`] keeps
 //! only the socket and waits for it to be readable, with no buffer at all.
@@ -123,7 +124,6 @@ pub async fn serve<S, Svc>(
             Ok(()) if quiet.went_quiet && !stopping => {
                 // A copy: `read_buf` shares hyper's whole 8 KiB buffer.
                 quiet.unread = Bytes::copy_from_slice(&parts.read_buf);
-                crate::server::memory::buffers_freed();
             }
             // The client closed, asked to close, or the server is stopping.
             Ok(()) => break,
@@ -145,11 +145,13 @@ pub struct Quiet<S> {
     /// Those bytes were flushed: a response has gone out.
     answered: bool,
     /// When the quiet period ends: made at the first empty read after a
-    /// response and kept while the connection is busy, so a busy client
-    /// costs a deadline pushed later per request (no allocation, no timer
-    /// wheel work); dropped once the connection has gone quiet.
+    /// response, kept while the connection is busy and dropped once it has
+    /// gone quiet. A request does not move it: when it fires after requests
+    /// came, it is set again from then, so a busy connection costs one
+    /// timer update a second rather than one per request, and a quiet one
+    /// is let go between one and two [`QUIET_AFTER`]s after its last byte.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Data came since the timer was last set: it starts again from now.
+    /// Data came since the timer was last set.
     restart: bool,
     /// It reported the end of the stream because the connection went quiet.
     went_quiet: bool,
@@ -217,20 +219,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for Quiet<S> {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending if this.between_requests() => {
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(QUIET_AFTER)));
-                if std::mem::take(&mut this.restart) {
-                    timer.as_mut().reset(Instant::now() + QUIET_AFTER);
-                }
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        // Nothing for QUIET_AFTER: an end of stream to hyper.
-                        this.went_quiet = true;
-                        this.timer = None;
-                        Poll::Ready(Ok(()))
+                let timer = match &mut this.timer {
+                    Some(timer) => timer,
+                    None => {
+                        this.restart = false;
+                        this.timer.insert(Box::pin(tokio::time::sleep(QUIET_AFTER)))
                     }
-                    Poll::Pending => Poll::Pending,
+                };
+                loop {
+                    match timer.as_mut().poll(cx) {
+                        // Requests came since it was set: not quiet yet.
+                        Poll::Ready(()) if std::mem::take(&mut this.restart) => {
+                            timer.as_mut().reset(Instant::now() + QUIET_AFTER);
+                        }
+                        Poll::Ready(()) => {
+                            // Nothing for QUIET_AFTER: an end of stream to hyper.
+                            this.went_quiet = true;
+                            this.timer = None;
+                            return Poll::Ready(Ok(()));
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
                 }
             }
             other => other,

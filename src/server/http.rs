@@ -682,7 +682,6 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
                 }
             }
             open.decrement(1);
-            crate::server::memory::buffers_freed();
             drop(permit);
         });
     }

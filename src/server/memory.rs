@@ -1,68 +1,28 @@
-//! Giving memory back to the system after bursts of connections.
+//! How promo gives memory back: its allocator and the allocator's settings.
 //!
-//! Each connection's buffers come from glibc's malloc, in the arena of the
-//! serving thread that owns it. When the connections close, glibc keeps the
-//! freed memory for later rather than returning it: measured here, 8,000
-//! kept-alive connections, each after one lookup, added 122 MiB of
-//! anonymous memory, and all 122 MiB stayed after every one of them closed.
-//! A replica that took one burst would carry it for good, and a memory
-//! limit sized for its steady load would kill it at the next. So once
-//! enough connections have closed, or gone quiet and let their buffers go
-//! (see `connection`), since the last time, the server asks
-//! glibc to give back what it holds free (`malloc_trim`): after the same
-//! burst, the process was within 1.3 MiB of where it started within a
-//! second. Checked once a second, on the background thread, never on a
-//! serving one.
+//! A server's memory must come back down after a burst, or a replica that
+//! took one carries it for good and a limit sized for its steady load kills
+//! it at the next. With glibc's malloc it did not, in two ways. Freed
+//! connection buffers stayed: 8,000 kept-alive connections, each after one
+//! lookup, added 122 MiB of anonymous memory, and all of it stayed after
+//! they closed (a `malloc_trim` once enough connections had closed brought
+//! that back). And what a connection keeps while idle (its task and
+//! socket, about 1.8 KB) sits between the holes its freed buffers left, so
+//! each idle connection still held about a page: 3.1 to 5.1 KB each at
+//! 10,000 connections, however often the heap was trimmed.
+//!
+//! `promo` therefore allocates with jemalloc (the binary's global
+//! allocator, `tikv-jemallocator`, as TiKV and rustc use it). It keeps
+//! objects of one size class together, so buffers freed together free
+//! whole pages, and these settings hand such pages back within about a
+//! second (`dirty_decay_ms`) with `MADV_DONTNEED` (`muzzy_decay_ms:0`: no
+//! lazy `MADV_FREE` pages, which would still count as resident), from its
+//! own background thread, so the return does not wait for the next
+//! allocation. Measured (`make bench`, idle connections): an idle
+//! connection costs about what a silent one does, and memory is back
+//! within 8 MiB at once after a burst. With jemalloc's defaults (10 s
+//! decay, no background thread) 42 MiB stayed 15 s after 10,000
+//! connections closed. The build was not slower; see BENCHMARKS.md.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-/// Connections closed or gone quiet since the server started, over all
-/// serving threads.
-static CLOSED: AtomicU64 = AtomicU64::new(0);
-
-/// Connections that must have closed since the last trim for another: a
-/// trim walks the allocator's free lists, so a server whose clients come
-/// and go steadily does it at most once a second, and one with long-lived
-/// connections does not do it at all.
-pub const TRIM_AFTER: u64 = 64;
-
-/// How often [`give_back`] looks.
-pub const INTERVAL: Duration = Duration::from_secs(1);
-
-/// Counts a connection that closed, or went quiet and freed its buffers.
-pub fn buffers_freed() {
-    CLOSED.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Every [`INTERVAL`], returns freed memory to the system if at least
-/// [`TRIM_AFTER`] connections have closed since it last did, until
-/// `shutdown` completes.
-pub async fn give_back(shutdown: impl Future<Output = ()>) {
-    let mut tick = tokio::time::interval(INTERVAL);
-    let mut trimmed_at = 0;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let closed = CLOSED.load(Ordering::Relaxed);
-                if closed - trimmed_at >= TRIM_AFTER {
-                    trim();
-                    trimmed_at = closed;
-                }
-            }
-            () = &mut shutdown => return,
-        }
-    }
-}
-
-/// Asks the allocator to return the free memory of every arena.
-fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim only takes the allocator's own locks and
-        // releases pages it holds free; no memory in use is touched.
-        unsafe { libc::malloc_trim(0) };
-    }
-}
+/// jemalloc's settings (its `malloc_conf`), NUL-terminated.
+pub const MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

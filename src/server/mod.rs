@@ -3,7 +3,8 @@
 //! [`live`] holds the generation that is live (a mapped
 //! [`Table`](crate::generation::table::Table)) and swaps it, [`http`] answers requests, and
 //! [`fetch`] brings new generations from an object store into the data
-//! directory, and [`memory`] gives back what bursts of connections took.
+//! directory, and [`memory`] says how memory comes back after bursts of
+//! connections (the allocator and its settings).
 //! [`run`] assembles them into the serving process.
 
 pub mod admin;
@@ -177,7 +178,6 @@ impl Server {
         }
         let watch = live::watch(live.clone(), live::WATCH_INTERVAL, stopped(stop_rx.clone()));
         let upkeep = crate::metrics::upkeep(metrics, stopped(stop_rx.clone()));
-        let give_back = memory::give_back(stopped(stop_rx.clone()));
         let fetcher = config
             .source
             .map(|source| fetch::poll(source, live.clone(), stopped(stop_rx.clone())));
@@ -208,7 +208,7 @@ impl Server {
                         }
                     }
                 };
-                tokio::join!(watch, upkeep, give_back, fetch, tls_watch, admin);
+                tokio::join!(watch, upkeep, fetch, tls_watch, admin);
                 Ok(())
             },
         )?);
