@@ -202,6 +202,13 @@ fn get_until_200(port: u16, path: &str, limit: Duration) -> common::Response {
     }
 }
 
+/// The command that removes container `name` at once, running or not.
+fn remove_container(name: &str) -> Vec<String> {
+    ["podman", "rm", "-f", "-t", "0", name]
+        .map(String::from)
+        .to_vec()
+}
+
 /// Removes what a test made, however it ends.
 struct Cleanup(Vec<Vec<String>>);
 
@@ -285,14 +292,7 @@ fn the_image_builds_serves_as_a_non_root_user_on_a_read_only_root_and_stops_on_s
             "-f".into(),
             volume.clone(),
         ],
-        vec![
-            "podman".into(),
-            "rm".into(),
-            "-f".into(),
-            "-t".into(),
-            "0".into(),
-            name.clone(),
-        ],
+        remove_container(&name),
     ]);
     podman_ok(&[
         "run",
@@ -488,14 +488,7 @@ fn the_systemd_units_install_and_run_under_systemd() {
     // deploy/systemd and fixtures.
     let name = format!("promo-test-systemd-{}", std::process::id());
     let port = common::free_port();
-    let _cleanup = Cleanup(vec![vec![
-        "podman".into(),
-        "rm".into(),
-        "-f".into(),
-        "-t".into(),
-        "0".into(),
-        name.clone(),
-    ]]);
+    let _cleanup = Cleanup(vec![remove_container(&name)]);
     let mount = |from: PathBuf, to: &str| format!("{}:{to}:ro", from.display());
     podman_ok(&[
         "run",
