@@ -103,8 +103,9 @@ impl Live {
     /// Logs and counts a refused generation, and remembers its file so
     /// that later scans skip it.
     fn refuse(&self, sequence: u64, id: Option<FileId>, why: &dyn std::fmt::Display) {
-        tracing::error!("refused generation {sequence}: {why}");
+        // Counted before it is logged: whoever reads the line finds it counted.
         metrics::counter!(m::GENERATION_LOAD_FAILURES).increment(1);
+        tracing::error!("refused generation {sequence}: {why}");
         if let Some(id) = id {
             self.refused.lock().unwrap().insert(sequence, id);
         }
