@@ -102,30 +102,33 @@ def bench_idle_connections(work, data, ids, start_nginx, stop_nginx, results, n=
     port = free_port()
     promo = subprocess.Popen([PROMO, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
                               "--max-connections", str(n + 1000)], stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while True:
-        try:
-            _connect(port, 1, b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")[0].close()
-            break
-        except (OSError, RuntimeError):
-            if time.time() > deadline:
-                raise
-            time.sleep(0.1)
-    body = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/promotions/{lookup}"], check=True,
-                          capture_output=True).stdout
-    nginx, nginx_url = start_nginx(work, body, connections=n + 1000)
-    servers = {"promo": (promo.pid, port), "nginx": (nginx.pid, int(nginx_url.rsplit(":", 1)[1]))}
-    request = f"GET /promotions/{lookup} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
-    runs = {name: [] for name in servers}
+    nginx = None
     try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                _connect(port, 1, b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")[0].close()
+                break
+            except (OSError, RuntimeError):
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        body = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/promotions/{lookup}"], check=True,
+                              capture_output=True).stdout
+        nginx, nginx_url = start_nginx(work, body, connections=n + 1000)
+        servers = {"promo": (promo.pid, port), "nginx": (nginx.pid, int(nginx_url.rsplit(":", 1)[1]))}
+        request = f"GET /promotions/{lookup} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+        runs = {name: [] for name in servers}
         for r in range(rounds):
             for name, (pid, p) in servers.items():
                 log(f"idle connections: {name}, {n:,} connections, round {r + 1} of {rounds}")
                 runs[name].append(_measure(pid, p, n, request))
     finally:
+        # Whatever failed, nothing is left running.
         promo.terminate()
         promo.wait(timeout=60)
-        stop_nginx(nginx)
+        if nginx:
+            stop_nginx(nginx)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     med = {name: {k: statistics.median(x[k] for x in rs) for k in ("silent", "idle", "left")}
            for name, rs in runs.items()}
