@@ -458,6 +458,17 @@ fn room_for_sockets(n: usize) {
 
 const MEMORY_ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
 
+/// A server on the fixture's generation that has answered a lookup of
+/// [`MEMORY_ID`], and room in this process for `n` sockets to it.
+fn server_for_connections(n: usize) -> (tempfile::TempDir, Server) {
+    room_for_sockets(n);
+    let dir = tempfile::tempdir().unwrap();
+    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
+    let server = Server::start(dir.path());
+    assert_eq!(server.get(&format!("/promotions/{MEMORY_ID}")).status, 200);
+    (dir, server)
+}
+
 /// `n` connections to `server`, each having sent `request`.
 fn connections_that_sent(server: &Server, n: usize, request: &str) -> Vec<std::net::TcpStream> {
     use std::io::Write;
@@ -474,13 +485,10 @@ fn connections_that_sent(server: &Server, n: usize, request: &str) -> Vec<std::n
 fn idle_kept_alive_connections_hold_no_buffers() {
     use std::io::{Read, Write};
     const IDLE: usize = 2000;
-    room_for_sockets(IDLE);
-    let dir = tempfile::tempdir().unwrap();
-    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
-    let server = Server::start(dir.path());
+    let (_dir, server) = server_for_connections(IDLE);
     let pid = server.child.id();
-    assert_eq!(server.get(&format!("/promotions/{MEMORY_ID}")).status, 200);
-    // Let go of within two QUIET_AFTERs, trimmed within a second more.
+    // Let go of within two QUIET_AFTERs, handed back to the system by the
+    // allocator within a second more.
     let settle = promo::server::connection::QUIET_AFTER * 2 + Duration::from_secs(2);
     let per_connection = |before: u64| anon_bytes(pid).saturating_sub(before) / IDLE as u64;
 
@@ -529,12 +537,8 @@ fn idle_kept_alive_connections_hold_no_buffers() {
 #[test]
 fn memory_taken_by_a_burst_of_connections_is_given_back_once_they_close() {
     const BURST: usize = 2000;
-    room_for_sockets(BURST);
-    let dir = tempfile::tempdir().unwrap();
-    build_ok(dir.path(), &fixture("promotions.csv"), &[]);
-    let server = Server::start(dir.path());
+    let (_dir, server) = server_for_connections(BURST);
     let pid = server.child.id();
-    assert_eq!(server.get(&format!("/promotions/{MEMORY_ID}")).status, 200);
     let before = anon_bytes(pid);
 
     // Each is halfway through a request head: hyper holds its buffers.
