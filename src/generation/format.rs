@@ -80,7 +80,9 @@
 //! outward from the guess, which stays correct for skewed keys too.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use super::direct::DirectWriter;
 use std::path::Path;
 
 use xxhash_rust::xxh3::Xxh3;
@@ -523,7 +525,8 @@ impl FanoutBuilder {
 /// The header goes in last, so an interrupted write never looks complete;
 /// the caller publishes the file (rename) only after [`Writer::finish`].
 pub struct Writer {
-    out: BufWriter<File>,
+    /// The file, written past the page cache: see [`direct`](super::direct).
+    out: DirectWriter,
     /// The zone table, and the overflow area unless `spill` holds it.
     dates: DateTables,
     /// The overflow area, in a file of its own that `finish` appends.
@@ -533,9 +536,6 @@ pub struct Writer {
     fanout: FanoutBuilder,
     prev: Option<u128>,
     path: std::path::PathBuf,
-    /// Bytes written so far, and how many of them writeback was started for.
-    written: u64,
-    flushed: u64,
 }
 
 /// What a failed write was doing, for the error message: on a full disk
@@ -543,37 +543,12 @@ pub struct Writer {
 /// message names the file and says that it was the generation being written.
 const WRITING: &str = "writing the new generation";
 
-/// Bytes between two early writeback requests.
-pub(crate) const WRITEBACK_STEP: u64 = 64 << 20;
-
-/// Asks the kernel to start writing `len` bytes of `file` from `offset`,
-/// without waiting. Only a hint: an fsync is what makes a file durable.
-pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: sync_file_range only reads its arguments; the file
-        // descriptor is open for as long as `file` is borrowed.
-        let rc = unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!("sync_file_range: {}", std::io::Error::last_os_error());
-        }
-    }
-}
-
 impl Writer {
     /// Starts a generation in `file` (new and empty) at `path`. `max_count`
     /// bounds the records to come and sizes the fanout table.
     pub fn new(file: File, path: &Path, max_count: u64) -> Result<Writer> {
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&[0u8; HEADER_LEN])
+        let mut out = DirectWriter::new(file).map_err(Error::io_op(WRITING, path))?;
+        out.write(&[0u8; HEADER_LEN])
             .map_err(Error::io_op(WRITING, path))?;
         Ok(Writer {
             out,
@@ -584,8 +559,6 @@ impl Writer {
             fanout: FanoutBuilder::new(fanout_bits_for(max_count)),
             prev: None,
             path: path.to_path_buf(),
-            written: HEADER_LEN as u64,
-            flushed: 0,
         })
     }
 
@@ -644,35 +617,15 @@ impl Writer {
         }
         self.hasher.update(block);
         self.out
-            .write_all(block)
-            .map_err(Error::io_op(WRITING, &self.path))?;
-        self.written += block.len() as u64;
-        if self.written - self.flushed >= WRITEBACK_STEP {
-            self.start_writeback()?;
-        }
-        Ok(())
-    }
-
-    /// Asks the kernel to start writing what was written so far, without
-    /// waiting, so that the final fsync has little left to do.
-    fn start_writeback(&mut self) -> Result<()> {
-        self.out
-            .flush()
-            .map_err(Error::io_op(WRITING, &self.path))?;
-        start_writeback(
-            self.out.get_ref(),
-            self.flushed,
-            self.written - self.flushed,
-        );
-        self.flushed = self.written;
-        Ok(())
+            .write(block)
+            .map_err(Error::io_op(WRITING, &self.path))
     }
 
     /// Writes what follows the records (a body part, hashed).
     fn write_body(&mut self, bytes: &[u8]) -> Result<()> {
         self.hasher.update(bytes);
         self.out
-            .write_all(bytes)
+            .write(bytes)
             .map_err(Error::io_op(WRITING, &self.path))
     }
 
@@ -721,7 +674,7 @@ impl Writer {
             overflow_len,
         };
         let io = |e| Error::io_op(WRITING, &self.path)(e);
-        let mut file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
+        let mut file = self.out.into_file().map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&header.encode()).map_err(io)?;
         let started = std::time::Instant::now();

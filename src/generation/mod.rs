@@ -6,10 +6,12 @@
 //! read (by the builder, `diff` and the server), [`local`] the data directory that holds
 //! generations (naming, atomic publishing, retention, the build lock), and
 //! [`remote`] the object store layout through which a fleet exchanges them;
-//! [`churn`] what one generation changes against another.
+//! [`churn`] what one generation changes against another; [`direct`] how
+//! the build writes its large files past the page cache.
 
 pub mod churn;
 pub mod date;
+pub mod direct;
 pub mod format;
 pub mod local;
 pub mod record;
