@@ -440,6 +440,9 @@ impl RunWriter {
 /// Bytes read from a run at a time: a few per run are in memory at once.
 const READ_LEN: usize = 1 << 20;
 
+/// Reads of a run asked for ahead of the one being made.
+const READ_AHEAD: usize = 8;
+
 /// Reads a run front to back, range by range, and frees what it has read.
 struct RunReader<'a> {
     file: &'a File,
@@ -505,6 +508,20 @@ impl<'a> RunReader<'a> {
                 .map_err(Error::io_op("reading a sorted run", self.tmp_dir))?;
             self.next += want as u64;
             self.at = 0;
+            // Reading several runs in turn, one read at a time, leaves the
+            // kernel's read-ahead too shallow to keep the disk busy (the
+            // merge of 10^8 records read 0.35 GB/s): ask for the next
+            // reads of this run now, and they arrive while the merge works.
+            // SAFETY: posix_fadvise reads its arguments and only starts
+            // reads into the page cache.
+            unsafe {
+                libc::posix_fadvise(
+                    std::os::fd::AsRawFd::as_raw_fd(self.file),
+                    self.next as libc::off_t,
+                    (READ_AHEAD * self.read_len) as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
         }
         let consumed = self.next - (self.buf.len() - self.at) as u64;
         free_prefix(self.file, consumed, self.step, &mut self.freed);

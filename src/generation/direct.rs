@@ -20,6 +20,8 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 /// The alignment O_DIRECT asks of buffers, offsets and lengths: the
 /// largest logical block size of common disks.
@@ -35,16 +37,23 @@ pub const BLOCK_LEN: usize = 4 << 20;
 pub const WRITEBACK_STEP: u64 = 64 << 20;
 
 /// Writes a new file front to back in aligned blocks, with O_DIRECT where
-/// the file system takes it.
+/// the file system takes it, on a thread of its own: the caller fills the
+/// next block while the last one is written, so a direct write's wait for
+/// the disk overlaps the caller's work.
 pub struct DirectWriter {
-    file: File,
+    /// The block being filled.
     block: Aligned,
+    /// Full blocks to the writing thread, and empty ones back.
+    full: Option<SyncSender<Aligned>>,
+    empty: Receiver<Aligned>,
+    /// Blocks allocated so far (at most [`BLOCKS`]).
+    blocks: usize,
+    thread: Option<JoinHandle<io::Result<File>>>,
     direct: bool,
-    /// Bytes handed to the file so far, and how many of them writeback was
-    /// started for (through the page cache only).
-    written: u64,
-    flushed: u64,
 }
+
+/// Blocks in memory at once: one filled while the others are written.
+const BLOCKS: usize = 3;
 
 impl DirectWriter {
     /// Writes `file` (new and empty, or positioned at a multiple of
@@ -61,12 +70,32 @@ impl DirectWriter {
 
     fn with(file: File, direct: bool) -> io::Result<DirectWriter> {
         let direct = direct && set_direct(&file, true);
-        Ok(DirectWriter {
+        let (full, blocks) = std::sync::mpsc::sync_channel::<Aligned>(BLOCKS);
+        let (done, empty) = std::sync::mpsc::channel();
+        let mut sink = Sink {
             file,
-            block: Aligned::new(BLOCK_LEN)?,
             direct,
             written: 0,
             flushed: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("promo-write".into())
+            .spawn(move || {
+                for mut block in blocks {
+                    sink.write(&block)?;
+                    block.len = 0;
+                    // The writer may be gone (it failed): the block is freed.
+                    let _ = done.send(block);
+                }
+                Ok(sink.file)
+            })?;
+        Ok(DirectWriter {
+            block: Aligned::new(BLOCK_LEN)?,
+            full: Some(full),
+            empty,
+            blocks: 1,
+            thread: Some(thread),
+            direct,
         })
     }
 
@@ -80,16 +109,82 @@ impl DirectWriter {
         while !bytes.is_empty() {
             bytes = &bytes[self.block.fill(bytes)..];
             if self.block.is_full() {
-                self.write_block()?;
+                self.send_block()?;
             }
         }
         Ok(())
     }
 
-    /// Writes the full block. Should the file refuse a direct write after
+    /// Hands the full block to the writing thread and takes an empty one.
+    fn send_block(&mut self) -> io::Result<()> {
+        let next = match self.empty.try_recv() {
+            Ok(block) => block,
+            Err(_) if self.blocks < BLOCKS => {
+                self.blocks += 1;
+                Aligned::new(BLOCK_LEN)?
+            }
+            Err(_) => match self.empty.recv() {
+                Ok(block) => block,
+                Err(_) => return Err(self.stop().err().unwrap_or_else(gone)),
+            },
+        };
+        let full = std::mem::replace(&mut self.block, next);
+        let sent = self.full.as_ref().map(|f| f.send(full));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.stop().err().unwrap_or_else(gone)),
+        }
+    }
+
+    /// Waits for the writing thread to write every block sent; the file,
+    /// or the first write's error.
+    fn stop(&mut self) -> io::Result<File> {
+        self.full = None;
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the writing thread panicked")),
+            None => Err(gone()),
+        }
+    }
+
+    /// Writes what is left through the page cache and hands the file back,
+    /// with O_DIRECT off again: reads and small writes need no alignment.
+    pub fn into_file(mut self) -> io::Result<File> {
+        let mut file = self.stop()?;
+        if !set_direct(&file, false) {
+            return Err(io::Error::last_os_error());
+        }
+        file.write_all(&self.block.map[..self.block.len])?;
+        Ok(file)
+    }
+}
+
+impl Drop for DirectWriter {
+    fn drop(&mut self) {
+        // A writer dropped on an error path lets its thread finish.
+        let _ = self.stop();
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::other("the writing thread stopped")
+}
+
+/// The writing thread's end: the file, and what was written to it.
+struct Sink {
+    file: File,
+    direct: bool,
+    /// Bytes written so far, and how many of them writeback was started
+    /// for (through the page cache only).
+    written: u64,
+    flushed: u64,
+}
+
+impl Sink {
+    /// Writes a full block. Should the file refuse a direct write after
     /// all (EINVAL), this and every later block go through the page cache.
-    fn write_block(&mut self) -> io::Result<()> {
-        let block = &self.block.map[..self.block.len];
+    fn write(&mut self, block: &Aligned) -> io::Result<()> {
+        let block = &block.map[..block.len];
         match self.file.write_all(block) {
             Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::debug!("O_DIRECT refused: {e}");
@@ -102,23 +197,11 @@ impl DirectWriter {
             other => other?,
         }
         self.written += block.len() as u64;
-        self.block.len = 0;
         if !self.direct && self.written - self.flushed >= WRITEBACK_STEP {
             start_writeback(&self.file, self.flushed, self.written - self.flushed);
             self.flushed = self.written;
         }
         Ok(())
-    }
-
-    /// Writes what is left through the page cache and hands the file back,
-    /// with O_DIRECT off again: reads and small writes need no alignment.
-    pub fn into_file(mut self) -> io::Result<File> {
-        if self.direct && !set_direct(&self.file, false) {
-            return Err(io::Error::last_os_error());
-        }
-        self.direct = false;
-        self.file.write_all(&self.block.map[..self.block.len])?;
-        Ok(self.file)
     }
 }
 
