@@ -58,8 +58,8 @@ pub struct Sorter {
     free_step: u64,
     /// Bytes read from a run at a time in the merge.
     read_len: usize,
-    /// Whether runs are written and read with O_DIRECT where the file
-    /// system takes it (see [`RunWriter`]).
+    /// Whether runs are written with O_DIRECT where the file system takes
+    /// it (see [`RunWriter`]).
     direct: bool,
 }
 
@@ -126,8 +126,8 @@ impl Sorter {
         self
     }
 
-    /// Writes and reads runs through the page cache even where O_DIRECT
-    /// would work (tests cover both ways with it).
+    /// Writes runs through the page cache even where O_DIRECT would work
+    /// (tests cover both ways with it).
     pub fn with_page_cache(mut self) -> Sorter {
         self.direct = false;
         self
@@ -416,8 +416,9 @@ impl RunWriter {
     }
 
     /// The run, to be read through the page cache: the kernel's read-ahead
-    /// then reads the disk while the merge works (direct reads, each
-    /// waiting for its block, made the merge of 10^8 records 3 s slower).
+    /// then reads the disk while the merge works. (Tried: direct reads of
+    /// 1 MiB, each waiting for its block; builds of 10^8 rows in 1 GiB took
+    /// 21.5 and 20.7 s, against 20.2 and 20.6 s this way.)
     fn finish(self) -> Result<Run> {
         let file = self
             .out
