@@ -81,14 +81,13 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-
-use super::direct::DirectWriter;
 use std::path::Path;
 
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, Result};
 use crate::generation::date::{DateTables, Dates, Decoded};
+use crate::generation::direct::DirectWriter;
 use crate::generation::record::{key_of, price_of, Price, Record, RECORD_LEN};
 use crate::generation::shard::Shard;
 
