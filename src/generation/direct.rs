@@ -1,14 +1,12 @@
 //! Writing a large file once, past the page cache.
 //!
 //! A build writes every byte of a generation once (and, when it spills,
-//! every record once more as a sorted run), and reads none of it back
-//! soon: the server verifies a new generation from the disk anyway when it
-//! is larger than memory, and a run is read once, in order. Written through
-//! the page cache, each byte is first copied into a freshly allocated page:
-//! building 10^8 rows in 1 GiB, those copies took 28% of the build's CPU
-//! time, the most of anything but parsing. Written with O_DIRECT, a block
-//! goes from an aligned buffer to the disk: the disk's time, not the CPU's,
-//! and the callers gather their next block meanwhile.
+//! every record once more as a sorted run, read back once, in order).
+//! Written through the page cache, each byte is first copied into a freshly
+//! allocated page: building 10^8 rows in 1 GiB, those copies took 28% of
+//! the build's CPU time, the most of anything but parsing. Written with
+//! O_DIRECT, a block goes from an aligned buffer to the disk: the disk's
+//! time, not the CPU's, and the callers gather their next block meanwhile.
 //!
 //! The price: a new generation is not in the page cache. The next build's
 //! comparison reads it from the disk (0.21 s against 0.05 s for 10M rows),
@@ -32,16 +30,16 @@ use std::thread::JoinHandle;
 
 /// The alignment O_DIRECT asks of buffers, offsets and lengths: the
 /// largest logical block size of common disks.
-pub const ALIGN: usize = 4096;
+const ALIGN: usize = 4096;
 
 /// Bytes written at a time. On the machine of BENCHMARKS.md, synchronous
 /// direct writes ran at 1.5 GB/s in 1 MiB blocks and 2.0 GB/s in 4 MiB
 /// ones; through the page cache, with a final fsync, 0.3 GB/s.
-pub const BLOCK_LEN: usize = 4 << 20;
+const BLOCK_LEN: usize = 4 << 20;
 
 /// Bytes between two early writeback requests, when writing through the
 /// page cache.
-pub const WRITEBACK_STEP: u64 = 64 << 20;
+const WRITEBACK_STEP: u64 = 64 << 20;
 
 /// Writes a new file front to back in aligned blocks, with O_DIRECT where
 /// the file system takes it, on a thread of its own: the caller fills the
@@ -106,7 +104,7 @@ impl DirectWriter {
         })
     }
 
-    /// Whether blocks go past the page cache.
+    /// Whether blocks go past the page cache (as the writer started).
     pub fn is_direct(&self) -> bool {
         self.direct
     }
@@ -214,7 +212,7 @@ impl Sink {
 
 /// Turns O_DIRECT on or off for `file`; `false` when the file system
 /// refuses it.
-pub fn set_direct(file: &File, on: bool) -> bool {
+fn set_direct(file: &File, on: bool) -> bool {
     let fd = file.as_raw_fd();
     // SAFETY: fcntl with F_GETFL/F_SETFL reads and sets the open file's
     // status flags only; the descriptor is open while `file` is borrowed.
@@ -234,7 +232,7 @@ pub fn set_direct(file: &File, on: bool) -> bool {
 
 /// Asks the kernel to start writing `len` bytes of `file` from `offset`,
 /// without waiting. Only a hint: an fsync is what makes a file durable.
-pub fn start_writeback(file: &File, offset: u64, len: u64) {
+fn start_writeback(file: &File, offset: u64, len: u64) {
     // SAFETY: sync_file_range only reads its arguments; the file
     // descriptor is open for as long as `file` is borrowed.
     let rc = unsafe {
@@ -283,7 +281,7 @@ pub(crate) mod tests {
     use std::io::Read;
 
     /// Whether this file system takes O_DIRECT, asked without the writer.
-    pub(crate) fn takes_direct(dir: &std::path::Path) -> bool {
+    fn takes_direct(dir: &std::path::Path) -> bool {
         let probe = tempfile::tempfile_in(dir).unwrap();
         let mut block = Aligned::new(ALIGN).unwrap();
         block.fill(&[1; ALIGN]);
