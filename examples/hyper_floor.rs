@@ -41,9 +41,12 @@ fn main() -> std::io::Result<()> {
         .map(|(i, listener)| {
             let body = body.clone();
             let core = cores.as_ref().map(|c| c[i]);
+            if let Some(core) = core {
+                cpus::steer(&listener, core);
+            }
             std::thread::spawn(move || {
                 if let Some(core) = core {
-                    cpus::pin(&listener, core);
+                    cpus::pin_current_thread(core);
                 }
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()

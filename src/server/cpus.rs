@@ -54,34 +54,26 @@ fn allowed_cpus() -> Option<Vec<usize>> {
     (!cpus.is_empty()).then_some(cpus)
 }
 
-/// Pins the calling thread to `cpu`, then asks the kernel to hand
-/// `listener` the connections whose packets `cpu` handles. Best effort: a
-/// thread that cannot be pinned (a system call filter may refuse it) runs
-/// where the kernel puts it, and its listener is left as it was, with
-/// connections hashed over the listeners.
-pub fn pin(listener: &std::net::TcpListener, cpu: usize) {
-    if pin_current_thread(cpu) {
-        steer(listener, cpu);
-    } else {
+/// Pins the calling thread to `cpu`. Best effort: a thread that cannot be
+/// pinned runs where the kernel puts it, as it would unpinned.
+pub fn pin_current_thread(cpu: usize) {
+    // SAFETY: the set is a plain bit array on this stack frame; CPU_SET
+    // writes one bit in bounds (cpu came from sched_getaffinity), and
+    // sched_setaffinity only reads the set.
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    if !pinned {
         tracing::debug!("could not pin a serving thread to CPU {cpu}");
     }
 }
 
-/// Pins the calling thread to `cpu`; false if the kernel refused.
-fn pin_current_thread(cpu: usize) -> bool {
-    // SAFETY: the set is a plain bit array on this stack frame; CPU_SET
-    // writes one bit in bounds (cpu came from sched_getaffinity), and
-    // sched_setaffinity only reads the set.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
-}
-
 /// Asks the kernel to hand `listener` the connections whose packets `cpu`
-/// handles (without it, connections are hashed over the listeners).
-fn steer(listener: &std::net::TcpListener, cpu: usize) {
+/// handles. Best effort, as pinning is: without it connections are hashed
+/// over the listeners.
+pub fn steer(listener: &std::net::TcpListener, cpu: usize) {
     use std::os::fd::AsRawFd;
     let cpu = cpu as libc::c_int;
     // SAFETY: setsockopt reads an int from a pointer to one that lives
@@ -123,19 +115,19 @@ mod tests {
     }
 
     #[test]
-    fn a_pinned_thread_runs_on_its_cpu_and_its_listener_is_steered_there() {
+    fn a_pinned_thread_runs_on_its_cpu_and_a_listener_takes_the_option() {
         let cpu = *allowed_cpus().unwrap().last().unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let seen = std::thread::scope(|s| {
-            s.spawn(|| {
-                pin(&listener, cpu);
-                // SAFETY: sched_getcpu takes no arguments.
-                (allowed_cpus().unwrap(), unsafe { libc::sched_getcpu() })
-            })
-            .join()
-            .unwrap()
-        });
+        let seen = std::thread::spawn(move || {
+            pin_current_thread(cpu);
+            // SAFETY: sched_getcpu takes no arguments.
+            (allowed_cpus().unwrap(), unsafe { libc::sched_getcpu() })
+        })
+        .join()
+        .unwrap();
         assert_eq!(seen, (vec![cpu], cpu as i32));
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        steer(&listener, cpu);
         let mut got: libc::c_int = -1;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: getsockopt writes at most `len` bytes into `got`.

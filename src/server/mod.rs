@@ -176,10 +176,13 @@ impl Server {
         for (i, listener) in listeners.into_iter().enumerate() {
             let (app, stop) = (app.clone(), stopped(stop_rx.clone()));
             let core = cores.as_ref().map(|c| c[i]);
+            if let Some(core) = core {
+                cpus::steer(&listener, core);
+            }
             threads.push(spawn_runtime(format!("promo-http-{i}"), 0, async move {
                 // The runtime runs this on its thread: pinned from here on.
                 if let Some(core) = core {
-                    cpus::pin(&listener, core);
+                    cpus::pin_current_thread(core);
                 }
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 http::run(listener, app, stop).await;
