@@ -5,9 +5,8 @@
 //! HTTP implementation. This server answers every request with the same
 //! fixed body through exactly the stack `promo serve` uses: SO_REUSEPORT
 //! listeners from `http::bind`, one single-threaded tokio runtime per
-//! listener, pinned and steered as `server::cpus` says,
-//! `http::connection_builder` with its header timeout, no writev,
-//! TCP_NODELAY. No routing, lookup, counting or timing. What it
+//! listener, `http::connection_builder` with its header timeout, no
+//! writev, TCP_NODELAY. No routing, lookup, counting or timing. What it
 //! answers a second is what hyper and tokio can do on the machine, so the
 //! bench can say how much of promo's gap to nginx is promo's own.
 //!
@@ -21,7 +20,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use promo::server::{cpus, http};
+use promo::server::http;
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,20 +33,11 @@ fn main() -> std::io::Result<()> {
     let body = Bytes::from(std::fs::read(body)?);
     let listeners = http::bind(addr, threads)?;
     println!("{}", listeners[0].local_addr()?);
-    let cores = cpus::serving_cpus(listeners.len());
     let handles: Vec<_> = listeners
         .into_iter()
-        .enumerate()
-        .map(|(i, listener)| {
+        .map(|listener| {
             let body = body.clone();
-            let core = cores.as_ref().map(|c| c[i]);
-            if let Some(core) = core {
-                cpus::steer(&listener, core);
-            }
             std::thread::spawn(move || {
-                if let Some(core) = core {
-                    cpus::pin_current_thread(core);
-                }
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -3,14 +3,12 @@
 //! [`live`] holds the generation that is live (a mapped
 //! [`Table`](crate::generation::table::Table)) and swaps it, [`http`] answers requests, and
 //! [`fetch`] brings new generations from an object store into the data
-//! directory, [`memory`] says how memory comes back after bursts of
-//! connections (the allocator and its settings), and [`cpus`] which core
-//! each serving thread runs on.
+//! directory, and [`memory`] says how memory comes back after bursts of
+//! connections (the allocator and its settings).
 //! [`run`] assembles them into the serving process.
 
 pub mod admin;
 pub mod connection;
-pub mod cpus;
 pub mod fetch;
 pub mod http;
 pub mod live;
@@ -84,9 +82,7 @@ impl Config {
 /// One single-threaded runtime per core (more when the generation does not
 /// fit in memory: see [`THREADS_PER_CORE`]), each accepting on its own
 /// SO_REUSEPORT listener: a connection lives on one thread, and no request
-/// is handed between threads. Where the process owns its cores, each
-/// thread is pinned to one and takes the connections that core receives
-/// ([`cpus`]). Everything else shares one more thread, so a
+/// is handed between threads. Everything else shares one more thread, so a
 /// slow store or a long verification never takes a serving thread.
 pub struct Server {
     addr: SocketAddr,
@@ -171,19 +167,10 @@ impl Server {
         if let Some(tls) = &tls {
             app = app.with_tls(tls.clone());
         }
-        let cores = cpus::serving_cpus(workers);
         let mut threads = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let (app, stop) = (app.clone(), stopped(stop_rx.clone()));
-            let core = cores.as_ref().map(|c| c[i]);
-            if let Some(core) = core {
-                cpus::steer(&listener, core);
-            }
             threads.push(spawn_runtime(format!("promo-http-{i}"), 0, async move {
-                // The runtime runs this on its thread: pinned from here on.
-                if let Some(core) = core {
-                    cpus::pin_current_thread(core);
-                }
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 http::run(listener, app, stop).await;
                 Ok(())
