@@ -761,14 +761,14 @@ fn service(
 }
 
 /// Requests a serving thread answers between two offers of its core.
-pub const ANSWERS_PER_YIELD: u32 = 32;
+const ANSWERS_PER_YIELD: u32 = 32;
 
 /// Offers the core to whatever else waits for it (`sched_yield`), once
 /// every [`ANSWERS_PER_YIELD`] requests this thread answers.
 ///
 /// Why: under load a serving thread always has a connection ready, so it
 /// never sleeps, and the kernel takes the core from it only at a timer
-/// tick (every 4 ms on this machine's kernel, `HZ=250`). Whatever shares
+/// tick (every 4 ms with `HZ=250`, as Debian builds it). Whatever shares
 /// the cores (a load balancer, the client, the kernel's own threads) then
 /// waits a tick or two, and so do the answers it was about to read: under
 /// `wrk -t2 -c64` on two cores, promo's p99 was 7.6-7.9 ms against the
