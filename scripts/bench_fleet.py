@@ -11,7 +11,7 @@ is in front. Measured side by side, in alternating rounds:
 - p99 through nginx while both replicas fetch a generation, against the
   steady p99 over the same length of time;
 - failed requests at the client while a replica is killed with SIGKILL
-  (statuses other than 200 and 404 in nginx's access log, plus wrk's socket
+  (statuses other than 200, 404 and 499 in nginx's access log, plus wrk's socket
   errors), and how long the replica, restarted empty, takes to be ready.
 """
 
@@ -273,7 +273,11 @@ def _bench_fleet(work, csv, ids, wrk, results, rounds, running):
     time.sleep(1.5)
     after = nginx.statuses()
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    failed = sum(v for k, v in delta.items() if k not in ("200", "404")) + under_kill["socket_errors"]
+    # 499 is nginx's "the client closed the connection first": wrk closing
+    # its connections at the end of its run with requests in flight, which
+    # no client waited for. A client that saw a failure shows in another
+    # status, or in wrk's socket errors (its timeouts included).
+    failed = sum(v for k, v in delta.items() if k not in ("200", "404", "499")) + under_kill["socket_errors"]
     out["kill"] = {"wrk": under_kill, "statuses": delta, "failed": failed}
     started = time.time()
     replicas[0] = Replica(work, 0, s3, running, port=replicas[0].port)
@@ -318,7 +322,9 @@ def report(results):
                  ", ".join(ms(w["p99"]) for w in f["steady"]),
                  ", ".join(ms(w["p99"]) for w in f["fetching"]),
                  ", ".join(f"{x:.2f}" for x in f["fetching_seconds"])),
-             "", f"Statuses nginx answered while a replica was killed: {f['kill']['statuses']}; "
+             "", f"Statuses nginx answered while a replica was killed: {f['kill']['statuses']} (a 499 "
+             "is a request whose client closed the connection first: wrk stopping with requests in "
+             "flight; not counted as failed, as wrk's socket errors and timeouts are); "
              f"the replica, restarted with an empty data directory, was ready on the newest "
              f"generation {f['kill']['restart_ready_seconds']:.2f} s later."]
     return lines
