@@ -100,8 +100,9 @@ enum Command {
         #[arg(long, default_value_t = http::Limits::default().max_connections)]
         max_connections: usize,
         /// Serving threads (0: one per core, or eight per core when the
-        /// generation at start is larger than memory). A lookup whose page
-        /// is on disk blocks its thread's connections until the disk answers.
+        /// generation at start is larger than memory and io_uring is
+        /// unavailable: a lookup whose page is on disk then blocks its
+        /// thread's connections until the disk answers).
         #[arg(long, default_value_t = 0)]
         threads: usize,
         /// Seconds a client has to send a request's headers, on a new

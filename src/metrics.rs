@@ -20,6 +20,9 @@ pub const GENERATION_ROWS: &str = "promo_generation_rows";
 /// Counter (sampled at each scrape): page faults of the process that read
 /// from disk, which lookups take once a generation no longer fits in memory.
 pub const MAJOR_FAULTS: &str = "process_major_page_faults_total";
+/// Counter: lookups whose records were read from disk first, without
+/// blocking a serving thread (a generation larger than memory, `io_uring`).
+pub const DISK_READS: &str = "promo_lookup_disk_reads_total";
 /// Gauges: the live generation's shard K of N (0 of 1 when unsharded).
 pub const GENERATION_SHARD_INDEX: &str = "promo_generation_shard";
 pub const GENERATION_SHARD_COUNT: &str = "promo_generation_shards";
@@ -77,6 +80,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     }
     metrics::counter!(GENERATION_SWAPS).absolute(0);
     metrics::counter!(MAJOR_FAULTS).absolute(0);
+    metrics::counter!(DISK_READS).absolute(0);
     metrics::counter!(GENERATION_LOAD_FAILURES).absolute(0);
     for guard in ["shrink", "churn", "price_jumps"] {
         metrics::counter!(UPLOADS_REFUSED, "guard" => guard).absolute(0);
@@ -119,6 +123,11 @@ fn describe() {
         MAJOR_FAULTS,
         "Page faults of the process that read from disk: lookups take them once the live \
          generation no longer fits in memory."
+    );
+    describe_counter!(
+        DISK_READS,
+        "Lookups whose records were read from disk before the lookup, without blocking a serving \
+         thread: the live generation is larger than memory, and io_uring is used."
     );
     describe_gauge!(
         GENERATION_SHARD_INDEX,

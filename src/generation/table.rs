@@ -6,6 +6,7 @@
 //! live).
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Advice, Mmap, MmapOptions};
@@ -19,6 +20,11 @@ use crate::generation::record::{self, key_of, price_of, Price, Record};
 pub struct Table {
     /// The whole file. Never written while mapped: see `open`.
     map: Mmap,
+    /// The file itself, for reads that bring a lookup's pages into memory
+    /// without faulting on them (see [`Table::lookup_range`]).
+    file: File,
+    /// Whether the file is larger than the memory the page cache may use.
+    larger_than_memory: bool,
     /// A copy of the file's fanout table in anonymous memory (huge pages
     /// where the kernel allows), so that a lookup reads one page of the file.
     fanout: Mmap,
@@ -69,8 +75,13 @@ impl Table {
         // page cache was served at 185 requests/s. Only advice: on failure
         // the lookups are slower, not wrong.
         let _ = map.advise(Advice::Random);
+        // The same for reads of the file itself (see `lookup_range`).
+        // SAFETY: posix_fadvise takes no pointers.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
         Ok(Table {
             map,
+            file,
+            larger_than_memory: memory_for_cache().is_some_and(|m| len > m),
             fanout,
             header,
             zones,
@@ -169,6 +180,57 @@ impl Table {
     /// True when the generation holds no record.
     pub fn is_empty(&self) -> bool {
         self.header.count == 0
+    }
+
+    /// Whether the file is larger than the memory its pages may take in the
+    /// page cache (this process's memory cgroup, or the machine): lookups
+    /// then often wait for the disk.
+    pub fn larger_than_memory(&self) -> bool {
+        self.larger_than_memory
+    }
+
+    /// The open file the table maps.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The bytes of the file that looking up `key` may read (its bucket of
+    /// records), or `None` when the lookup reads no record (an empty
+    /// bucket) or its bucket is larger than [`LOOKUP_RANGE_MAX`] bytes (keys
+    /// far from uniform).
+    pub fn lookup_range(&self, key: u128) -> Option<std::ops::Range<u64>> {
+        let (lo, hi, _) = self.guess(key)?;
+        let (start, end) = (self.record_at(lo) as u64, self.record_at(hi) as u64);
+        (end - start <= LOOKUP_RANGE_MAX).then_some(start..end)
+    }
+
+    /// Whether every page of `range` (of the file) is mapped in memory now,
+    /// so that reading it takes no disk read. `mincore` says so for pages
+    /// in the page cache, or, where the kernel tells a process only about
+    /// its own page tables (a file it may not write), for pages this
+    /// mapping has faulted in; either way a page it calls resident is.
+    pub fn in_memory(&self, range: std::ops::Range<u64>) -> bool {
+        let page = page_size();
+        let start = range.start as usize / page * page;
+        let end = (range.end as usize).min(self.map.len());
+        if end <= start {
+            return true;
+        }
+        let mut resident = [0u8; (LOOKUP_RANGE_MAX as usize / 4096) + 1];
+        let pages = (end - start).div_ceil(page);
+        if pages > resident.len() {
+            return false;
+        }
+        // SAFETY: the range is inside the mapping, from a page boundary,
+        // and `resident` has a byte for each of its `pages` pages.
+        let rc = unsafe {
+            libc::mincore(
+                self.map.as_ptr().add(start) as *mut libc::c_void,
+                end - start,
+                resident.as_mut_ptr(),
+            )
+        };
+        rc == 0 && resident[..pages].iter().all(|b| b & 1 == 1)
     }
 
     /// The record at index `i`, which must be below `len()`.
@@ -360,13 +422,18 @@ impl Table {
     }
 }
 
+/// The largest [`Table::lookup_range`]: a bucket's records are 32 to 63
+/// times the record size when keys are uniform (1-2 KiB).
+pub const LOOKUP_RANGE_MAX: u64 = 64 * 1024;
+
 /// The size of a memory page.
 fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     // SAFETY: sysconf only reads its argument.
-    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
         n if n > 0 => n as usize,
         _ => 4096,
-    }
+    })
 }
 
 /// Bytes of memory this process may fill with page cache: its memory

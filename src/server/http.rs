@@ -7,6 +7,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -576,6 +578,22 @@ impl App {
         routed.response
     }
 
+    /// For a lookup in a generation larger than memory whose records are
+    /// not in memory now: the generation and the bytes to read first.
+    fn lookup_from_disk<B>(&self, req: &Request<B>) -> Option<(Arc<Table>, Range<u64>)> {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return None;
+        }
+        let id = req.uri().path().strip_prefix(PROMOTIONS)?;
+        let current = self.store.current();
+        let table = current.as_ref()?;
+        if !table.larger_than_memory() {
+            return None;
+        }
+        let range = table.lookup_range(id_in_url(id)?)?;
+        (!table.in_memory(range.clone())).then(|| (table.clone(), range))
+    }
+
     /// Answers `POST /promotions/batch`: reads the body (at most
     /// [`MAX_BATCH_BYTES`], within the header timeout, so a client cannot
     /// hold a connection by sending it slowly), then looks every id up in
@@ -734,6 +752,10 @@ pub(crate) async fn accept(
     }
 }
 
+/// An answer that waits for something first (a batch's body, or a
+/// lookup's records from disk).
+type Answer = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
 /// promo's routes as a hyper service, for each request of a connection.
 fn service(
     app: App,
@@ -751,9 +773,17 @@ fn service(
         if req.method() == Method::POST && req.uri().path() == BATCH {
             // Only a batch has a body to wait for.
             let app = app.clone();
+            Either::Left(
+                Box::pin(async move { Ok::<_, Infallible>(app.handle_batch(req).await) }) as Answer,
+            )
+        } else if let Some((table, range)) = app.lookup_from_disk(&req) {
+            // The lookup's records are not in memory: they are read without
+            // blocking this thread, then looked up.
+            let app = app.clone();
             Either::Left(Box::pin(async move {
-                Ok::<_, Infallible>(app.handle_batch(req).await)
-            }))
+                super::disk::bring_in(&table, range).await;
+                Ok::<_, Infallible>(app.handle(&req))
+            }) as Answer)
         } else {
             Either::Right(std::future::ready(Ok(app.handle(&req))))
         }

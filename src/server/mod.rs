@@ -3,12 +3,14 @@
 //! [`live`] holds the generation that is live (a mapped
 //! [`Table`](crate::generation::table::Table)) and swaps it, [`http`] answers requests, and
 //! [`fetch`] brings new generations from an object store into the data
-//! directory, and [`memory`] says how memory comes back after bursts of
+//! directory, [`disk`] reads a lookup's records from disk without blocking
+//! its thread when the generation is larger than memory, and [`memory`] says how memory comes back after bursts of
 //! connections (the allocator and its settings).
 //! [`run`] assembles them into the serving process.
 
 pub mod admin;
 pub mod connection;
+pub mod disk;
 pub mod fetch;
 pub mod http;
 pub mod live;
@@ -24,17 +26,19 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 use live::Live;
 
-/// Serving threads a core when the generation does not fit in memory. A
-/// lookup whose page is not in memory blocks its thread until the disk
-/// answers, and the other connections of that thread wait with it: with one
-/// thread a core, a generation larger than memory is served a couple of
-/// disk reads at a time. Measured on two cores, a 3.2 GB generation in a
-/// 1 GiB memory cgroup: sixteen threads served 1.3x more lookups a second
-/// than two, and 1.2x more than two handing disk lookups to a blocking
-/// pool (each handoff costs wake-ups). But a generation in memory is
-/// served 0.87x as fast by sixteen threads as by two, so `serve` starts one
-/// thread a core unless the newest generation at start is larger than the
-/// memory it may use (`--threads` sets the count).
+/// Serving threads a core when the generation does not fit in memory and
+/// `io_uring` cannot be used (see [`disk`], which reads a lookup's records
+/// without blocking its thread where it can). A lookup whose page is not in
+/// memory then blocks its thread until the disk answers, and the other
+/// connections of that thread wait with it: with one thread a core, a
+/// generation larger than memory is served a couple of disk reads at a
+/// time. Measured on two cores, a 3.2 GB generation in a 1 GiB memory
+/// cgroup: sixteen threads served 1.3x more lookups a second than two, and
+/// 1.2x more than two handing disk lookups to a blocking pool (each handoff
+/// costs wake-ups). But a generation in memory is served 0.87x as fast by
+/// sixteen threads as by two, so `serve` starts one thread a core unless
+/// the newest generation at start is larger than the memory it may use and
+/// `io_uring` is unavailable (`--threads` sets the count).
 pub const THREADS_PER_CORE: usize = 8;
 
 /// What `promo serve` is told.
@@ -47,7 +51,7 @@ pub struct Config {
     pub limits: http::Limits,
     /// Serving threads, each with its own listener; 0 means one per core,
     /// or [`THREADS_PER_CORE`] per core when the generation at start does
-    /// not fit in memory.
+    /// not fit in memory and `io_uring` is unavailable.
     pub threads: usize,
     /// An object store to poll for new generations, if any.
     pub source: Option<fetch::Source>,
@@ -80,7 +84,7 @@ impl Config {
 /// metrics upkeep. [`Server::stop`] (or dropping it) stops them all.
 ///
 /// One single-threaded runtime per core (more when the generation does not
-/// fit in memory: see [`THREADS_PER_CORE`]), each accepting on its own
+/// fit in memory and `io_uring` is unavailable: see [`THREADS_PER_CORE`]), each accepting on its own
 /// SO_REUSEPORT listener: a connection lives on one thread, and no request
 /// is handed between threads. Everything else shares one more thread, so a
 /// slow store or a long verification never takes a serving thread.
@@ -120,7 +124,7 @@ impl Server {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let size = live.current().as_ref().map_or(0, |t| t.header().file_len());
                 match crate::generation::table::memory_for_cache() {
-                    Some(memory) if size > memory => THREADS_PER_CORE * cores,
+                    Some(memory) if size > memory && !disk::available() => THREADS_PER_CORE * cores,
                     _ => cores,
                 }
             }

@@ -1,0 +1,437 @@
+//! Bringing a lookup's records into memory without blocking a serving
+//! thread, for a generation larger than memory.
+//!
+//! A lookup reads the generation through its mapping. When the page it
+//! needs is not in the page cache, the read is a page fault, and the
+//! thread sleeps until the disk answers: every other connection of that
+//! thread waits with it. Sixteen threads on two cores kept the disk busy
+//! that way, at the price of a context switch or two per fault and of
+//! threads competing for the cores.
+//!
+//! Instead, each serving thread has an `io_uring` ring. Before a lookup in
+//! such a generation, [`bring_in`] reads the bytes the lookup will read
+//! (its bucket of records, one or two pages) through the ring, as an
+//! ordinary buffered read. When they are in the page cache the read
+//! completes while it is submitted, in the same system call; when they are
+//! not, the kernel starts the disk read and the request's task waits for
+//! its completion while the thread serves other connections. Then the
+//! lookup runs as always, on pages now in memory. The pages land in the
+//! page cache, so hot records stay there as before.
+//!
+//! Only a hint: if the ring cannot be made (a kernel without `io_uring`, or
+//! a sandbox that forbids it), is full, or a read fails, the lookup faults
+//! as it did before and gives the same answer; if the page was taken back
+//! between the read and the lookup, the lookup faults once.
+
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{opcode, types, IoUring};
+use tokio::io::unix::AsyncFd;
+
+use crate::generation::table::Table;
+
+/// Reads in flight on one thread at most; more fault as before.
+const RING_ENTRIES: u32 = 256;
+
+/// Whether this process may use `io_uring`: a ring made and dropped.
+pub fn available() -> bool {
+    IoUring::new(2).is_ok()
+}
+
+/// Reads `range` of `table`'s file (see [`Table::lookup_range`]) into the
+/// page cache without blocking the thread; returns at once when it cannot
+/// be read this way (see the module's doc). Call from within a serving
+/// thread's runtime.
+pub async fn bring_in(table: &Arc<Table>, range: std::ops::Range<u64>) {
+    let Some(ring) = Ring::here() else {
+        return;
+    };
+    if let Some(slot) = ring.queue(table, range) {
+        metrics::counter!(crate::metrics::DISK_READS).increment(1);
+        Read { ring, slot }.await
+    }
+}
+
+/// One thread's ring, the reads in flight on it, and the eventfd the kernel
+/// signals when a read completes after its submission.
+struct Ring {
+    inner: Mutex<Inner>,
+    completed: AsyncFd<OwnedFd>,
+}
+
+struct Inner {
+    ring: IoUring,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// Reads queued since the last submission.
+    queued: bool,
+    /// The task that submits the queued reads, waiting for some.
+    submitter: Option<Waker>,
+}
+
+/// A read's buffer and table outlive the request's task: the kernel writes
+/// into the buffer until the read completes, even if the client has gone.
+struct Slot {
+    buf: Vec<u8>,
+    /// Keeps the file open until the read completes.
+    table: Option<Arc<Table>>,
+    state: State,
+}
+
+enum State {
+    Free,
+    /// In flight; the waker of the task waiting for it, once it has waited.
+    Reading(Option<Waker>),
+    Done,
+    /// In flight, and nobody waits for it any more.
+    Abandoned,
+}
+
+impl Ring {
+    /// This thread's ring, made on first use (`None` if it cannot be).
+    fn here() -> Option<Arc<Ring>> {
+        thread_local! {
+            static RING: std::cell::OnceCell<Option<Arc<Ring>>> = const { std::cell::OnceCell::new() };
+        }
+        RING.with(|r| {
+            r.get_or_init(|| match Ring::new() {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    tracing::warn!(
+                        "io_uring unavailable, lookups from disk block their thread: {e}"
+                    );
+                    None
+                }
+            })
+            .clone()
+        })
+    }
+
+    fn new() -> std::io::Result<Arc<Ring>> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        // SAFETY: eventfd takes no pointers; a descriptor it returns is ours
+        // to own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nothing
+        // else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Signalled for every completion. Not only for those that complete
+        // after their submission (`register_eventfd_async`): that counts
+        // only completions by the kernel's worker threads, and a buffered
+        // read that waits for the disk completes in this thread's own
+        // context, at its next system call, so it would wait for the next
+        // submission. A read of cached pages completes inside its
+        // submission and is reaped there; its signal only wakes the reaper
+        // once more per turn of the runtime.
+        ring.submitter().register_eventfd(fd.as_raw_fd())?;
+        // SAFETY: the AsyncFd owns `fd`, which stays open, the same
+        // descriptor, until the AsyncFd is dropped.
+        let completed = unsafe { AsyncFd::register(fd) }?;
+        let ring = Arc::new(Ring {
+            inner: Mutex::new(Inner {
+                ring,
+                slots: Vec::new(),
+                free: Vec::new(),
+                queued: false,
+                submitter: None,
+            }),
+            completed,
+        });
+        let (reaper, submitter) = (ring.clone(), ring.clone());
+        tokio::spawn(async move { reaper.reap_forever().await });
+        tokio::spawn(std::future::poll_fn(move |cx| submitter.submit_queued(cx)));
+        Ok(ring)
+    }
+
+    /// Queues a read of `range` of `table`'s file, to be submitted with
+    /// the others queued in this turn of the runtime; `None` if the ring
+    /// is full.
+    fn queue(&self, table: &Arc<Table>, range: std::ops::Range<u64>) -> Option<usize> {
+        let mut inner = self.inner.lock().unwrap();
+        let slot = match inner.free.pop() {
+            Some(slot) => slot,
+            None if inner.slots.len() < RING_ENTRIES as usize => {
+                inner.slots.push(Slot {
+                    buf: Vec::new(),
+                    table: None,
+                    state: State::Free,
+                });
+                inner.slots.len() - 1
+            }
+            None => return None,
+        };
+        let len = (range.end - range.start) as usize;
+        let s = &mut inner.slots[slot];
+        s.buf.resize(len, 0);
+        s.table = Some(table.clone());
+        s.state = State::Reading(None);
+        let read = opcode::Read::new(
+            types::Fd(table.file().as_raw_fd()),
+            s.buf.as_mut_ptr(),
+            len as u32,
+        )
+        .offset(range.start)
+        .build()
+        .user_data(slot as u64);
+        // SAFETY (the push): the buffer and the file stay alive until the read
+        // completes: the slot owns the buffer and holds the table (whose
+        // file it is), and a slot is reused only once its completion is
+        // reaped, even if its reader has gone.
+        // The queue has as many entries as there are slots, so it has room.
+        if unsafe { inner.ring.submission().push(&read) }.is_err() {
+            let s = &mut inner.slots[slot];
+            s.table = None;
+            s.state = State::Free;
+            inner.free.push(slot);
+            return None;
+        }
+        if !std::mem::replace(&mut inner.queued, true) {
+            if let Some(submitter) = inner.submitter.take() {
+                submitter.wake();
+            }
+        }
+        Some(slot)
+    }
+
+    /// The submitting task: once woken, it runs after the tasks already
+    /// woken in this turn of the runtime, so the reads they queued go to
+    /// the kernel in one system call (and reach the disk together: on a
+    /// virtual disk, each separate submission costs an exit to the
+    /// hypervisor). Reads of cached pages complete within the call.
+    fn submit_queued(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.inner.lock().unwrap();
+        let mut woken = Vec::new();
+        if std::mem::take(&mut inner.queued) {
+            match inner.ring.submit() {
+                Ok(_) => woken = inner.reap(),
+                Err(e) => {
+                    // Busy: try again in the next turn.
+                    tracing::debug!("io_uring submit: {e}");
+                    inner.queued = true;
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
+        inner.submitter = Some(cx.waker().clone());
+        drop(inner);
+        woken.into_iter().for_each(Waker::wake);
+        Poll::Pending
+    }
+
+    /// Waits for the eventfd and reaps, for as long as the thread serves.
+    async fn reap_forever(&self) {
+        loop {
+            let Ok(mut ready) = self.completed.readable().await else {
+                return;
+            };
+            let mut count = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into `count`, which has 8.
+            unsafe {
+                libc::read(
+                    self.completed.get_ref().as_raw_fd(),
+                    count.as_mut_ptr().cast(),
+                    8,
+                )
+            };
+            ready.clear_ready();
+            let woken = self.inner.lock().unwrap().reap();
+            woken.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+impl Inner {
+    /// Takes every completion: marks its read done, frees the slot of an
+    /// abandoned one, and returns the wakers of the tasks to wake.
+    fn reap(&mut self) -> Vec<Waker> {
+        let mut woken = Vec::new();
+        let done: Vec<usize> = self
+            .ring
+            .completion()
+            .map(|c| c.user_data() as usize)
+            .collect();
+        for slot in done {
+            let s = &mut self.slots[slot];
+            s.table = None;
+            match std::mem::replace(&mut s.state, State::Done) {
+                State::Reading(waker) => woken.extend(waker),
+                State::Abandoned => {
+                    s.state = State::Free;
+                    self.free.push(slot);
+                }
+                State::Free | State::Done => unreachable!("a completion for a read not in flight"),
+            }
+        }
+        woken
+    }
+}
+
+/// A request's wait for its read.
+struct Read {
+    ring: Arc<Ring>,
+    slot: usize,
+}
+
+impl Future for Read {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.ring.inner.lock().unwrap();
+        let s = &mut inner.slots[self.slot];
+        match &mut s.state {
+            State::Done => {
+                s.state = State::Free;
+                inner.free.push(self.slot);
+                // Freed: dropping `self` must not touch the slot again.
+                drop(inner);
+                let this = self.get_mut();
+                this.slot = usize::MAX;
+                Poll::Ready(())
+            }
+            State::Reading(waker) => {
+                *waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            State::Free | State::Abandoned => unreachable!("a read polled after it was freed"),
+        }
+    }
+}
+
+impl Drop for Read {
+    fn drop(&mut self) {
+        if self.slot == usize::MAX {
+            return;
+        }
+        let mut inner = self.ring.inner.lock().unwrap();
+        let s = &mut inner.slots[self.slot];
+        match s.state {
+            State::Done => {
+                s.state = State::Free;
+                inner.free.push(self.slot);
+            }
+            _ => s.state = State::Abandoned,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::format::Writer;
+    use crate::generation::record::Price;
+    use futures_util::FutureExt;
+
+    const DATE: &[u8] = b"2018-08-04 05:32:31 +0200 CEST";
+
+    /// A generation of `n` spread-out keys, written and then dropped from
+    /// the page cache, in a directory on the disk the tests build on (a
+    /// tmpfs would keep its pages in memory for good).
+    fn cold_table(n: u128) -> (tempfile::TempDir, Arc<Table>, Vec<u128>) {
+        let here = std::env::current_exe().unwrap();
+        let dir = tempfile::tempdir_in(here.parent().unwrap()).unwrap();
+        let path = dir.path().join("cold.promo");
+        let keys: Vec<u128> = (1..=n).map(|i| i * (u128::MAX / (n + 1))).collect();
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w = Writer::new(file, &path, n as u64).unwrap();
+        for &k in &keys {
+            w.push_row(k, Price::new((k % 1000) as u64, 2).unwrap(), DATE)
+                .unwrap();
+        }
+        w.finish().unwrap();
+        // Opening reads the header and the fanout table, and the read-ahead
+        // around them: the pages are dropped after.
+        let table = Arc::new(Table::open(&path, 1).unwrap());
+        table.file().sync_all().unwrap();
+        let fd = table.file().as_raw_fd();
+        // SAFETY: posix_fadvise takes no pointers.
+        let rc = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        (dir, table, keys)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn in_flight() -> usize {
+        let ring = Ring::here().expect("io_uring is available");
+        let inner = ring.inner.lock().unwrap();
+        inner.slots.len() - inner.free.len()
+    }
+
+    #[test]
+    fn reads_bring_a_lookups_records_into_memory_and_lookups_agree() {
+        assert!(available(), "io_uring is available here");
+        let (_dir, table, keys) = cold_table(200_000);
+        // Every 97th key: records on pages far apart.
+        let picked: Vec<u128> = keys.iter().copied().step_by(97).collect();
+        let ranges: Vec<_> = picked
+            .iter()
+            .map(|&k| table.lookup_range(k).unwrap())
+            .collect();
+        let cold = ranges
+            .iter()
+            .filter(|r| !table.in_memory((*r).clone()))
+            .count();
+        assert!(
+            cold > ranges.len() * 9 / 10,
+            "{cold} of {} ranges are out of memory before the reads",
+            ranges.len()
+        );
+        runtime().block_on(async {
+            // More at once than the ring takes: the rest return at once.
+            let reads = ranges.iter().map(|r| bring_in(&table, r.clone()));
+            futures_util::future::join_all(reads).await;
+            assert_eq!(in_flight(), 0);
+        });
+        let read = ranges
+            .iter()
+            .filter(|r| table.in_memory((*r).clone()))
+            .count();
+        assert!(
+            read >= (RING_ENTRIES as usize).min(ranges.len()),
+            "{read} of {} ranges in memory after the reads",
+            ranges.len()
+        );
+        for &k in &picked {
+            let found = table.get(k).expect("every written key is found");
+            assert_eq!(found.key(), k);
+            assert_eq!(found.price(), Price::new((k % 1000) as u64, 2));
+        }
+    }
+
+    #[test]
+    fn a_read_nobody_waits_for_any_more_frees_its_slot_when_it_completes() {
+        let (_dir, table, keys) = cold_table(100_000);
+        runtime().block_on(async {
+            for &k in keys.iter().step_by(500) {
+                let range = table.lookup_range(k).unwrap();
+                // Polled once (queued, not submitted yet), then dropped, as
+                // when a client goes away mid-request.
+                assert!(bring_in(&table, range).now_or_never().is_none());
+            }
+            assert_eq!(in_flight(), 200);
+            // The reads still complete, into buffers the slots still own.
+            for _ in 0..1000 {
+                if in_flight() == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(in_flight(), 0, "abandoned reads are reaped");
+            let last = table.lookup_range(keys[7]).unwrap();
+            bring_in(&table, last.clone()).await;
+            assert!(table.in_memory(last));
+        });
+    }
+}
