@@ -204,11 +204,11 @@ impl Table {
         (end - start <= LOOKUP_RANGE_MAX).then_some(start..end)
     }
 
-    /// Whether every page of `range` (of the file) is mapped in memory now,
-    /// so that reading it takes no disk read. `mincore` says so for pages
-    /// in the page cache, or, where the kernel tells a process only about
-    /// its own page tables (a file it may not write), for pages this
-    /// mapping has faulted in; either way a page it calls resident is.
+    /// Whether every page of `range` (of the file) is in memory now, so
+    /// that reading it takes no disk read. `mincore` reports the page
+    /// cache, or, for a file this process may not write, only the pages
+    /// this mapping has faulted in: either way a page it reports is in
+    /// memory, and one it misses costs a read that completes at once.
     pub fn in_memory(&self, range: std::ops::Range<u64>) -> bool {
         let page = page_size();
         let start = range.start as usize / page * page;
