@@ -573,3 +573,128 @@ fn memory_taken_by_a_burst_of_connections_is_given_back_once_they_close() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A memory cgroup (v2, or v1's memory controller) limited to `limit`
+/// bytes, removed when dropped (after what runs in it has stopped).
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> MemoryCgroup {
+        let root = std::path::Path::new("/sys/fs/cgroup");
+        let v2 = root.join("cgroup.controllers").exists();
+        let base = if v2 {
+            root.to_path_buf()
+        } else {
+            root.join("memory")
+        };
+        let dir = base.join(format!("promo-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| {
+            panic!(
+                "this test needs a memory cgroup it may create (root): {}: {e}",
+                dir.display()
+            )
+        });
+        let file = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(dir.join(file), limit.to_string()).unwrap();
+        MemoryCgroup { dir }
+    }
+
+    /// `cmd` run inside the cgroup (a shell joins it, then runs `cmd`).
+    fn wrap(&self, cmd: &std::process::Command) -> std::process::Command {
+        let procs = self.dir.join("cgroup.procs");
+        let mut wrapped = std::process::Command::new("sh");
+        wrapped
+            .arg("-c")
+            .arg(format!("echo $$ > {} && exec \"$@\"", procs.display()))
+            .arg("sh")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        wrapped
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_generation_larger_than_its_memory_is_served_by_reads_from_disk() {
+    // On the disk the tests build on: a tmpfs would hold the file in memory.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data = dir.path().join("data");
+    let csv = dir.path().join("big.csv");
+    let date = "2026-12-03 10:00:00 +0000 UTC".to_string();
+    let rows: Vec<_> = (0..1_000_000u64)
+        .map(|i| {
+            (
+                id(23, i),
+                format!("{}.{:02}", i % 997, i % 100),
+                date.clone(),
+            )
+        })
+        .collect();
+    write_csv(&csv, &rows);
+    build_ok(&data, &csv, &[]);
+    let generation = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "promo"))
+        .unwrap();
+    let size = std::fs::metadata(&generation).unwrap().len();
+    // 32 MB of records in 24 MiB, the server's own memory included.
+    let limit = 24 << 20;
+    assert!(size > limit, "{size} bytes");
+    // Out of the page cache, so that what the server reads comes from disk.
+    let file = std::fs::File::open(&generation).unwrap();
+    // SAFETY: posix_fadvise takes no pointers.
+    let rc = unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    assert_eq!(rc, 0);
+
+    let cgroup = MemoryCgroup::new(limit);
+    let mut serve = promo();
+    serve.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
+    serve.arg(&data);
+    let server = Server::spawn(cgroup.wrap(&serve));
+    let mut client = Client::connect(server.addr);
+    for (i, (id, price, date)) in rows.iter().enumerate().step_by(499) {
+        let r = client.get(&format!("/promotions/{id}"));
+        assert_eq!(r.status, 200, "row {i}: {}", r.text());
+        let json = r.json();
+        assert_eq!(json["id"], id.as_str());
+        assert_eq!(json["price"].as_f64(), price.parse().ok(), "row {i}");
+        assert_eq!(json["expiration_date"], date.as_str());
+    }
+    let missing = client.get("/promotions/00000000-0000-4000-8000-000000000000");
+    assert_eq!(missing.status, 404);
+    let reads = server.metric("promo_lookup_disk_reads_total");
+    assert!(
+        reads > 200.0,
+        "{reads} of 2,005 lookups read their records from disk; log:\n{}",
+        server.log()
+    );
+    assert!(
+        !server.log().contains("io_uring unavailable"),
+        "{}",
+        server.log()
+    );
+}

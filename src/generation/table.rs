@@ -204,6 +204,31 @@ impl Table {
         (end - start <= LOOKUP_RANGE_MAX).then_some(start..end)
     }
 
+    /// [`Table::get`], but from `bucket` when it holds the bytes of
+    /// `lookup_range(key)`, read from the file (see
+    /// [`crate::server::disk`]): then the mapping is not touched, and no
+    /// page is faulted into it.
+    pub fn get_from<'a>(&'a self, key: u128, bucket: Option<&'a Bucket>) -> Option<Found<'a>> {
+        let Some(bucket) = bucket.filter(|b| {
+            self.lookup_range(key) == Some(b.range.clone())
+                && b.bytes.len() as u64 == b.range.end - b.range.start
+        }) else {
+            return self.get(key);
+        };
+        let width = self.header.record_len();
+        let (mut lo, mut hi) = (0, bucket.bytes.len() / width);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let bytes = &bucket.bytes[mid * width..(mid + 1) * width];
+            match key_of(bytes).cmp(&key) {
+                std::cmp::Ordering::Equal => return Some(Found { table: self, bytes }),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+
     /// Whether every page of `range` (of the file) is in memory now, so
     /// that reading it takes no disk read. `mincore` reports the page
     /// cache, or, for a file this process may not write, only the pages
@@ -420,6 +445,12 @@ impl Table {
         }
         None
     }
+}
+
+/// A lookup's bucket of records read from the file: `bytes` are `range`.
+pub struct Bucket {
+    pub range: std::ops::Range<u64>,
+    pub bytes: Vec<u8>,
 }
 
 /// The largest [`Table::lookup_range`]: a bucket's records are 32 to 63

@@ -1,4 +1,4 @@
-//! Bringing a lookup's records into memory without blocking a serving
+//! Reading a lookup's records from disk without blocking a serving
 //! thread, for a generation larger than memory.
 //!
 //! A lookup reads the generation through its mapping. When the page it
@@ -8,20 +8,22 @@
 //! that way, at the price of a context switch or two per fault and of
 //! threads competing for the cores.
 //!
-//! Instead, each serving thread has an `io_uring` ring. Before a lookup in
-//! such a generation, [`bring_in`] reads the bytes the lookup will read
-//! (its bucket of records, one or two pages) through the ring, as an
-//! ordinary buffered read. When they are in the page cache the read
-//! completes while it is submitted, in the same system call; when they are
-//! not, the kernel starts the disk read and the request's task waits for
-//! its completion while the thread serves other connections. Then the
-//! lookup runs as always, on pages now in memory. The pages land in the
-//! page cache, so hot records stay there as before.
+//! Instead, each serving thread has an `io_uring` ring. A lookup whose
+//! records are not in memory ([`Table::in_memory`]) reads the bytes it
+//! would read (its bucket of records, one or two pages) through the ring,
+//! with [`read`], as an ordinary buffered read: the request's task waits
+//! for the completion while the thread serves other connections, and the
+//! lookup then searches the bytes read ([`Table::get_from`]), not the
+//! mapping, so no page is faulted into it (a mapped page costs the kernel
+//! an unmapping and a TLB flush on every core when it is reclaimed). The
+//! pages land in the page cache, so hot records stay in memory as before.
 //!
-//! Only a hint: if the ring cannot be made (a kernel without `io_uring`, or
-//! a sandbox that forbids it), is full, or a read fails, the lookup faults
-//! as it did before and gives the same answer; if the page was taken back
-//! between the read and the lookup, the lookup faults once.
+//! Reads queued by the requests of one turn of the runtime go to the
+//! kernel together, in one system call (see `Ring::submit_queued`).
+//!
+//! If the ring cannot be made (a kernel without `io_uring`, or a sandbox
+//! that forbids it), is full, or a read fails, the lookup reads the mapping
+//! and faults as it did before, with the same answer.
 
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -42,18 +44,16 @@ pub fn available() -> bool {
     IoUring::new(2).is_ok()
 }
 
-/// Reads `range` of `table`'s file (see [`Table::lookup_range`]) into the
-/// page cache without blocking the thread; returns at once when it cannot
-/// be read this way (see the module's doc). Call from within a serving
-/// thread's runtime.
-pub async fn bring_in(table: &Arc<Table>, range: std::ops::Range<u64>) {
-    let Some(ring) = Ring::here() else {
-        return;
-    };
-    if let Some(slot) = ring.queue(table, range) {
-        metrics::counter!(crate::metrics::DISK_READS).increment(1);
-        Read { ring, slot }.await
-    }
+/// Reads `range` of `table`'s file (a lookup's bucket: see
+/// [`Table::lookup_range`]) without blocking the thread, through the page
+/// cache. `None` at once when it cannot be read this way (see the module's
+/// doc), or when the read failed or came back short. Call from within a
+/// serving thread's runtime.
+pub async fn read(table: &Arc<Table>, range: std::ops::Range<u64>) -> Option<Vec<u8>> {
+    let ring = Ring::here()?;
+    let slot = ring.queue(table, range)?;
+    metrics::counter!(crate::metrics::DISK_READS).increment(1);
+    Read { ring, slot }.await
 }
 
 /// One thread's ring, the reads in flight on it, and the eventfd the kernel
@@ -86,7 +86,8 @@ enum State {
     Free,
     /// In flight; the waker of the task waiting for it, once it has waited.
     Reading(Option<Waker>),
-    Done,
+    /// Completed, with the kernel's result (bytes read, or -errno).
+    Done(i32),
     /// In flight, and nobody waits for it any more.
     Abandoned,
 }
@@ -252,21 +253,23 @@ impl Inner {
     /// abandoned one, and returns the wakers of the tasks to wake.
     fn reap(&mut self) -> Vec<Waker> {
         let mut woken = Vec::new();
-        let done: Vec<usize> = self
+        let done: Vec<(usize, i32)> = self
             .ring
             .completion()
-            .map(|c| c.user_data() as usize)
+            .map(|c| (c.user_data() as usize, c.result()))
             .collect();
-        for slot in done {
+        for (slot, result) in done {
             let s = &mut self.slots[slot];
             s.table = None;
-            match std::mem::replace(&mut s.state, State::Done) {
+            match std::mem::replace(&mut s.state, State::Done(result)) {
                 State::Reading(waker) => woken.extend(waker),
                 State::Abandoned => {
                     s.state = State::Free;
                     self.free.push(slot);
                 }
-                State::Free | State::Done => unreachable!("a completion for a read not in flight"),
+                State::Free | State::Done(_) => {
+                    unreachable!("a completion for a read not in flight")
+                }
             }
         }
         woken
@@ -280,20 +283,22 @@ struct Read {
 }
 
 impl Future for Read {
-    type Output = ();
+    type Output = Option<Vec<u8>>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {
         let mut inner = self.ring.inner.lock().unwrap();
         let s = &mut inner.slots[self.slot];
         match &mut s.state {
-            State::Done => {
+            &mut State::Done(result) => {
+                let read = (usize::try_from(result) == Ok(s.buf.len()))
+                    .then(|| std::mem::take(&mut s.buf));
                 s.state = State::Free;
                 inner.free.push(self.slot);
                 // Freed: dropping `self` must not touch the slot again.
                 drop(inner);
                 let this = self.get_mut();
                 this.slot = usize::MAX;
-                Poll::Ready(())
+                Poll::Ready(read)
             }
             State::Reading(waker) => {
                 *waker = Some(cx.waker().clone());
@@ -312,7 +317,7 @@ impl Drop for Read {
         let mut inner = self.ring.inner.lock().unwrap();
         let s = &mut inner.slots[self.slot];
         match s.state {
-            State::Done => {
+            State::Done(_) => {
                 s.state = State::Free;
                 inner.free.push(self.slot);
             }
@@ -326,6 +331,7 @@ mod tests {
     use super::*;
     use crate::generation::format::Writer;
     use crate::generation::record::Price;
+    use crate::generation::table::Bucket;
     use futures_util::FutureExt;
 
     const DATE: &[u8] = b"2018-08-04 05:32:31 +0200 CEST";
@@ -370,10 +376,10 @@ mod tests {
     }
 
     #[test]
-    fn reads_bring_a_lookups_records_into_memory_and_lookups_agree() {
+    fn reads_give_a_lookups_bucket_through_the_page_cache() {
         assert!(available(), "io_uring is available here");
         let (_dir, table, keys) = cold_table(200_000);
-        // Every 97th key: records on pages far apart.
+        // Every 97th key: records on pages apart.
         let picked: Vec<u128> = keys.iter().copied().step_by(97).collect();
         let ranges: Vec<_> = picked
             .iter()
@@ -388,26 +394,62 @@ mod tests {
             "{cold} of {} ranges are out of memory before the reads",
             ranges.len()
         );
-        runtime().block_on(async {
+        let buckets = runtime().block_on(async {
             // More at once than the ring takes: the rest return at once.
-            let reads = ranges.iter().map(|r| bring_in(&table, r.clone()));
-            futures_util::future::join_all(reads).await;
+            let reads = ranges.iter().map(|r| read(&table, r.clone()));
+            let buckets = futures_util::future::join_all(reads).await;
             assert_eq!(in_flight(), 0);
+            buckets
         });
-        let read = ranges
-            .iter()
-            .filter(|r| table.in_memory((*r).clone()))
-            .count();
-        assert!(
-            read >= (RING_ENTRIES as usize).min(ranges.len()),
-            "{read} of {} ranges in memory after the reads",
-            ranges.len()
+        let read = buckets.iter().filter(|b| b.is_some()).count();
+        assert_eq!(
+            read, RING_ENTRIES as usize,
+            "as many read as the ring takes"
         );
-        for &k in &picked {
-            let found = table.get(k).expect("every written key is found");
+        let file = std::fs::read(table.path()).unwrap();
+        for ((&k, range), bytes) in picked.iter().zip(&ranges).zip(buckets) {
+            let bucket = bytes.map(|bytes| {
+                assert_eq!(bytes, file[range.start as usize..range.end as usize]);
+                assert!(
+                    table.in_memory(range.clone()),
+                    "read through the page cache"
+                );
+                Bucket {
+                    range: range.clone(),
+                    bytes,
+                }
+            });
+            let found = table
+                .get_from(k, bucket.as_ref())
+                .expect("written keys are found");
             assert_eq!(found.key(), k);
             assert_eq!(found.price(), Price::new((k % 1000) as u64, 2));
+            if let Some(bucket) = &bucket {
+                // Found in the bytes read, not in the mapping; a key
+                // between two written ones is not found in them either.
+                assert!(bucket
+                    .bytes
+                    .as_ptr_range()
+                    .contains(&found.bytes().as_ptr()));
+                assert!(table.get_from(k + 1, Some(bucket)).is_none());
+            }
         }
+    }
+
+    #[test]
+    fn a_bucket_of_another_lookup_is_not_searched() {
+        let (_dir, table, keys) = cold_table(10_000);
+        let (a, b) = (keys[10], keys[5000]);
+        let range = table.lookup_range(a).unwrap();
+        let bytes = runtime().block_on(read(&table, range.clone())).unwrap();
+        let bucket = Bucket { range, bytes };
+        // b is looked up in the mapping, and found there.
+        let found = table.get_from(b, Some(&bucket)).unwrap();
+        assert_eq!(found.key(), b);
+        assert!(!bucket
+            .bytes
+            .as_ptr_range()
+            .contains(&found.bytes().as_ptr()));
     }
 
     #[test]
@@ -418,7 +460,7 @@ mod tests {
                 let range = table.lookup_range(k).unwrap();
                 // Polled once (queued, not submitted yet), then dropped, as
                 // when a client goes away mid-request.
-                assert!(bring_in(&table, range).now_or_never().is_none());
+                assert!(read(&table, range).now_or_never().is_none());
             }
             assert_eq!(in_flight(), 200);
             // The reads still complete, into buffers the slots still own.
@@ -430,7 +472,7 @@ mod tests {
             }
             assert_eq!(in_flight(), 0, "abandoned reads are reaped");
             let last = table.lookup_range(keys[7]).unwrap();
-            bring_in(&table, last.clone()).await;
+            assert!(read(&table, last.clone()).await.is_some());
             assert!(table.in_memory(last));
         });
     }

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::builder::ingest;
 use crate::generation::shard::Shard;
-use crate::generation::table::Table;
+use crate::generation::table::{Bucket, Table};
 use crate::metrics as m;
 use crate::server::connection;
 use crate::server::live::Live;
@@ -112,6 +112,18 @@ pub fn route(
     table: Option<&Table>,
     metrics: Option<&PrometheusHandle>,
 ) -> Routed {
+    route_from(method, target, table, None, metrics)
+}
+
+/// [`route`], with the lookup's bucket of records already read from disk
+/// (see [`Table::get_from`]).
+fn route_from(
+    method: &Method,
+    target: &str,
+    table: Option<&Table>,
+    bucket: Option<&Bucket>,
+    metrics: Option<&PrometheusHandle>,
+) -> Routed {
     if target.len() > MAX_TARGET_LEN {
         return Routed {
             route: "other",
@@ -129,7 +141,7 @@ pub fn route(
         };
     }
     if let Some(id) = path.strip_prefix(PROMOTIONS) {
-        let (response, lookup) = promotion(method, id, table);
+        let (response, lookup) = promotion(method, id, table, bucket);
         return Routed {
             route: "promotions",
             response,
@@ -189,6 +201,7 @@ pub fn promotion(
     method: &Method,
     id: &str,
     table: Option<&Table>,
+    bucket: Option<&Bucket>,
 ) -> (Response<Full<Bytes>>, Option<Lookup>) {
     let (mut response, lookup) = if !matches!(*method, Method::GET | Method::HEAD) {
         (method_not_allowed("GET, HEAD"), None)
@@ -201,7 +214,7 @@ pub fn promotion(
             Some(key) if !table.header().shard.contains(key) => {
                 (misdirected(key, table), Some(Lookup::Misdirected))
             }
-            Some(key) => match table.get(key) {
+            Some(key) => match table.get_from(key, bucket) {
                 Some(record) => {
                     let mut body = Vec::with_capacity(128);
                     record.write_json(&mut body);
@@ -562,17 +575,35 @@ impl App {
 
     /// Answers a request against the generation live when it arrived.
     pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
-        self.answer(req.method(), target(req), self.store.current().as_deref())
+        let started = Instant::now();
+        let table = self.store.current();
+        self.answer(req, table.as_deref(), None, started)
     }
 
-    fn answer(
+    /// Answers a lookup whose bucket of records is not in memory: reads it
+    /// from disk without blocking the thread, then looks the id up in it,
+    /// in the generation that was live when the request arrived.
+    async fn handle_from_disk<B>(
         &self,
-        method: &Method,
-        target: &str,
-        table: Option<&Table>,
+        req: &Request<B>,
+        table: Arc<Table>,
+        range: Range<u64>,
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let routed = route(method, target, table, self.metrics.as_ref());
+        let bytes = super::disk::read(&table, range.clone()).await;
+        let bucket = bytes.map(|bytes| Bucket { range, bytes });
+        self.answer(req, Some(&table), bucket.as_ref(), started)
+    }
+
+    fn answer<B>(
+        &self,
+        req: &Request<B>,
+        table: Option<&Table>,
+        bucket: Option<&Bucket>,
+        started: Instant,
+    ) -> Response<Full<Bytes>> {
+        let metrics = self.metrics.as_ref();
+        let routed = route_from(req.method(), target(req), table, bucket, metrics);
         self.counters
             .count(&routed, started.elapsed().as_secs_f64());
         routed.response
@@ -781,8 +812,7 @@ fn service(
             // blocking this thread, then looked up.
             let app = app.clone();
             Either::Left(Box::pin(async move {
-                super::disk::bring_in(&table, range).await;
-                Ok::<_, Infallible>(app.handle(&req))
+                Ok::<_, Infallible>(app.handle_from_disk(&req, table, range).await)
             }) as Answer)
         } else {
             Either::Right(std::future::ready(Ok(app.handle(&req))))

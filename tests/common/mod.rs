@@ -161,11 +161,18 @@ impl Server {
 
     /// `promo serve` on `listen`, with extra arguments and environment.
     pub fn start_env(dir: &Path, listen: &str, extra: &[&str], env: &[(String, String)]) -> Server {
-        let mut child = promo()
-            .args(["serve", "--listen", listen, "--data-dir"])
+        let mut cmd = promo();
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir)
             .args(extra)
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        Server::spawn(cmd)
+    }
+
+    /// Runs `cmd`, a `promo serve` (perhaps wrapped), and waits until it
+    /// says where it listens.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
