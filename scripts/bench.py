@@ -60,6 +60,8 @@ def ensure_tools():
                                  ("curl", "curl"), ("openssl", "openssl"), ("fio", "fio"),
                                  ("zstd", "zstd")]
            if not shutil.which(tool)]
+    if subprocess.run([sys.executable, "-c", "import ensurepip"], capture_output=True).returncode:
+        apt.append("python3-venv")  # for the virtual environment below
     if apt:
         log(f"installing {' '.join(apt)} (Debian)")
         run(["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL)
@@ -69,8 +71,18 @@ def ensure_tools():
         import duckdb  # noqa: F401
         import matplotlib  # noqa: F401
     except ImportError:
-        log("installing duckdb and matplotlib (PyPI)")
-        run([sys.executable, "-m", "pip", "install", "-q", "duckdb", "matplotlib"])
+        # Into the project's own virtual environment, never the system's
+        # Python (Debian's refuses pip installs), then run again in it.
+        venv = ROOT / "target/tools/bench-venv"
+        python = venv / "bin/python"
+        if Path(sys.prefix).resolve() == venv.resolve():
+            raise
+        if not python.exists():
+            log(f"installing duckdb and matplotlib (PyPI) into {venv.relative_to(ROOT)}")
+            run([sys.executable, "-m", "venv", str(venv)])
+            run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                 "duckdb", "matplotlib"])
+        os.execv(python, [str(python), *sys.argv])
 
 
 def machine():
