@@ -820,29 +820,18 @@ impl ChunkRows {
 /// input (`first`, where a BOM and a header may be) or right after a row.
 ///
 /// Chunks can be parsed in parallel; together they give what [`Rows`] gives
-/// for the whole input. Chunks without quotes and without a lone carriage
-/// return (nearly all of a real feed) take a fast path that splits lines and
-/// fields directly, and within it rows of the usual shape take a faster one
-/// still (`parse_fast`); the others go through the CSV reader.
+/// for the whole input. Rows of the usual shape (nearly all of a real feed)
+/// take a fast path (`parse_fast`) that reads the fields in place. At the
+/// first row that does not, the rest of the chunk is checked once: without
+/// quotes and without a lone carriage return, a row is a line and its
+/// fields what commas separate; otherwise the rest goes through the CSV
+/// reader. (A row on the fast path holds neither, so the CSV reader would
+/// have read the rows before it the same way.)
 pub fn parse_chunk(chunk: &[u8], first: bool) -> ChunkRows {
     let mut out = ChunkRows {
         records: Vec::with_capacity(chunk.len() / 64),
         ..ChunkRows::default()
     };
-    if !plain(chunk) {
-        out.newlines = memchr::memchr_iter(b'\n', chunk).count() as u64;
-        let rows = if first {
-            Rows::new(chunk)
-        } else {
-            Rows::continuation(chunk)
-        };
-        for row in rows {
-            // Reading from memory cannot fail.
-            let (line, verdict) = row.expect("reading a slice cannot fail");
-            out.verdict(line, verdict);
-        }
-        return out;
-    }
     let mut body = chunk;
     if first {
         body = body.strip_prefix(BOM).unwrap_or(body);
@@ -850,6 +839,7 @@ pub fn parse_chunk(chunk: &[u8], first: bool) -> ChunkRows {
     let mut past_first = !first;
     let mut line = 0u64;
     let mut start = 0;
+    let mut rest_checked = false;
     // Every row, the text after the last line feed included, even if empty.
     while start <= body.len() {
         line += 1;
@@ -858,6 +848,24 @@ pub fn parse_chunk(chunk: &[u8], first: bool) -> ChunkRows {
             out.accept(key, price, date, fields);
             start += len;
             continue;
+        }
+        if !std::mem::replace(&mut rest_checked, true) && !plain(&body[start..]) {
+            // From where the fast path stopped; with nothing read yet, the
+            // chunk as it is (its BOM and header too).
+            let rest = if start == 0 { chunk } else { &body[start..] };
+            let rows = if start == 0 && first {
+                Rows::new(rest)
+            } else {
+                Rows::continuation(rest)
+            };
+            let lines_before = line - 1;
+            for row in rows {
+                // Reading from memory cannot fail.
+                let (line, verdict) = row.expect("reading a slice cannot fail");
+                out.verdict(lines_before + line, verdict);
+            }
+            out.newlines = lines_before + memchr::memchr_iter(b'\n', rest).count() as u64;
+            return out;
         }
         let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |at| start + at);
         let text = &body[start..end];
