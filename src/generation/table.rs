@@ -206,8 +206,10 @@ impl Table {
 
     /// [`Table::get`], but from `bucket` when it holds the bytes of
     /// `lookup_range(key)`, read from the file (see
-    /// [`crate::server::disk`]): then the mapping is not touched, and no
-    /// page is faulted into it.
+    /// [`crate::server::disk`]): then the record is read from the bucket,
+    /// and no page of it is faulted into the mapping (a date kept in the
+    /// file's overflow area, with fractional seconds, is still read from
+    /// the mapping).
     pub fn get_from<'a>(&'a self, key: u128, bucket: Option<&'a Bucket>) -> Option<Found<'a>> {
         let Some(bucket) = bucket.filter(|b| {
             self.lookup_range(key) == Some(b.range.clone())

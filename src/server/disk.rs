@@ -25,9 +25,11 @@
 //! that forbids it), is full, or a read fails, the lookup reads the mapping
 //! and faults as it did before, with the same answer.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -39,9 +41,10 @@ use crate::generation::table::Table;
 /// Reads in flight on one thread at most; more fault as before.
 const RING_ENTRIES: u32 = 256;
 
-/// Whether this process may use `io_uring`: a ring made and dropped.
+/// Whether this process may use `io_uring`: a ring of the size each
+/// serving thread makes, made and dropped.
 pub fn available() -> bool {
-    IoUring::new(2).is_ok()
+    IoUring::new(RING_ENTRIES).is_ok()
 }
 
 /// Reads `range` of `table`'s file (a lookup's bucket: see
@@ -61,6 +64,18 @@ pub async fn read(table: &Arc<Table>, range: std::ops::Range<u64>) -> Option<Vec
 struct Ring {
     inner: Mutex<Inner>,
     completed: AsyncFd<OwnedFd>,
+    /// False once the runtime that runs its reaper and submitter is gone.
+    alive: AtomicBool,
+}
+
+/// Held by the reaper task: marks the ring dead when the task is dropped
+/// with its runtime, so that a later runtime on the thread makes its own.
+struct Alive(Arc<Ring>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -93,22 +108,34 @@ enum State {
 }
 
 impl Ring {
-    /// This thread's ring, made on first use (`None` if it cannot be).
+    /// This thread's ring, made on first use in the runtime running on
+    /// it (`None` if it cannot be).
     fn here() -> Option<Arc<Ring>> {
         thread_local! {
-            static RING: std::cell::OnceCell<Option<Arc<Ring>>> = const { std::cell::OnceCell::new() };
+            static RING: RefCell<Option<Arc<Ring>>> = const { RefCell::new(None) };
+            static UNAVAILABLE: Cell<bool> = const { Cell::new(false) };
         }
         RING.with(|r| {
-            r.get_or_init(|| match Ring::new() {
-                Ok(ring) => Some(ring),
+            let mut r = r.borrow_mut();
+            if let Some(ring) = r.as_ref().filter(|ring| ring.alive.load(Ordering::Relaxed)) {
+                return Some(ring.clone());
+            }
+            if UNAVAILABLE.get() {
+                return None;
+            }
+            match Ring::new() {
+                Ok(ring) => {
+                    *r = Some(ring.clone());
+                    Some(ring)
+                }
                 Err(e) => {
                     tracing::warn!(
                         "io_uring unavailable, lookups from disk block their thread: {e}"
                     );
+                    UNAVAILABLE.set(true);
                     None
                 }
-            })
-            .clone()
+            }
         })
     }
 
@@ -144,9 +171,10 @@ impl Ring {
                 submitter: None,
             }),
             completed,
+            alive: AtomicBool::new(true),
         });
-        let (reaper, submitter) = (ring.clone(), ring.clone());
-        tokio::spawn(async move { reaper.reap_forever().await });
+        let (reaper, submitter) = (Alive(ring.clone()), ring.clone());
+        tokio::spawn(async move { reaper.0.reap_forever().await });
         tokio::spawn(std::future::poll_fn(move |cx| submitter.submit_queued(cx)));
         Ok(ring)
     }
@@ -211,7 +239,15 @@ impl Ring {
         let mut woken = Vec::new();
         if std::mem::take(&mut inner.queued) {
             match inner.ring.submit() {
-                Ok(_) => woken = inner.reap(),
+                Ok(_) => {
+                    // The kernel may take fewer than were queued (short of
+                    // memory): the rest go in the next turn.
+                    if !inner.ring.submission().is_empty() {
+                        inner.queued = true;
+                        cx.waker().wake_by_ref();
+                    }
+                    woken = inner.reap();
+                }
                 Err(e) => {
                     // Busy: try again in the next turn.
                     tracing::debug!("io_uring submit: {e}");
@@ -273,6 +309,36 @@ impl Inner {
             }
         }
         woken
+    }
+}
+
+impl Drop for Inner {
+    /// The kernel writes into the buffers of reads in flight until they
+    /// complete, even once nobody waits for them: wait for those reads
+    /// before the buffers are freed (the thread is ending, or its runtime
+    /// has gone).
+    fn drop(&mut self) {
+        let in_flight = |slots: &[Slot]| {
+            slots
+                .iter()
+                .any(|s| matches!(s.state, State::Reading(_) | State::Abandoned))
+        };
+        while in_flight(&self.slots) {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => drop(self.reap()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // Cannot wait: leak the buffers rather than free them
+                    // under the kernel.
+                    for s in &mut self.slots {
+                        if matches!(s.state, State::Reading(_) | State::Abandoned) {
+                            std::mem::forget(std::mem::take(&mut s.buf));
+                        }
+                    }
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -475,5 +541,34 @@ mod tests {
             assert!(read(&table, last.clone()).await.is_some());
             assert!(table.in_memory(last));
         });
+    }
+
+    #[test]
+    fn a_runtime_gone_with_reads_in_flight_leaves_the_next_one_a_working_ring() {
+        let (_dir, table, keys) = cold_table(100_000);
+        let ranges: Vec<_> = keys
+            .iter()
+            .step_by(500)
+            .map(|&k| table.lookup_range(k).unwrap())
+            .collect();
+        let first = runtime();
+        first.block_on(async {
+            for r in &ranges {
+                assert!(read(&table, r.clone()).now_or_never().is_none());
+            }
+            // The submitter runs: the reads go to the kernel.
+            tokio::task::yield_now().await;
+        });
+        // Dropped with reads in flight, and its ring's tasks with it.
+        drop(first);
+        let next = runtime();
+        let range = table.lookup_range(keys[3]).unwrap();
+        let read = next.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(30), read(&table, range)).await
+        });
+        assert!(
+            matches!(read, Ok(Some(_))),
+            "a read in the next runtime completes"
+        );
     }
 }

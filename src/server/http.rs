@@ -612,7 +612,9 @@ impl App {
     /// For a lookup in a generation larger than memory whose records are
     /// not in memory now: the generation and the bytes to read first.
     fn lookup_from_disk<B>(&self, req: &Request<B>) -> Option<(Arc<Table>, Range<u64>)> {
-        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        if !matches!(*req.method(), Method::GET | Method::HEAD)
+            || target(req).len() > MAX_TARGET_LEN
+        {
             return None;
         }
         let id = req.uri().path().strip_prefix(PROMOTIONS)?;
@@ -621,7 +623,9 @@ impl App {
         if !table.larger_than_memory() {
             return None;
         }
-        let range = table.lookup_range(id_in_url(id)?)?;
+        // Another shard's id is answered 421 without a lookup.
+        let key = id_in_url(id).filter(|&key| table.header().shard.contains(key))?;
+        let range = table.lookup_range(key)?;
         (!table.in_memory(range.clone())).then(|| (table.clone(), range))
     }
 
