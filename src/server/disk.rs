@@ -44,7 +44,21 @@ const RING_ENTRIES: u32 = 256;
 /// Whether this process may use `io_uring`: a ring of the size each
 /// serving thread makes, made and dropped.
 pub fn available() -> bool {
-    IoUring::new(RING_ENTRIES).is_ok()
+    new_ring().is_ok()
+}
+
+/// A ring whose completions do not interrupt the thread while it runs in
+/// user space (`IORING_SETUP_COOP_TASKRUN`): a serving thread enters the
+/// kernel for every send and receive, and completes the reads then. A
+/// sleeping thread is still woken. Measured beside the default (10^8
+/// records in a 1 GiB cgroup, 5 alternating rounds of 15 s): 1.035x the
+/// requests/s with uniform ids, 1.015x with Zipf ids. Kernels before 5.19
+/// refuse the flag and get the default.
+fn new_ring() -> std::io::Result<IoUring> {
+    IoUring::builder()
+        .setup_coop_taskrun()
+        .build(RING_ENTRIES)
+        .or_else(|_| IoUring::new(RING_ENTRIES))
 }
 
 /// Reads `range` of `table`'s file (a lookup's bucket: see
@@ -140,7 +154,7 @@ impl Ring {
     }
 
     fn new() -> std::io::Result<Arc<Ring>> {
-        let ring = IoUring::new(RING_ENTRIES)?;
+        let ring = new_ring()?;
         // SAFETY: eventfd takes no pointers; a descriptor it returns is ours
         // to own.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
