@@ -223,16 +223,14 @@ impl Ring {
         .offset(range.start)
         .build()
         .user_data(slot as u64);
-        // SAFETY (the push): the buffer and the file stay alive until the read
+        // SAFETY: the buffer and the file stay alive until the read
         // completes: the slot owns the buffer and holds the table (whose
-        // file it is), and a slot is reused only once its completion is
-        // reaped, even if its reader has gone.
-        // The queue has as many entries as there are slots, so it has room.
+        // file it is), a slot is reused only once its completion is reaped,
+        // even if its reader has gone, and a ring is dropped only after its
+        // reads complete (`Inner`'s Drop). The queue has as many entries as
+        // there are slots, so the push finds room.
         if unsafe { inner.ring.submission().push(&read) }.is_err() {
-            let s = &mut inner.slots[slot];
-            s.table = None;
-            s.state = State::Free;
-            inner.free.push(slot);
+            inner.release(slot);
             return None;
         }
         if !std::mem::replace(&mut inner.queued, true) {
@@ -313,16 +311,29 @@ impl Inner {
             s.table = None;
             match std::mem::replace(&mut s.state, State::Done(result)) {
                 State::Reading(waker) => woken.extend(waker),
-                State::Abandoned => {
-                    s.state = State::Free;
-                    self.free.push(slot);
-                }
+                State::Abandoned => self.release(slot),
                 State::Free | State::Done(_) => {
                     unreachable!("a completion for a read not in flight")
                 }
             }
         }
         woken
+    }
+
+    /// Frees `slot` for the next read: its read is done and taken, or was
+    /// never submitted.
+    fn release(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        s.table = None;
+        s.state = State::Free;
+        self.free.push(slot);
+    }
+}
+
+impl State {
+    /// Whether the kernel may still write into the slot's buffer.
+    fn in_flight(&self) -> bool {
+        matches!(self, State::Reading(_) | State::Abandoned)
     }
 }
 
@@ -332,12 +343,7 @@ impl Drop for Inner {
     /// before the buffers are freed (the thread is ending, or its runtime
     /// has gone).
     fn drop(&mut self) {
-        let in_flight = |slots: &[Slot]| {
-            slots
-                .iter()
-                .any(|s| matches!(s.state, State::Reading(_) | State::Abandoned))
-        };
-        while in_flight(&self.slots) {
+        while self.slots.iter().any(|s| s.state.in_flight()) {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => drop(self.reap()),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -345,7 +351,7 @@ impl Drop for Inner {
                     // Cannot wait: leak the buffers rather than free them
                     // under the kernel.
                     for s in &mut self.slots {
-                        if matches!(s.state, State::Reading(_) | State::Abandoned) {
+                        if s.state.in_flight() {
                             std::mem::forget(std::mem::take(&mut s.buf));
                         }
                     }
@@ -372,8 +378,7 @@ impl Future for Read {
             &mut State::Done(result) => {
                 let read = (usize::try_from(result) == Ok(s.buf.len()))
                     .then(|| std::mem::take(&mut s.buf));
-                s.state = State::Free;
-                inner.free.push(self.slot);
+                inner.release(self.slot);
                 // Freed: dropping `self` must not touch the slot again.
                 drop(inner);
                 let this = self.get_mut();
@@ -395,13 +400,9 @@ impl Drop for Read {
             return;
         }
         let mut inner = self.ring.inner.lock().unwrap();
-        let s = &mut inner.slots[self.slot];
-        match s.state {
-            State::Done(_) => {
-                s.state = State::Free;
-                inner.free.push(self.slot);
-            }
-            _ => s.state = State::Abandoned,
+        match inner.slots[self.slot].state {
+            State::Done(_) => inner.release(self.slot),
+            _ => inner.slots[self.slot].state = State::Abandoned,
         }
     }
 }

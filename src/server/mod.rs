@@ -4,8 +4,9 @@
 //! [`Table`](crate::generation::table::Table)) and swaps it, [`http`] answers requests, and
 //! [`fetch`] brings new generations from an object store into the data
 //! directory, [`disk`] reads a lookup's records from disk without blocking
-//! its thread when the generation is larger than memory, and [`memory`] says how memory comes back after bursts of
-//! connections (the allocator and its settings).
+//! its thread when the generation is larger than memory, and [`memory`]
+//! says how memory comes back after bursts of connections (the allocator
+//! and its settings).
 //! [`run`] assembles them into the serving process.
 
 pub mod admin;
@@ -84,9 +85,9 @@ impl Config {
 /// metrics upkeep. [`Server::stop`] (or dropping it) stops them all.
 ///
 /// One single-threaded runtime per core (more when the generation does not
-/// fit in memory and `io_uring` is unavailable: see [`THREADS_PER_CORE`]), each accepting on its own
-/// SO_REUSEPORT listener: a connection lives on one thread, and no request
-/// is handed between threads. Everything else shares one more thread, so a
+/// fit in memory and `io_uring` is unavailable: see [`THREADS_PER_CORE`]),
+/// each accepting on its own SO_REUSEPORT listener: a connection lives on
+/// one thread, and no request is handed between threads. Everything else shares one more thread, so a
 /// slow store or a long verification never takes a serving thread.
 pub struct Server {
     addr: SocketAddr,
@@ -122,10 +123,14 @@ impl Server {
         let workers = match config.threads {
             0 => {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let size = live.current().as_ref().map_or(0, |t| t.header().file_len());
-                match crate::generation::table::memory_for_cache() {
-                    Some(memory) if size > memory && !disk::available() => THREADS_PER_CORE * cores,
-                    _ => cores,
+                let larger = live
+                    .current()
+                    .as_ref()
+                    .is_some_and(|t| t.larger_than_memory());
+                if larger && !disk::available() {
+                    THREADS_PER_CORE * cores
+                } else {
+                    cores
                 }
             }
             n => n,
