@@ -15,7 +15,8 @@
 //! their whole key. The sorted, deduplicated buffer is either handed out
 //! directly or spilled as a run to an unnamed temporary file (gone even if
 //! the process is killed), written past the page cache (O_DIRECT) where
-//! the file system allows. Runs are merged key range by key range, ranges in
+//! the file system allows; the last buffer of a sort that spilled stays in
+//! memory as the newest run. Runs are merged key range by key range, ranges in
 //! parallel, each with a heap (past 64 runs, groups of runs are first merged
 //! into bigger ones).
 //!
@@ -206,16 +207,7 @@ impl Sorter {
         let gather = |batch: &[u128]| -> Vec<Vec<u8>> {
             batch
                 .par_chunks(BLOCK_RECORDS)
-                .map(|indices| {
-                    let mut block = Vec::with_capacity(indices.len() * RECORD_LEN);
-                    for (n, &index) in indices.iter().enumerate() {
-                        if let Some(&ahead) = indices.get(n + 16) {
-                            prefetch(&records[ahead as usize]);
-                        }
-                        block.extend_from_slice(records[index as usize].as_bytes());
-                    }
-                    block
-                })
+                .map(|indices| gather(records, indices))
                 .collect()
         };
         let mut batches = winners.chunks(BLOCK_RECORDS * 2 * rayon::current_num_threads());
@@ -258,6 +250,30 @@ impl Sorter {
         })
     }
 
+    /// Sorts the buffer and keeps it, as the newest run of the final merge:
+    /// spilled, its records would be written only to be read back, on the
+    /// disk that the merge's reads and the generation's writes share. The
+    /// sort entries' memory, all but the winners' indices, is given back.
+    fn keep_resident(&mut self) -> Result<Resident> {
+        let kept = self.sort_buffer();
+        let records = std::mem::replace(
+            &mut self.records,
+            RecordBuf::new(0).map_err(Error::io(&self.tmp_dir))?,
+        );
+        let winners = Winners::pack(std::mem::take(&mut self.order), kept);
+        let every = self.sample_every() as usize;
+        let samples = winners.as_slice()[every.min(kept + 1) - 1..]
+            .iter()
+            .step_by(every)
+            .map(|&i| records.as_slice()[i as usize].key())
+            .collect();
+        Ok(Resident {
+            records,
+            winners,
+            samples,
+        })
+    }
+
     /// Every how many records of a run a key is sampled: a sixteenth of a
     /// merge range, at most 4,096 (4 MiB of samples at 10^9 records).
     fn sample_every(&self) -> u64 {
@@ -275,27 +291,22 @@ impl Sorter {
                 runs: 0,
             });
         }
-        if !self.records.is_empty() {
-            self.spill()?;
-        }
-        // Give the buffer's memory back to the merge.
-        self.records = RecordBuf::new(0).map_err(Error::io(&self.tmp_dir))?;
-        self.order = Vec::new();
+        let resident = self.keep_resident()?;
         let mut runs = std::mem::take(&mut self.runs);
         // Merge groups of neighbouring runs, keeping their order, until one
-        // pass can merge them all.
-        while runs.len() > self.max_fan_in {
+        // pass can merge them all and the resident buffer.
+        while runs.len() + 1 > self.max_fan_in {
             let mut merged_runs = Vec::new();
             let mut rest = runs.into_iter().peekable();
             while rest.peek().is_some() {
                 let group: Vec<Run> = rest.by_ref().take(self.max_fan_in).collect();
                 let mut merged = self.new_run()?;
-                self.merge_parallel(&group, &mut |block: &[u8]| merged.write(block))?;
+                self.merge_parallel(&group, None, &mut |block: &[u8]| merged.write(block))?;
                 merged_runs.push(merged.finish()?);
             }
             runs = merged_runs;
         }
-        let unique = self.merge_parallel(&runs, &mut sink)?;
+        let unique = self.merge_parallel(&runs, Some(&resident), &mut sink)?;
         Ok(SortStats {
             unique,
             duplicates: self.duplicates,
@@ -317,6 +328,7 @@ impl Sorter {
     fn merge_parallel(
         &mut self,
         runs: &[Run],
+        resident: Option<&Resident>,
         sink: &mut (impl FnMut(&[u8]) -> Result<()> + Send),
     ) -> Result<u64> {
         // Between two neighbouring samples of all runs together there are
@@ -326,7 +338,9 @@ impl Sorter {
         // `per_range * every` of any one run whatever the keys.
         let mut all: Vec<u128> = runs
             .iter()
-            .flat_map(|r| r.samples.iter().copied())
+            .map(|r| &r.samples)
+            .chain(resident.map(|r| &r.samples))
+            .flat_map(|samples| samples.iter().copied())
             .collect();
         all.sort_unstable();
         all.dedup();
@@ -338,12 +352,20 @@ impl Sorter {
             .map(Some)
             .chain([None])
             .collect();
-        let mut readers: Vec<RunReader> = runs
+        let mut readers: Vec<Source> = runs
             .iter()
-            .map(|run| RunReader::new(run, &self.tmp_dir, self.free_step, self.read_len))
+            .map(|run| {
+                Source::Run(RunReader::new(
+                    run,
+                    &self.tmp_dir,
+                    self.free_step,
+                    self.read_len,
+                ))
+            })
+            .chain(resident.map(|r| Source::Resident(r, 0)))
             .collect();
         // The parts of each range of `bounds`, run by run.
-        let read = |readers: &mut Vec<RunReader>, bounds: &[Option<u128>]| {
+        let read = |readers: &mut Vec<Source>, bounds: &[Option<u128>]| {
             bounds
                 .iter()
                 .map(|&bound| {
@@ -450,6 +472,97 @@ impl RunWriter {
             records: self.records,
             samples: self.samples,
         })
+    }
+}
+
+/// The last buffer of a sort that spilled, sorted and kept in memory.
+struct Resident {
+    records: RecordBuf,
+    winners: Winners,
+    /// Sampled as a run's keys are (see [`RunWriter`]).
+    samples: Vec<u128>,
+}
+
+/// Where the final merge takes a run's records from.
+enum Source<'a> {
+    Run(RunReader<'a>),
+    /// The resident buffer, and how many of its winners are taken.
+    Resident(&'a Resident, usize),
+}
+
+impl Source<'_> {
+    /// The run's next records whose keys are below `bound` (all the rest
+    /// for `None`).
+    fn take_below(&mut self, bound: Option<u128>) -> Result<Vec<u8>> {
+        match self {
+            Source::Run(reader) => reader.take_below(bound),
+            Source::Resident(resident, at) => {
+                let records = resident.records.as_slice();
+                let rest = &resident.winners.as_slice()[*at..];
+                let n = match bound {
+                    None => rest.len(),
+                    Some(b) => rest.partition_point(|&i| records[i as usize].key() < b),
+                };
+                *at += n;
+                Ok(gather(records, &rest[..n]))
+            }
+        }
+    }
+}
+
+/// The records at `indices`, one after the other: a random read each, with
+/// the reads a few records ahead started early.
+fn gather<I: Copy + TryInto<usize>>(records: &[Record], indices: &[I]) -> Vec<u8> {
+    let at = |index: I| match index.try_into() {
+        Ok(at) => at,
+        Err(_) => unreachable!("a buffer's index fits in usize"),
+    };
+    let mut block = Vec::with_capacity(indices.len() * RECORD_LEN);
+    for (n, &index) in indices.iter().enumerate() {
+        if let Some(&ahead) = indices.get(n + 16) {
+            prefetch(&records[at(ahead)]);
+        }
+        block.extend_from_slice(records[at(index)].as_bytes());
+    }
+    block
+}
+
+/// The indices of a sorted buffer's winning records, in key order, packed
+/// four to a sort entry in the entries' own allocation, the rest of which
+/// is given back: a full buffer's entries take a third of the sort's memory,
+/// its indices a twelfth.
+struct Winners {
+    entries: Vec<u128>,
+    len: usize,
+}
+
+impl Winners {
+    /// `order[..kept]` holds indices below 2^32 (see `Sorter::sort_buffer`).
+    fn pack(mut order: Vec<u128>, kept: usize) -> Winners {
+        assert!(kept <= order.len());
+        let entries = order.as_mut_ptr();
+        let indices = entries.cast::<u32>();
+        for k in 0..kept {
+            // SAFETY: both pointers come from the one allocation, which holds
+            // `kept` entries (16 bytes each), so index k (bytes 4k..4k+4) is in
+            // it. Entry k is read before index k is written, and an index
+            // written (bytes below 4k+4) never lies in an entry not yet read
+            // (bytes from 16(k+1) on). u32's alignment divides u128's.
+            unsafe { indices.add(k).write(entries.add(k).read() as u32) };
+        }
+        order.truncate(kept.div_ceil(4));
+        order.shrink_to_fit();
+        Winners {
+            entries: order,
+            len: kept,
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        // SAFETY: `entries` holds at least `len.div_ceil(4)` entries, so
+        // `len` u32s, all written by `pack`, in an allocation aligned for
+        // u128 and so for u32; every bit pattern is a valid u32.
+        unsafe { std::slice::from_raw_parts(self.entries.as_ptr().cast::<u32>(), self.len) }
     }
 }
 
@@ -606,10 +719,6 @@ impl RecordBuf {
 
     fn len(&self) -> usize {
         self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     fn push(&mut self, record: Record) {
@@ -771,7 +880,8 @@ mod tests {
         let limit = 10 * ITEM_LEN;
         for n in (0..=250).chain([999, 1000, 1001, 1099, 1100, 1101]) {
             let stats = check(&scrambled(n, u128::MAX), limit, 64);
-            let expected_runs = if n > 10 { n.div_ceil(10) } else { 0 };
+            // The last buffer stays in memory for the merge.
+            let expected_runs = if n > 10 { n.div_ceil(10) - 1 } else { 0 };
             assert_eq!(stats.runs, expected_runs, "{n} items");
         }
     }
@@ -843,6 +953,6 @@ mod tests {
     #[test]
     fn many_runs_merge_in_several_passes() {
         let stats = check(&scrambled(3000, 1000), 10 * ITEM_LEN, 3);
-        assert_eq!(stats.runs, 300);
+        assert_eq!(stats.runs, 299);
     }
 }
