@@ -23,9 +23,12 @@
 //!
 //! If the ring cannot be made (a kernel without `io_uring`, or a sandbox
 //! that forbids it), is full, or a read fails, the lookup reads the mapping
-//! and faults as it did before, with the same answer.
+//! and faults as it did before, with the same answer. So do the lookups
+//! whose reads the kernel refuses to take for good (a submission failing
+//! other than for want of room or time), and every later one on the thread.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
@@ -40,6 +43,14 @@ use crate::generation::table::Table;
 
 /// Reads in flight on one thread at most; more fault as before.
 const RING_ENTRIES: u32 = 256;
+
+thread_local! {
+    /// The thread's ring, made on first use (see [`Ring::here`]).
+    static RING: RefCell<Option<Arc<Ring>>> = const { RefCell::new(None) };
+    /// Set once a ring cannot be made, or its submissions fail for good:
+    /// the thread's lookups then fault.
+    static UNAVAILABLE: Cell<bool> = const { Cell::new(false) };
+}
 
 /// Whether this process may use `io_uring`: a ring of the size each
 /// serving thread makes, made and dropped.
@@ -98,6 +109,9 @@ struct Inner {
     free: Vec<usize>,
     /// Reads queued since the last submission.
     queued: bool,
+    /// The slots of reads queued that the kernel has not taken yet, oldest
+    /// first.
+    unsubmitted: VecDeque<usize>,
     /// The task that submits the queued reads, waiting for some.
     submitter: Option<Waker>,
 }
@@ -117,7 +131,9 @@ enum State {
     Reading(Option<Waker>),
     /// Completed, with the kernel's result (bytes read, or -errno).
     Done(i32),
-    /// In flight, and nobody waits for it any more.
+    /// In flight, and nobody waits for it any more; or queued, and the
+    /// ring failed before the kernel took it (its waiter, if it still
+    /// waits, gets no bytes).
     Abandoned,
 }
 
@@ -125,10 +141,6 @@ impl Ring {
     /// This thread's ring, made on first use in the runtime running on
     /// it (`None` if it cannot be).
     fn here() -> Option<Arc<Ring>> {
-        thread_local! {
-            static RING: RefCell<Option<Arc<Ring>>> = const { RefCell::new(None) };
-            static UNAVAILABLE: Cell<bool> = const { Cell::new(false) };
-        }
         RING.with(|r| {
             let mut r = r.borrow_mut();
             if let Some(ring) = r.as_ref().filter(|ring| ring.alive.load(Ordering::Relaxed)) {
@@ -182,6 +194,7 @@ impl Ring {
                 slots: Vec::new(),
                 free: Vec::new(),
                 queued: false,
+                unsubmitted: VecDeque::new(),
                 submitter: None,
             }),
             completed,
@@ -233,6 +246,7 @@ impl Ring {
             inner.release(slot);
             return None;
         }
+        inner.unsubmitted.push_back(slot);
         if !std::mem::replace(&mut inner.queued, true) {
             if let Some(submitter) = inner.submitter.take() {
                 submitter.wake();
@@ -254,17 +268,33 @@ impl Ring {
                 Ok(_) => {
                     // The kernel may take fewer than were queued (short of
                     // memory): the rest go in the next turn.
-                    if !inner.ring.submission().is_empty() {
+                    let left = inner.ring.submission().len();
+                    let taken = inner.unsubmitted.len().saturating_sub(left);
+                    inner.unsubmitted.drain(..taken);
+                    if left > 0 {
                         inner.queued = true;
                         cx.waker().wake_by_ref();
                     }
                     woken = inner.reap();
                 }
-                Err(e) => {
-                    // Busy: try again in the next turn.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
+                    ) =>
+                {
+                    // Short of room or interrupted: try again in the next turn.
                     tracing::debug!("io_uring submit: {e}");
                     inner.queued = true;
                     cx.waker().wake_by_ref();
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "io_uring submit failed: {e}; lookups from disk block their thread from now on"
+                    );
+                    UNAVAILABLE.set(true);
+                    self.alive.store(false, Ordering::Relaxed);
+                    woken = inner.give_up_unsubmitted();
                 }
             }
         }
@@ -315,6 +345,22 @@ impl Inner {
                 State::Free | State::Done(_) => {
                     unreachable!("a completion for a read not in flight")
                 }
+            }
+        }
+        woken
+    }
+
+    /// Gives up the reads the kernel has not taken: their waiters get no
+    /// bytes (and read the mapping). Their entries are still in the
+    /// submission queue and point into their buffers, so the slots keep
+    /// them as if in flight: freed only if the kernel ever completes them
+    /// (`Inner`'s Drop submits what is queued and waits), never reused.
+    fn give_up_unsubmitted(&mut self) -> Vec<Waker> {
+        let mut woken = Vec::new();
+        while let Some(slot) = self.unsubmitted.pop_front() {
+            let state = std::mem::replace(&mut self.slots[slot].state, State::Abandoned);
+            if let State::Reading(waker) = state {
+                woken.extend(waker);
             }
         }
         woken
@@ -389,7 +435,14 @@ impl Future for Read {
                 *waker = Some(cx.waker().clone());
                 Poll::Pending
             }
-            State::Free | State::Abandoned => unreachable!("a read polled after it was freed"),
+            State::Abandoned => {
+                // Given up (see `Inner::give_up_unsubmitted`): the slot stays
+                // as it is; dropping `self` must not touch it.
+                drop(inner);
+                self.get_mut().slot = usize::MAX;
+                Poll::Ready(None)
+            }
+            State::Free => unreachable!("a read polled after it was freed"),
         }
     }
 }
@@ -555,6 +608,42 @@ mod tests {
             let last = table.lookup_range(keys[7]).unwrap();
             assert!(read(&table, last.clone()).await.is_some());
             assert!(table.in_memory(last));
+        });
+    }
+
+    #[test]
+    fn reads_given_up_before_the_kernel_took_them_answer_none_and_keep_their_buffers() {
+        let (_dir, table, keys) = cold_table(100_000);
+        runtime().block_on(async {
+            let mut reads: Vec<_> = keys
+                .iter()
+                .step_by(1000)
+                .map(|&k| Box::pin(read(&table, table.lookup_range(k).unwrap())))
+                .collect();
+            // Polled once: queued, waiting, not submitted yet.
+            for r in &mut reads {
+                assert!(r.as_mut().now_or_never().is_none());
+            }
+            let ring = Ring::here().unwrap();
+            let woken = ring.inner.lock().unwrap().give_up_unsubmitted();
+            assert_eq!(woken.len(), reads.len(), "every waiter is woken");
+            for r in reads {
+                assert_eq!(r.now_or_never(), Some(None), "a given-up read has no bytes");
+            }
+            // Their entries are still queued and point into the slots'
+            // buffers: the slots are not free.
+            assert_eq!(in_flight(), 100);
+            // Here the ring still works: its submitter sends them, and the
+            // slots are freed once they complete.
+            for _ in 0..1000 {
+                if in_flight() == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(in_flight(), 0, "given-up reads are reaped once done");
+            let range = table.lookup_range(keys[11]).unwrap();
+            assert!(read(&table, range).await.is_some());
         });
     }
 
