@@ -509,6 +509,18 @@ mod tests {
         inner.slots.len() - inner.free.len()
     }
 
+    /// The reads in flight once they have all completed and been reaped,
+    /// or after 10 s.
+    async fn reaped() -> usize {
+        for _ in 0..1000 {
+            if in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        in_flight()
+    }
+
     #[test]
     fn reads_give_a_lookups_bucket_through_the_page_cache() {
         assert!(available(), "io_uring is available here");
@@ -598,13 +610,7 @@ mod tests {
             }
             assert_eq!(in_flight(), 200);
             // The reads still complete, into buffers the slots still own.
-            for _ in 0..1000 {
-                if in_flight() == 0 {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            assert_eq!(in_flight(), 0, "abandoned reads are reaped");
+            assert_eq!(reaped().await, 0, "abandoned reads are reaped");
             let last = table.lookup_range(keys[7]).unwrap();
             assert!(read(&table, last.clone()).await.is_some());
             assert!(table.in_memory(last));
@@ -635,13 +641,7 @@ mod tests {
             assert_eq!(in_flight(), 100);
             // Here the ring still works: its submitter sends them, and the
             // slots are freed once they complete.
-            for _ in 0..1000 {
-                if in_flight() == 0 {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            assert_eq!(in_flight(), 0, "given-up reads are reaped once done");
+            assert_eq!(reaped().await, 0, "given-up reads are reaped once done");
             let range = table.lookup_range(keys[11]).unwrap();
             assert!(read(&table, range).await.is_some());
         });
