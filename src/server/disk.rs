@@ -89,7 +89,8 @@ pub async fn read(table: &Arc<Table>, range: std::ops::Range<u64>) -> Option<Vec
 struct Ring {
     inner: Mutex<Inner>,
     completed: AsyncFd<OwnedFd>,
-    /// False once the runtime that runs its reaper and submitter is gone.
+    /// False once the runtime that runs its reaper and submitter is gone,
+    /// or once the kernel refused a submission for good.
     alive: AtomicBool,
 }
 
@@ -280,10 +281,11 @@ impl Ring {
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
-                        Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
+                        Some(libc::EAGAIN | libc::EBUSY | libc::EINTR | libc::ENOMEM)
                     ) =>
                 {
-                    // Short of room or interrupted: try again in the next turn.
+                    // Short of room or memory, or interrupted: try again in
+                    // the next turn.
                     tracing::debug!("io_uring submit: {e}");
                     inner.queued = true;
                     cx.waker().wake_by_ref();
@@ -621,6 +623,8 @@ mod tests {
     fn reads_given_up_before_the_kernel_took_them_answer_none_and_keep_their_buffers() {
         let (_dir, table, keys) = cold_table(100_000);
         runtime().block_on(async {
+            let first = table.lookup_range(keys[5]).unwrap();
+            assert!(read(&table, first).await.is_some());
             let mut reads: Vec<_> = keys
                 .iter()
                 .step_by(1000)
@@ -631,11 +635,21 @@ mod tests {
                 assert!(r.as_mut().now_or_never().is_none());
             }
             let ring = Ring::here().unwrap();
-            let woken = ring.inner.lock().unwrap().give_up_unsubmitted();
+            let woken = {
+                let mut inner = ring.inner.lock().unwrap();
+                // The read before was submitted, and is no longer listed.
+                assert_eq!(inner.unsubmitted.len(), reads.len());
+                inner.give_up_unsubmitted()
+            };
             assert_eq!(woken.len(), reads.len(), "every waiter is woken");
             for r in reads {
                 assert_eq!(r.now_or_never(), Some(None), "a given-up read has no bytes");
             }
+            let kept = {
+                let inner = ring.inner.lock().unwrap();
+                inner.slots.iter().filter(|s| !s.buf.is_empty()).count()
+            };
+            assert_eq!(kept, 100, "the given-up slots keep their buffers");
             // Their entries are still queued and point into the slots'
             // buffers: the slots are not free.
             assert_eq!(in_flight(), 100);
