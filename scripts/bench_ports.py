@@ -137,8 +137,8 @@ def _backed_memory(size=2 << 30):
     records; a server cannot drop its client's file, so an upload's build
     got reported ones and spent 0.4 to 1.0 s of system time zeroing them,
     against 0.3 s for `promo build`: a property of the machine, not of
-    promo. Touched just before (the kernel reports pages that have been free for 2 s),
-    both ways start from backed memory."""
+    promo. Touched just before (the kernel reports pages that have been
+    free for 2 s), both ways start from backed memory."""
     with mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as m:
         for at in range(0, size, mmap.PAGESIZE):
             m[at] = 1
