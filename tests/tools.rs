@@ -26,6 +26,8 @@ fn path_without_checkers() -> Vec<PathBuf> {
 /// `hidden`: a PATH on which those commands are missing.
 fn path_farm(farm: &Path, hidden: &[&str]) {
     std::fs::create_dir_all(farm).unwrap();
+    // Another user runs from it too, whatever the umask.
+    std::fs::set_permissions(farm, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut dirs = path_without_checkers();
     dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
     for dir in dirs {
@@ -166,7 +168,22 @@ fn without_root_or_sudo_it_stops_at_once_and_names_the_command() {
     let apt = stand_in_apt(dir.path(), &log, &farm);
 
     // As root, the script runs as nobody; as anyone else, as that user.
-    let mut cmd = if effective_uid() == 0 {
+    // nobody may be unable to enter the clone (one in root's home, or in a
+    // directory of mktemp -d, is 0700): what it runs is a copy of the script
+    // in this directory's scripts/, which the script's `cd` to its own
+    // scripts/.. makes the directory it works in.
+    let nobody = effective_uid() == 0;
+    if nobody {
+        everyone_can_enter(dir.path());
+    }
+    let scripts = dir.path().join("scripts");
+    let script = scripts.join("tools.sh");
+    std::fs::create_dir(&scripts).unwrap();
+    std::fs::copy(root().join("scripts/tools.sh"), &script).unwrap();
+    // Readable by nobody whatever the umask, and the clone's modes, were.
+    std::fs::set_permissions(&scripts, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = if nobody {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"]);
         c
@@ -174,7 +191,8 @@ fn without_root_or_sudo_it_stops_at_once_and_names_the_command() {
         Command::new("bash")
     };
     let out = cmd
-        .arg(root().join("scripts/tools.sh"))
+        .arg(&script)
+        .current_dir(dir.path())
         .env("PATH", &farm)
         .env("APT_GET", &apt)
         .env("TOOLS_DIR", dir.path().join("tools"))
@@ -192,6 +210,20 @@ fn without_root_or_sudo_it_stops_at_once_and_names_the_command() {
         !dir.path().join("tools").exists(),
         "it went on past the check"
     );
+}
+
+/// Panics, naming the folder, unless every folder above `dir` lets anyone
+/// through: a user other than root could not reach `dir` otherwise.
+fn everyone_can_enter(dir: &Path) {
+    for above in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(above).unwrap().permissions().mode();
+        assert!(
+            mode & 0o001 != 0,
+            "{above:?} (mode {:o}) keeps other users out of {dir:?}: set TMPDIR to a \
+             directory everyone can enter",
+            mode & 0o7777
+        );
+    }
 }
 
 /// The effective user id, from /proc (no libc call needed).
