@@ -53,6 +53,19 @@ pub const UPLOADS_REFUSED: &str = "promo_upload_refusals_total";
 pub const PROCESS_RESIDENT: &str = "process_resident_memory_bytes";
 /// Gauge: open file descriptors of the process (the conventional name).
 pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// Gauge, always 1, labels `version` ([`VERSION`]) and `commit`
+/// ([`COMMIT`]): which build is running, for a dashboard to join on.
+pub const BUILD_INFO: &str = "promo_build_info";
+
+/// The package version the binary was built as.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit the binary was built from: the build's `PROMO_COMMIT`
+/// if it was given one, else what `build.rs` asked git (12 hex digits), else
+/// "unknown" (sources copied without `.git`).
+pub const COMMIT: &str = match option_env!("PROMO_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
 
 /// Request duration buckets: a lookup is microseconds, a scrape milliseconds.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -90,6 +103,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::gauge!(HTTP_OPEN_CONNECTIONS).set(0.0);
     metrics::gauge!(GENERATION_LOADED).set(0.0);
     metrics::gauge!(GENERATION_AGE).set(0.0);
+    metrics::gauge!(BUILD_INFO, "version" => VERSION, "commit" => COMMIT).set(1.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -186,6 +200,10 @@ fn describe() {
         "Resident memory of the process."
     );
     describe_gauge!(PROCESS_OPEN_FDS, "Open file descriptors of the process.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1: the version and git commit of the running promo, as labels."
+    );
 }
 
 /// How often histogram samples are folded into their buckets.

@@ -228,13 +228,11 @@ fn refused_feeds_get_422_with_their_first_invalid_lines_and_force_overrides_the_
     std::fs::write(&bad, &text).unwrap();
     let (code, j) = a.upload(&bad, "");
     assert_eq!(code, 422, "{j}");
-    assert!(
-        j["error"]
-            .as_str()
-            .unwrap()
-            .contains("2 of 5 rows are invalid"),
-        "{j}"
-    );
+    let error = j["error"].as_str().unwrap();
+    assert!(error.contains("2 of 5 rows are invalid"), "{j}");
+    // The message points at this answer's own list, not at a terminal's.
+    assert!(error.contains("see first_invalid in this answer"), "{j}");
+    assert!(!error.contains("reported above"), "{j}");
     let lines: Vec<u64> = j["first_invalid"]
         .as_array()
         .unwrap()
@@ -257,7 +255,11 @@ fn refused_feeds_get_422_with_their_first_invalid_lines_and_force_overrides_the_
     let small = feed(a.dir.path(), "small.csv", 1, 100, "5");
     let (code, j) = a.upload(&small, "");
     assert_eq!(code, 422, "{j}");
-    assert!(j["error"].as_str().unwrap().contains("--max-shrink"), "{j}");
+    let error = j["error"].as_str().unwrap();
+    assert!(error.contains("--max-shrink"), "{j}");
+    // An upload forces with the query, not with the command's flag.
+    assert!(error.contains("upload it again with ?force=true"), "{j}");
+    assert!(!error.contains("--force"), "{j}");
     assert_eq!(sequences(&a.data), [1]);
     assert_eq!(a.live(), 1);
     let (code, j) = a.upload(&small, "?force=true");
@@ -320,6 +322,10 @@ fn the_churn_guards_refuse_uploads_with_422_and_force_overrides_them() {
     );
     assert!(
         error.contains(" 1,2030-01-01 00:00:00 -> 0.01,2030-01-01 00:00:00"),
+        "{error}"
+    );
+    assert!(
+        error.contains("?force=true") && !error.contains("--force"),
         "{error}"
     );
     assert_eq!(metric("price_jumps"), "1");

@@ -110,6 +110,27 @@ fn build_then_serve_hits_misses_and_bad_requests() {
     assert!(value(r#"promo_http_requests_total{route="promotions",status="200"}"#) >= 206.0);
     assert!(value(r#"promo_http_requests_total{route="promotions",status="405"}"#) >= 3.0);
     assert!(value(r#"promo_http_request_duration_seconds_count{route="promotions"}"#) >= 206.0);
+    // Which build this is: the package's version and a commit, which is
+    // hex from git or "unknown" for sources built without .git.
+    let info: Vec<&(String, f64)> = samples
+        .iter()
+        .filter(|(n, _)| n.starts_with("promo_build_info{"))
+        .collect();
+    assert_eq!(info.len(), 1, "{info:?}");
+    let (labels, one) = info[0];
+    assert_eq!(*one, 1.0);
+    let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert!(labels.contains(&version), "{labels}");
+    let commit = labels
+        .split("commit=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no commit in {labels}"));
+    assert!(
+        commit == "unknown"
+            || (!commit.is_empty() && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{labels}"
+    );
     for name in [
         "promo_http_requests_total",
         "promo_http_request_duration_seconds",
@@ -121,6 +142,7 @@ fn build_then_serve_hits_misses_and_bad_requests() {
         "promo_generation_load_failures_total",
         "process_resident_memory_bytes",
         "process_open_fds",
+        "promo_build_info",
     ] {
         assert!(
             metrics.text().contains(&format!("# HELP {name} ")),
@@ -187,10 +209,17 @@ fn serve_starts_empty_then_goes_live_when_a_generation_appears() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     assert_eq!(server.get("/healthz").status, 200);
-    assert_eq!(server.get("/readyz").status, 503);
+    let ready = server.get("/readyz");
+    assert_eq!(ready.status, 503);
     let r = server.get(&format!("/promotions/{}", REAL[0].0));
     assert_eq!(r.status, 503);
     assert!(r.json()["error"].is_string());
+    let batch = Client::connect(server.addr).post_json("/promotions/batch", r#"{"ids":[]}"#);
+    assert_eq!(batch.status, 503);
+    // Every 503 says when to come back.
+    for r in [&ready, &r, &batch] {
+        assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    }
 
     build_ok(dir.path(), &fixture("promotions.csv"), &[]);
     let published = Instant::now();
@@ -202,7 +231,95 @@ fn serve_starts_empty_then_goes_live_when_a_generation_appears() {
     let took = published.elapsed();
     assert_eq!(r.text(), REAL[0].1);
     assert!(took < Duration::from_secs(1), "went live after {took:?}");
-    assert_eq!(server.get("/readyz").status, 200);
+    let ready = server.get("/readyz");
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.header("retry-after"), None);
+}
+
+/// `GET path` on `client`'s connection with `If-None-Match: etag`.
+fn get_if_none_match(client: &mut Client, path: &str, etag: &str) -> Response {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nIf-None-Match: {etag}\r\n\r\n");
+    client.send(head.as_bytes(), false)
+}
+
+#[test]
+fn a_lookup_has_an_etag_that_a_conditional_get_turns_into_304() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let csv = dir.path().join("feed.csv");
+    let (a, b, c) = (id(34, 0), id(34, 1), id(34, 2));
+    let row =
+        |id: &str, price: &str, date: &str| (id.to_owned(), price.to_owned(), date.to_owned());
+    write_csv(
+        &csv,
+        &[
+            row(&a, "1.00", "2030-01-01 00:00:00 +0200 CEST"),
+            row(&b, "2.00", "2030-01-02 00:00:00 +0200 CEST"),
+        ],
+    );
+    build_ok(&data, &csv, &[]);
+    let server = Server::start(&data);
+    let (path_a, path_b) = (format!("/promotions/{a}"), format!("/promotions/{b}"));
+    let first = server.get(&path_a);
+    assert_eq!(first.status, 200);
+    let etag_a = first
+        .header("etag")
+        .expect("a lookup has an ETag")
+        .to_owned();
+    assert!(
+        etag_a.starts_with('"') && etag_a.ends_with('"') && etag_a.len() > 2,
+        "not a strong ETag: {etag_a}"
+    );
+    let etag_b = server.get(&path_b).header("etag").unwrap().to_owned();
+    assert_ne!(etag_a, etag_b);
+
+    // On one kept-alive connection: a 304 sends no body, so the answer
+    // after it is read whole from where the 304 ended.
+    let mut client = Client::connect(server.addr);
+    for holding in [
+        etag_a.clone(),
+        format!("W/{etag_a}"),
+        format!("\"x\", {etag_a}"),
+        "*".into(),
+    ] {
+        let r = get_if_none_match(&mut client, &path_a, &holding);
+        assert_eq!(r.status, 304, "{holding}");
+        assert_eq!(r.header("etag"), Some(etag_a.as_str()));
+        assert_eq!(r.header("content-length"), None);
+        assert_eq!(r.header("x-promo-generation"), Some("1"));
+        assert!(r.body.is_empty());
+    }
+    let other = get_if_none_match(&mut client, &path_a, &etag_b);
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("etag"), Some(etag_a.as_str()));
+    assert_eq!(other.body, first.body);
+    let miss = get_if_none_match(&mut client, &format!("/promotions/{c}"), "*");
+    assert_eq!(miss.status, 404);
+
+    // The next feed reprices a and adds c; b is as it was.
+    write_csv(
+        &csv,
+        &[
+            row(&c, "3.00", "2030-01-03 00:00:00Z"),
+            row(&a, "1.50", "2030-01-01 00:00:00 +0200 CEST"),
+            row(&b, "2.00", "2030-01-02 00:00:00 +0200 CEST"),
+        ],
+    );
+    // Two ids of two changed is churn a guard may refuse: forced.
+    build_ok(&data, &csv, &["--force"]);
+    server.wait_for(&path_a, Duration::from_secs(10), |r| {
+        r.header("x-promo-generation") == Some("2")
+    });
+    let repriced = get_if_none_match(&mut client, &path_a, &etag_a);
+    assert_eq!(repriced.status, 200);
+    assert_eq!(repriced.json()["price"], 1.5);
+    let etag_a2 = repriced.header("etag").unwrap();
+    assert_ne!(etag_a2, etag_a);
+    assert_eq!(get_if_none_match(&mut client, &path_a, etag_a2).status, 304);
+    // An unchanged promotion keeps its ETag in the new generation.
+    let unchanged = get_if_none_match(&mut client, &path_b, &etag_b);
+    assert_eq!(unchanged.status, 304);
+    assert_eq!(unchanged.header("x-promo-generation"), Some("2"));
 }
 
 /// Every response during a swap is a whole answer from one generation, and

@@ -592,12 +592,39 @@ fn build_error(e: Error) -> Response<Full<Bytes>> {
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::error!("admin: {e}");
     }
-    let mut body = serde_json::json!({ "error": e.to_string() });
+    let mut message = e.to_string();
+    if status == StatusCode::UNPROCESSABLE_ENTITY {
+        message = for_upload(message, first_invalid.is_some_and(|r| !r.is_empty()));
+    }
+    let mut body = serde_json::json!({ "error": message });
     if let Some(rows) = first_invalid {
         body["first_invalid"] = invalid_json(rows);
     }
     json(status, &body)
 }
+
+/// A refused feed's message, worded for an upload's client. The library
+/// words it for a terminal: `promo build` prints the invalid lines above
+/// it, and forces with `--force`. An upload's answer lists them in its
+/// `first_invalid` field (`listed`: it lists some), and forces with
+/// `?force=true`.
+fn for_upload(message: String, listed: bool) -> String {
+    let message = message
+        .replace(
+            "see the lines reported above",
+            "see first_invalid in this answer",
+        )
+        .replace(
+            "pass --force to publish it anyway",
+            "upload it again with ?force=true to publish it anyway",
+        );
+    if listed && !message.contains("first_invalid") {
+        format!("{message} (the first invalid lines are in first_invalid)")
+    } else {
+        message
+    }
+}
+
 
 fn too_large(max: u64) -> Response<Full<Bytes>> {
     json_error(

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioTimer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::builder::ingest;
 use crate::generation::shard::Shard;
-use crate::generation::table::{Bucket, Table};
+use crate::generation::table::{Bucket, Found, Table};
 use crate::metrics as m;
 use crate::server::connection;
 use crate::server::live::Live;
@@ -39,6 +39,13 @@ pub const MAX_TARGET_LEN: usize = 2048;
 /// The most bytes of request line and headers read; more gets 431 from
 /// hyper. This also bounds what a slow client can make a connection buffer.
 pub const MAX_HEAD_LEN: usize = 16 * 1024;
+/// The `Retry-After` of every 503 (no generation loaded yet), in seconds:
+/// the least the header can say. A server becomes ready within moments of
+/// a generation being there (the watcher rescans the data directory every
+/// 200 ms, and a `--source` server polls its store at start), so a longer
+/// wait would only keep clients from a server that is ready; a 503 costs
+/// the server next to nothing.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 /// What the server holds back from any one client.
 #[derive(Debug, Clone, Copy)]
@@ -112,14 +119,16 @@ pub fn route(
     table: Option<&Table>,
     metrics: Option<&PrometheusHandle>,
 ) -> Routed {
-    route_from(method, target, table, None, metrics)
+    route_from(method, target, &HeaderMap::new(), table, None, metrics)
 }
 
-/// [`route`], with the lookup's bucket of records already read from disk
-/// (see [`Table::get_from`]).
+/// [`route`], with the request's `headers` (a lookup answers its
+/// `If-None-Match`) and the lookup's bucket of records already read from
+/// disk (see [`Table::get_from`]).
 fn route_from(
     method: &Method,
     target: &str,
+    headers: &HeaderMap,
     table: Option<&Table>,
     bucket: Option<&Bucket>,
     metrics: Option<&PrometheusHandle>,
@@ -141,7 +150,7 @@ fn route_from(
         };
     }
     if let Some(id) = path.strip_prefix(PROMOTIONS) {
-        let (response, lookup) = promotion(method, id, table, bucket);
+        let (response, lookup) = promotion(method, id, headers, table, bucket);
         return Routed {
             route: "promotions",
             response,
@@ -165,7 +174,10 @@ fn route_from(
             ),
             None => (
                 "readyz",
-                text(StatusCode::SERVICE_UNAVAILABLE, "no generation loaded\n"),
+                retry_later(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no generation loaded\n",
+                )),
             ),
         },
         "/metrics" => (
@@ -197,9 +209,11 @@ fn route_from(
 }
 
 /// `GET /promotions/{id}`: the response, and what the lookup found.
+/// `headers` are the request's: a hit answers its `If-None-Match`.
 pub fn promotion(
     method: &Method,
     id: &str,
+    headers: &HeaderMap,
     table: Option<&Table>,
     bucket: Option<&Bucket>,
 ) -> (Response<Full<Bytes>>, Option<Lookup>) {
@@ -215,14 +229,7 @@ pub fn promotion(
                 (misdirected(key, table), Some(Lookup::Misdirected))
             }
             Some(key) => match table.get_from(key, bucket) {
-                Some(record) => {
-                    let mut body = Vec::with_capacity(128);
-                    record.write_json(&mut body);
-                    let mut r = Response::new(Full::new(Bytes::from(body)));
-                    r.headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
-                    (r, Some(Lookup::Hit))
-                }
+                Some(record) => (found(&record, headers), Some(Lookup::Hit)),
                 None => (
                     json_error(StatusCode::NOT_FOUND, "promotion not found"),
                     Some(Lookup::Miss),
@@ -231,7 +238,10 @@ pub fn promotion(
         }
     } else {
         (
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "no generation loaded yet"),
+            retry_later(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no generation loaded yet",
+            )),
             None,
         )
     };
@@ -241,6 +251,111 @@ pub fn promotion(
         .headers_mut()
         .insert(GENERATION_HEADER, generation_header(sequence));
     (response, lookup)
+}
+
+/// A lookup's hit: 200 with the promotion's JSON and its `ETag`, or 304
+/// with the `ETag` alone when the request's `If-None-Match` names it.
+///
+/// The ETag is a hash of the JSON body, the representation itself, not of
+/// the record's 32 bytes: a version-2 record's date is an index into its
+/// file's zone table or overflow area, so equal bytes in two generations
+/// can be different dates. Hashing the body makes it a strong validator in
+/// RFC 9110's sense (equal tags, equal bytes, but for a 2^-64 chance), and
+/// one that outlives a generation: a promotion a new feed leaves unchanged
+/// keeps its ETag, on every replica, so clients' copies stay valid across
+/// a rebuild instead of all being fetched again.
+///
+/// The tag is written after the JSON into the body's buffer and split off
+/// it, so a hit allocates nothing more than it did without one.
+fn found(record: &Found, headers: &HeaderMap) -> Response<Full<Bytes>> {
+    // The longest body is about 140 bytes, and the tag 18.
+    let mut body = Vec::with_capacity(160);
+    record.write_json(&mut body);
+    let len = body.len();
+    let hash = xxhash_rust::xxh3::xxh3_64(&body);
+    body.push(b'"');
+    for shift in (0..16).rev() {
+        body.push(b"0123456789abcdef"[(hash >> (shift * 4)) as usize & 0xf]);
+    }
+    body.push(b'"');
+    let mut body = Bytes::from(body);
+    let etag = HeaderValue::from_maybe_shared(body.split_off(len))
+        .expect("hex digits in quotes make a header value");
+    let mut r = if none_match(headers, etag.as_bytes()) {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Full::new(body));
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+        r
+    };
+    r.headers_mut().insert(ETAG, etag);
+    r
+}
+
+/// Whether the request's `If-None-Match` names `etag` (quoted, strong), so
+/// that the client's copy is current: RFC 9110 section 13.1.2 compares
+/// weakly (`W/"x"` names `"x"`), and `*` names any. The header may come
+/// as several fields; one that is not a list of entity tags names nothing.
+fn none_match(headers: &HeaderMap, etag: &[u8]) -> bool {
+    headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .any(|field| field_names(field.as_bytes(), etag))
+}
+
+/// Whether one `If-None-Match` field value, `*` or a comma-separated list
+/// of entity tags, names `etag`.
+fn field_names(field: &[u8], etag: &[u8]) -> bool {
+    if field.trim_ascii() == b"*" {
+        return true;
+    }
+    let mut named = false;
+    // Every tag is read, so that a malformed list names nothing, whichever
+    // tag in it is the bad one. Empty elements are allowed (RFC 9110
+    // section 5.6.1): `, "a",, "b"`.
+    let mut rest = field;
+    loop {
+        rest = rest.trim_ascii_start();
+        let Some((&first, tail)) = rest.split_first() else {
+            return named;
+        };
+        if first == b',' {
+            rest = tail;
+            continue;
+        }
+        let tag = rest.strip_prefix(b"W/").unwrap_or(rest);
+        let Some(opaque) = tag.strip_prefix(b"\"") else {
+            return false;
+        };
+        let Some(end) = opaque.iter().position(|&b| b == b'"') else {
+            return false;
+        };
+        // etagc: `!`, `#` to `~`, and obs-text.
+        if !opaque[..end]
+            .iter()
+            .all(|&b| b == b'!' || (b'#'..=b'~').contains(&b) || b >= 0x80)
+        {
+            return false;
+        }
+        named |= &tag[..end + 2] == etag;
+        rest = opaque[end + 1..].trim_ascii_start();
+        match rest.split_first() {
+            None => return named,
+            Some((b',', tail)) => rest = tail,
+            Some(_) => return false,
+        }
+    }
+}
+
+/// `response` (a 503: no generation loaded yet) with `Retry-After`.
+fn retry_later(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
 }
 
 /// 421 for an id of another shard: a misrouted request must not look like
@@ -296,7 +411,7 @@ pub fn batch(body: Result<&[u8], BadBody>, table: Option<&Table>) -> (Routed, [u
     };
     let Some(table) = table else {
         let r = json_error(StatusCode::SERVICE_UNAVAILABLE, "no generation loaded yet");
-        return (routed(r), [0; 4]);
+        return (routed(retry_later(r)), [0; 4]);
     };
     let shard = table.header().shard;
     let mut counts = [0u64; 4];
@@ -496,6 +611,7 @@ impl Counters {
     fn new() -> Counters {
         let statuses = [
             StatusCode::OK,
+            StatusCode::NOT_MODIFIED,
             StatusCode::NOT_FOUND,
             StatusCode::METHOD_NOT_ALLOWED,
             StatusCode::URI_TOO_LONG,
@@ -603,7 +719,14 @@ impl App {
         started: Instant,
     ) -> Response<Full<Bytes>> {
         let metrics = self.metrics.as_ref();
-        let routed = route_from(req.method(), target(req), table, bucket, metrics);
+        let routed = route_from(
+            req.method(),
+            target(req),
+            req.headers(),
+            table,
+            bucket,
+            metrics,
+        );
         self.counters
             .count(&routed, started.elapsed().as_secs_f64());
         routed.response
@@ -1119,6 +1242,175 @@ mod tests {
     }
 
     #[test]
+    fn every_503_says_when_to_retry_and_other_answers_do_not() {
+        let retry = RETRY_AFTER_SECONDS.to_string();
+        let lookup = route(&Method::GET, &format!("/promotions/{ID}"), None, None);
+        let ready = route(&Method::GET, "/readyz", None, None);
+        let (batched, _) = batch(Ok(br#"{"ids":[]}"#), None);
+        for r in [lookup.response, ready.response, batched.response] {
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.headers()[RETRY_AFTER], retry.as_str());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path());
+        for target in [
+            format!("/promotions/{ID}"),
+            "/readyz".into(),
+            "/nope".into(),
+        ] {
+            let r = route(&Method::GET, &target, Some(&t), None);
+            assert!(!r.response.headers().contains_key(RETRY_AFTER), "{target}");
+        }
+    }
+
+    /// `method` of `ID` in `t`, with one `If-None-Match` field per item of
+    /// `fields`.
+    fn conditional(t: &Table, method: &Method, fields: &[&str]) -> Response<Full<Bytes>> {
+        let mut headers = HeaderMap::new();
+        for field in fields {
+            headers.append(IF_NONE_MATCH, HeaderValue::from_str(field).unwrap());
+        }
+        let target = format!("/promotions/{ID}");
+        route_from(method, &target, &headers, Some(t), None, None).response
+    }
+
+    /// A table holding `ID` at `price` (and `others` rows before it), with
+    /// a date in a zone the others do not use.
+    fn priced_table(dir: &std::path::Path, name: &str, price: u64, others: u128) -> Table {
+        let path = dir.join(name);
+        let key = uuid::Uuid::parse_str(ID).unwrap().as_u128();
+        let n = others as u64 + 1;
+        let mut w = Writer::new(std::fs::File::create(&path).unwrap(), &path, n).unwrap();
+        for i in 1..=others {
+            w.push_row(i, Price::new(1, 0).unwrap(), b"2030-01-01T00:00:00Z")
+                .unwrap();
+        }
+        w.push_row(
+            key,
+            Price::new(price, 2).unwrap(),
+            b"2031-02-03 04:05:06 +0200 CEST",
+        )
+        .unwrap();
+        w.finish().unwrap();
+        Table::open_verified(&path, 5).unwrap()
+    }
+
+    #[test]
+    fn a_hit_has_a_strong_etag_of_its_body_and_a_client_holding_it_gets_304() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(dir.path());
+        let hit = conditional(&t, &Method::GET, &[]);
+        assert_eq!(hit.status(), StatusCode::OK);
+        let etag = hit.headers()[ETAG].to_str().unwrap().to_owned();
+        let json = body(hit);
+        assert_eq!(
+            etag,
+            format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(json.as_bytes()))
+        );
+        let weak = format!("W/{etag}");
+        let listed = format!(r#""x", {etag}, "y""#);
+        let holding: [&[&str]; 5] = [
+            &[&etag],
+            &[&weak],
+            &["*"],
+            &[&listed],
+            // Two fields, the first of them not a list of tags.
+            &["nonsense", &etag],
+        ];
+        for fields in holding {
+            for method in [Method::GET, Method::HEAD] {
+                let r = conditional(&t, &method, fields);
+                assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{fields:?}");
+                assert_eq!(r.headers()[ETAG], etag.as_str());
+                assert_eq!(r.headers()[GENERATION_HEADER], "42");
+                assert!(!r.headers().contains_key(CONTENT_TYPE));
+                assert_eq!(body(r), "");
+            }
+        }
+        let bare = etag.trim_matches('"').to_owned();
+        let other: [&[&str]; 4] = [
+            &[r#""0000000000000000""#],
+            &[&bare],
+            &[&format!("{etag} garbage")],
+            &[r#""x""#, r#""y""#],
+        ];
+        for fields in other {
+            let r = conditional(&t, &Method::GET, fields);
+            assert_eq!(r.status(), StatusCode::OK, "{fields:?}");
+            assert_eq!(r.headers()[ETAG], etag.as_str());
+            assert_eq!(body(r), json);
+        }
+        // No promotion, no representation: `*` names nothing.
+        let mut headers = HeaderMap::new();
+        headers.insert(IF_NONE_MATCH, HeaderValue::from_static("*"));
+        let miss = "/promotions/00000000-0000-4000-8000-000000000000";
+        let r = route_from(&Method::GET, miss, &headers, Some(&t), None, None).response;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(!r.headers().contains_key(ETAG));
+    }
+
+    #[test]
+    fn the_etag_follows_the_promotion_not_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let etag = |t: &Table| conditional(t, &Method::GET, &[]).headers()[ETAG].clone();
+        let alone = priced_table(dir.path(), "a.promo", 1999, 0);
+        // Another file (another checksum, and its zone at another index in
+        // the zone table) holding the same promotion: the same tag.
+        let among_others = priced_table(dir.path(), "b.promo", 1999, 3);
+        assert_ne!(
+            alone.header().body_checksum,
+            among_others.header().body_checksum
+        );
+        let key = uuid::Uuid::parse_str(ID).unwrap().as_u128();
+        let record = |t: &Table| t.get(key).unwrap().bytes().to_vec();
+        assert_ne!(record(&alone), record(&among_others));
+        assert_eq!(etag(&alone), etag(&among_others));
+        // Another price: another tag.
+        let repriced = priced_table(dir.path(), "c.promo", 2099, 3);
+        assert_ne!(etag(&among_others), etag(&repriced));
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_reads_lists_and_star() {
+        let names = |field: &str| field_names(field.as_bytes(), br#""abc""#);
+        for yes in [
+            r#""abc""#,
+            r#"W/"abc""#,
+            "*",
+            " * ",
+            r#""x", "abc""#,
+            r#""x",W/"abc""#,
+            "\t\"abc\" ,\t\"y\"",
+            r#", "abc",,"#,
+            // A comma inside a tag is part of it.
+            r#""a,b", "abc""#,
+            "\"\u{80}\", \"abc\"",
+        ] {
+            assert!(names(yes), "{yes:?} should name it");
+        }
+        for no in [
+            "",
+            " , ",
+            r#""ab""#,
+            r#""abcd""#,
+            r#""ABC""#,
+            "abc",
+            r#"w/"abc""#,
+            r#"W/ "abc""#,
+            r#"W/"abc"#,
+            r#""abc" "x""#,
+            r#""abc", x"#,
+            r#""abc"x"#,
+            r#""a b", "abc""#,
+            r#""a\"", "abc""#,
+            "**",
+            r#"*, "abc""#,
+        ] {
+            assert!(!names(no), "{no:?} should not name it");
+        }
+    }
+
+    #[test]
     fn other_routes() {
         let dir = tempfile::tempdir().unwrap();
         let t = table(dir.path());
@@ -1202,6 +1494,8 @@ mod tests {
                 let allowed = [200, 404, 405, 503];
                 prop_assert!(allowed.contains(&status.as_u16()), "{} for {:?}", status, target);
                 prop_assert!(status != StatusCode::SERVICE_UNAVAILABLE || !loaded);
+                let retry = r.response.headers().contains_key(RETRY_AFTER);
+                prop_assert_eq!(retry, status == StatusCode::SERVICE_UNAVAILABLE);
                 prop_assert_eq!(r.lookup.is_some(), r.route == "promotions" && loaded && matches!(method, Method::GET | Method::HEAD));
             }
 
