@@ -104,6 +104,31 @@ pub enum Error {
         examples: Vec<String>,
     },
 
+    /// The feed built exactly a generation that a rollback undid (the same
+    /// body checksum): a cron job rebuilding the bad feed.
+    #[error(
+        "{input}: this feed builds the same records as generation {sequence}, which the \
+         rollback to generation {of} (generation {rollback}) undid (body checksum \
+         {checksum:016x}); nothing was published (fix the feed, or pass --force to publish it \
+         anyway)"
+    )]
+    RolledBack {
+        input: String,
+        /// The generation undone, the rollback that undid it and the one
+        /// it restored.
+        sequence: u64,
+        rollback: u64,
+        of: u64,
+        checksum: u64,
+    },
+
+    /// Another `promo serve` listens on the port (see `server::claim`).
+    #[error(
+        "port {port}: another promo server is listening on it; stop that one or choose another \
+         --listen (to overlap the two on purpose, for a restart, start this one with --handover)"
+    )]
+    PortTaken { port: u16 },
+
     /// A directory named by `option` (`--tmp-dir`, `--data-dir`) that a
     /// build cannot use, found before the feed is read.
     #[error("{option} {}: {reason}; nothing was read or published", path.display())]
@@ -126,9 +151,10 @@ pub enum Error {
     #[error("{}: no valid generation (run `promo build <CSV>` first)", path.display())]
     NoGeneration { path: PathBuf },
 
-    /// There is no valid generation before the live one.
-    #[error("{}: no valid generation before the live one: nothing to roll back to", path.display())]
-    NothingToRollBack { path: PathBuf },
+    /// There is nothing to roll back to: no valid generation before the
+    /// live one, or not the one asked for.
+    #[error("{}: {reason}: nothing to roll back to", path.display())]
+    NothingToRollBack { path: PathBuf, reason: String },
 
     /// A store URL that cannot be used, found before anything is contacted.
     #[error("{url}: {reason}")]
@@ -232,7 +258,10 @@ impl Error {
     /// `--max-price-jumps`): the feed is suspect rather than the build
     /// broken, so `promo build` exits 3 and an upload is answered 422.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Error::Shrink { .. } | Error::Refused { .. })
+        matches!(
+            self,
+            Error::Shrink { .. } | Error::Refused { .. } | Error::RolledBack { .. }
+        )
     }
 
     /// Wraps an I/O error with the path it happened on.

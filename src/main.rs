@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use promo::builder::feed::Input;
-use promo::builder::pipeline::{self, BuildOptions, InvalidLimit};
+use promo::builder::pipeline::{self, BuildOptions, GuardLimit, InvalidLimit};
 use promo::builder::{publish, textfile};
+use promo::generation::rollback::Rollback;
 use promo::generation::table::Table;
 use promo::generation::{
     format, local,
@@ -92,8 +93,10 @@ enum Command {
     Serve {
         #[command(flatten)]
         dir: DataDir,
-        /// Address to listen on.
-        #[arg(long, env = "PROMO_LISTEN", default_value = "0.0.0.0:1321")]
+        /// Address to listen on: ADDR:PORT, HOST:PORT, or :PORT and PORT
+        /// for every address.
+        #[arg(long, env = "PROMO_LISTEN", default_value = "0.0.0.0:1321",
+              value_parser = parse_listen)]
         listen: SocketAddr,
         /// Most client connections open at once; more wait in the kernel's
         /// accept backlog until one closes.
@@ -116,6 +119,13 @@ enum Command {
         /// newest 2 there.
         #[arg(long, value_name = "URL", env = "PROMO_SOURCE")]
         source: Option<String>,
+        /// Start even though another promo server listens on --listen's
+        /// port, share the port until that one stops, then hold it alone:
+        /// for a restart without refused connections (start the new server
+        /// with it, wait for its /readyz, stop the old one). Without it, a
+        /// second server on a port fails at start.
+        #[arg(long)]
+        handover: bool,
         /// Seconds between polls of --source.
         #[arg(long, value_name = "SECONDS", value_parser = parse_seconds,
               default_value_t = fetch::DEFAULT_INTERVAL.as_secs_f64())]
@@ -131,7 +141,7 @@ enum Command {
         tls_key: Option<PathBuf>,
         /// Also listen here for admin requests: POST /upload (a CSV, built
         /// into a new generation), GET /generations, POST /rollback.
-        #[arg(long, value_name = "ADDR", env = "PROMO_ADMIN_LISTEN")]
+        #[arg(long, value_name = "ADDR", env = "PROMO_ADMIN_LISTEN", value_parser = parse_listen)]
         admin_listen: Option<SocketAddr>,
         /// A file holding the token every admin request must send as
         /// `Authorization: Bearer <token>`; required unless --admin-listen
@@ -166,15 +176,21 @@ enum Command {
         #[command(flatten)]
         dir: DataDir,
     },
-    /// Make the generation before the live one live again (as a new generation).
+    /// Make the generation before the live one, or generation N, live
+    /// again (as a new generation); builds then refuse the feeds it undid.
     Rollback {
         #[command(flatten)]
         dir: DataDir,
         /// Roll back this object store instead of the data directory: its
-        /// generation before the newest is published again, and every
-        /// replica swaps to it.
+        /// generation before the newest (or --to N) is published again, and
+        /// every replica swaps to it.
         #[arg(long, value_name = "URL")]
         publish: Option<String>,
+        /// Make generation N live again, any that is kept (see `promo
+        /// inspect`, or `promo inspect --source URL` with --publish),
+        /// instead of the one before the live one.
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
     },
     /// Print the ids whose promotion differs between two generations, with
     /// their old and new values, then a summary; exit 0 when they hold the
@@ -220,21 +236,23 @@ struct Guards {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     keep: u64,
     /// Refuse a generation with more than this percentage fewer records
-    /// than the newest one (50% or 50).
-    #[arg(long, default_value = "50%", value_parser = parse_percent)]
-    max_shrink: f64,
+    /// than the newest one (50% or 50), or off.
+    #[arg(long, value_name = "PCT|off", default_value = "50%", value_parser = parse_percent,
+          env = "PROMO_MAX_SHRINK")]
+    max_shrink: GuardLimit,
     /// Refuse a generation whose added, removed and changed ids (a new
     /// price or date) exceed this percentage of the live generation's ids
-    /// (50% or 50; over 100% allows a feed to grow more than twofold). Off
-    /// unless given.
-    #[arg(long, value_name = "PCT", value_parser = parse_churn, env = "PROMO_MAX_CHURN")]
-    max_churn: Option<f64>,
+    /// (50% or 50; over 100% allows a feed to grow more than twofold), or
+    /// off (a feed that replaces every id churns 200%).
+    #[arg(long, value_name = "PCT|off", default_value = "50%", value_parser = parse_churn,
+          env = "PROMO_MAX_CHURN")]
+    max_churn: GuardLimit,
     /// Refuse a generation in which more than this percentage of the ids
     /// it shares with the live generation have their price go to 0 or move
-    /// by more than 10x (5% or 5). Off unless given.
-    #[arg(long, value_name = "PCT", value_parser = parse_percent,
+    /// by more than 10x (5% or 5), or off.
+    #[arg(long, value_name = "PCT|off", default_value = "5%", value_parser = parse_percent,
           env = "PROMO_MAX_PRICE_JUMPS")]
-    max_price_jumps: Option<f64>,
+    max_price_jumps: GuardLimit,
     /// Keep only the ids of range shard K of N (K/N, like 0/4): the ids
     /// whose first 32 bits x satisfy floor(x * N / 2^32) = K. A shard's
     /// object store is the given URL's shard-K-of-N prefix. `serve --shard`
@@ -255,9 +273,9 @@ impl Guards {
             memory_limit: self.memory_limit,
             max_invalid: self.max_invalid,
             keep: self.keep as usize,
-            max_shrink: self.max_shrink,
-            max_churn: self.max_churn,
-            max_price_jumps: self.max_price_jumps,
+            max_shrink: self.max_shrink.0,
+            max_churn: self.max_churn.0,
+            max_price_jumps: self.max_price_jumps.0,
             shard: self.shard.unwrap_or_default(),
             ..BuildOptions::new(data_dir)
         }
@@ -284,6 +302,30 @@ fn parse_rate(s: &str) -> Result<u64, String> {
     }
 }
 
+/// An address to listen on, in the forms nginx and Redis take: `ADDR:PORT`,
+/// `HOST:PORT` (its first address), `:PORT` or `PORT` (every address).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    use std::net::{Ipv4Addr, ToSocketAddrs};
+    let every = |port: &str| {
+        port.parse::<u16>()
+            .ok()
+            .map(|p| SocketAddr::from((Ipv4Addr::UNSPECIFIED, p)))
+    };
+    if let Some(addr) = every(s).or_else(|| every(s.strip_prefix(':')?)) {
+        return Ok(addr);
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = |why: String| {
+        format!("invalid address {s:?}: {why} (expected ADDR:PORT, HOST:PORT, :PORT or PORT)")
+    };
+    let mut addrs = s.to_socket_addrs().map_err(|e| bad(e.to_string()))?;
+    addrs
+        .next()
+        .ok_or_else(|| bad("the name has no address".into()))
+}
+
 /// A positive number of seconds that a `Duration` can hold.
 fn parse_seconds(s: &str) -> Result<f64, String> {
     s.parse::<f64>()
@@ -292,32 +334,15 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("invalid duration {s:?}: expected seconds, such as 10 or 0.5"))
 }
 
-/// A percentage of at least 0 with no upper bound: churn counts added ids
-/// against the old generation's, so a feed that doubles is 100% and more.
-fn parse_churn(s: &str) -> Result<f64, String> {
-    percent_within(s, 0.0..=f64::MAX, "0% or more")
+/// A percentage of at least 0 with no upper bound, or off: churn counts
+/// added ids against the old generation's, so a feed that doubles is 100%
+/// and more.
+fn parse_churn(s: &str) -> Result<GuardLimit, String> {
+    GuardLimit::parse(s, f64::MAX)
 }
 
-fn parse_percent(s: &str) -> Result<f64, String> {
-    percent_within(s, 0.0..=100.0, "0% to 100%")
-}
-
-/// `50`, `50%` or `12.5%` as a number, if it is within `range`.
-fn percent_within(
-    s: &str,
-    range: std::ops::RangeInclusive<f64>,
-    expected: &str,
-) -> Result<f64, String> {
-    let p: f64 = s
-        .trim()
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("invalid percentage {s:?}"))?;
-    if range.contains(&p) {
-        Ok(p)
-    } else {
-        Err(format!("invalid percentage {s:?}: expected {expected}"))
-    }
+fn parse_percent(s: &str) -> Result<GuardLimit, String> {
+    GuardLimit::parse(s, 100.0)
 }
 
 fn main() -> ExitCode {
@@ -428,6 +453,7 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
             header_timeout,
             source,
             source_interval,
+            handover,
             rate,
             tls_cert,
             tls_key,
@@ -437,6 +463,15 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
             guards,
             publish,
         } => {
+            // A mistyped directory would answer 503 for ever: only a fetch
+            // (--source) or an upload (--admin-listen) fills a new one.
+            if source.is_none() && admin_listen.is_none() && !dir.data_dir.is_dir() {
+                anyhow::bail!(
+                    "--data-dir {}: no such directory (build a generation into it first, or \
+                     give --source to fetch into it)",
+                    dir.data_dir.display()
+                );
+            }
             let source = source.map(|url| guards.store(url));
             let publish = publish.map(|url| guards.store(url));
             // A bad URL stops serve at start, not at its first poll.
@@ -450,7 +485,10 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
                         .as_deref()
                         .map(server::admin::read_token)
                         .transpose()?,
-                    build: guards.options(dir.data_dir.clone()),
+                    build: BuildOptions {
+                        against_store: publish.clone(),
+                        ..guards.options(dir.data_dir.clone())
+                    },
                     max_upload,
                     publish,
                 }),
@@ -472,6 +510,7 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
                 admin,
                 threads,
                 shard: guards.shard,
+                handover,
                 ..server::Config::new(dir.data_dir, listen)
             };
             server::run(config, server::shutdown_signal())?;
@@ -492,8 +531,8 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
                 )),
                 fetch::Outcome::UpToDate { store } => out.say(&match store {
                     Some(s) => format!(
-                        "up to date: nothing newer and valid than the data directory holds \
-                         (the store's newest is {s})"
+                        "up to date: the store holds no valid generation newer than the \
+                         data directory's (the store's newest is {s})"
                     ),
                     None => "up to date: the store holds no generation yet".to_string(),
                 }),
@@ -542,17 +581,19 @@ fn try_main(cli: Cli, out: Output) -> anyhow::Result<ExitCode> {
             limit,
         } => diff(&old, &new, &dir.data_dir, json, limit),
         Command::Rollback {
-            publish: Some(url), ..
+            publish: Some(url),
+            to,
+            ..
         } => {
-            let (from, to) = publish::rollback(&url)?;
+            let (from, to) = publish::rollback(&url, to)?;
             out.say(&format!(
                 "{url}: generation {from} is the newest again, as generation {}",
                 to.sequence
             ));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rollback { dir, .. } => {
-            let (from, to) = pipeline::rollback(&dir.data_dir)?;
+        Command::Rollback { dir, to, .. } => {
+            let (from, to) = pipeline::rollback(&dir.data_dir, to)?;
             out.say(&format!(
                 "generation {from} is live again as generation {} ({})",
                 to.sequence,
@@ -584,9 +625,13 @@ fn build(
         tmp_dir,
         progress: std::io::stderr().is_terminal(),
         force,
+        // What the fleet serves, even after a rollback of the store.
+        against_store: publish.clone(),
         ..guards.options(dir.data_dir)
     };
     let summary = pipeline::build(&Input::from_arg(&csv), &opts)?;
+    // Scripts parse the summary line: on standard output in either format.
+    println!("{summary}");
     if out.json {
         let s = &summary;
         let churn = s.churn.as_ref().map(|c| c.to_json().to_string());
@@ -604,8 +649,6 @@ fn build(
             "built generation {}",
             s.generation.sequence
         );
-    } else {
-        println!("{summary}");
     }
     if let Some(url) = publish {
         let p = publish::publish(&url, &summary.generation.path, keep as usize).map_err(|e| {
@@ -624,6 +667,12 @@ fn build(
 }
 
 fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{}: no such data directory (give --data-dir, or set PROMO_DATA_DIR)",
+            dir.display()
+        );
+    }
     let mut rows = Vec::new();
     let mut live_found = false;
     for entry in local::list(dir)?.into_iter().rev() {
@@ -657,7 +706,7 @@ fn inspect(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 r["version"].as_u64().map_or("-".into(), |n| n.to_string()),
                 r["shard"].as_str().unwrap_or("-"),
                 r["checksum"].as_str().unwrap_or("-"),
-                churn_column(&r["churn"]),
+                changes_column(r),
                 r["path"].as_str().unwrap_or("-"),
             );
         }
@@ -685,6 +734,7 @@ fn inspect_store(url: &str, json: bool) -> anyhow::Result<ExitCode> {
                 "object": m.object,
                 "state": object,
                 "churn": m.churn,
+                "rollback": m.rollback,
             })
         })
         .collect();
@@ -703,7 +753,7 @@ fn inspect_store(url: &str, json: bool) -> anyhow::Result<ExitCode> {
                 r["bytes"].as_u64().unwrap_or_default(),
                 r["created"].as_str().unwrap_or("-"),
                 r["state"].as_str().unwrap_or("-"),
-                churn_column(&r["churn"]),
+                changes_column(r),
                 r["object"].as_str().unwrap_or("-"),
             );
         }
@@ -711,10 +761,18 @@ fn inspect_store(url: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A generation's churn in `inspect`'s table: `+added -removed ~changed
+/// What a generation changed, in `inspect`'s table: for a rollback
+/// `rollback to N, undid M, L`, else its churn `+added -removed ~changed
 /// (percent)`, or `-` when it is not known.
-fn churn_column(churn: &serde_json::Value) -> String {
-    match promo::generation::churn::Churn::from_json(churn) {
+fn changes_column(row: &serde_json::Value) -> String {
+    if let Ok(r) = serde_json::from_value::<Rollback>(row["rollback"].clone()) {
+        let undone: Vec<String> = r.undone.iter().map(|u| u.sequence.to_string()).collect();
+        return match undone.is_empty() {
+            true => format!("rollback to {}", r.of),
+            false => format!("rollback to {}, undid {}", r.of, undone.join(", ")),
+        };
+    }
+    match promo::generation::churn::Churn::from_json(&row["churn"]) {
         Some(c) => format!(
             "+{} -{} ~{} ({:.2}%)",
             c.added,

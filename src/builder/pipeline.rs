@@ -20,8 +20,9 @@ use crate::builder::sort::Sorter;
 use crate::error::{Error, InvalidRow, Result};
 use crate::generation::churn::{self, Churn};
 use crate::generation::date::{DateTables, DateWord};
-use crate::generation::format::Writer;
-use crate::generation::local::{BuildLock, Entry, Known, RemoveOnDrop};
+use crate::generation::format::{read_header, Writer};
+use crate::generation::local::{BuildLock, Entry, Known, RemoveOnDrop, Sidecar};
+use crate::generation::rollback::{undone_by, Past, Rollback, Undone};
 use crate::generation::shard::Shard;
 use crate::generation::table::Table;
 use rayon::prelude::*;
@@ -98,6 +99,58 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(bad)
 }
 
+/// `--max-shrink`'s default: a feed that lost half its promotions is a
+/// truncated file far more often than a real change.
+pub const DEFAULT_MAX_SHRINK: f64 = 50.0;
+/// `--max-churn`'s default. The feeds `make bench`, `make soak` and the
+/// tests build change at most a few percent of their ids from one build to
+/// the next; a feed whose columns moved, or whose ids were regenerated,
+/// changes all of them (100% to 200%).
+pub const DEFAULT_MAX_CHURN: f64 = 50.0;
+/// `--max-price-jumps`' default: a sane feed reprices by percents, and
+/// almost never to 0 or by 10x; a feed in cents or zeroed jumps every price.
+pub const DEFAULT_MAX_PRICE_JUMPS: f64 = 5.0;
+
+/// A guard's limit in percent, or `off`: what `--max-shrink`,
+/// `--max-churn` and `--max-price-jumps` take. A percentage cannot stand
+/// for off: a feed that replaces every id churns 200%.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GuardLimit(pub Option<f64>);
+
+impl GuardLimit {
+    /// Parses `off`, or a percentage (`50`, `50%`, `12.5%`) of at least 0
+    /// and at most `max`.
+    pub fn parse(s: &str, max: f64) -> Result<GuardLimit, String> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(GuardLimit(None));
+        }
+        let p: f64 = s
+            .trim()
+            .trim_end_matches('%')
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid limit {s:?}: expected a percentage (50%) or off"))?;
+        if (0.0..=max).contains(&p) {
+            Ok(GuardLimit(Some(p)))
+        } else if max == f64::MAX {
+            Err(format!("invalid limit {s:?}: expected 0% or more, or off"))
+        } else {
+            Err(format!(
+                "invalid limit {s:?}: expected 0% to {max}%, or off"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for GuardLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "{p}%"),
+            None => write!(f, "off"),
+        }
+    }
+}
+
 /// How to build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -113,8 +166,8 @@ pub struct BuildOptions {
     pub progress: bool,
     /// Most a generation may shrink against the newest one, in percent of
     /// its records; a smaller feed is refused (a truncated or half-empty
-    /// feed must not replace good data).
-    pub max_shrink: f64,
+    /// feed must not replace good data). Off when `None`.
+    pub max_shrink: Option<f64>,
     /// Most ids a generation may change against the live one (added,
     /// removed, or with a new price or date), in percent of the live one's
     /// ids; off when `None`.
@@ -122,10 +175,15 @@ pub struct BuildOptions {
     /// Most ids in both generations whose price may go to 0 or move by more
     /// than [`churn::JUMP_FACTOR`], in percent of those ids; off when `None`.
     pub max_price_jumps: Option<f64>,
-    /// Publish even if a guard (shrink, churn, price jumps) would refuse.
+    /// Publish even if a guard (shrink, churn, price jumps, a rolled-back
+    /// feed) would refuse.
     pub force: bool,
     /// Keep only the ids of this shard (every id by default).
     pub shard: Shard,
+    /// Measure the feed against this store's newest generation (the store
+    /// it is published to, which may have been rolled back) instead of the
+    /// data directory's newest; the rollbacks refused are the store's.
+    pub against_store: Option<String>,
 }
 
 impl BuildOptions {
@@ -138,11 +196,12 @@ impl BuildOptions {
             keep: 3,
             tmp_dir: None,
             progress: false,
-            max_shrink: 50.0,
-            max_churn: None,
-            max_price_jumps: None,
+            max_shrink: Some(DEFAULT_MAX_SHRINK),
+            max_churn: Some(DEFAULT_MAX_CHURN),
+            max_price_jumps: Some(DEFAULT_MAX_PRICE_JUMPS),
             force: false,
             shard: Shard::WHOLE,
+            against_store: None,
         }
     }
 }
@@ -240,8 +299,11 @@ pub fn build_from(
     // 0.2 s of one core for 10^7 records), and stays in the page cache for
     // the comparison.
     let newest = {
-        let dir = dir.clone();
-        std::thread::spawn(move || newest_valid(&dir))
+        let (dir, store, progress) = (dir.clone(), opts.against_store.clone(), opts.progress);
+        std::thread::spawn(move || match store {
+            Some(url) => store_newest(&dir, &url, progress),
+            None => Ok(newest_valid(&dir)),
+        })
     };
 
     let name = name.to_string();
@@ -345,14 +407,18 @@ pub fn build_from(
     }
     // What the scan verified also tells retention which files are good and
     // which are bad.
-    let Scan { current, mut known } = newest
+    let Scan {
+        current,
+        mut known,
+        history,
+    } = newest
         .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
     // Unique records are at most the valid rows: refuse early when even
     // those are too few, and exactly once the sort has counted them.
     let kept = valid - other_shards;
     let live = current.as_ref().map(|t| (t.sequence(), t.len()));
-    check_shrink(opts, &name, kept, live)?;
+    check_shrink(opts, &name, kept, live, false)?;
 
     let (file, tmp_path) = lock.temp_file(dir)?;
     let tmp = RemoveOnDrop::new(&tmp_path);
@@ -361,16 +427,17 @@ pub fn build_from(
         .with_shard(opts.shard)
         .with_dates(zones, spill);
     let stats = sorter.finish(|block| writer.push_block(block))?;
-    check_shrink(opts, &name, stats.unique, live)?;
+    check_shrink(opts, &name, stats.unique, live, true)?;
     writer.finish()?;
     tracing::debug!(
         seconds = started.elapsed().as_secs_f64(),
         runs = stats.runs,
         "sorted and written"
     );
+    let new = Table::open(&tmp_path, 0)?;
+    check_undone(opts, &name, &history, new.header().body_checksum)?;
     let churn = match &current {
         Some(old) => {
-            let new = Table::open(&tmp_path, 0)?;
             let churn = Churn::between(old, &new);
             tracing::debug!(
                 seconds = started.elapsed().as_secs_f64(),
@@ -382,8 +449,10 @@ pub fn build_from(
         }
         None => None,
     };
+    drop(new);
     let sidecar = churn.as_ref().map(|c| c.to_json());
-    let generation = lock.publish(dir, &tmp_path, sidecar.as_ref())?;
+    let sidecar = sidecar.as_ref().map_or(Sidecar::None, Sidecar::Churn);
+    let generation = lock.publish(dir, &tmp_path, sidecar)?;
     tmp.disarm();
     // Published: from here on the build has succeeded, and what fails is a
     // warning (the file and the error), not a failed build.
@@ -409,32 +478,77 @@ pub fn build_from(
     })
 }
 
-/// `promo rollback`: makes the generation before the live one live again.
+/// `promo rollback [--to N]`: makes an older generation live again:
+/// generation `to`, or by default the newest valid one before the live one.
 ///
 /// It is published again under a new sequence (a hard link), so that "the
 /// newest valid generation is live" still holds and servers swap to it as to
-/// any new generation. A second rollback undoes the first. Returns the
-/// sequence rolled back to and the generation that now holds it.
-pub fn rollback(dir: &std::path::Path) -> Result<(u64, Entry)> {
+/// any new generation. A sidecar records what it restored and which
+/// generations it undid (see [`Rollback`]): a build refuses their feeds
+/// again, and `inspect` shows it. A second rollback undoes the first.
+/// Returns the sequence rolled back to and the generation that now holds it.
+pub fn rollback(dir: &std::path::Path, to: Option<u64>) -> Result<(u64, Entry)> {
     let lock = BuildLock::acquire(dir)?;
     lock.remove_leftovers(dir)?;
-    // Newest first, verifying only until the live one and the one before it.
-    let valid: Vec<Entry> = crate::generation::local::list(dir)?
-        .into_iter()
-        .rev()
-        .filter(|e| Table::open_verified(&e.path, e.sequence).is_ok())
-        .take(2)
-        .collect();
-    let [_live, previous] = valid.as_slice() else {
-        return Err(Error::NothingToRollBack {
-            path: dir.to_path_buf(),
-        });
+    let all = crate::generation::local::list(dir)?;
+    let nothing = |reason: String| Error::NothingToRollBack {
+        path: dir.to_path_buf(),
+        reason,
     };
-    let entry = lock.republish(dir, &previous.path)?;
-    Ok((previous.sequence, entry))
+    // Newest first, verifying only until the live one and the target.
+    let mut valid = all
+        .iter()
+        .rev()
+        .filter(|e| Table::open_verified(&e.path, e.sequence).is_ok());
+    let live = valid
+        .next()
+        .ok_or_else(|| nothing("no valid generation".into()))?;
+    let target = match to {
+        None => valid.next().ok_or_else(|| {
+            nothing(format!(
+                "no valid generation before the live one ({})",
+                live.sequence
+            ))
+        })?,
+        Some(n) if n == live.sequence => {
+            return Err(nothing(format!("generation {n} is live already")))
+        }
+        Some(n) => {
+            let e = all.iter().find(|e| e.sequence == n).ok_or_else(|| {
+                let held: Vec<String> = all.iter().map(|e| e.sequence.to_string()).collect();
+                nothing(format!(
+                    "no generation {n} (it holds {}: see promo inspect)",
+                    held.join(", ")
+                ))
+            })?;
+            Table::open_verified(&e.path, n)?;
+            e
+        }
+    };
+    let checksum = |e: &Entry| read_header(&e.path).ok().map(|h| h.body_checksum);
+    let of_checksum = checksum(target).unwrap_or_default();
+    let record = Rollback {
+        of: target.sequence,
+        of_checksum,
+        undone: all
+            .iter()
+            .rev()
+            .take_while(|e| e.sequence > target.sequence)
+            .filter_map(|e| {
+                let c = checksum(e).filter(|&c| c != of_checksum)?;
+                Some(Undone {
+                    sequence: e.sequence,
+                    checksum: c,
+                })
+            })
+            .collect(),
+    };
+    let entry = lock.republish(dir, &target.path, &record)?;
+    Ok((target.sequence, entry))
 }
 
-/// What the scan of the data directory for the live generation found.
+/// What the scan of the data directory (or the store) for the live
+/// generation found.
 #[derive(Default)]
 struct Scan {
     /// The newest generation that fully verifies, if any.
@@ -442,6 +556,111 @@ struct Scan {
     /// That generation as good, and every newer file, which failed, as bad:
     /// retention counts on it.
     known: Known,
+    /// The generations there, newest first, with what rollbacks undid.
+    history: Vec<Past>,
+}
+
+/// Refuses a generation whose body checksum is that of a generation a
+/// rollback in `history` undid (the same feed built again), unless forced.
+fn check_undone(opts: &BuildOptions, input: &str, history: &[Past], checksum: u64) -> Result<()> {
+    let Some((sequence, rollback)) = undone_by(history, checksum) else {
+        return Ok(());
+    };
+    let of = history
+        .iter()
+        .find(|p| p.sequence == rollback)
+        .and_then(|p| p.rollback.as_ref())
+        .map_or(0, |r| r.of);
+    let refusal = Error::RolledBack {
+        input: input.to_string(),
+        sequence,
+        rollback,
+        of,
+        checksum,
+    };
+    if opts.force {
+        tracing::warn!("published although refused (--force): {refusal}");
+        return Ok(());
+    }
+    Err(refusal)
+}
+
+/// The data directory's generations, newest first, as [`Past`]s (those
+/// whose header cannot be read are left out).
+fn local_history(entries: &[Entry]) -> Vec<Past> {
+    entries
+        .iter()
+        .rev()
+        .filter_map(|e| {
+            Some(Past {
+                sequence: e.sequence,
+                checksum: read_header(&e.path).ok()?.body_checksum,
+                rollback: crate::generation::local::rollback_of(&e.path),
+            })
+        })
+        .collect()
+}
+
+/// What a build that publishes to the store at `url` measures against:
+/// the store's newest generation, which is what the fleet serves. Usually
+/// the data directory holds it (the builder published it, or it is the
+/// generation a store rollback went back to), found by its body checksum;
+/// otherwise it is downloaded for the comparison and removed after. An
+/// empty store has nothing to compare with: the data directory's newest is
+/// used, as without a store.
+fn store_newest(dir: &std::path::Path, url: &str, progress: bool) -> Result<Scan> {
+    let remote = crate::generation::remote::Remote::open(url)?;
+    let manifests = crate::generation::remote::block_on(remote.manifests())??;
+    let Some(newest) = manifests.last() else {
+        return Ok(newest_valid(dir));
+    };
+    let history = manifests
+        .iter()
+        .rev()
+        .map(|m| Past {
+            sequence: m.sequence,
+            checksum: m.body_checksum,
+            rollback: m.rollback.clone(),
+        })
+        .collect();
+    let entries = crate::generation::local::list(dir)?;
+    let mut known = Known::default();
+    let held = entries
+        .iter()
+        .rev()
+        .filter(|e| read_header(&e.path).is_ok_and(|h| newest.matches(&h)))
+        .find_map(|e| Table::open_verified(&e.path, e.sequence).ok());
+    let current = match held {
+        Some(table) => {
+            tracing::info!(
+                url,
+                "comparing with the store's newest, its generation {}: generation {} here",
+                newest.sequence,
+                table.sequence()
+            );
+            known.good.push(table.sequence());
+            table
+        }
+        None => {
+            tracing::info!(
+                url,
+                "comparing with the store's newest, its generation {}, downloaded: the data \
+                 directory does not hold it",
+                newest.sequence
+            );
+            let scratch = tempfile::Builder::new()
+                .prefix(crate::generation::local::DIFF_PREFIX)
+                .tempdir_in(dir)
+                .map_err(Error::io(dir))?;
+            // Mapped, so removing the folder (when `scratch` drops) is safe.
+            crate::server::fetch::fetch_sequence(url, newest.sequence, scratch.path(), progress)?
+        }
+    };
+    Ok(Scan {
+        current: Some(current),
+        known,
+        history,
+    })
 }
 
 /// Finds the newest generation in `dir` that fully verifies: the one
@@ -454,6 +673,7 @@ fn newest_valid(dir: &std::path::Path) -> Scan {
     let Ok(entries) = crate::generation::local::list(dir) else {
         return scan;
     };
+    scan.history = local_history(&entries);
     for e in entries.iter().rev() {
         match Table::open_verified(&e.path, e.sequence) {
             Ok(t) => {
@@ -516,80 +736,123 @@ fn ignore_file_size_signal() {
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 }
 
-/// Refuses `records` if they are more than `--max-shrink` fewer than the
-/// newest generation's, unless `--force`.
+/// Refuses a generation of `records` records that shrinks more than
+/// `--max-shrink` allows against `current` (its sequence and count). With
+/// `warn`, a shrink the guard lets through only because it is off or
+/// forced is logged as the refusal it would have been; without, the call
+/// is an early check that only refuses (the exact one follows).
 fn check_shrink(
     opts: &BuildOptions,
     input: &str,
     records: u64,
     current: Option<(u64, u64)>,
+    warn: bool,
 ) -> Result<()> {
     let Some((sequence, count)) = current else {
         return Ok(());
     };
-    let floor = count as f64 * (100.0 - opts.max_shrink) / 100.0;
-    if opts.force || records as f64 >= floor {
+    let limit = opts.max_shrink.unwrap_or(DEFAULT_MAX_SHRINK);
+    let floor = count as f64 * (100.0 - limit) / 100.0;
+    if records as f64 >= floor {
         return Ok(());
     }
-    Err(Error::Shrink {
+    let refusal = Error::Shrink {
         input: input.to_string(),
         records,
         current: count,
         sequence,
-        max_shrink: opts.max_shrink,
-    })
+        max_shrink: limit,
+    };
+    match unenforced(opts, "--max-shrink", opts.max_shrink) {
+        None => Err(refusal),
+        Some(why) if warn => {
+            tracing::warn!(
+                "{input}: published although --max-shrink {limit}% would refuse it ({why}): \
+                 {records} records against {count} in generation {sequence}"
+            );
+            Ok(())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Why a guard that fired does not refuse: `--force`, or the guard is off
+/// (its default limit is what fired then). `None`: it refuses.
+fn unenforced(opts: &BuildOptions, guard: &str, limit: Option<f64>) -> Option<String> {
+    match (opts.force, limit) {
+        (true, _) => Some("--force".to_string()),
+        (false, None) => Some(format!("{guard} off; its default refuses it")),
+        (false, Some(_)) => None,
+    }
 }
 
 /// Refuses a generation that jumps more prices than `--max-price-jumps`
-/// allows, or changes more ids than `--max-churn` does, unless `--force`.
-/// Price jumps first: a feed of zeroed prices churns too, and the narrower
-/// guard says better what is wrong with it.
+/// allows, or changes more ids than `--max-churn` does. Price jumps first:
+/// a feed of zeroed prices churns too, and the narrower guard says better
+/// what is wrong with it. A guard that is off, or forced, still measures
+/// against its default and warns with the same figures and examples.
 fn check_churn(opts: &BuildOptions, input: &str, churn: &Churn) -> Result<()> {
     // An empty generation (a shard with no ids) is nothing to measure
     // against, as no generation is.
-    if opts.force || churn.previous_records == 0 {
+    if churn.previous_records == 0 {
         return Ok(());
     }
-    let refuse = |guard, limit, detail, examples: &[churn::Change]| Error::Refused {
-        input: input.to_string(),
-        guard,
-        limit,
-        detail,
-        sequence: churn.previous,
-        examples: examples.iter().map(churn::Change::describe).collect(),
-    };
-    if let Some(limit) = opts.max_price_jumps {
-        if churn.price_jump_percent() > limit {
-            return Err(refuse(
-                "--max-price-jumps",
-                limit,
-                format!(
-                    "{:.2}% of the {} ids in both would have their price go to 0 or move more \
-                     than {}x ({} ids)",
-                    churn.price_jump_percent(),
-                    churn.changed + churn.unchanged,
-                    churn::JUMP_FACTOR,
-                    churn.price_jumps
-                ),
-                &churn.jump_examples,
-            ));
+    let jumps = (churn.price_jump_percent(), churn.price_jumps);
+    let checks = [
+        (
+            "--max-price-jumps",
+            opts.max_price_jumps,
+            DEFAULT_MAX_PRICE_JUMPS,
+            jumps.0,
+            format!(
+                "{:.2}% of the {} ids in both would have their price go to 0 or move more \
+                 than {}x ({} ids)",
+                jumps.0,
+                churn.changed + churn.unchanged,
+                churn::JUMP_FACTOR,
+                jumps.1
+            ),
+            &churn.jump_examples,
+        ),
+        (
+            "--max-churn",
+            opts.max_churn,
+            DEFAULT_MAX_CHURN,
+            churn.churn_percent(),
+            format!(
+                "{:.2}% of the {} ids would change (added {}, removed {}, changed {})",
+                churn.churn_percent(),
+                churn.previous_records,
+                churn.added,
+                churn.removed,
+                churn.changed
+            ),
+            &churn.examples,
+        ),
+    ];
+    for (guard, given, default, measured, detail, examples) in checks {
+        let limit = given.unwrap_or(default);
+        if measured <= limit {
+            continue;
         }
-    }
-    if let Some(limit) = opts.max_churn {
-        if churn.churn_percent() > limit {
-            return Err(refuse(
-                "--max-churn",
-                limit,
-                format!(
-                    "{:.2}% of the {} ids would change (added {}, removed {}, changed {})",
-                    churn.churn_percent(),
-                    churn.previous_records,
-                    churn.added,
-                    churn.removed,
-                    churn.changed
-                ),
-                &churn.examples,
-            ));
+        let examples: Vec<String> = examples.iter().map(churn::Change::describe).collect();
+        match unenforced(opts, guard, given) {
+            None => {
+                return Err(Error::Refused {
+                    input: input.to_string(),
+                    guard,
+                    limit,
+                    detail,
+                    sequence: churn.previous,
+                    examples,
+                })
+            }
+            Some(why) => tracing::warn!(
+                "{input}: published although {guard} {limit}% would refuse it ({why}): {detail} \
+                 against generation {}. The first ids, old -> new:\n  {}",
+                churn.previous,
+                examples.join("\n  ")
+            ),
         }
     }
     Ok(())
@@ -983,21 +1246,44 @@ mod tests {
     }
 
     #[test]
-    fn the_shrink_guard_refuses_big_drops_unless_forced() {
+    fn the_shrink_guard_refuses_big_drops_unless_forced_or_off() {
         let mut opts = BuildOptions::new("unused");
         let current = Some((4, 1000));
-        assert!(check_shrink(&opts, "in", 500, current).is_ok());
-        let err = check_shrink(&opts, "in", 499, current).unwrap_err();
+        assert!(check_shrink(&opts, "in", 500, current, true).is_ok());
+        let err = check_shrink(&opts, "in", 499, current, true).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
         assert!(
-            check_shrink(&opts, "in", 0, None).is_ok(),
+            check_shrink(&opts, "in", 0, None, true).is_ok(),
             "nothing to shrink from"
         );
-        opts.max_shrink = 10.0;
-        assert!(check_shrink(&opts, "in", 900, current).is_ok());
-        assert!(check_shrink(&opts, "in", 899, current).is_err());
+        opts.max_shrink = Some(10.0);
+        assert!(check_shrink(&opts, "in", 900, current, true).is_ok());
+        assert!(check_shrink(&opts, "in", 899, current, true).is_err());
+        opts.max_shrink = None;
+        assert!(check_shrink(&opts, "in", 1, current, true).is_ok());
+        opts.max_shrink = Some(10.0);
         opts.force = true;
-        assert!(check_shrink(&opts, "in", 1, current).is_ok());
+        assert!(check_shrink(&opts, "in", 1, current, true).is_ok());
+    }
+
+    #[test]
+    fn guard_limits_parse_off_and_percentages() {
+        assert_eq!(GuardLimit::parse("off", 100.0), Ok(GuardLimit(None)));
+        assert_eq!(GuardLimit::parse(" OFF ", 100.0), Ok(GuardLimit(None)));
+        assert_eq!(GuardLimit::parse("50", 100.0), Ok(GuardLimit(Some(50.0))));
+        assert_eq!(
+            GuardLimit::parse("12.5%", 100.0),
+            Ok(GuardLimit(Some(12.5)))
+        );
+        assert_eq!(
+            GuardLimit::parse("250%", f64::MAX),
+            Ok(GuardLimit(Some(250.0)))
+        );
+        for bad in ["", "x", "101%", "-1", "of"] {
+            assert!(GuardLimit::parse(bad, 100.0).is_err(), "{bad}");
+        }
+        assert_eq!(GuardLimit(None).to_string(), "off");
+        assert_eq!(GuardLimit(Some(5.0)).to_string(), "5%");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::generation::format::read_header;
 use crate::generation::remote::{block_on, new_object_name, Manifest, Remote};
+use crate::generation::rollback::{Rollback, Undone};
 
 /// What [`publish`] did.
 #[derive(Debug, Clone)]
@@ -22,6 +23,7 @@ pub struct Published {
     /// The store's sequence for the generation.
     pub sequence: u64,
     pub object: String,
+    /// Bytes uploaded: 0 for a rollback to a generation the store holds.
     pub bytes: u64,
     pub seconds: f64,
 }
@@ -36,6 +38,32 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
     let remote = Remote::open(url)?;
     let header = read_header(path)?;
     block_on(async {
+        // A rollback on a server's data directory (the admin port's): when
+        // the store holds that generation, the store rolls back to it too,
+        // with nothing uploaded, and records what it undid in its terms.
+        if crate::generation::local::rollback_of(path).is_some() {
+            let manifests = remote.manifests().await?;
+            let objects = remote.objects().await?;
+            let held = manifests
+                .iter()
+                .rev()
+                .find(|m| m.matches(&header) && objects.iter().any(|o| o.holds(m)));
+            if let Some(previous) = held {
+                let m = republish(&remote, &manifests, previous).await?;
+                tracing::info!(
+                    url,
+                    sequence = m.sequence,
+                    of = previous.sequence,
+                    "rolled back"
+                );
+                return Ok(Published {
+                    sequence: m.sequence,
+                    object: m.object,
+                    bytes: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
         let newest = remote.sequences().await?.last().copied();
         let sequence = next_sequence(&remote, newest)?;
         let object = new_object_name(sequence);
@@ -104,42 +132,90 @@ async fn in_store_terms(
     churn
 }
 
-/// `promo rollback --publish URL`: publishes the generation before the
-/// store's newest again, under the next sequence, so that every replica
-/// swaps to it as to any new generation. Its new manifest names the same
-/// object: nothing is copied. A second rollback undoes the first. Returns
-/// the sequence rolled back to and the new manifest.
-pub fn rollback(url: &str) -> Result<(u64, Manifest)> {
+/// `promo rollback --publish URL [--to N]`: publishes an older generation
+/// of the store again, under the next sequence, so that every replica
+/// swaps to it as to any new generation: generation `to`, or by default
+/// the newest sound one before the store's newest. Its new manifest names
+/// the same object (nothing is copied) and records what it restored and
+/// which generations it undid (see [`Rollback`]), so that a build refuses
+/// their feeds again and `inspect --source` shows it. A second rollback
+/// undoes the first. Returns the sequence rolled back to and the new
+/// manifest.
+pub fn rollback(url: &str, to: Option<u64>) -> Result<(u64, Manifest)> {
     let remote = Remote::open(url)?;
     block_on(async {
-        let sequences = remote.sequences().await?;
-        let nothing = |reason: &str| Error::NothingInStore {
+        let nothing = |reason: String| Error::NothingInStore {
             url: url.to_string(),
-            reason: reason.to_string(),
+            reason,
         };
-        let &newest = sequences
+        let manifests = remote.manifests().await?;
+        let newest = manifests
             .last()
-            .ok_or_else(|| nothing("no generation: nothing to roll back"))?;
+            .ok_or_else(|| nothing("no generation: nothing to roll back".into()))?;
         let objects = remote.objects().await?;
-        let mut previous = None;
-        for &sequence in sequences.iter().rev().skip(1) {
-            match remote.manifest(sequence).await {
-                Ok(Some(m)) if objects.iter().any(|o| o.holds(&m)) => {
-                    previous = Some(m);
-                    break;
-                }
-                // Gone, unusable or its object missing: not one to go back to.
-                Ok(_) | Err(Error::Manifest { .. }) => {}
-                Err(e) => return Err(e),
+        let sound = |m: &&Manifest| objects.iter().any(|o| o.holds(m));
+        let previous = match to {
+            None => manifests.iter().rev().skip(1).find(sound).ok_or_else(|| {
+                nothing("no sound generation before the newest: nothing to roll back to".into())
+            })?,
+            Some(n) if n == newest.sequence => {
+                return Err(nothing(format!(
+                    "generation {n} is its newest already: nothing to roll back"
+                )))
             }
-        }
-        let previous = previous.ok_or_else(|| {
-            nothing("no sound generation before the newest: nothing to roll back to")
-        })?;
-        let manifest = previous.republished(next_sequence(&remote, Some(newest))?);
-        remote.commit(&manifest).await?;
+            Some(n) => {
+                let m = manifests.iter().find(|m| m.sequence == n).ok_or_else(|| {
+                    nothing(format!(
+                        "it holds no generation {n} (it holds {}: see promo inspect --source)",
+                        list_sequences(&manifests)
+                    ))
+                })?;
+                if !sound(&m) {
+                    return Err(nothing(format!(
+                        "generation {n}'s object is missing or of the wrong length"
+                    )));
+                }
+                m
+            }
+        };
+        let manifest = republish(&remote, &manifests, previous).await?;
         Ok((previous.sequence, manifest))
     })?
+}
+
+/// Commits `previous` again as the store's next generation, with the
+/// record of a rollback to it: the generations after it in `manifests`
+/// (every readable one, oldest first) are undone.
+async fn republish(
+    remote: &Remote,
+    manifests: &[Manifest],
+    previous: &Manifest,
+) -> Result<Manifest> {
+    let record = Rollback {
+        of: previous.sequence,
+        of_checksum: previous.body_checksum,
+        undone: manifests
+            .iter()
+            .rev()
+            .take_while(|m| m.sequence > previous.sequence)
+            .filter(|m| m.body_checksum != previous.body_checksum)
+            .map(|m| Undone {
+                sequence: m.sequence,
+                checksum: m.body_checksum,
+            })
+            .collect(),
+    };
+    // An unreadable manifest still holds its sequence.
+    let taken = remote.sequences().await?.last().copied();
+    let manifest = previous.republished(next_sequence(remote, taken)?, record);
+    remote.commit(&manifest).await?;
+    Ok(manifest)
+}
+
+/// `1, 2, 5` for the manifests of those sequences.
+fn list_sequences(manifests: &[Manifest]) -> String {
+    let all: Vec<String> = manifests.iter().map(|m| m.sequence.to_string()).collect();
+    all.join(", ")
 }
 
 /// The sequence after `newest` (1 for an empty store).

@@ -57,13 +57,28 @@ impl Values {
         }
     }
 
+    /// The price is a JSON number, as the API writes it (the value, to
+    /// within a double's 15 significant digits; trailing zeros go).
     fn to_json(&self) -> Value {
-        json!({"price": self.price, "expiration_date": self.date})
+        let price = self
+            .price
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| Value::from(self.price.as_str()), Value::Number);
+        json!({"price": price, "expiration_date": self.date})
     }
 
+    /// Reads what [`Values::to_json`] wrote, and the strings that sidecars
+    /// and manifests written before prices were numbers hold.
     fn from_json(v: &Value) -> Option<Values> {
+        let price = match v.get("price")? {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
         Some(Values {
-            price: v.get("price")?.as_str()?.to_string(),
+            price,
             date: v.get("expiration_date")?.as_str()?.to_string(),
         })
     }

@@ -30,6 +30,11 @@
 //!                                 generation (a crash between leaves the
 //!                                 churn unknown), removed with it, absent
 //!                                 for the first generation and rollbacks
+//! gen-<sequence:010>.rollback.json
+//!                                 a rollback's record: which generation
+//!                                 it made live again and which it undid
+//!                                 (see rollback: `Rollback`), written and
+//!                                 removed like the churn sidecar
 //! .tmp-<pid>.promo, .tmp-<pid>.churn.json
 //!                                 a build's or a fetch's files before their
 //!                                 rename; removed by the next build
@@ -42,11 +47,16 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::generation::rollback::Rollback;
 
 const PREFIX: &str = "gen-";
 const SUFFIX: &str = ".promo";
 /// A generation's churn sidecar ends with this instead of [`SUFFIX`].
 const CHURN_SUFFIX: &str = ".churn.json";
+/// A rollback's sidecar ends with this instead of [`SUFFIX`].
+const ROLLBACK_SUFFIX: &str = ".rollback.json";
+/// Every sidecar a generation may have.
+const SIDECARS: [&str; 2] = [CHURN_SUFFIX, ROLLBACK_SUFFIX];
 /// `promo diff`'s scratch folders for generations it downloads start with
 /// this; the next build removes one a killed diff left.
 pub const DIFF_PREFIX: &str = ".diff-";
@@ -62,7 +72,18 @@ pub fn file_name(sequence: u64) -> String {
 
 /// The file name of generation `sequence`'s churn sidecar.
 pub fn churn_file_name(sequence: u64) -> String {
-    format!("{PREFIX}{sequence:010}{CHURN_SUFFIX}")
+    sidecar_name(sequence, CHURN_SUFFIX)
+}
+
+/// The file name of generation `sequence`'s sidecar ending with `suffix`.
+fn sidecar_name(sequence: u64, suffix: &str) -> String {
+    format!("{PREFIX}{sequence:010}{suffix}")
+}
+
+/// What the generation at `path` restored and undid, if it is a rollback.
+pub fn rollback_of(path: &Path) -> Option<Rollback> {
+    let text = fs::read(path.with_extension(&ROLLBACK_SUFFIX[1..])).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 /// What the generation at `path` changed when it was built (its churn
@@ -157,6 +178,7 @@ pub fn describe(entry: &Entry, checksum: &str, live: bool) -> serde_json::Value 
         "checksum": checksum,
         "live": live,
         "churn": churn_of(&entry.path),
+        "rollback": rollback_of(&entry.path),
     })
 }
 
@@ -199,8 +221,9 @@ impl BuildLock {
             let name = entry.file_name();
             // Only a sidecar named for a generation is ours to remove.
             let orphan = |n: &str| {
-                let generation = n
-                    .strip_suffix(CHURN_SUFFIX)
+                let generation = SIDECARS
+                    .iter()
+                    .find_map(|suffix| n.strip_suffix(suffix))
                     .map(|stem| format!("{stem}{SUFFIX}"))
                     .filter(|g| parse_name(g).is_some());
                 generation.is_some_and(|g| !dir.join(g).exists())
@@ -237,39 +260,36 @@ impl BuildLock {
     }
 
     /// Publishes the finished, synced temporary file `tmp` as the next
-    /// generation, with `churn` as its sidecar, and returns it. The rename
+    /// generation, with `sidecar` beside it, and returns it. The rename
     /// of the generation is the commit point: an error before it means
     /// nothing was published, and nothing after it is one.
-    pub fn publish(
-        &self,
-        dir: &Path,
-        tmp: &Path,
-        churn: Option<&serde_json::Value>,
-    ) -> Result<Entry> {
+    pub fn publish(&self, dir: &Path, tmp: &Path, sidecar: Sidecar) -> Result<Entry> {
         let sequence = list(dir)?.last().map_or(1, |e| e.sequence + 1);
-        self.publish_as(dir, tmp, sequence, churn)
+        self.publish_as(dir, tmp, sequence, sidecar)
     }
 
     /// Publishes `tmp` as generation `sequence`, as [`BuildLock::publish`]
     /// does: for a generation fetched from a store, whose sequence the
     /// store gave it. A file of that name already there is replaced, and
-    /// so is its sidecar (removed when `churn` is `None`).
+    /// so are its sidecars.
     pub fn publish_as(
         &self,
         dir: &Path,
         tmp: &Path,
         sequence: u64,
-        churn: Option<&serde_json::Value>,
+        sidecar: Sidecar,
     ) -> Result<Entry> {
         let path = dir.join(file_name(sequence));
-        let sidecar = dir.join(churn_file_name(sequence));
-        // A sidecar already there belongs to the file being replaced: gone
-        // first, so that it never describes another generation.
-        match fs::remove_file(&sidecar) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io(&sidecar)(e))
+        // Sidecars already there belong to the file being replaced: gone
+        // first, so that they never describe another generation.
+        for suffix in SIDECARS {
+            let old = dir.join(sidecar_name(sequence, suffix));
+            match fs::remove_file(&old) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&old)(e))
+                }
+                _ => {}
             }
-            _ => {}
         }
         let mut perms = fs::metadata(tmp).map_err(Error::io(tmp))?.permissions();
         perms.set_readonly(true);
@@ -284,9 +304,16 @@ impl BuildLock {
         // The sidecar after its generation: a crash or a full disk between
         // the two leaves a generation whose churn is unknown, never a
         // sidecar that describes another file. A warning, like the sync.
-        if let Some(churn) = churn {
-            if let Err(e) = write_sidecar(dir, &sidecar, churn) {
-                tracing::warn!("published, but its churn could not be written: {e}");
+        let written = match sidecar {
+            Sidecar::None => None,
+            Sidecar::Churn(churn) => Some((CHURN_SUFFIX, serde_json::to_vec_pretty(churn))),
+            Sidecar::Rollback(r) => Some((ROLLBACK_SUFFIX, serde_json::to_vec_pretty(r))),
+        };
+        if let Some((suffix, bytes)) = written {
+            let bytes = bytes.expect("JSON values serialize");
+            let to = dir.join(sidecar_name(sequence, suffix));
+            if let Err(e) = write_sidecar(dir, &to, bytes) {
+                tracing::warn!("published, but its {suffix} sidecar could not be written: {e}");
             }
         }
         if let Err(e) = sync_dir(dir) {
@@ -301,10 +328,11 @@ impl BuildLock {
 
     /// Publishes the generation at `source` again as the next generation,
     /// through a hard link: the bytes are shared, never copied or written.
-    pub fn republish(&self, dir: &Path, source: &Path) -> Result<Entry> {
+    /// `rollback` says what it restores and undoes.
+    pub fn republish(&self, dir: &Path, source: &Path, rollback: &Rollback) -> Result<Entry> {
         let tmp = dir.join(format!("{TMP_PREFIX}{}{SUFFIX}", std::process::id()));
         fs::hard_link(source, &tmp).map_err(Error::io(&tmp))?;
-        self.publish(dir, &tmp, None)
+        self.publish(dir, &tmp, Sidecar::Rollback(rollback))
     }
 
     /// Keeps the newest `keep` sound generations (at least one; see
@@ -338,7 +366,10 @@ impl BuildLock {
         for e in old {
             match fs::remove_file(&e.path) {
                 Ok(()) => {
-                    let _ = fs::remove_file(e.path.with_file_name(churn_file_name(e.sequence)));
+                    for suffix in SIDECARS {
+                        let name = sidecar_name(e.sequence, suffix);
+                        let _ = fs::remove_file(e.path.with_file_name(name));
+                    }
                     done.removed.push(e)
                 }
                 Err(err) => done
@@ -390,10 +421,20 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Writes `churn` to `sidecar` through a temporary file, synced and renamed.
-fn write_sidecar(dir: &Path, sidecar: &Path, churn: &serde_json::Value) -> Result<()> {
+/// What is written beside a new generation.
+#[derive(Debug, Clone, Copy)]
+pub enum Sidecar<'a> {
+    None,
+    /// What a build changed (see churn: `Churn::to_json`).
+    Churn(&'a serde_json::Value),
+    /// What a rollback restored and undid.
+    Rollback(&'a Rollback),
+}
+
+/// Writes `bytes` (JSON) and a newline to `sidecar` through a temporary
+/// file, synced and renamed.
+fn write_sidecar(dir: &Path, sidecar: &Path, mut bytes: Vec<u8>) -> Result<()> {
     let tmp = dir.join(format!("{TMP_PREFIX}{}{CHURN_SUFFIX}", std::process::id()));
-    let mut bytes = serde_json::to_vec_pretty(churn).expect("JSON values serialize");
     bytes.push(b'\n');
     let written = File::create(&tmp)
         .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes).and_then(|()| f.sync_all()));
@@ -437,7 +478,7 @@ mod tests {
         let lock = BuildLock::acquire(dir.path()).unwrap();
         for i in 1..=5u64 {
             let (_, tmp) = lock.temp_file(dir.path()).unwrap();
-            let e = lock.publish(dir.path(), &tmp, None).unwrap();
+            let e = lock.publish(dir.path(), &tmp, Sidecar::None).unwrap();
             assert_eq!(e.sequence, i);
             assert!(fs::metadata(&e.path).unwrap().permissions().readonly());
         }
@@ -459,7 +500,12 @@ mod tests {
         assert_eq!(left, [3, 4, 5]);
         // Sequences keep rising after deletions.
         let (_, tmp) = lock.temp_file(dir.path()).unwrap();
-        assert_eq!(lock.publish(dir.path(), &tmp, None).unwrap().sequence, 6);
+        assert_eq!(
+            lock.publish(dir.path(), &tmp, Sidecar::None)
+                .unwrap()
+                .sequence,
+            6
+        );
     }
 
     /// Writes a valid generation `sequence` of three records into `dir`.
@@ -598,19 +644,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let lock = BuildLock::acquire(d).unwrap();
-        let put = |churn: Option<&serde_json::Value>| {
+        let put = |sidecar: Sidecar| {
             let (mut f, tmp) = lock.temp_file(d).unwrap();
             std::io::Write::write_all(&mut f, b"gen").unwrap();
-            lock.publish_as(d, &tmp, 3, churn).unwrap()
+            lock.publish_as(d, &tmp, 3, sidecar).unwrap()
         };
-        let entry = put(Some(&serde_json::json!({"against": 2})));
+        let entry = put(Sidecar::Churn(&serde_json::json!({"against": 2})));
         assert_eq!(
             churn_of(&entry.path),
             Some(serde_json::json!({"against": 2}))
         );
-        // Fetched again, from a manifest without churn: none, not the old.
-        let entry = put(None);
+        // Fetched again as a rollback: its record, not the old churn.
+        let rollback = Rollback {
+            of: 1,
+            of_checksum: 7,
+            undone: Vec::new(),
+        };
+        let entry = put(Sidecar::Rollback(&rollback));
         assert_eq!(churn_of(&entry.path), None);
+        assert_eq!(rollback_of(&entry.path), Some(rollback));
+        // Fetched again, from a manifest with neither: none, not the old.
+        let entry = put(Sidecar::None);
+        assert_eq!(rollback_of(&entry.path), None);
         assert!(!d.join(churn_file_name(3)).exists());
         assert!(list(d).unwrap().len() == 1);
     }

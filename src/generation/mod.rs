@@ -16,5 +16,6 @@ pub mod format;
 pub mod local;
 pub mod record;
 pub mod remote;
+pub mod rollback;
 pub mod shard;
 pub mod table;

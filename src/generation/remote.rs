@@ -32,6 +32,9 @@
 //!                        "against" is the store's sequence of that
 //!                        generation when it was the store's newest, else
 //!                        null; "against_checksum" names it either way
+//!       "rollback"       for a rollback, what it restored and undid, in
+//!                        store sequences (see rollback: `Rollback`), else
+//!                        null or absent (a manifest older than it)
 //! ```
 //!
 //! A range shard (`--shard K/N`, not `0/1`) has a store of its own: the
@@ -52,6 +55,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::error::{Error, Result};
 use crate::generation::format::{rfc3339_utc, Header};
+use crate::generation::local::Sidecar;
+use crate::generation::rollback::Rollback;
 use crate::generation::shard::Shard;
 
 /// The `format` of every manifest this promo writes and reads. A manifest
@@ -97,6 +102,9 @@ pub struct Manifest {
     pub published_ms: u64,
     /// What the generation changed when it was built, as its sidecar says.
     pub churn: Option<serde_json::Value>,
+    /// What it restored and undid, if it is a rollback (with store
+    /// sequences).
+    pub rollback: Option<Rollback>,
 }
 
 impl Manifest {
@@ -111,17 +119,28 @@ impl Manifest {
             body_checksum: header.body_checksum,
             published_ms: now_ms(),
             churn: None,
+            rollback: None,
         }
     }
 
     /// The same generation (the same object) under a new sequence, for a
-    /// rollback.
-    pub fn republished(&self, sequence: u64) -> Manifest {
+    /// rollback, which `rollback` describes.
+    pub fn republished(&self, sequence: u64, rollback: Rollback) -> Manifest {
         Manifest {
             sequence,
             published_ms: now_ms(),
             churn: None,
+            rollback: Some(rollback),
             ..self.clone()
+        }
+    }
+
+    /// What a replica writes beside the generation it fetched.
+    pub fn sidecar(&self) -> Sidecar<'_> {
+        match (&self.rollback, &self.churn) {
+            (Some(r), _) => Sidecar::Rollback(r),
+            (None, Some(c)) => Sidecar::Churn(c),
+            (None, None) => Sidecar::None,
         }
     }
 
@@ -139,6 +158,7 @@ impl Manifest {
             "published": rfc3339_utc(self.published_ms),
             "published_ms": self.published_ms,
             "churn": self.churn,
+            "rollback": self.rollback,
         }))
         .expect("a JSON object serializes");
         out.push(b'\n');
@@ -174,6 +194,12 @@ impl Manifest {
             body_checksum,
             published_ms: int("published_ms")?,
             churn: v.get("churn").filter(|c| c.is_object()).cloned(),
+            rollback: match v.get("rollback").filter(|r| !r.is_null()) {
+                Some(r) => Some(
+                    serde_json::from_value(r.clone()).map_err(|e| format!("\"rollback\": {e}"))?,
+                ),
+                None => None,
+            },
         })
     }
 
@@ -279,15 +305,39 @@ enum Kind {
 /// The object at `url` (a feed: `s3://bucket/feeds/today.csv`, `gs://`,
 /// `az://`, `file:///path`, `http(s)://host/path`), and the store that
 /// holds it, configured from the environment as [`Remote::open`] is.
+///
+/// An http(s) URL with a query ([`is_presigned`]) is one opaque object: the
+/// store is the whole URL, requested as written, and the path is empty.
 pub fn object_at(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
     let (store, path, _) = store_at(url, &[], Kind::Object)?;
-    if path.as_ref().is_empty() {
+    if path.as_ref().is_empty() && !is_presigned(url) {
         return Err(Error::Url {
             url: url.to_string(),
             reason: "no object named after the bucket or host".into(),
         });
     }
     Ok((store, path))
+}
+
+/// Whether `url` is an http(s) URL with a query, as a presigned URL is
+/// (`https://host/bucket/feed.csv?X-Amz-Signature=...`), the way partners
+/// share one object: a feed read from the URL exactly as written, query
+/// included, and looked up with a GET, since its signature allows no other
+/// method.
+pub fn is_presigned(url: &str) -> bool {
+    url::Url::parse(url)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.query().is_some())
+}
+
+/// `url` as messages show it: a query, which may hold a signature or a
+/// token, shown as `?…`.
+pub fn redact_url(url: &str) -> String {
+    // A `?` after a `#` is the fragment's.
+    let (head, fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
+    match head.split_once('?') {
+        Some((path, _)) => format!("{path}?…{fragment}"),
+        None => url.to_string(),
+    }
 }
 
 /// Times a feed's request is retried, a dropped answer included: the
@@ -324,18 +374,33 @@ fn store_at(
     kind: Kind,
 ) -> Result<(Arc<dyn ObjectStore>, ObjectPath, Option<std::path::PathBuf>)> {
     let bad = |reason: &str| Error::Url {
-        url: url.to_string(),
+        url: redact_url(url),
         reason: reason.to_string(),
     };
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-    if parsed.query().is_some() || parsed.fragment().is_some() {
+    let http = matches!(parsed.scheme(), "http" | "https");
+    let presigned = kind == Kind::Object && http && parsed.query().is_some();
+    if kind == Kind::Object && http && parsed.fragment().is_some() {
+        return Err(bad(
+            "a fragment (#...) is never sent to the server: leave it out",
+        ));
+    }
+    if (parsed.query().is_some() && !presigned) || parsed.fragment().is_some() {
         return Err(bad(
             "a query or a fragment (?..., #...) cannot be read: name the object by its path",
         ));
     }
-    // The URL's path is percent-encoded; the object's name is not.
-    let path = ObjectPath::from_url_path(parsed.path().trim_matches('/'))
-        .map_err(|e| bad(&e.to_string()))?;
+    if presigned && parsed.path().trim_matches('/').is_empty() {
+        return Err(bad("no object named after the host"));
+    }
+    // The URL's path is percent-encoded; the object's name is not. A
+    // presigned URL is not taken apart: its signature covers the path as
+    // it is encoded there.
+    let path = match presigned {
+        true => ObjectPath::default(),
+        false => ObjectPath::from_url_path(parsed.path().trim_matches('/'))
+            .map_err(|e| bad(&e.to_string()))?,
+    };
     // The three clouds' builders: from the environment, the URL, the
     // retries of `kind`, then `options` over them.
     macro_rules! cloud {
@@ -361,7 +426,13 @@ fn store_at(
         "gs" => cloud!(object_store::gcp::GoogleCloudStorageBuilder),
         "az" => cloud!(object_store::azure::MicrosoftAzureBuilder),
         "http" | "https" if kind == Kind::Object => {
-            let origin = parsed.origin().ascii_serialization();
+            // The store's requests go to its URL with the object's path
+            // appended: the origin and the path, or a presigned URL whole
+            // (with the empty path, the URL as written, query and all).
+            let origin = match presigned {
+                true => parsed.as_str().to_string(),
+                false => parsed.origin().ascii_serialization(),
+            };
             let client =
                 object_store::ClientOptions::new().with_allow_http(parsed.scheme() == "http");
             Arc::new(
@@ -796,6 +867,45 @@ mod tests {
         ] {
             let e = Remote::open(url).unwrap_err().to_string();
             assert!(e.contains(url) && e.contains(says), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_http_url_with_a_query_is_one_object_and_other_queries_are_refused() {
+        let signed = "https://host/bucket/feed.csv?X-Amz-Signature=abc&X-Amz-Expires=60";
+        assert!(is_presigned(signed));
+        let (_, path) = object_at(signed).unwrap();
+        assert_eq!(path.as_ref(), "", "the URL is requested whole");
+        let (_, path) = object_at("https://host/bucket/feed%20a.csv").unwrap();
+        assert_eq!(path.as_ref(), "bucket/feed a.csv");
+        for (url, says) in [
+            (
+                "s3://bucket/feed.csv?versionId=3",
+                "s3://bucket/feed.csv?…: a query or a fragment",
+            ),
+            ("file:///feed.csv?x=1", "a query or a fragment"),
+            ("https://host/feed.csv#x", "a fragment (#...) is never sent"),
+            ("https://host/feed.csv?sig=1#x", "is never sent"),
+            ("https://host/?sig=1", "https://host/?…: no object named"),
+        ] {
+            let e = object_at(url).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(
+                !e.contains("sig=1") && !e.contains("versionId"),
+                "{url}: {e}"
+            );
+        }
+        // A store is never an http URL, query or not; nor has one a query.
+        for url in [signed, "s3://bucket/prefix?x=1"] {
+            assert!(Remote::open(url).is_err(), "{url}");
+        }
+        for (url, shown) in [
+            (signed, "https://host/bucket/feed.csv?…"),
+            ("s3://b/x?v=1#7", "s3://b/x?…#7"),
+            ("s3://b/x#7?v", "s3://b/x#7?v"),
+            ("/tmp/feed.csv", "/tmp/feed.csv"),
+        ] {
+            assert_eq!(redact_url(url), shown);
         }
     }
 }

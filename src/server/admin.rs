@@ -147,7 +147,10 @@ impl Admin {
                 (&Method::GET | &Method::HEAD, "/generations") => {
                     ("generations", self.generations())
                 }
-                (&Method::POST, "/rollback") => ("rollback", self.rollback().await),
+                (&Method::POST, "/rollback") => {
+                    let to = query_value(req.uri().query(), "to");
+                    ("rollback", self.rollback(to).await)
+                }
                 (_, "/upload" | "/rollback") => ("admin", method_not_allowed("POST")),
                 (_, "/generations") => ("admin", method_not_allowed("GET, HEAD")),
                 _ => (
@@ -185,12 +188,23 @@ impl Admin {
         json(StatusCode::OK, &serde_json::Value::Array(rows))
     }
 
-    /// `POST /rollback`: `promo rollback` on the data directory, then the
-    /// generation that went live (published too, with `--publish`).
-    async fn rollback(&self) -> Response<Full<Bytes>> {
+    /// `POST /rollback[?to=N]`: `promo rollback [--to N]` on the data
+    /// directory, then the generation that went live (published too, with
+    /// `--publish`: the store rolls back to the same generation).
+    async fn rollback(&self, to: Option<&str>) -> Response<Full<Bytes>> {
+        let to = match to.map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "?to= takes a generation's sequence (see GET /generations)",
+                )
+            }
+        };
         let admin = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let (restored, entry) = pipeline::rollback(&admin.config.build.data_dir)?;
+            let (restored, entry) = pipeline::rollback(&admin.config.build.data_dir, to)?;
             admin.go_live(&entry)?;
             Ok::<_, Error>((restored, entry))
         })
@@ -577,11 +591,12 @@ fn build_error(e: Error) -> Response<Full<Bytes>> {
         Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::InvalidData => {
             (StatusCode::UNPROCESSABLE_ENTITY, None)
         }
-        Error::Shrink { .. } | Error::Refused { .. } => {
+        Error::Shrink { .. } | Error::Refused { .. } | Error::RolledBack { .. } => {
             let guard = match &e {
                 Error::Refused { guard, .. } => {
                     guard.trim_start_matches("--max-").replace('-', "_")
                 }
+                Error::RolledBack { .. } => "rolled_back".to_string(),
                 _ => "shrink".to_string(),
             };
             metrics::counter!(crate::metrics::UPLOADS_REFUSED, "guard" => guard).increment(1);
@@ -625,7 +640,6 @@ fn for_upload(message: String, listed: bool) -> String {
     }
 }
 
-
 fn too_large(max: u64) -> Response<Full<Bytes>> {
     json_error(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -635,11 +649,16 @@ fn too_large(max: u64) -> Response<Full<Bytes>> {
 
 /// True if the query sets `name` to `true` or `1`.
 fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query_value(query, name).is_some_and(|v| matches!(v, "true" | "1"))
+}
+
+/// The value of `name` in a query string, if it is there.
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .any(|(k, v)| k == name && matches!(v, "true" | "1"))
+        .find_map(|(k, v)| (k == name).then_some(v))
 }
 
 /// Serves the admin port until `shutdown` completes. Uploads in flight

@@ -215,7 +215,7 @@ impl Fetcher {
                         .into(),
                 }));
             }
-            let entry = lock.publish_as(&dir, &tmp, sequence, expected.churn.as_ref())?;
+            let entry = lock.publish_as(&dir, &tmp, sequence, expected.sidecar())?;
             cleanup.disarm();
             let table = table.moved_to(entry.path.clone());
             Ok(Ok((entry, table)))

@@ -10,6 +10,7 @@
 //! [`run`] assembles them into the serving process.
 
 pub mod admin;
+pub mod claim;
 pub mod connection;
 pub mod disk;
 pub mod fetch;
@@ -63,6 +64,9 @@ pub struct Config {
     /// Serve only generations of this shard (`--shard`); any shard the
     /// file says when `None`.
     pub shard: Option<crate::generation::shard::Shard>,
+    /// Start even though another promo server listens on the port, and
+    /// share it until that one stops (see [`claim`]).
+    pub handover: bool,
 }
 
 impl Config {
@@ -77,6 +81,7 @@ impl Config {
             tls: None,
             admin: None,
             shard: None,
+            handover: false,
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct Server {
     live: Arc<Live>,
     stop: tokio::sync::watch::Sender<bool>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
+    /// The port, this server's alone while it runs.
+    _claim: claim::Claim,
 }
 
 impl Server {
@@ -135,11 +142,21 @@ impl Server {
             }
             n => n,
         };
+        // Claimed before binding, so that a second server never takes a
+        // connection; a port the kernel picks is claimed once known.
+        let early = match config.listen.port() {
+            0 => None,
+            port => Some(claim::Claim::take(port, config.handover)?),
+        };
         let listeners = http::bind(config.listen, workers)
             .map_err(Error::io_op("listening", config.listen.to_string()))?;
         let addr = listeners[0]
             .local_addr()
             .map_err(Error::io(config.listen.to_string()))?;
+        let claim = match early {
+            Some(claim) => claim,
+            None => claim::Claim::take(addr.port(), config.handover)?,
+        };
         tracing::info!(
             "listening on {addr} ({workers} threads, {})",
             if tls.is_some() { "HTTPS" } else { "HTTP" }
@@ -226,6 +243,7 @@ impl Server {
             live,
             stop,
             threads,
+            _claim: claim,
         })
     }
 

@@ -12,8 +12,29 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// `promo` with the churn and price-jump guards off. Most tests build
+/// unrelated random feeds one after another (a churn of 200%, which the
+/// defaults refuse) to test swaps, stores and servers, not the guards;
+/// the guards' own tests (churn.rs) give their limits as flags, which win
+/// over these variables, or start from [`promo_as_installed`].
 pub fn promo() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_promo"))
+    let mut c = promo_as_installed();
+    c.env("PROMO_MAX_CHURN", "off")
+        .env("PROMO_MAX_PRICE_JUMPS", "off");
+    c
+}
+
+/// `promo` with its defaults, as a new install runs it.
+pub fn promo_as_installed() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_promo"));
+    for name in [
+        "PROMO_MAX_SHRINK",
+        "PROMO_MAX_CHURN",
+        "PROMO_MAX_PRICE_JUMPS",
+    ] {
+        c.env_remove(name);
+    }
+    c
 }
 
 pub fn fixture(name: &str) -> PathBuf {
