@@ -333,3 +333,277 @@ fn diff_streams_the_differences_and_exits_like_grep() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no generation 9"), "{}", stderr(&out));
 }
+
+/// `promo build` as a new install runs it: no guard flag, no variable.
+fn build_as_installed(data: &Path, csv: &Path, extra: &[&str]) -> Output {
+    common::promo_as_installed()
+        .arg("build")
+        .arg(csv)
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn zeroed() -> Vec<Row> {
+    usual()
+        .into_iter()
+        .map(|(id, _, date)| (id, "0".into(), date))
+        .collect()
+}
+
+/// The usual feed with its first `n` prices raised by one: a sane day.
+fn repriced(n: usize) -> Vec<Row> {
+    let mut rows = usual();
+    for r in rows.iter_mut().take(n) {
+        r.1 = format!(
+            "{}.50",
+            r.1.split('.').next().unwrap().parse::<u64>().unwrap() + 1
+        );
+    }
+    rows
+}
+
+#[test]
+fn a_zeroed_feed_is_refused_with_no_flag_given_and_off_turns_a_guard_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = build_as_installed(&data, &write(dir.path(), "usual.csv", &usual()), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = write(dir.path(), "zeroed.csv", &zeroed());
+
+    let out = build_as_installed(&data, &csv, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused by --max-price-jumps 5%: 100.00% of the 3000 ids"),
+        "{}",
+        stderr(&out)
+    );
+    nothing_changed(&data);
+
+    // Off for this build: published, with the refusal it would have been
+    // as a warning (the same figures and the first ids).
+    let off = ["--max-price-jumps", "off", "--max-churn", "off"];
+    let out = build_as_installed(&data, &csv, &off);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("published although --max-price-jumps 5% would refuse it")
+            && err.contains("100.00% of the 3000 ids in both")
+            && err.contains(&first_id(&usual())),
+        "{err}"
+    );
+    assert_eq!(sequences(&data), [1, 2]);
+
+    // A feed that replaces every id churns 200%: refused by default, and
+    // published with PROMO_MAX_CHURN=off.
+    let others: Vec<Row> = (0..ROWS)
+        .map(|i| {
+            (
+                common::id(2, i),
+                "1.00".into(),
+                "2030-01-01 00:00:00 +0100 CET".into(),
+            )
+        })
+        .collect();
+    let csv = write(dir.path(), "others.csv", &others);
+    let out = build_as_installed(&data, &csv, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused by --max-churn 50%: 200.00%"),
+        "{}",
+        stderr(&out)
+    );
+    let out = common::promo_as_installed()
+        .env("PROMO_MAX_CHURN", "off")
+        .args(["build", "--data-dir"])
+        .arg(&data)
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--max-churn off; its default refuses it"),
+        "{}",
+        stderr(&out)
+    );
+    let out = build_as_installed(&data, &csv, &["--max-churn", "bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("expected a percentage (50%) or off"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_rollback_goes_back_to_any_generation_and_a_rolled_back_feed_is_refused_when_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let good = write(dir.path(), "usual.csv", &usual());
+    let bad = write(dir.path(), "zeroed.csv", &zeroed());
+    assert!(build_as_installed(&data, &good, &[]).status.success());
+    // The bad feed forced through, then sent again by the cron job (the
+    // same as the live one: no guard fires).
+    assert!(build_as_installed(&data, &bad, &["--force"])
+        .status
+        .success());
+    assert!(build_as_installed(&data, &bad, &[]).status.success());
+
+    // One step back is the bad feed again; --to 1 reaches the good one.
+    let said = common::rollback_ok(&data);
+    assert!(
+        said.contains("generation 2 is live again as generation 4"),
+        "{said}"
+    );
+    let out = promo()
+        .args(["rollback", "--to", "1", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("generation 1 is live again as generation 5"),
+        "{said}"
+    );
+    let row = &usual()[0];
+    let live = promo_get(&data, &row.0).unwrap();
+    assert!(live.contains(&format!("\"price\":{}", row.1)), "{live}");
+
+    // inspect says what each rollback restored and undid.
+    let out = promo()
+        .args(["inspect", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("rollback to 1, undid 4, 3, 2"), "{table}");
+    // Generation 3 holds what 2 holds: going back to 2 undid nothing else.
+    let four = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("4 "))
+        .unwrap();
+    assert!(four.contains("rollback to 2 "), "{table}");
+    let out = promo()
+        .args(["inspect", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[4]["rollback"]["of"], 1, "{rows}");
+    assert_eq!(rows[4]["rollback"]["undone"][0]["sequence"], 4, "{rows}");
+
+    // The cron job sends the bad feed again: refused, with no flag.
+    let out = build_as_installed(&data, &bad, &["--max-price-jumps", "off"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "the same records as generation 4, which the rollback to generation 1 \
+                      (generation 5) undid"
+        ),
+        "{err}"
+    );
+    assert_eq!(sequences(&data), [1, 2, 3, 4, 5]);
+    // A good feed goes through; --to a generation that is not kept, or the
+    // live one, is an error that says so.
+    assert!(
+        build_as_installed(&data, &write(dir.path(), "r.csv", &repriced(3)), &[])
+            .status
+            .success()
+    );
+    for (to, says) in [
+        ("1", "no generation 1 (it holds"),
+        ("6", "generation 6 is live already"),
+    ] {
+        let out = promo()
+            .args(["rollback", "--to", to, "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+    // Forced, the rolled-back feed is published, with a warning.
+    let out = build_as_installed(&data, &bad, &["--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("published although refused (--force)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn after_a_store_rollback_the_next_good_feed_publishes_and_the_bad_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let url = format!("file://{}", store.display());
+    let builder = dir.path().join("builder");
+    let publish = ["--publish", url.as_str()];
+    let good = write(dir.path(), "usual.csv", &usual());
+    let bad = write(dir.path(), "zeroed.csv", &zeroed());
+    assert!(build_as_installed(&builder, &good, &publish)
+        .status
+        .success());
+    let mut forced = publish.to_vec();
+    forced.push("--force");
+    assert!(build_as_installed(&builder, &bad, &forced).status.success());
+    assert!(build_as_installed(&builder, &bad, &publish)
+        .status
+        .success());
+
+    // The fleet goes back to the store's generation 1.
+    let out = promo()
+        .args(["rollback", "--to", "1", "--publish", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("generation 1 is the newest again, as generation 4"),
+        "{said}"
+    );
+    let out = promo()
+        .args(["inspect", "--source", &url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("rollback to 1, undid 3, 2"), "{table}");
+
+    // The builder's directory still has the bad feed as its newest; the
+    // build compares with what the store serves: the bad feed is refused
+    // as rolled back, a good one publishes.
+    let out = build_as_installed(&builder, &bad, &publish);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("which the rollback to generation 1"),
+        "{}",
+        stderr(&out)
+    );
+    let out = build_as_installed(
+        &builder,
+        &write(dir.path(), "r.csv", &repriced(3)),
+        &publish,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(summary_field(&summary, "price"), "3", "{summary}");
+    assert!(summary.contains("as its generation 5"), "{summary}");
+
+    // A new builder, with an empty directory, measures against the store's
+    // newest too (downloaded): another zeroed feed is refused.
+    let fresh = dir.path().join("fresh");
+    let mut zeroes = zeroed();
+    zeroes[0].1 = "0.00".into();
+    let out = build_as_installed(&fresh, &write(dir.path(), "z.csv", &zeroes), &publish);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused by --max-price-jumps 5%"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -166,15 +166,48 @@ fn round_trip(url: &str, env: &[(String, String)]) {
     assert_eq!(listed.last().unwrap()["sequence"], 5);
     assert_eq!(churn["against"], 4, "{churn}");
     assert_eq!(churn["unchanged"], 50);
-    // Another builder published in between: the store's newest is not
-    // what this builder compared with, so that is unknown, and said so.
-    publish(&a, &w.join("builder-2"), url, env);
-    publish(&b, &builder, url, env);
+    // The second rollback undid generation 3, feed a: a build of it is
+    // refused (exit 3) until it is forced.
+    let builder2 = w.join("builder-2");
+    let (code, _, err) = run(
+        &[
+            "build",
+            a.to_str().unwrap(),
+            "--data-dir",
+            builder2.to_str().unwrap(),
+            "--publish",
+            url,
+        ],
+        env,
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("which the rollback to generation 2 (generation 4) undid"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &[
+            "build",
+            a.to_str().unwrap(),
+            "--data-dir",
+            builder2.to_str().unwrap(),
+            "--publish",
+            url,
+            "--force",
+        ],
+        env,
+    );
+    assert_eq!(code, 0, "{err}");
+    // Another builder published in between: a build compares with the
+    // store's newest all the same (downloaded: this builder's own copy of
+    // feed a is another build of it), not with its own live generation.
+    let out = publish(&b, &builder, url, env);
+    assert!(out.contains("as its generation 7"), "{out}");
     let listed = inspect(url, env);
     let churn = &listed.last().unwrap()["churn"];
     assert_eq!(listed.last().unwrap()["sequence"], 7);
-    assert_eq!(churn["against"], serde_json::Value::Null, "{churn}");
-    assert_eq!(churn["unchanged"], 50, "against the builder's own live one");
+    assert_eq!(churn["against"], 6, "{churn}");
+    assert_eq!(churn["price"], 50, "against the store's newest, feed a");
 }
 
 #[test]

@@ -301,7 +301,12 @@ pub fn build_from(
     let newest = {
         let (dir, store, progress) = (dir.clone(), opts.against_store.clone(), opts.progress);
         std::thread::spawn(move || match store {
-            Some(url) => store_newest(&dir, &url, progress),
+            // A store that cannot be read: the data directory's newest, as
+            // before stores; the publish after the build reports the store.
+            Some(url) => store_newest(&dir, &url, progress).or_else(|e| {
+                tracing::warn!("{e}: comparing with the data directory's newest instead");
+                Ok(newest_valid(&dir))
+            }),
             None => Ok(newest_valid(&dir)),
         })
     };
@@ -611,9 +616,9 @@ fn local_history(entries: &[Entry]) -> Vec<Past> {
 fn store_newest(dir: &std::path::Path, url: &str, progress: bool) -> Result<Scan> {
     let remote = crate::generation::remote::Remote::open(url)?;
     let manifests = crate::generation::remote::block_on(remote.manifests())??;
-    let Some(newest) = manifests.last() else {
+    if manifests.is_empty() {
         return Ok(newest_valid(dir));
-    };
+    }
     let history = manifests
         .iter()
         .rev()
@@ -625,13 +630,15 @@ fn store_newest(dir: &std::path::Path, url: &str, progress: bool) -> Result<Scan
         .collect();
     let entries = crate::generation::local::list(dir)?;
     let mut known = Known::default();
-    let held = entries
-        .iter()
-        .rev()
-        .filter(|e| read_header(&e.path).is_ok_and(|h| newest.matches(&h)))
-        .find_map(|e| Table::open_verified(&e.path, e.sequence).ok());
-    let current = match held {
-        Some(table) => {
+    // The newest that verifies, as replicas choose: a corrupt object in the
+    // store is no generation to measure against.
+    for newest in manifests.iter().rev() {
+        let held = entries
+            .iter()
+            .rev()
+            .filter(|e| read_header(&e.path).is_ok_and(|h| newest.matches(&h)))
+            .find_map(|e| Table::open_verified(&e.path, e.sequence).ok());
+        if let Some(table) = held {
             tracing::info!(
                 url,
                 "comparing with the store's newest, its generation {}: generation {} here",
@@ -639,25 +646,39 @@ fn store_newest(dir: &std::path::Path, url: &str, progress: bool) -> Result<Scan
                 table.sequence()
             );
             known.good.push(table.sequence());
-            table
+            return Ok(Scan {
+                current: Some(table),
+                known,
+                history,
+            });
         }
-        None => {
-            tracing::info!(
-                url,
-                "comparing with the store's newest, its generation {}, downloaded: the data \
-                 directory does not hold it",
-                newest.sequence
-            );
-            let scratch = tempfile::Builder::new()
-                .prefix(crate::generation::local::DIFF_PREFIX)
-                .tempdir_in(dir)
-                .map_err(Error::io(dir))?;
-            // Mapped, so removing the folder (when `scratch` drops) is safe.
-            crate::server::fetch::fetch_sequence(url, newest.sequence, scratch.path(), progress)?
+        tracing::info!(
+            url,
+            "comparing with the store's newest, its generation {}, downloaded: the data \
+             directory does not hold it",
+            newest.sequence
+        );
+        let scratch = tempfile::Builder::new()
+            .prefix(crate::generation::local::DIFF_PREFIX)
+            .tempdir_in(dir)
+            .map_err(Error::io(dir))?;
+        // Mapped, so removing the folder (when `scratch` drops) is safe.
+        match crate::server::fetch::fetch_sequence(url, newest.sequence, scratch.path(), progress) {
+            Ok(table) => {
+                return Ok(Scan {
+                    current: Some(table),
+                    known,
+                    history,
+                })
+            }
+            Err(e @ (Error::Format { .. } | Error::Manifest { .. })) => {
+                tracing::warn!("{e}: comparing with the generation before it")
+            }
+            Err(e) => return Err(e),
         }
-    };
+    }
     Ok(Scan {
-        current: Some(current),
+        current: None,
         known,
         history,
     })
