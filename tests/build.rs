@@ -143,6 +143,66 @@ fn a_count_limit_on_invalid_rows_is_exact() {
     assert_eq!(sequences(dir.path()), [1]);
 }
 
+/// A header of other column names than `id,price,expiration_date` is read
+/// as a header, not as an invalid row; a first row of data with a bad id is
+/// still an invalid row, on line 1.
+#[test]
+fn a_header_of_other_column_names_is_skipped_but_a_bad_first_row_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let body: String = (0..5)
+        .map(|i| format!("{},1.{i},2020-01-01 00:00:00\n", id(7, i)))
+        .collect();
+    let feed = |name: &str, first: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{first}\n{body}")).unwrap();
+        path
+    };
+
+    // Five rows: one of them invalid would be over the default limit of 1%.
+    let out = build(&data, &feed("named.csv", "uuid,price,expiration_date"), &[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let summary = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(summary_field(&summary, "rows"), "5");
+    assert_eq!(summary_field(&summary, "valid"), "5");
+    assert_eq!(summary_field(&summary, "invalid"), "0");
+    assert!(
+        err.contains("the first line was read as a header (column names), not as a row: \"uuid,price,expiration_date\""),
+        "{err}"
+    );
+    assert!(!err.contains("invalid row"), "{err}");
+    assert!(promo_get(&data, &id(7, 4)).is_some_and(|got| got.contains("\"price\":1.4")));
+
+    // A mistyped id on the first line: a row of data, and an invalid one.
+    let bad = "d018ef0b-dbd9-48f1-ac1a-eb4d90e5711z";
+    let typo = feed("typo.csv", &format!("{bad},1.5,2020-01-01 00:00:00"));
+    let out = build(&data, &typo, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("typo.csv:1: invalid row: bad id \"{bad}\"\n")),
+        "{err}"
+    );
+    assert!(err.contains("1 of 6 rows are invalid"), "{err}");
+    assert!(!err.contains("read as a header"), "{err}");
+
+    // Nearly a header: invalid, and the reason says what it looks like.
+    let near = feed("near.csv", "uuid,price,expiration date (UTC)");
+    let out = build(&data, &near, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "near.csv:1: invalid row: bad id \"uuid\" (the first line looks like a header, but \
+             is not read as one"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("1 of 6 rows are invalid"), "{err}");
+    assert_eq!(sequences(&data), [1]);
+}
+
 /// Row counts at and around the sorter's spill boundaries, with a memory
 /// limit of 1 KiB (20 rows a run): every row must come back, exactly once.
 #[test]

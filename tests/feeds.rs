@@ -134,6 +134,80 @@ fn a_feed_replaced_during_the_read_fails_and_publishes_nothing() {
     assert!(temp_files(&data).is_empty());
 }
 
+/// A presigned URL, the way partners share one object: requested exactly
+/// as written, query included, with GETs alone; its query is not shown.
+#[test]
+fn a_presigned_url_is_read_as_written_and_its_query_is_not_shown() {
+    let signed = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=300&X-Amz-Signature=5e1f7a9c";
+    let server = HttpFile::start(feed_bytes(), "v1");
+    server.behaviour.lock().unwrap().signed_query = Some(signed.into());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let url = format!("{}?{signed}", server.url("bucket/feed.csv"));
+    let out = build(&data, Path::new(&url), &[]);
+    let (err, summary) = (stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{err}");
+    assert_eq!(summary_field(&summary, "records"), "203");
+    serves_the_fixture(&data);
+    // Looked up with a GET of one byte, then read: each the URL as written.
+    let len = feed_bytes().len();
+    assert_eq!(
+        server.gets(),
+        [
+            Some("bytes=0-0".into()),
+            Some(format!("bytes=0-{}", len - 1))
+        ]
+    );
+    let b = server.behaviour.lock().unwrap();
+    assert_eq!(b.seen.len(), 2, "{:?}", b.seen);
+    let target = format!("/bucket/feed.csv?{signed}");
+    assert!(b.targets.iter().all(|t| *t == target), "{:?}", b.targets);
+    drop(b);
+    assert!(
+        !err.contains("5e1f7a9c") && !summary.contains("5e1f7a9c"),
+        "{err}{summary}"
+    );
+
+    // Another signature: refused by the server, and the message says so
+    // without showing the query.
+    let wrong = format!("{}?X-Amz-Signature=0bad0bad", server.url("bucket/feed.csv"));
+    let out = build(&data, Path::new(&wrong), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}?…: looking up a feed",
+            server.url("bucket/feed.csv")
+        )),
+        "{err}"
+    );
+    assert!(err.contains("403"), "{err}");
+    assert!(!err.contains("0bad0bad"), "{err}");
+
+    // Other URLs with a query or a fragment are refused before anything is
+    // contacted.
+    for (url, says) in [
+        (
+            "s3://bucket/feed.csv?versionId=3".to_string(),
+            "s3://bucket/feed.csv?…: a query or a fragment (?..., #...) cannot be read",
+        ),
+        (
+            "file:///tmp/feed.csv#2".to_string(),
+            "a query or a fragment (?..., #...) cannot be read",
+        ),
+        (
+            format!("{}#2", server.url("feed.csv")),
+            "a fragment (#...) is never sent to the server",
+        ),
+    ] {
+        let out = build(&data, Path::new(&url), &[]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{url}");
+        assert!(err.contains(says), "{url}: {err}");
+    }
+    assert_eq!(sequences(&data), [1]);
+}
+
 #[test]
 fn a_connection_that_keeps_dropping_fails_after_bounded_retries() {
     let server = HttpFile::start(feed_bytes(), "v1");

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::error::{Error, Result};
 use crate::generation::remote;
@@ -53,12 +53,13 @@ impl Input {
         }
     }
 
-    /// How messages name it.
+    /// How messages name it: a URL without its query, which may hold a
+    /// signature (see [`remote::redact_url`]).
     pub fn name(&self) -> String {
         match self {
             Input::Stdin => "<stdin>".to_string(),
             Input::File(p) => p.display().to_string(),
-            Input::Url(u) => u.clone(),
+            Input::Url(u) => remote::redact_url(u),
         }
     }
 }
@@ -316,6 +317,8 @@ struct Pinned {
     path: ObjectPath,
     e_tag: Option<String>,
     version: Option<String>,
+    /// Looked up with a GET rather than a HEAD: a presigned URL.
+    by_get: bool,
 }
 
 impl ObjectReader {
@@ -328,6 +331,18 @@ impl ObjectReader {
     /// request with `in_flight` requests at once.
     pub fn open(url: &str, range: u64, in_flight: usize) -> Result<ObjectReader> {
         let (store, path) = remote::object_at(url)?;
+        let by_get = remote::is_presigned(url);
+        // What a message shows of an error, whose text may hold the URL
+        // (the store client names the request it made): not its query.
+        let query = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.query().map(str::to_owned))
+            .filter(|q| !q.is_empty());
+        let hide = move |text: String| match &query {
+            Some(q) => text.replace(q.as_str(), "…"),
+            None => text,
+        };
+        let hide_range = hide.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(in_flight);
         // The object is looked up on the thread that reads it, on its one
         // runtime: the store client's pooled connections belong to the
@@ -339,7 +354,7 @@ impl ObjectReader {
                 let sender = tx.clone();
                 let fetched = remote::block_on(async move {
                     let tx = sender;
-                    let meta = match store.head(&path).await {
+                    let meta = match look_up(store.as_ref(), &path, by_get).await {
                         Ok(meta) => meta,
                         Err(e) => {
                             let _ = looked_up.send(Err(e.to_string()));
@@ -353,6 +368,7 @@ impl ObjectReader {
                         path,
                         e_tag: meta.e_tag,
                         version: meta.version,
+                        by_get,
                     };
                     let ranges = (0..len)
                         .step_by(range as usize)
@@ -364,7 +380,7 @@ impl ObjectReader {
                         .buffered(in_flight);
                     while let Some(got) = ahead.next().await {
                         let got = match got {
-                            Ok(got) => got,
+                            Ok(got) => got.map_err(&hide_range),
                             Err(e) => Err(format!("a range's fetch stopped: {e}")),
                         };
                         let failed = got.is_err();
@@ -379,11 +395,14 @@ impl ObjectReader {
                     let _ = tx.blocking_send(Err(e.to_string()));
                 }
             })
-            .map_err(Error::io_op("starting the feed's reader", url))?;
+            .map_err(Error::io_op(
+                "starting the feed's reader",
+                remote::redact_url(url),
+            ))?;
         let failed = |cause: String| Error::Remote {
-            url: url.to_string(),
+            url: remote::redact_url(url),
             op: "looking up a feed",
-            cause,
+            cause: hide(cause),
         };
         let len = lookup
             .recv()
@@ -438,7 +457,10 @@ impl Pinned {
                     // is another one, and reports the dropped connection:
                     // say which of the two happened.
                     let at = range.start + buf.len() as u64;
-                    let now = self.store.head(&self.path).await.ok().and_then(|m| m.e_tag);
+                    let now = look_up(self.store.as_ref(), &self.path, self.by_get)
+                        .await
+                        .ok()
+                        .and_then(|m| m.e_tag);
                     return Err(match now {
                         Some(now) if Some(&now) != self.e_tag.as_ref() => self.changed(&now),
                         _ => format!("at byte {at}: {e}"),
@@ -456,6 +478,24 @@ impl Pinned {
         }
         Ok(buf.freeze())
     }
+}
+
+/// The object's length, ETag and version: from a HEAD, or `by_get` from a
+/// GET of its first byte (a presigned URL is signed for GET alone; the
+/// answer's Content-Range gives the whole length).
+async fn look_up(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    by_get: bool,
+) -> object_store::Result<ObjectMeta> {
+    if !by_get {
+        return store.head(path).await;
+    }
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(0..1)),
+        ..GetOptions::default()
+    };
+    Ok(store.get_opts(path, opts).await?.meta)
 }
 
 impl Pinned {

@@ -89,6 +89,15 @@ pub enum RowError {
     /// The date does not fit the record.
     #[error("date is longer than {max} bytes: {0:?}", max = DATE_MAX)]
     DateTooLong(String),
+    /// The first row, rejected for the error it holds, looks partly like
+    /// a header (see [`FirstRow::HeaderLike`]): said, so that a partner
+    /// whose header was not recognised sees why line 1 counts as invalid.
+    #[error(
+        "{0} (the first line looks like a header, but is not read as one: a header's first \
+         field is `id`, or it has 3 fields that are all column names: a letter, then \
+         letters, digits, `_`, `-` or spaces)"
+    )]
+    HeaderLike(Box<RowError>),
 }
 
 impl RowError {
@@ -110,8 +119,9 @@ impl RowError {
 
     /// The delimiter the row seems to use, when it is not a comma.
     pub fn delimiter(&self) -> Option<u8> {
-        match *self {
-            RowError::OtherDelimiter(d) => Some(d),
+        match self {
+            RowError::OtherDelimiter(d) => Some(*d),
+            RowError::HeaderLike(why) => why.delimiter(),
             _ => None,
         }
     }
@@ -685,7 +695,7 @@ pub struct Rows<R: Read> {
     csv: csv::Reader<Source<R>>,
     /// Reused for every row, so reading allocates only for unusually long rows.
     record: csv::ByteRecord,
-    /// Whether a non-blank row was seen, after which `id,...` is data.
+    /// Whether a non-blank row was seen, after which no row is a header.
     past_first: bool,
 }
 
@@ -749,12 +759,18 @@ impl<R: Read> Iterator for Rows<R> {
             if r.len() == 1 && r.get(0).is_some_and(|f| f.trim_ascii().is_empty()) {
                 continue;
             }
-            if !std::mem::replace(&mut self.past_first, true) && r.get(0).is_some_and(is_header) {
-                continue;
-            }
-            let verdict = match (r.len(), r.get(0), r.get(1), r.get(2)) {
+            let verdict = || match (r.len(), r.get(0), r.get(1), r.get(2)) {
                 (3, Some(id), Some(price), Some(date)) => parse_fields(id, price, date),
                 (n, first, ..) => Err(RowError::field_count(n, first.unwrap_or_default())),
+            };
+            let verdict = if std::mem::replace(&mut self.past_first, true) {
+                verdict()
+            } else {
+                let fields: Vec<&[u8]> = r.iter().collect();
+                match FirstRow::judge(&fields, verdict) {
+                    Some(verdict) => verdict,
+                    None => continue,
+                }
             };
             return Some(Ok((self.start_line(), verdict)));
         }
@@ -883,25 +899,123 @@ pub fn parse_chunk(chunk: &[u8], first: bool) -> ChunkRows {
                 continue;
             }
             let n = memchr::memchr_iter(b',', text).count() + 1;
-            let id = &text[..memchr::memchr(b',', text).unwrap_or(text.len())];
-            if std::mem::replace(&mut past_first, true) || !is_header(id) {
-                out.verdict(line, Err(RowError::field_count(n, text)));
+            let verdict = || Err(RowError::field_count(n, text));
+            if std::mem::replace(&mut past_first, true) {
+                out.verdict(line, verdict());
+            } else {
+                let fields: Vec<&[u8]> = text.split(|&b| b == b',').collect();
+                if let Some(verdict) = FirstRow::judge(&fields, verdict) {
+                    out.verdict(line, verdict);
+                }
             }
             continue;
         };
         let (id, price, date) = (&text[..c1], &text[c1 + 1..c2], &text[c2 + 1..]);
-        if !std::mem::replace(&mut past_first, true) && is_header(id) {
-            continue;
+        let verdict = || parse_fields(id, price, date);
+        if std::mem::replace(&mut past_first, true) {
+            out.verdict(line, verdict());
+        } else if let Some(verdict) = FirstRow::judge(&[id, price, date], verdict) {
+            out.verdict(line, verdict);
         }
-        out.verdict(line, parse_fields(id, price, date));
     }
     out.newlines = line - 1;
     out
 }
 
-/// True for the first field of a header row.
-fn is_header(first_field: &[u8]) -> bool {
-    first_field.trim_ascii().eq_ignore_ascii_case(b"id")
+/// What the first row of a feed (its first row that is not blank) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstRow {
+    /// A header, skipped and not counted as a row: its first field is `id`
+    /// (any case), whatever the others are; or, `by_names`, it has 3 fields
+    /// and every one is a column name ([`is_column_name`]).
+    Header {
+        by_names: bool,
+    },
+    /// Data whose first field is a column name while no other field holds
+    /// a price or a date: if it is invalid, its error says that it looks
+    /// like a header ([`RowError::HeaderLike`]).
+    HeaderLike,
+    Data,
+}
+
+impl FirstRow {
+    /// What the row of `fields` (untrimmed) is, if it is the first.
+    fn of(fields: &[&[u8]]) -> FirstRow {
+        let Some(first) = fields.first().map(|f| f.trim_ascii()) else {
+            return FirstRow::Data;
+        };
+        if first.eq_ignore_ascii_case(b"id") {
+            return FirstRow::Header { by_names: false };
+        }
+        if !is_column_name(first) {
+            return FirstRow::Data;
+        }
+        let mut rest = fields[1..].iter().map(|f| f.trim_ascii());
+        if fields.len() == 3 && rest.clone().all(is_column_name) {
+            return FirstRow::Header { by_names: true };
+        }
+        if rest.any(|f| parse_price(f).is_ok() || check_date(f).is_ok()) {
+            return FirstRow::Data;
+        }
+        FirstRow::HeaderLike
+    }
+
+    /// The first row, of `fields`, judged: `None` for a header (which is
+    /// logged), else `verdict`, its error saying when the row looks like
+    /// a header. Only the first row comes here, so it may take its time.
+    fn judge(
+        fields: &[&[u8]],
+        verdict: impl FnOnce() -> Result<Row, RowError>,
+    ) -> Option<Result<Row, RowError>> {
+        let text = || snippet(&fields.join(&b','));
+        match FirstRow::of(fields) {
+            // The documented header: nothing to remark on.
+            FirstRow::Header { by_names: false } => {
+                tracing::debug!("the first line was read as a header: {:?}", text());
+                None
+            }
+            FirstRow::Header { by_names: true } => {
+                tracing::info!(
+                    "the first line was read as a header (column names), not as a row: {:?}",
+                    text()
+                );
+                None
+            }
+            FirstRow::HeaderLike => {
+                Some(verdict().map_err(|why| RowError::HeaderLike(Box::new(why))))
+            }
+            FirstRow::Data => Some(verdict()),
+        }
+    }
+}
+
+/// Bytes a column name may have: enough for `expiration_date_utc`, too few
+/// for a hyphenated UUID.
+const COLUMN_NAME_MAX: usize = 32;
+
+/// Whether `field` (trimmed) reads as a header's column name: 1 to
+/// [`COLUMN_NAME_MAX`] bytes, a letter first, then only ASCII letters,
+/// digits, `_`, `-` and spaces, fewer digits than letters, and neither a
+/// UUID, a price nor a date.
+///
+/// Strict on purpose: a header is skipped without being counted, so no row
+/// of data may pass for one. A data row's price and date never are names;
+/// nor is a mistyped id, which is mostly hex digits.
+fn is_column_name(field: &[u8]) -> bool {
+    let shape = field.first().is_some_and(u8::is_ascii_alphabetic)
+        && field.len() <= COLUMN_NAME_MAX
+        && field
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b' '));
+    let count = |class: fn(&u8) -> bool| field.iter().filter(|b| class(b)).count();
+    // The shape already rules out today's values; they are checked all the
+    // same, so that a value format added later (a date that starts with
+    // the month's name) can never make a row of data a header.
+    shape
+        && count(u8::is_ascii_digit) < count(u8::is_ascii_alphabetic)
+        && parse_id(field).is_none()
+        && parse_price(field).is_err()
+        && check_date(field).is_err()
 }
 
 /// True when `chunk` has no quote and no carriage return other than before
@@ -1542,8 +1656,165 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
         let got = verdicts(input.as_bytes());
         assert_eq!(got, [(1, true), (2, false)]);
 
-        // Not a header: the first field must be exactly `id`.
-        assert_eq!(verdicts(b"ids,price,expiration_date\n"), [(1, false)]);
+        // Not a header: the first field must be exactly `id`, or every
+        // field a column name (see the tests below).
+        assert_eq!(verdicts(b"ids,price,2019-03-29 00:10:04\n"), [(1, false)]);
+    }
+
+    /// The rows that `Rows` and `parse_chunk` (as the first chunk) find in
+    /// `input`, which must agree: rows counted, and each invalid row's line
+    /// and error.
+    fn invalid_rows(input: &str) -> (u64, Vec<(u64, RowError)>) {
+        let whole = rows(input.as_bytes());
+        let invalid: Vec<(u64, RowError)> = whole
+            .iter()
+            .filter_map(|(line, v)| Some((*line, v.clone().err()?)))
+            .collect();
+        let chunk = parse_chunk(input.as_bytes(), true);
+        assert_eq!(chunk.rows, whole.len() as u64, "{input:?}");
+        assert_eq!(chunk.invalid, invalid.len() as u64, "{input:?}");
+        assert_eq!(chunk.first_invalid, invalid, "{input:?}");
+        (chunk.rows, invalid)
+    }
+
+    #[test]
+    fn a_first_row_of_column_names_is_a_header() {
+        let data = format!("{ID},1,{DATE}\n");
+        for header in [
+            "uuid,price,expiration_date",
+            "UUID , Price , Expiration Date",
+            "\"promo-id\",\"price_eur\",\"valid until\"",
+            "guid,amount,expires\r",
+            "\n \n coupon_id2,price,expiry",
+            "x,y,z",
+            "\u{feff}uuid,price,expiration_date",
+        ] {
+            let input = format!("{header}\n{data}");
+            let line = 2 + header.matches('\n').count() as u64;
+            assert_eq!(invalid_rows(&input), (1, vec![]), "{header:?}");
+            assert_eq!(verdicts(input.as_bytes()), [(line, true)], "{header:?}");
+        }
+        // Only the first row: later, the same line is an invalid row.
+        let input = format!("{data}uuid,price,expiration_date\n");
+        let (n, invalid) = invalid_rows(&input);
+        assert_eq!(n, 2);
+        assert_eq!(invalid, [(2, RowError::BadId("uuid".into()))]);
+    }
+
+    #[test]
+    fn a_first_row_of_data_is_never_a_header() {
+        let bad_id = "d018ef0b-dbd9-48f1-ac1a-eb4d90e5711z";
+        for (first, why) in [
+            // A mistyped id, whatever else is wrong with the row.
+            (format!("{bad_id},1,{DATE}"), RowError::BadId(bad_id.into())),
+            (
+                format!("{bad_id},price,expiration_date"),
+                RowError::BadId(bad_id.into()),
+            ),
+            (
+                "d018ef0bdbd948f1ac1aeb4d90e5711,price,expiration_date".into(),
+                RowError::BadId("d018ef0bdbd948f1ac1aeb4d90e5711".into()),
+            ),
+            // A word for an id, but a price or a date beside it.
+            (format!("uuid,1,{DATE}"), RowError::BadId("uuid".into())),
+            (format!("uuid,price,{DATE}"), RowError::BadId("uuid".into())),
+            ("uuid,12.50,tomorrow".into(), RowError::BadId("uuid".into())),
+            // A first field that is not a name, by shape or by length.
+            (
+                "1st,price,expiration_date".into(),
+                RowError::BadId("1st".into()),
+            ),
+            (
+                "promo.id,price,expiration_date".into(),
+                RowError::BadId("promo.id".into()),
+            ),
+            (
+                format!("{},price,expiration_date", "a".repeat(33)),
+                RowError::BadId("a".repeat(33)),
+            ),
+            ("Id;Price;Date".into(), RowError::OtherDelimiter(b';')),
+        ] {
+            let input = format!("{first}\n{ID},1,{DATE}\n");
+            assert_eq!(
+                invalid_rows(&input),
+                (2, vec![(1, why.clone())]),
+                "{first:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_row_that_looks_partly_like_a_header_says_so() {
+        let hint = |why: RowError| RowError::HeaderLike(Box::new(why));
+        for (first, why) in [
+            (
+                "uuid,price,expiration date (UTC)",
+                hint(RowError::BadId("uuid".into())),
+            ),
+            ("uuid,price", hint(RowError::FieldCount(2))),
+            ("uuid", hint(RowError::FieldCount(1))),
+            (
+                "uuid,price,expiration_date,notes",
+                hint(RowError::FieldCount(4)),
+            ),
+            ("\"uuid\",\"\",\"\"", hint(RowError::BadId("uuid".into()))),
+            ("promo.id,price", RowError::FieldCount(2)),
+        ] {
+            let input = format!("{first}\n{ID},1,{DATE}\n");
+            assert_eq!(
+                invalid_rows(&input),
+                (2, vec![(1, why.clone())]),
+                "{first:?}"
+            );
+        }
+        let why = hint(RowError::BadId("uuid".into())).to_string();
+        assert!(
+            why.starts_with("bad id \"uuid\" (the first line looks like a header, but"),
+            "{why}"
+        );
+        assert!(why.contains("3 fields that are all column names"), "{why}");
+        // The delimiter a row seems to use is seen through the hint.
+        assert_eq!(
+            hint(RowError::OtherDelimiter(b'\t')).delimiter(),
+            Some(b'\t')
+        );
+    }
+
+    #[test]
+    fn column_names_are_short_words_that_are_no_value() {
+        for name in [
+            "id",
+            "uuid",
+            "Expiration Date",
+            "price_eur",
+            "promo-id",
+            "x",
+            "price_v2",
+            "z".repeat(32).as_str(),
+        ] {
+            assert!(is_column_name(name.as_bytes()), "{name:?}");
+        }
+        for value in [
+            "",
+            "12.5",
+            "1e3",
+            "2019-03-29",
+            ID,
+            "d018ef0bdbd948f1ac1aeb4d90e57118",
+            // A UUID without its hyphens, of letters only.
+            "a".repeat(32).as_str(),
+            "ab12",
+            "a1b2c3",
+            "_id",
+            "-id",
+            " id",
+            "price (EUR)",
+            "price.eur",
+            "prix_€",
+            "z".repeat(33).as_str(),
+        ] {
+            assert!(!is_column_name(value.as_bytes()), "{value:?}");
+        }
     }
 
     #[test]
@@ -1572,7 +1843,7 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
         assert_eq!(verdicts(later.as_bytes()), [(1, true), (2, false)]);
         assert!(rows(b"\xEF\xBB\xBF").is_empty());
         assert_eq!(
-            rows_of(Trickle(b"ab")).pop().map(|(l, v)| (l, v.err())),
+            rows_of(Trickle(b"12")).pop().map(|(l, v)| (l, v.err())),
             Some((1, Some(RowError::FieldCount(1))))
         );
     }
@@ -1885,12 +2156,21 @@ e2649ca5-7e05-4d53-a8ff-919917a4922e,66.640497,2018-08-22 18:34:11 +0200 CEST
             ) {
                 let input = tokens.concat();
                 // Without quotes, a row is a physical line that is not blank.
-                let want: Vec<u64> = input
+                let mut want: Vec<(u64, &str)> = input
                     .split('\n')
                     .zip(1..)
                     .filter(|(l, _)| !l.trim().is_empty())
-                    .map(|(_, n)| n)
+                    .map(|(l, n)| (n, l))
                     .collect();
+                // Except a first row of three words (`a a,aaa,a`): a header.
+                let names = |l: &str| {
+                    let fields: Vec<&str> = l.split(',').map(str::trim).collect();
+                    fields.len() == 3 && fields.iter().all(|f| (1..=32).contains(&f.len()))
+                };
+                if want.first().is_some_and(|&(_, l)| names(l)) {
+                    want.remove(0);
+                }
+                let want: Vec<u64> = want.into_iter().map(|(n, _)| n).collect();
                 prop_assert_eq!(lines(input.as_bytes()), want);
             }
         }

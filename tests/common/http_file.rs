@@ -1,6 +1,7 @@
 //! A plain HTTP/1.1 file server for tests of feeds read by URL: HEAD and
 //! ranged GET of one object, with an ETag, and faults on demand (a
-//! connection dropped mid-answer, the object replaced between requests).
+//! connection dropped mid-answer, the object replaced between requests),
+//! and the signature check of a presigned URL on demand.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,6 +20,11 @@ pub struct Behaviour {
     pub replace_after: Option<(usize, Vec<u8>, String)>,
     /// Every request's method and Range header, in order.
     pub seen: Vec<(String, Option<String>)>,
+    /// Every request's target (path and query), in order.
+    pub targets: Vec<String>,
+    /// The query of a presigned URL: a request with another query, or
+    /// none, is answered 403, and so is a HEAD (the URL is signed for GET).
+    pub signed_query: Option<String>,
 }
 
 pub struct HttpFile {
@@ -71,6 +77,7 @@ fn serve(stream: TcpStream, shared: &Mutex<Behaviour>) {
             return;
         }
         let method = line.split_whitespace().next().unwrap_or("").to_string();
+        let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
         let mut range = None;
         loop {
             let mut h = String::new();
@@ -90,6 +97,23 @@ fn serve(stream: TcpStream, shared: &Mutex<Behaviour>) {
         let (body, etag, cut) = {
             let mut b = shared.lock().unwrap();
             b.seen.push((method.clone(), range.clone()));
+            b.targets.push(target.clone());
+            if let Some(signed) = &b.signed_query {
+                let query = target.split_once('?').map(|(_, q)| q);
+                if method != "GET" || query != Some(signed.as_str()) {
+                    let why = "<Error><Code>SignatureDoesNotMatch</Code></Error>";
+                    let head = format!(
+                        "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\n\r\n",
+                        why.len()
+                    );
+                    drop(b);
+                    let body = if method == "HEAD" { "" } else { why };
+                    if out.write_all(format!("{head}{body}").as_bytes()).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
             let gets = b.seen.iter().filter(|(m, _)| m == "GET").count();
             if let Some((after, _, _)) = &b.replace_after {
                 if method == "GET" && gets > *after {
