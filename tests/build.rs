@@ -600,7 +600,10 @@ fn json_logs_are_one_object_a_line_with_the_build_as_fields() {
 
     let out = build(&data, &csv, &["--log-format", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
+    // The summary line stays on standard output, for scripts.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(summary_field(&stdout, "records"), "5", "{stdout}");
     let events = json_lines(&stderr(&out));
     let built = events
         .iter()

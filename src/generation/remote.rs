@@ -377,7 +377,18 @@ fn store_at(
         url: redact_url(url),
         reason: reason.to_string(),
     };
-    let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    let parsed = url::Url::parse(url).map_err(|e| match e {
+        // A plain path: say what a store is, and the URL of that path.
+        url::ParseError::RelativeUrlWithoutBase => {
+            let dir = std::path::absolute(url).unwrap_or_else(|_| url.into());
+            bad(&format!(
+                "not a URL: a store is s3://bucket/prefix, gs://, az:// or file:///dir (for this \
+                 directory, file://{})",
+                dir.display()
+            ))
+        }
+        e => bad(&e.to_string()),
+    })?;
     let http = matches!(parsed.scheme(), "http" | "https");
     let presigned = kind == Kind::Object && http && parsed.query().is_some();
     if kind == Kind::Object && http && parsed.fragment().is_some() {
@@ -863,7 +874,7 @@ mod tests {
             ("ftp://host/x", "unknown scheme"),
             ("s3:///prefix", "no bucket"),
             ("file://host/dir", "names no host"),
-            ("not a url", "relative URL"),
+            ("not a url", "not a URL: a store is s3://"),
         ] {
             let e = Remote::open(url).unwrap_err().to_string();
             assert!(e.contains(url) && e.contains(says), "{url}: {e}");
