@@ -600,6 +600,20 @@ fn generations_and_rollback_over_the_admin_port() {
     assert_eq!(a.live(), 3);
     let r = a.server.get(&format!("/promotions/{}", id(1, 7)));
     assert_eq!(r.json()["price"], 1);
+    // ?to=N goes back to any kept generation, and the listing says what
+    // each rollback restored and undid.
+    let (code, body) = a.curl(&["-X", "POST", &a.url("/rollback?to=2")]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["restored"], 2);
+    assert_eq!(a.live(), 4);
+    let (_, body) = a.curl(&[&a.url("/generations")]);
+    let listed = json(&body);
+    assert_eq!(listed[3]["rollback"]["of"], 2, "{listed}");
+    assert_eq!(listed[3]["rollback"]["undone"][0]["sequence"], 3, "{listed}");
+    for (to, status) in [("9", 409), ("x", 400)] {
+        let (code, body) = a.curl(&["-X", "POST", &a.url(&format!("/rollback?to={to}"))]);
+        assert_eq!(code, status, "{to}: {body}");
+    }
 }
 
 #[test]
