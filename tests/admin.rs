@@ -609,7 +609,10 @@ fn generations_and_rollback_over_the_admin_port() {
     let (_, body) = a.curl(&[&a.url("/generations")]);
     let listed = json(&body);
     assert_eq!(listed[3]["rollback"]["of"], 2, "{listed}");
-    assert_eq!(listed[3]["rollback"]["undone"][0]["sequence"], 3, "{listed}");
+    assert_eq!(
+        listed[3]["rollback"]["undone"][0]["sequence"], 3,
+        "{listed}"
+    );
     for (to, status) in [("9", 409), ("x", 400)] {
         let (code, body) = a.curl(&["-X", "POST", &a.url(&format!("/rollback?to={to}"))]);
         assert_eq!(code, status, "{to}: {body}");
