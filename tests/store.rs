@@ -199,8 +199,8 @@ fn round_trip(url: &str, env: &[(String, String)]) {
     );
     assert_eq!(code, 0, "{err}");
     // Another builder published in between: a build compares with the
-    // store's newest all the same (downloaded: this builder's own copy of
-    // feed a is another build of it), not with its own live generation.
+    // store's newest all the same (this builder's own build of feed a holds
+    // the same records), not with its own live generation.
     let out = publish(&b, &builder, url, env);
     assert!(out.contains("as its generation 7"), "{out}");
     let listed = inspect(url, env);
