@@ -334,6 +334,12 @@ fn diff_streams_the_differences_and_exits_like_grep() {
     assert!(stderr(&out).contains("no generation 9"), "{}", stderr(&out));
 }
 
+/// Checks that `out`'s standard error says `what`.
+fn says(out: &Output, what: &str) {
+    let err = stderr(out);
+    assert!(err.contains(what), "expected {what:?} in:\n{err}");
+}
+
 /// `promo build` as a new install runs it: no guard flag, no variable.
 fn build_as_installed(data: &Path, csv: &Path, extra: &[&str]) -> Output {
     common::promo_as_installed()
@@ -375,10 +381,9 @@ fn a_zeroed_feed_is_refused_with_no_flag_given_and_off_turns_a_guard_off() {
 
     let out = build_as_installed(&data, &csv, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("refused by --max-price-jumps 5%: 100.00% of the 3000 ids"),
-        "{}",
-        stderr(&out)
+    says(
+        &out,
+        "refused by --max-price-jumps 5%: 100.00% of the 3000 ids",
     );
     nothing_changed(&data);
 
@@ -410,11 +415,7 @@ fn a_zeroed_feed_is_refused_with_no_flag_given_and_off_turns_a_guard_off() {
     let csv = write(dir.path(), "others.csv", &others);
     let out = build_as_installed(&data, &csv, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("refused by --max-churn 50%: 200.00%"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "refused by --max-churn 50%: 200.00%");
     let out = common::promo_as_installed()
         .env("PROMO_MAX_CHURN", "off")
         .args(["build", "--data-dir"])
@@ -423,18 +424,10 @@ fn a_zeroed_feed_is_refused_with_no_flag_given_and_off_turns_a_guard_off() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--max-churn off; its default refuses it"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "--max-churn off; its default refuses it");
     let out = build_as_installed(&data, &csv, &["--max-churn", "bogus"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("expected a percentage (50%) or off"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "expected a percentage (50%) or off");
 }
 
 #[test]
@@ -514,7 +507,7 @@ fn a_rollback_goes_back_to_any_generation_and_a_rolled_back_feed_is_refused_when
             .status
             .success()
     );
-    for (to, says) in [
+    for (to, why) in [
         ("1", "no generation 1 (it holds"),
         ("6", "generation 6 is live already"),
     ] {
@@ -524,16 +517,12 @@ fn a_rollback_goes_back_to_any_generation_and_a_rolled_back_feed_is_refused_when
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2));
-        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+        says(&out, why);
     }
     // Forced, the rolled-back feed is published, with a warning.
     let out = build_as_installed(&data, &bad, &["--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("published although refused (--force)"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "published although refused (--force)");
 }
 
 #[test]
@@ -579,11 +568,7 @@ fn after_a_store_rollback_the_next_good_feed_publishes_and_the_bad_one_is_refuse
     // as rolled back, a good one publishes.
     let out = build_as_installed(&builder, &bad, &publish);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("which the rollback to generation 1"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "which the rollback to generation 1");
     let out = build_as_installed(
         &builder,
         &write(dir.path(), "r.csv", &repriced(3)),
@@ -601,9 +586,5 @@ fn after_a_store_rollback_the_next_good_feed_publishes_and_the_bad_one_is_refuse
     zeroes[0].1 = "0.00".into();
     let out = build_as_installed(&fresh, &write(dir.path(), "z.csv", &zeroes), &publish);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("refused by --max-price-jumps 5%"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "refused by --max-price-jumps 5%");
 }

@@ -169,34 +169,22 @@ fn round_trip(url: &str, env: &[(String, String)]) {
     // The second rollback undid generation 3, feed a: a build of it is
     // refused (exit 3) until it is forced.
     let builder2 = w.join("builder-2");
-    let (code, _, err) = run(
-        &[
+    let build_a = |extra: &[&str]| {
+        let args = [
             "build",
             a.to_str().unwrap(),
             "--data-dir",
             builder2.to_str().unwrap(),
-            "--publish",
-            url,
-        ],
-        env,
-    );
+        ];
+        run(&[&args[..], &["--publish", url], extra].concat(), env)
+    };
+    let (code, _, err) = build_a(&[]);
     assert_eq!(code, 3, "{err}");
     assert!(
         err.contains("which the rollback to generation 2 (generation 4) undid"),
         "{err}"
     );
-    let (code, _, err) = run(
-        &[
-            "build",
-            a.to_str().unwrap(),
-            "--data-dir",
-            builder2.to_str().unwrap(),
-            "--publish",
-            url,
-            "--force",
-        ],
-        env,
-    );
+    let (code, _, err) = build_a(&["--force"]);
     assert_eq!(code, 0, "{err}");
     // Another builder published in between: a build compares with the
     // store's newest all the same (this builder's own build of feed a holds
