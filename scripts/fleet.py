@@ -94,6 +94,11 @@ class Builder(threading.Thread):
         if p.returncode == 0:
             log(f"builder: {p.stdout.strip().splitlines()[-1]}")
             self.published.set()
+        elif p.returncode == 3:
+            # The guards are promo's defaults, as in deploy/compose.yaml: a
+            # --feed that churns more than 50% of the ids, or jumps more
+            # than 5% of the prices, against the store's newest is refused.
+            log(f"builder: a guard refused the feed (exit 3); the store keeps its newest generation\n{p.stderr}")
         else:
             log(f"builder: the build failed; the store keeps its newest generation\n{p.stderr}")
 

@@ -4,8 +4,9 @@
     python3 scripts/soak_fleet.py [--minutes 10] [--rows 200000] [--keep 3]
 
 The fleet of the fleet tests, as processes on this machine: the S3 server
-s3s-fs as the store, a builder (`promo build --publish`, with the guards the
-deploy files turn on: --max-churn 50 --max-price-jumps 5), two replicas
+s3s-fs as the store, a builder (`promo build --publish`, with the feed
+guards at their defaults, as the deploy files leave them: --max-churn 50%,
+--max-price-jumps 5%, --max-shrink 50%), two replicas
 (`promo serve --source`, polling every second) and nginx with
 deploy/nginx/promo.conf in front. Client threads loop through nginx on
 lookups of ids every feed holds (200), of random ids (404) and on batches
@@ -14,7 +15,8 @@ of 100 ids. Meanwhile, on a fixed schedule:
 - every 20 s a publish: a good feed (a fifth of its ids new each time);
   every 4th instead a corrupt object (a byte flipped, put in the store
   under the next sequence as a builder would), every 7th a feed that
-  replaces every id, which the builder's --max-churn must refuse (exit 3);
+  replaces every id (200% churn), which the builder's default --max-churn
+  must refuse (exit 3, the refusal naming --max-churn);
 - every 60 s replica A is killed with SIGKILL and started again at once,
   every other time with an empty data directory; replica B runs the whole
   time, the one whose memory and descriptors say whether anything leaks;
@@ -61,7 +63,10 @@ from soak import proc_sample, revision
 ROOT = Path(__file__).resolve().parent.parent
 PROMO = ROOT / "target/release/promo"
 GEN = ROOT / "target/release/gen-promotions"
-GUARDS = ["--max-churn", "50", "--max-price-jumps", "5"]
+# No guard options: the builds run with promo's defaults (--max-churn 50%,
+# --max-price-jumps 5%), as every deploy file does. A good feed churns about
+# 40% (a fifth of the ids replaced) and keeps every shared price; the
+# replacing feed churns 200% and must be refused.
 PUBLISH_EVERY, KILL_EVERY = 20, 60
 OUTAGE_EVERY, OUTAGE_FIRST, OUTAGE_SECONDS = 300, 150, 30
 SAMPLE_EVERY = 5
@@ -288,7 +293,7 @@ class Run:
                 refused = k % 7 == 0
                 feed = feeds.replaced if refused else feeds.good[k % len(feeds.good)]
                 p = run([PROMO, "build", feed, "--data-dir", builder, "--publish", store.url,
-                         "--keep", self.args.keep, *GUARDS], env=store.env, check=False)
+                         "--keep", self.args.keep], env=store.env, check=False)
                 m = re.search(r"as its generation (\d+)", p.stdout)
                 sequence = int(m.group(1)) if m and p.returncode == 0 else None
                 # Away for the whole build, it must fail; away for part of
@@ -296,7 +301,8 @@ class Run:
                 whole = outage and not store.up
                 outage = outage or not store.up
                 if refused:
-                    ok, why = p.returncode == 3, "refused by --max-churn (exit 3)"
+                    ok, why = (p.returncode == 3 and "refused by --max-churn" in p.stderr,
+                               "refused by the default --max-churn (exit 3)")
                 elif whole:
                     ok, why = p.returncode not in (0, 3), "failed: the store is away"
                 elif outage:
@@ -304,7 +310,8 @@ class Run:
                 else:
                     ok, why = p.returncode == 0 and sequence is not None, "published"
                 entry = {"kind": "refused" if refused else "good", "code": p.returncode,
-                         "sequence": sequence, "ok": ok, "expected": why}
+                         "sequence": sequence, "ok": ok, "expected": why,
+                         **figures(p.stdout + p.stderr)}
                 if not ok:
                     entry["stderr"] = p.stderr[-1000:]
                 if sequence is not None and not refused:
@@ -314,6 +321,7 @@ class Run:
                     entry["store"] = (len(store.manifests()), len(store.objects()))
                 log(f"publish {k}: {entry['kind']} feed, exit {p.returncode}"
                     + (f", generation {sequence}" if sequence else "")
+                    + "".join(f", {key}={entry[key]}%" for key in ("churn", "price_jump_share") if key in entry)
                     + ("" if ok else f": expected {why}: {p.stderr.strip()[-300:]}"))
             entry.update(t=round(t, 1), outage=outage)
             self.publishes.append(entry)
@@ -405,6 +413,32 @@ def put_corrupt(store, staged, sequence):
     tmp.rename(store.dir / "manifests" / f"{sequence:010}.json")
 
 
+def figures(text):
+    """The churn and price-jump share a build measured: from its summary
+    line when it published, from its refusal when the churn guard refused."""
+    out = {}
+    for key in ("churn", "price_jump_share"):
+        m = re.search(rf"\b{key}=([\d.]+)%", text)
+        if m:
+            out[key] = float(m.group(1))
+    m = re.search(r"refused by --max-churn [\d.]+%: ([\d.]+)%", text)
+    if m and "churn" not in out:
+        out["churn"] = float(m.group(1))
+    return out
+
+
+def churn_figures(publishes):
+    """'; churn ...' for the report: the range the good feeds measured, and the refused ones'."""
+    parts = []
+    for kind in ("good", "refused"):
+        churn = [p["churn"] for p in publishes if p["kind"] == kind and "churn" in p]
+        jumps = [p["price_jump_share"] for p in publishes if p["kind"] == kind and "price_jump_share" in p]
+        if churn:
+            parts.append(f"{kind} feeds churned {min(churn):.2f}% to {max(churn):.2f}%"
+                         + (f" (price_jump_share at most {max(jumps):.2f}%)" if jumps else ""))
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def median_of(samples, key, lo, hi):
     values = [s[key] for s in samples if lo <= s["t"] < hi]
     return statistics.median(values) if values else None
@@ -443,7 +477,7 @@ def soak(args, work, running):
     store = Store(work, running)
     staged = stage_corrupt(work, store, feeds.good[0])
     run([PROMO, "build", feeds.good[0], "--data-dir", work / "builder", "--publish", store.url,
-         "--keep", args.keep, *GUARDS], env=store.env)
+         "--keep", args.keep], env=store.env)
     first = store.newest_sequence()
 
     a, b = (Replica(n, work, store, running) for n in ("A", "B"))
@@ -510,7 +544,7 @@ def report(r, args, store, a, b):
     check("every publish ended as it must", not bad and kinds["refused"] > 0 and kinds["corrupt"] > 0,
           f"{len(r.publishes)} publishes: {kinds['good']} good feeds ({away} while the store was away, "
           f"{failed_away} of which failed: the rest began as it came back), {kinds['corrupt']} corrupt objects, {kinds['refused']} feeds refused by "
-          f"--max-churn" + "".join(f"\n    - {p}" for p in bad[:5]))
+          f"the default --max-churn" + churn_figures(r.publishes) + "".join(f"\n    - {p}" for p in bad[:5]))
     held = [p["store"] for p in r.publishes if "store" in p][args.keep:]
     off = [h for h in held if h != (args.keep, args.keep)]
     check(f"the store keeps exactly --keep {args.keep} generations",

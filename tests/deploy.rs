@@ -281,38 +281,124 @@ fn the_dashboard_queries_the_provisioned_prometheus() {
     assert!(datasource.contains("uid: prometheus"));
 }
 
+/// The feed guards, their environment variables and their defaults.
+const GUARDS: [(&str, &str, f64); 3] = [
+    ("--max-churn", "PROMO_MAX_CHURN", 50.0),
+    ("--max-price-jumps", "PROMO_MAX_PRICE_JUMPS", 5.0),
+    ("--max-shrink", "PROMO_MAX_SHRINK", 50.0),
+];
+
+/// Each deploy file that runs a build or a server (uploads pass the guards
+/// too), or schedules one.
+const RUNS_PROMO: [&str; 7] = [
+    "compose.yaml",
+    "Dockerfile",
+    "k8s/cronjob.yaml",
+    "k8s/deployment.yaml",
+    "systemd/promo-build.service",
+    "systemd/promo-build.timer",
+    "systemd/promo-serve.service",
+];
+
+/// `text` without its comment lines: what a file sets, not what it says.
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The value given after each occurrence of `name` in `text`: `name=V`,
+/// `name V`, `name: V` or `name: "V"`.
+fn values_of<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.match_indices(name)
+        .map(|(at, _)| {
+            let rest = text[at + name.len()..].trim_start_matches(['=', ':', ' ', '\t', '"', '\'']);
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '%'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect()
+}
+
 #[test]
-fn every_shipped_way_to_run_promo_turns_the_feed_safety_guards_on() {
-    // Each file that runs a build or takes uploads, with the guards as it
-    // passes them: flags, or the environment both commands read.
-    for (file, guards) in [
-        ("compose.yaml", "--max-churn 50 --max-price-jumps 5"),
-        (
-            "k8s/cronjob.yaml",
-            "- --max-churn=50\n                - --max-price-jumps=5",
-        ),
-        (
-            "k8s/deployment.yaml",
-            "- --max-churn=50\n            - --max-price-jumps=5",
-        ),
-        (
-            "systemd/promo-build.service",
-            "Environment=PROMO_MAX_CHURN=50 PROMO_MAX_PRICE_JUMPS=5",
-        ),
-        (
-            "systemd/promo-serve.service",
-            "Environment=PROMO_MAX_CHURN=50 PROMO_MAX_PRICE_JUMPS=5",
-        ),
+fn every_shipped_way_to_run_promo_keeps_the_default_feed_guards() {
+    // The guards are on by default: a deploy file leaves them so, or
+    // tightens one. It never turns one off, loosens it or forces a build.
+    for file in RUNS_PROMO {
+        let text = std::fs::read_to_string(deploy(file)).unwrap();
+        let set = without_comments(&text);
+        for (flag, env, default) in GUARDS {
+            for name in [flag, env] {
+                for value in values_of(&set, name) {
+                    let percent = value.trim_end_matches('%').parse::<f64>();
+                    assert!(
+                        matches!(percent, Ok(p) if p <= default),
+                        "{file} sets {name} to {value:?}: the guards stay at their defaults \
+                         ({default}%) or tighter"
+                    );
+                }
+            }
+        }
+        for forced in ["--force", "force=true", "force=1"] {
+            assert!(!set.contains(forced), "{file} forces its builds: {forced}");
+        }
+    }
+    // Where the guards used to be set, a comment says that the defaults
+    // guard the feed and how to loosen them.
+    for file in [
+        "compose.yaml",
+        "k8s/cronjob.yaml",
+        "k8s/deployment.yaml",
+        "systemd/promo-build.service",
+        "systemd/promo-serve.service",
     ] {
         let text = std::fs::read_to_string(deploy(file)).unwrap();
-        assert!(text.contains(guards), "{file} does not turn the guards on");
+        let comments: String = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for needed in ["promo's default", "--max-churn 50%", "5%", "off", "force"] {
+            assert!(
+                comments.contains(needed),
+                "{file}'s comments do not say {needed:?} (the default guards, and how to loosen them)"
+            );
+        }
     }
-    // The variables are the ones promo reads.
-    let help = std::process::Command::new(env!("CARGO_BIN_EXE_promo"))
-        .args(["build", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("[env: PROMO_MAX_CHURN=]"), "{help}");
-    assert!(help.contains("[env: PROMO_MAX_PRICE_JUMPS=]"), "{help}");
+    // The defaults are those promo has, under the variables it reads, for
+    // builds and for the uploads a server takes.
+    for command in ["build", "serve"] {
+        let help = Command::new(env!("CARGO_BIN_EXE_promo"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        for (flag, env, default) in GUARDS {
+            let option = option_help(&help, flag);
+            for needed in [format!("[env: {env}=]"), format!("[default: {default}%]")] {
+                assert!(
+                    option.contains(&needed),
+                    "promo {command} --help: {flag} lacks {needed}:\n{option}"
+                );
+            }
+        }
+    }
+}
+
+/// The help of `flag` in `help`: from its line to the next option's, so
+/// that both the one-line (-h) and the long layout (--help) are read whole.
+fn option_help(help: &str, flag: &str) -> String {
+    let mut lines = help
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(&format!("{flag} ")));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {flag} in:\n{help}"));
+    let rest = lines.take_while(|l| !l.trim_start().starts_with('-'));
+    std::iter::once(first)
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
