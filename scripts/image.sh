@@ -91,6 +91,9 @@ else
     # `FROM ${PROMO_FROM}` left to its default names an image "build".
     IMAGE_BUILD_ARGS="${IMAGE_BUILD_ARGS:-} --build-arg PROMO_FROM=build --build-arg S3_FROM=s3-build"
 fi
+# The commit the binary built inside names in promo_build_info.
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || true)
+IMAGE_BUILD_ARGS="${IMAGE_BUILD_ARGS:-} --build-arg PROMO_COMMIT=${commit}"
 if [ -z "$prebuilt" ] && ! have "$rust" && ! pull "$rust"; then
     sysroot=$(rustc --print sysroot)
     have_version=$(rustc --version | awk '{print $2}')
