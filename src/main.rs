@@ -37,8 +37,9 @@ struct Cli {
     command: Command,
     /// How logs are written to standard error: text, or one JSON object a
     /// line (timestamp, level, message, fields, target) for a log collector.
-    /// With json, what build, fetch and rollback did is logged too, instead
-    /// of printed.
+    /// With json, what fetch and rollback did is logged instead of printed,
+    /// and a build's summary is logged too (and still printed: scripts
+    /// parse it).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text,
           env = "PROMO_LOG_FORMAT")]
     log_format: LogFormat,

@@ -131,7 +131,12 @@ fn round_trip(url: &str, env: &[(String, String)]) {
     assert!(promo_get(&replica, &id).unwrap().contains("\"price\":2"));
     let (code, out, _) = fetch(url, &replica, env);
     assert_eq!(code, 0);
-    assert!(out.contains("up to date"), "{out}");
+    assert!(
+        out.contains(
+            "up to date: the store holds no valid generation newer than the data directory's"
+        ),
+        "{out}"
+    );
 
     // Rolling the store back publishes generation 1's object as 3.
     let (code, out, err) = run(&["rollback", "--publish", url], env);
