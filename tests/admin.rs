@@ -668,4 +668,25 @@ fn an_upload_with_publish_reaches_the_store() {
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed[0]["rows"], 1000);
     assert_eq!(listed[0]["state"], "ok");
+
+    // A rollback on the admin port rolls the store back to the same
+    // object, uploading nothing, and records what it undid.
+    let csv = feed(a.dir.path(), "g.csv", 1, 1000, "6");
+    assert_eq!(a.upload(&csv, "").0, 200);
+    let (code, body) = a.curl(&["-X", "POST", &a.url("/rollback")]);
+    assert_eq!(code, 200, "{body}");
+    let j = json(&body);
+    assert_eq!(j["published"]["sequence"], 3, "{j}");
+    assert_eq!(j["published"]["bytes"], 0, "nothing uploaded: {j}");
+    let out = promo()
+        .args(["inspect", "--json", "--source", &url])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[2]["object"], listed[0]["object"], "{listed}");
+    assert_eq!(listed[2]["rollback"]["of"], 1, "{listed}");
+    assert_eq!(
+        listed[2]["rollback"]["undone"][0]["sequence"], 2,
+        "{listed}"
+    );
 }
