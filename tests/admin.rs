@@ -2,7 +2,7 @@
 //! `POST /upload` (the seeds' own curl lines among them), uploads cut off
 //! or racing a `promo build`, `GET /generations` and `POST /rollback`.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -2,7 +2,7 @@
 //! even while generations are swapped, and bad or slow bodies get a clear
 //! status without holding the server.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! End to end: `promo build`, `get` and `inspect` with the real binary and real files.
 
-mod common;
+use crate::common;
 
 use common::*;
 use promo::generation::local;

@@ -2,7 +2,7 @@
 //! live generation, `--max-churn` and `--max-price-jumps` refuse the feeds
 //! no sane partner sends, and `promo diff` shows what changed.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

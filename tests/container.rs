@@ -17,7 +17,7 @@
 //! machine. `make test-containers` sets PROMO_IMAGE_FROM_SOURCE=1 and
 //! builds them as shipped, from source, with the 40 MB size target.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

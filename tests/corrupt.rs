@@ -4,7 +4,7 @@
 //! `promo_generation_load_failures_total`, while the good generation stays
 //! live. Builds are not confused by them either.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

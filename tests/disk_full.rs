@@ -11,7 +11,7 @@
 //! "No space left on device" of a really full one; where mounting is refused
 //! (no privileges, a container), it says so and runs with the size limit.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -3,7 +3,7 @@
 //! does not clean up. `PROMO_FAULT_RUNS` sets the number of kills (default
 //! 3; `make fault` runs 30).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

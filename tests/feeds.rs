@@ -2,7 +2,7 @@
 //! a plain HTTP server (with a dropped connection and an object replaced
 //! mid-read), and compressed, told apart by content from any source.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

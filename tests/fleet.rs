@@ -3,7 +3,7 @@
 //! fetching from it, and Debian's nginx in front with
 //! `deploy/nginx/promo.conf`, while a client loops on lookups through it.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! generation, that the rules loaded without errors, that the build's
 //! metrics arrive, and that every query of the Grafana dashboard evaluates.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

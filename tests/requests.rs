@@ -2,7 +2,7 @@
 //! and odd ones, slow clients and idle ones. Each gets a defined answer,
 //! none takes the server down, and none keeps other clients waiting.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

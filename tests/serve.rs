@@ -1,6 +1,6 @@
 //! End to end: build with the real binary, serve on 127.0.0.1:0, real HTTP.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

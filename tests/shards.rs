@@ -1,7 +1,7 @@
 //! Range shards for real: four shards built from one feed, a `promo serve`
 //! for each, and Debian's nginx in front with `deploy/nginx/shards.conf`.
 
-mod common;
+use crate::common;
 
 use common::nginx::Nginx;
 use common::*;

@@ -2,7 +2,7 @@
 //! --publish`, `fetch`, `inspect --source` and `rollback --publish`
 //! against a shared directory and a real S3 server (s3s-fs).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! certificates made here, rotation under a client loop, and clients that
 //! do not speak TLS.
 
-mod common;
+use crate::common;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,24 @@
+//! The end-to-end tests, one binary: each file of tests/ is a module, and
+//! the helpers they share ([`common`]) compile and link once, not once a
+//! file. Run one file's tests with `cargo test --test tests <file>::`.
+
+mod common;
+
+mod admin;
+mod batch;
+mod build;
+mod churn;
+mod container;
+mod corrupt;
+mod deploy;
+mod disk_full;
+mod fault;
+mod feeds;
+mod fleet;
+mod monitoring;
+mod requests;
+mod serve;
+mod shards;
+mod store;
+mod tls;
+mod tools;
