@@ -22,7 +22,7 @@ use crate::generation::churn::{self, Churn};
 use crate::generation::date::{DateTables, DateWord};
 use crate::generation::format::{read_header, Writer};
 use crate::generation::local::{BuildLock, Entry, Known, RemoveOnDrop, Sidecar};
-use crate::generation::rollback::{undone_by, Past, Rollback, Undone};
+use crate::generation::rollback::{undone_by, Past, Rollback};
 use crate::generation::shard::Shard;
 use crate::generation::table::Table;
 use rayon::prelude::*;
@@ -530,24 +530,18 @@ pub fn rollback(dir: &std::path::Path, to: Option<u64>) -> Result<(u64, Entry)> 
             e
         }
     };
-    let checksum = |e: &Entry| read_header(&e.path).ok().map(|h| h.body_checksum);
-    let of_checksum = checksum(target).unwrap_or_default();
-    let record = Rollback {
-        of: target.sequence,
+    // The generations whose header reads, newest first, as the history a
+    // build checks a feed against.
+    let history = local_history(&all);
+    let of_checksum = history
+        .iter()
+        .find(|p| p.sequence == target.sequence)
+        .map_or(0, |p| p.checksum);
+    let record = Rollback::to(
+        target.sequence,
         of_checksum,
-        undone: all
-            .iter()
-            .rev()
-            .take_while(|e| e.sequence > target.sequence)
-            .filter_map(|e| {
-                let c = checksum(e).filter(|&c| c != of_checksum)?;
-                Some(Undone {
-                    sequence: e.sequence,
-                    checksum: c,
-                })
-            })
-            .collect(),
-    };
+        history.iter().map(|p| (p.sequence, p.checksum)),
+    );
     let entry = lock.republish(dir, &target.path, &record)?;
     Ok((target.sequence, entry))
 }
@@ -568,19 +562,14 @@ struct Scan {
 /// Refuses a generation whose body checksum is that of a generation a
 /// rollback in `history` undid (the same feed built again), unless forced.
 fn check_undone(opts: &BuildOptions, input: &str, history: &[Past], checksum: u64) -> Result<()> {
-    let Some((sequence, rollback)) = undone_by(history, checksum) else {
+    let Some((sequence, rollback, record)) = undone_by(history, checksum) else {
         return Ok(());
     };
-    let of = history
-        .iter()
-        .find(|p| p.sequence == rollback)
-        .and_then(|p| p.rollback.as_ref())
-        .map_or(0, |r| r.of);
     let refusal = Error::RolledBack {
         input: input.to_string(),
         sequence,
         rollback,
-        of,
+        of: record.of,
         checksum,
     };
     if opts.force {

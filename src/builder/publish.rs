@@ -15,7 +15,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::generation::format::read_header;
 use crate::generation::remote::{block_on, new_object_name, Manifest, Remote};
-use crate::generation::rollback::{Rollback, Undone};
+use crate::generation::rollback::Rollback;
 
 /// What [`publish`] did.
 #[derive(Debug, Clone)]
@@ -191,20 +191,14 @@ async fn republish(
     manifests: &[Manifest],
     previous: &Manifest,
 ) -> Result<Manifest> {
-    let record = Rollback {
-        of: previous.sequence,
-        of_checksum: previous.body_checksum,
-        undone: manifests
+    let record = Rollback::to(
+        previous.sequence,
+        previous.body_checksum,
+        manifests
             .iter()
             .rev()
-            .take_while(|m| m.sequence > previous.sequence)
-            .filter(|m| m.body_checksum != previous.body_checksum)
-            .map(|m| Undone {
-                sequence: m.sequence,
-                checksum: m.body_checksum,
-            })
-            .collect(),
-    };
+            .map(|m| (m.sequence, m.body_checksum)),
+    );
     // An unreadable manifest still holds its sequence.
     let taken = remote.sequences().await?.last().copied();
     let manifest = previous.republished(next_sequence(remote, taken)?, record);

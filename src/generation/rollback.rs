@@ -38,6 +38,29 @@ pub struct Rollback {
     pub undone: Vec<Undone>,
 }
 
+impl Rollback {
+    /// The record of a rollback to generation `of` (body checksum
+    /// `of_checksum`), given the generations there as (sequence, body
+    /// checksum), newest first: those newer than `of` are undone, but for
+    /// any holding the same records as `of` (an earlier rollback to it).
+    pub fn to(
+        of: u64,
+        of_checksum: u64,
+        newest_first: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Rollback {
+        Rollback {
+            of,
+            of_checksum,
+            undone: newest_first
+                .into_iter()
+                .take_while(|&(sequence, _)| sequence > of)
+                .filter(|&(_, checksum)| checksum != of_checksum)
+                .map(|(sequence, checksum)| Undone { sequence, checksum })
+                .collect(),
+        }
+    }
+}
+
 /// One generation a rollback undid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Undone {
@@ -57,18 +80,19 @@ pub struct Past {
 }
 
 /// Whether a generation with body `checksum` would publish what a rollback
-/// in `history` (newest first) undid: the undone generation's sequence and
-/// the rollback's, if so. A generation with the same checksum newer than
-/// that rollback (a rollback undone, a feed forced through) means the
-/// content was made live on purpose since, and is not refused again.
-pub fn undone_by(history: &[Past], checksum: u64) -> Option<(u64, u64)> {
+/// in `history` (newest first) undid: the undone generation's sequence,
+/// the rollback's, and its record, if so. A generation with the same
+/// checksum newer than that rollback (a rollback undone, a feed forced
+/// through) means the content was made live on purpose since, and is not
+/// refused again.
+pub fn undone_by(history: &[Past], checksum: u64) -> Option<(u64, u64, &Rollback)> {
     for past in history {
         if past.checksum == checksum {
             return None;
         }
         if let Some(rollback) = &past.rollback {
             if let Some(u) = rollback.undone.iter().find(|u| u.checksum == checksum) {
-                return Some((u.sequence, past.sequence));
+                return Some((u.sequence, past.sequence, rollback));
             }
         }
     }
@@ -114,6 +138,13 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_undoes_what_came_after_it_but_copies_of_its_own_records() {
+        // 5 and 4 newer than 2, 4 a copy of 2 (an earlier rollback to it).
+        let r = Rollback::to(2, 0xa, [(5, 0xc), (4, 0xa), (3, 0xb), (2, 0xa), (1, 0xd)]);
+        assert_eq!(r, rollback(2, 0xa, &[(5, 0xc), (3, 0xb)]));
+    }
+
+    #[test]
     fn a_record_round_trips_through_its_json() {
         let r = rollback(1, 0xaa, &[(3, 0xbb), (2, 0xbb)]);
         let json = serde_json::to_string(&r).unwrap();
@@ -134,7 +165,8 @@ mod tests {
             past(2, 0xb, None),
             past(1, 0xa, None),
         ];
-        assert_eq!(undone_by(&history, 0xb), Some((3, 4)));
+        let record = history[0].rollback.clone().unwrap();
+        assert_eq!(undone_by(&history, 0xb), Some((3, 4, &record)));
         assert_eq!(undone_by(&history, 0xa), None, "the live content");
         assert_eq!(undone_by(&history, 0xc), None, "a new feed");
         // Forced through since (5): no longer refused.
