@@ -563,12 +563,7 @@ fn generations_and_rollback_over_the_admin_port() {
     let (code, body) = a.curl(&[&a.url("/generations")]);
     assert_eq!(code, 200, "{body}");
     let listed = json(&body);
-    let inspect = promo()
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(&a.data)
-        .output()
-        .unwrap();
-    let inspected: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let inspected = inspect_dir(&a.data);
     let fields = |v: &serde_json::Value| {
         v.as_array()
             .unwrap()
@@ -661,11 +656,7 @@ fn an_upload_with_publish_reaches_the_store() {
     let (code, j) = a.upload(&csv, "");
     assert_eq!(code, 200, "{j}");
     assert_eq!(j["published"]["sequence"], 1, "{j}");
-    let out = promo()
-        .args(["inspect", "--json", "--source", &url])
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = inspect_source(&url);
     assert_eq!(listed[0]["rows"], 1000);
     assert_eq!(listed[0]["state"], "ok");
 
@@ -678,11 +669,7 @@ fn an_upload_with_publish_reaches_the_store() {
     let j = json(&body);
     assert_eq!(j["published"]["sequence"], 3, "{j}");
     assert_eq!(j["published"]["bytes"], 0, "nothing uploaded: {j}");
-    let out = promo()
-        .args(["inspect", "--json", "--source", &url])
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = inspect_source(&url);
     assert_eq!(listed[2]["object"], listed[0]["object"], "{listed}");
     assert_eq!(listed[2]["rollback"]["of"], 1, "{listed}");
     assert_eq!(

@@ -325,13 +325,7 @@ fn get_and_inspect_report_generations_and_skip_corrupt_ones() {
     bytes[last] ^= 1;
     std::fs::write(dir.path().join(local::file_name(2)), &bytes).unwrap();
     assert!(get(id).status.success());
-    let out = promo()
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = inspect_dir(dir.path());
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 2);
     assert_eq!(list[0]["sequence"], 1);

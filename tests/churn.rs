@@ -7,7 +7,9 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{build, build_ok, id, promo, promo_get, sequences, summary_field, temp_files};
+use common::{
+    build, build_ok, id, inspect_dir, promo, promo_get, sequences, summary_field, temp_files,
+};
 
 const GUARDS: [&str; 4] = ["--max-churn", "50", "--max-price-jumps", "5"];
 const ROWS: u64 = 3000;
@@ -196,12 +198,7 @@ fn a_feed_that_changes_a_tenth_of_a_percent_is_published_with_its_churn() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in {text}");
     }
-    let out = promo()
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = inspect_dir(&data);
     assert_eq!(listed[0]["churn"], serde_json::Value::Null, "the first");
     let churn = &listed[1]["churn"];
     assert_eq!(churn["price"], 3);
@@ -479,12 +476,7 @@ fn a_rollback_goes_back_to_any_generation_and_a_rolled_back_feed_is_refused_when
         .find(|l| l.trim_start().starts_with("4 "))
         .unwrap();
     assert!(four.contains("rollback to 2 "), "{table}");
-    let out = promo()
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = inspect_dir(&data);
     assert_eq!(rows[4]["rollback"]["of"], 1, "{rows}");
     assert_eq!(rows[4]["rollback"]["undone"][0]["sequence"], 4, "{rows}");
 

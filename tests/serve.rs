@@ -953,12 +953,7 @@ fn diff_and_inspect_write_prices_as_numbers_like_the_api() {
     let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(line["new"]["price"], serde_json::json!(21.646606), "{line}");
     assert_eq!(line["old"]["price"], serde_json::json!(12.5), "{line}");
-    let out = promo()
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = inspect_dir(&data);
     assert_eq!(
         listed[1]["churn"]["examples"][0]["new"]["price"],
         serde_json::json!(21.646606),

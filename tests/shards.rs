@@ -46,12 +46,7 @@ fn four_shards_behind_nginx_answer_every_id_and_misroutes_get_421() {
         let in_shard = rows.iter().filter(|r| shard_of(&r.0) == k as usize).count();
         assert_eq!(kept, in_shard as u64, "shard {k}");
         records += kept;
-        let inspect = promo()
-            .args(["inspect", "--json", "--data-dir"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        let listed: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        let listed = inspect_dir(&data);
         assert_eq!(listed[0]["shard"], format!("{k}/4"));
         assert_eq!(listed[0]["version"], 2);
         let server = Server::start(&data);

@@ -131,6 +131,26 @@ pub fn summary_field(summary: &str, name: &str) -> String {
         .to_string()
 }
 
+/// What `promo inspect --json` lists of the data directory `dir`.
+pub fn inspect_dir(dir: &Path) -> serde_json::Value {
+    inspect_json(promo().args(["inspect", "--json", "--data-dir"]).arg(dir))
+}
+
+/// What `promo inspect --json` lists of the store at `url`.
+pub fn inspect_source(url: &str) -> serde_json::Value {
+    inspect_json(promo().args(["inspect", "--json", "--source", url]))
+}
+
+fn inspect_json(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("running promo inspect");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("inspect --json prints JSON")
+}
+
 /// Temporary files (`.tmp-*`) in `dir`: what a build left behind.
 pub fn temp_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
