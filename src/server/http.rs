@@ -273,11 +273,8 @@ fn found(record: &Found, headers: &HeaderMap) -> Response<Full<Bytes>> {
     record.write_json(&mut body);
     let len = body.len();
     let hash = xxhash_rust::xxh3::xxh3_64(&body);
-    body.push(b'"');
-    for shift in (0..16).rev() {
-        body.push(b"0123456789abcdef"[(hash >> (shift * 4)) as usize & 0xf]);
-    }
-    body.push(b'"');
+    std::io::Write::write_fmt(&mut body, format_args!("\"{hash:016x}\""))
+        .expect("writing to a Vec cannot fail");
     let mut body = Bytes::from(body);
     let etag = HeaderValue::from_maybe_shared(body.split_off(len))
         .expect("hex digits in quotes make a header value");
