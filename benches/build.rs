@@ -3,6 +3,8 @@
 //! `PROMO_BENCH_BUILD_ROWS` sets the CSV size (default 10^6), generated
 //! with the project's generator.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use promo::builder::feed::Input;
 use promo::builder::pipeline::{build, BuildOptions};
@@ -14,12 +16,7 @@ fn builds(c: &mut Criterion) {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("in.csv");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_gen-promotions"))
-        .args(["--rows", &rows.to_string(), "--out"])
-        .arg(&csv)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::generate(rows, &csv);
     let bytes = std::fs::metadata(&csv).unwrap().len();
     let input = Input::File(csv);
 

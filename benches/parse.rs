@@ -2,18 +2,15 @@
 //! `ingest::parse_chunk` on one thread, the work `promo build` splits
 //! across its cores.
 
+mod common;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use promo::builder::ingest::parse_chunk;
 
 fn parse(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("in.csv");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_gen-promotions"))
-        .args(["--rows", "60000", "--out"])
-        .arg(&csv)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::generate(60_000, &csv);
     let bytes = std::fs::read(&csv).unwrap();
     let rows = parse_chunk(&bytes, true);
     assert_eq!((rows.records.len(), rows.invalid), (60_000, 0));
