@@ -14,7 +14,7 @@
 //!   checksum.
 //!
 //! Properties:
-//! - `decode` accepts exactly what the README's layout table allows;
+//! - `decode` accepts exactly what the layout table in src/generation/format.rs allows;
 //! - an accepted header encodes to the same fields and decodes back equal;
 //! - `open_verified` never panics; it accepts a forged file exactly when its
 //!   checksum, key order, prices, dates and fanout are right, and an accepted
@@ -62,7 +62,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// Whether the README's header tables allow `b` as the header of a file
+/// Whether the header tables in src/generation/format.rs allow `b` as the header of a file
 /// of `file_len` bytes, in version 1 or 2. Lengths are computed in u128, so
 /// nothing wraps.
 fn header_allowed(b: &[u8], file_len: u64) -> bool {

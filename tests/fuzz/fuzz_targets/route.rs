@@ -15,7 +15,7 @@
 //! - every answer on the promotions route names the generation;
 //! - an error answered as JSON is `{"error": "..."}`;
 //! - for a plain target (no `?`, no `%`, short), the answer is the one the
-//!   README's API table gives.
+//!   API table of docs/http-api.md gives.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -166,7 +166,7 @@ fn check(method: &Method, target: &str, table: Option<&Table>) {
         assert!(v["error"].is_string(), "{context}: {v}");
     }
 
-    // The README's API table, for targets every version of the router
+    // The API table of docs/http-api.md, for targets every version of the router
     // reads the same way.
     if target.contains(['?', '%']) || target.len() > 1000 {
         return;

@@ -10,7 +10,7 @@
 //!
 //! Properties:
 //! - a price is accepted, refused as negative, malformed or too long exactly
-//!   as an independent reading of the README's grammar says, and an
+//!   as an independent reading of docs/feeds.md's grammar says, and an
 //!   accepted one is the same number, with the most written decimals that fit;
 //! - an accepted row, written back as text (fields, a CSV line, a quoted
 //!   CRLF line) parses to the same record, and its JSON says the same;
@@ -130,7 +130,7 @@ fn fields(id: &[u8], price: &[u8], date: &[u8]) {
 }
 
 /// A written price's integer digits, fraction digits and exponent, read
-/// straight from the README's grammar: an optional `+`, digits with at most
+/// straight from docs/feeds.md's grammar: an optional `+`, digits with at most
 /// one `.` and at least one digit, then optionally `e`/`E`, a sign and digits.
 /// `None` when the text is not of that form.
 fn written_decimal(text: &[u8]) -> Option<(&[u8], &[u8], i128)> {
