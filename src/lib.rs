@@ -37,5 +37,6 @@ pub mod error;
 pub mod generation;
 pub mod metrics;
 pub mod server;
+pub mod store;
 
 pub use error::{Error, Result};

@@ -226,7 +226,7 @@ fn a_connection_that_keeps_dropping_fails_after_bounded_retries() {
     let gets = server.gets();
     assert_eq!(
         gets.len(),
-        1 + promo::generation::remote::FEED_RETRIES,
+        1 + promo::store::remote::FEED_RETRIES,
         "{gets:?}"
     );
     assert!(
@@ -332,7 +332,7 @@ fn a_corrupt_compressed_feed_is_named_with_its_byte_and_publishes_nothing() {
 
 #[test]
 fn ranges_in_flight_come_back_in_order_and_a_later_one_of_another_object_fails() {
-    use promo::builder::feed::ObjectReader;
+    use promo::store::ranged::ObjectReader;
     use std::io::Read;
     let body: Vec<u8> = (0..25_000u32).flat_map(|i| i.to_le_bytes()).collect();
     let server = HttpFile::start(body.clone(), "v1");

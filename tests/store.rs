@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use common::s3::S3;
 use common::{promo, promo_get};
-use promo::generation::remote::{new_object_name, Manifest, Remote};
+use promo::store::layout::{new_object_name, Manifest};
+use promo::store::remote::Remote;
 
 /// Runs promo with `env`; returns (exit code, stdout, stderr).
 fn run(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {

@@ -10,6 +10,5 @@
 pub mod feed;
 pub mod ingest;
 pub mod pipeline;
-pub mod publish;
 pub mod sort;
 pub mod textfile;

@@ -603,8 +603,8 @@ fn local_history(entries: &[Entry]) -> Vec<Past> {
 /// empty store has nothing to compare with: the data directory's newest is
 /// used, as without a store.
 fn store_newest(dir: &std::path::Path, url: &str, progress: bool) -> Result<Scan> {
-    let remote = crate::generation::remote::Remote::open(url)?;
-    let manifests = crate::generation::remote::block_on(remote.manifests())??;
+    let remote = crate::store::remote::Remote::open(url)?;
+    let manifests = crate::store::remote::block_on(remote.manifests())??;
     if manifests.is_empty() {
         return Ok(newest_valid(dir));
     }
@@ -657,7 +657,7 @@ fn store_newest(dir: &std::path::Path, url: &str, progress: bool) -> Result<Scan
             .tempdir_in(dir)
             .map_err(Error::io(dir))?;
         // Mapped, so removing the folder (when `scratch` drops) is safe.
-        match crate::server::fetch::fetch_sequence(url, newest.sequence, scratch.path(), progress) {
+        match crate::store::fetch::fetch_sequence(url, newest.sequence, scratch.path(), progress) {
             Ok(table) => {
                 return Ok(Scan {
                     current: Some(table),

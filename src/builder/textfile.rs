@@ -32,7 +32,7 @@ const CHURN: &str = "promo_build_churn_ids";
 
 /// How a build attempt ended.
 #[derive(Clone, Copy)]
-pub enum Outcome<'a> {
+pub enum Attempt<'a> {
     /// It published this generation.
     Published(&'a BuildSummary),
     /// A guard refused the feed.
@@ -83,9 +83,9 @@ fn dir_of(path: &Path) -> &Path {
 }
 
 /// Writes the outcome of the attempt that ended at `ended`.
-pub fn write(path: &Path, shard: Shard, ended: SystemTime, outcome: Outcome<'_>) -> Result<()> {
-    let summary = match outcome {
-        Outcome::Published(s) => Some(s),
+pub fn write(path: &Path, shard: Shard, ended: SystemTime, attempt: Attempt<'_>) -> Result<()> {
+    let summary = match attempt {
+        Attempt::Published(s) => Some(s),
         _ => None,
     };
     let label = format!("{{shard=\"{shard}\"}}");
@@ -114,7 +114,7 @@ pub fn write(path: &Path, shard: Shard, ended: SystemTime, outcome: Outcome<'_>)
         LAST_ATTEMPT_REFUSED,
         "1 if a guard (--max-shrink, --max-churn, --max-price-jumps) refused the last build \
          attempt's feed, else 0.",
-        if matches!(outcome, Outcome::Refused) {
+        if matches!(attempt, Attempt::Refused) {
             "1"
         } else {
             "0"
@@ -257,7 +257,7 @@ mod tests {
         let path = dir.path().join("promo_build.prom");
         let shard = Shard::WHOLE;
 
-        write(&path, shard, at(100), Outcome::Failed).unwrap();
+        write(&path, shard, at(100), Attempt::Failed).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("promo_build_last_attempt_timestamp_seconds{shard=\"0/1\"} 100.000\n")
@@ -265,7 +265,7 @@ mod tests {
         assert!(text.contains("promo_build_last_attempt_success{shard=\"0/1\"} 0\n"));
         assert!(!text.contains("promo_build_last_success"), "{text}");
 
-        write(&path, shard, at(200), Outcome::Published(&summary(7))).unwrap();
+        write(&path, shard, at(200), Attempt::Published(&summary(7))).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         for line in [
             "promo_build_last_attempt_success{shard=\"0/1\"} 1",
@@ -288,7 +288,7 @@ mod tests {
             );
         }
 
-        write(&path, shard, at(300), Outcome::Refused).unwrap();
+        write(&path, shard, at(300), Attempt::Refused).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("promo_build_last_attempt_timestamp_seconds{shard=\"0/1\"} 300.000\n")
@@ -311,10 +311,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("promo_build.prom");
         let one: Shard = "1/4".parse().unwrap();
-        write(&path, one, at(100), Outcome::Published(&summary(2))).unwrap();
+        write(&path, one, at(100), Attempt::Published(&summary(2))).unwrap();
         // Another shard's failure does not take this shard's success.
         let two: Shard = "2/4".parse().unwrap();
-        write(&path, two, at(150), Outcome::Failed).unwrap();
+        write(&path, two, at(150), Attempt::Failed).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert!(!text.contains("promo_build_generation"), "{text}");
         assert!(text.contains("{shard=\"2/4\"}"));

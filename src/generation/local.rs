@@ -164,22 +164,42 @@ pub fn list(dir: &Path) -> Result<Vec<Entry>> {
 /// `GET /generations` list it: the header's figures (no whole-file read),
 /// and `checksum` as the caller checked it ("ok", why it failed, or "not
 /// checked").
-pub fn describe(entry: &Entry, checksum: &str, live: bool) -> serde_json::Value {
-    let bytes = std::fs::metadata(&entry.path).map_or(0, |m| m.len());
+pub fn describe(entry: &Entry, checksum: &str, live: bool) -> Description {
     let header = crate::generation::format::read_header(&entry.path).ok();
-    serde_json::json!({
-        "sequence": entry.sequence,
-        "path": entry.path.display().to_string(),
-        "rows": header.map(|h| h.count),
-        "bytes": bytes,
-        "created": header.map(|h| crate::generation::format::rfc3339_utc(h.created_ms)),
-        "version": header.map(|h| h.version),
-        "shard": header.map(|h| h.shard.to_string()),
-        "checksum": checksum,
-        "live": live,
-        "churn": churn_of(&entry.path),
-        "rollback": rollback_of(&entry.path),
-    })
+    Description {
+        sequence: entry.sequence,
+        path: entry.path.display().to_string(),
+        rows: header.map(|h| h.count),
+        bytes: fs::metadata(&entry.path).map_or(0, |m| m.len()),
+        created: header.map(|h| crate::generation::format::rfc3339_utc(h.created_ms)),
+        version: header.map(|h| h.version),
+        shard: header.map(|h| h.shard.to_string()),
+        checksum: checksum.to_string(),
+        live,
+        churn: churn_of(&entry.path),
+        rollback: rollback_of(&entry.path),
+    }
+}
+
+/// One generation of a data directory as `inspect --json` and the admin
+/// port's `GET /generations` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Description {
+    pub sequence: u64,
+    pub path: String,
+    /// Its header's figures: `None` where the header cannot be read.
+    pub rows: Option<u64>,
+    pub bytes: u64,
+    pub created: Option<String>,
+    pub version: Option<u32>,
+    pub shard: Option<String>,
+    /// `ok`, `not checked`, or why the file is not sound.
+    pub checksum: String,
+    pub live: bool,
+    /// What it changed when it was built, if known (its churn sidecar).
+    pub churn: Option<serde_json::Value>,
+    /// What it restored and undid, if it is a rollback.
+    pub rollback: Option<Rollback>,
 }
 
 /// The data directory's build lock, held until dropped.

@@ -15,7 +15,6 @@ pub mod direct;
 pub mod format;
 pub mod local;
 pub mod record;
-pub mod remote;
 pub mod rollback;
 pub mod shard;
 pub mod table;

@@ -5,7 +5,7 @@
 //! store). It records which generation it restored and which it undid,
 //! with their body checksums, beside the new generation: a sidecar
 //! `gen-N.rollback.json` in a data directory (see [`crate::generation::local`]),
-//! the manifest's `"rollback"` in a store (see [`crate::generation::remote`]).
+//! the manifest's `"rollback"` in a store (see [`crate::store::remote`]).
 //! The JSON is [`Rollback`]'s, field for field:
 //!
 //! ```text

@@ -29,7 +29,6 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use crate::builder::pipeline::{self, BuildOptions, BuildSummary};
-use crate::builder::publish;
 use crate::error::{Error, InvalidRow, Result};
 use crate::generation::local;
 use crate::generation::table::Table;
@@ -37,6 +36,7 @@ use crate::metrics as m;
 use crate::server::http::{self, json, json_error, method_not_allowed};
 use crate::server::live::Live;
 use crate::server::tls::{self, Tls};
+use crate::store::publish;
 
 /// An upload that sends nothing for this long is abandoned: the build
 /// stops and its files are removed.
@@ -185,7 +185,7 @@ impl Admin {
                 local::describe(e, if is_live { "ok" } else { "not checked" }, is_live)
             })
             .collect();
-        json(StatusCode::OK, &serde_json::Value::Array(rows))
+        json(StatusCode::OK, &rows)
     }
 
     /// `POST /rollback[?to=N]`: `promo rollback [--to N]` on the data

@@ -13,10 +13,10 @@ pub mod admin;
 pub mod claim;
 pub mod connection;
 pub mod disk;
-pub mod fetch;
 pub mod http;
 pub mod live;
 pub mod memory;
+pub mod poll;
 pub mod tls;
 
 use std::future::Future;
@@ -56,7 +56,7 @@ pub struct Config {
     /// not fit in memory and `io_uring` is unavailable.
     pub threads: usize,
     /// An object store to poll for new generations, if any.
-    pub source: Option<fetch::Source>,
+    pub source: Option<poll::Polling>,
     /// HTTPS on `listen` with this certificate pair, if any.
     pub tls: Option<tls::TlsFiles>,
     /// The admin port (uploads, rollback), if any.
@@ -206,7 +206,7 @@ impl Server {
         let upkeep = crate::metrics::upkeep(metrics, stopped(stop_rx.clone()));
         let fetcher = config
             .source
-            .map(|source| fetch::poll(source, live.clone(), stopped(stop_rx.clone())));
+            .map(|source| poll::poll(source, live.clone(), stopped(stop_rx.clone())));
         // Background work yields the cores to the serving threads: a
         // download's and a verification's CPU must not raise the latency
         // of lookups (on 2 cores it did, by up to 1.5x).

@@ -15,32 +15,19 @@
 //! bytes are read once, not twice.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 use crate::generation::local::{self, BuildLock, Entry, RemoveOnDrop};
-use crate::generation::remote::{Manifest, Remote};
 use crate::generation::table::Table;
 use crate::metrics as m;
-use crate::server::live::Live;
+use crate::store::layout::Manifest;
+use crate::store::remote::Remote;
 
-/// Where `serve --source` fetches from, and how.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub url: String,
-    /// Between polls of the store (jittered by up to a tenth either way).
-    pub interval: Duration,
-    /// Most bytes a second a download takes; `None` is unlimited.
-    pub rate: Option<u64>,
-}
-
-/// `--source-interval`'s default.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// Generations a server with `--source` keeps in its data directory: the
 /// live one and one to roll back to.
 pub const KEEP: usize = 2;
@@ -55,12 +42,12 @@ const ATTEMPTS: u32 = 5;
 const DISK_MARGIN: u64 = 64 << 20;
 
 /// What [`Fetcher::fetch_newer`] did.
-pub enum Outcome {
+pub enum Fetched {
     /// Nothing newer and valid in the store. `store` is its newest
     /// committed sequence, if it has any.
     UpToDate { store: Option<u64> },
     /// A generation was downloaded, verified and published locally.
-    Fetched {
+    Generation {
         entry: Entry,
         /// The verified table, mapped from its final name.
         table: Box<Table>,
@@ -102,7 +89,7 @@ impl Fetcher {
     /// manifest that does not match its object) are refused with a log
     /// line and a metric, remembered, and the next older one is tried.
     /// An error means the store or the disk failed; try again later.
-    pub async fn fetch_newer(&self, local: u64) -> Result<Outcome> {
+    pub async fn fetch_newer(&self, local: u64) -> Result<Fetched> {
         let sequences = self.remote.sequences().await?;
         let newest = sequences.last().copied();
         metrics::gauge!(m::SOURCE_NEWEST_SEQUENCE).set(newest.unwrap_or(0) as f64);
@@ -124,7 +111,7 @@ impl Fetcher {
             lock.remove_leftovers(&self.dir)?;
             match self.fetch(lock, &manifest).await? {
                 Ok((entry, table, seconds)) => {
-                    return Ok(Outcome::Fetched {
+                    return Ok(Fetched::Generation {
                         entry,
                         table: Box::new(table),
                         bytes: manifest.bytes,
@@ -134,7 +121,7 @@ impl Fetcher {
                 Err(e) => self.refuse(sequence, manifest.object.clone(), &e),
             }
         }
-        Ok(Outcome::UpToDate { store: newest })
+        Ok(Fetched::UpToDate { store: newest })
     }
 
     fn is_refused(&self, sequence: u64, object: &str) -> bool {
@@ -395,7 +382,7 @@ fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
 }
 
 /// `d` scaled by a factor between 0.9 and 1.1.
-fn jitter(d: Duration) -> Duration {
+pub fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.subsec_nanos());
@@ -406,15 +393,15 @@ fn jitter(d: Duration) -> Duration {
 /// than the newest sound one in `dir`, keeping the newest [`KEEP`] there as
 /// `serve --source` does. Returns what was done. Refusals are remembered by
 /// a running server only: each `promo fetch` checks a bad generation anew.
-pub fn fetch_once(url: &str, dir: &Path, rate: Option<u64>, progress: bool) -> Result<Outcome> {
+pub fn fetch_once(url: &str, dir: &Path, rate: Option<u64>, progress: bool) -> Result<Fetched> {
     let fetcher = Fetcher::new(Remote::open(url)?, dir, rate, progress);
     let local = local::list(dir)?
         .into_iter()
         .rev()
         .find(|e| local::Known::default().sound(e))
         .map_or(0, |e| e.sequence);
-    let outcome = crate::generation::remote::block_on(fetcher.fetch_newer(local))??;
-    if let Outcome::Fetched { .. } = outcome {
+    let outcome = crate::store::remote::block_on(fetcher.fetch_newer(local))??;
+    if let Fetched::Generation { .. } = outcome {
         retain(dir);
     }
     Ok(outcome)
@@ -425,7 +412,7 @@ pub fn fetch_once(url: &str, dir: &Path, rate: Option<u64>, progress: bool) -> R
 /// of `promo diff s3://bucket/prefix#7`.
 pub fn fetch_sequence(url: &str, sequence: u64, dir: &Path, progress: bool) -> Result<Table> {
     let fetcher = Fetcher::new(Remote::open(url)?, dir, None, progress);
-    crate::generation::remote::block_on(async {
+    crate::store::remote::block_on(async {
         let manifest =
             fetcher
                 .remote
@@ -443,79 +430,9 @@ pub fn fetch_sequence(url: &str, sequence: u64, dir: &Path, progress: bool) -> R
     })?
 }
 
-/// Polls the store every `source.interval` (jittered), fetching newer
-/// generations and making them live, until `shutdown` completes. The first
-/// poll is at once, so a server started empty becomes ready as soon as it
-/// can. A store that cannot be read (counted in `promo_source_errors_total`)
-/// or a data directory that cannot take a download is logged once when it
-/// starts failing and once when fetching works again; the live generation
-/// is served throughout.
-pub async fn poll(source: Source, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
-    let fetcher = match Remote::open(&source.url) {
-        Ok(remote) => Fetcher::new(remote, live.dir(), source.rate, false),
-        Err(e) => {
-            // Checked at start-up already; here for a library caller.
-            tracing::error!("{e}: not fetching");
-            return;
-        }
-    };
-    // Exported from the start, so that rates and alerts start at zero.
-    metrics::counter!(m::SOURCE_ERRORS).absolute(0);
-    metrics::counter!(m::FETCH_BYTES).absolute(0);
-    metrics::gauge!(m::SOURCE_NEWEST_SEQUENCE).set(0.0);
-    tokio::pin!(shutdown);
-    // What is failing, if anything: the store, or this side (the data
-    // directory, the disk). Logged when it changes, not at every poll.
-    let mut failing: Option<&str> = None;
-    loop {
-        let local = live.current().as_ref().map_or(0, |t| t.sequence());
-        // A shutdown does not wait for a download: dropping it removes
-        // its temporary file.
-        let fetched = tokio::select! {
-            fetched = fetcher.fetch_newer(local) => fetched,
-            () = &mut shutdown => return,
-        };
-        match fetched {
-            Ok(outcome) => {
-                if failing.take().is_some() {
-                    tracing::info!("{}: fetching works again", source.url);
-                }
-                if let Outcome::Fetched { table, .. } = outcome {
-                    live.install(*table);
-                    let dir = live.dir().to_path_buf();
-                    let _ = tokio::task::spawn_blocking(move || retain(&dir)).await;
-                }
-            }
-            // Another fetch or a build holds the directory: nobody's
-            // fault; the next poll tries again.
-            Err(e @ Error::Locked { .. }) => tracing::debug!("{e}"),
-            Err(e) => {
-                let what = match e {
-                    Error::Remote { .. } | Error::Url { .. } | Error::NothingInStore { .. } => {
-                        metrics::counter!(m::SOURCE_ERRORS).increment(1);
-                        "the store cannot be read"
-                    }
-                    _ => "cannot fetch into the data directory",
-                };
-                if failing != Some(what) {
-                    tracing::warn!(
-                        "{e}: {what}; serving the live generation and retrying every {:?}",
-                        source.interval
-                    );
-                }
-                failing = Some(what);
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(jitter(source.interval)) => {}
-            () = &mut shutdown => return,
-        }
-    }
-}
-
 /// Keeps the newest [`KEEP`] sound generations in `dir`. The live one is
 /// the newest, so it is never among those removed.
-fn retain(dir: &Path) {
+pub fn retain(dir: &Path) {
     let Ok(lock) = BuildLock::acquire(dir) else {
         return;
     };

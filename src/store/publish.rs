@@ -4,7 +4,7 @@
 //! always, then uploads that file as the store's next generation: the
 //! object first, under a name no other upload uses, then its manifest with
 //! a create-only write. The manifest is the commit point (see
-//! [`crate::generation::remote`]): a builder killed mid-upload leaves an
+//! [`crate::store::remote`]): a builder killed mid-upload leaves an
 //! object no replica reads, which the next publish removes; of two builders
 //! that chose the same sequence, one commits and the other fails and
 //! deletes its upload.
@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::generation::format::read_header;
-use crate::generation::remote::{block_on, new_object_name, Manifest, Remote};
 use crate::generation::rollback::Rollback;
+use crate::store::layout::{new_object_name, Manifest};
+use crate::store::remote::{block_on, Remote};
 
 /// What [`publish`] did.
 #[derive(Debug, Clone)]

@@ -1,0 +1,314 @@
+//! The object store's layout, object by object: the one place it is defined.
+//!
+//! A builder publishes each generation to a store (`s3://bucket/prefix`,
+//! `gs://bucket/prefix`, `az://container/prefix` or `file:///dir`); every
+//! replica polls it and fetches what is newer. The layout under the prefix:
+//!
+//! ```text
+//! generations/<sequence:010>-<token:016x>.promo
+//!     A generation file, byte for byte as `promo build` wrote it (see
+//!     format). Immutable once written. The token (random, per upload)
+//!     keeps two builders that chose the same sequence from writing the
+//!     same object: only a manifest can make an upload visible.
+//! manifests/<sequence:010>.json
+//!     The commit point: written with a create-only put after its
+//!     generation object is complete, so a sequence is taken once, by one
+//!     builder, and a generation without a manifest is never read. One JSON
+//!     object in UTF-8:
+//!       "format"         "promo-manifest/1" (MANIFEST_FORMAT)
+//!       "sequence"       the sequence, as in the name
+//!       "object"         the generation object's path under the prefix;
+//!                        a rollback's manifest names an older object
+//!       "bytes"          the object's exact length
+//!       "rows"           records in it (its header's count)
+//!       "created"        its header's creation time, RFC 3339 UTC
+//!       "created_ms"     the same, milliseconds since the Unix epoch
+//!       "body_checksum"  its header's XXH3-64 body checksum, 16 hex digits
+//!       "published"      when the manifest was written, RFC 3339 UTC
+//!       "churn"          what the generation changed against the one live
+//!                        in the builder's data directory (see churn:
+//!                        `Churn::to_json`), or null: the first build, a
+//!                        rollback, a builder older than churn. Its
+//!                        "against" is the store's sequence of that
+//!                        generation when it was the store's newest, else
+//!                        null; "against_checksum" names it either way
+//!       "rollback"       for a rollback, what it restored and undid, in
+//!                        store sequences (see rollback: `Rollback`), else
+//!                        null or absent (a manifest older than it)
+//! ```
+//!
+//! A range shard (`--shard K/N`, not `0/1`) has a store of its own: the
+//! layout above under `<prefix>/shard-K-of-N` (see [`shard_url`]), so
+//! each shard's sequences, retention and rollbacks are its own.
+//!
+//! The newest manifest whose generation verifies is the store's newest
+//! generation. A replica checks the object's length against the manifest
+//! before it downloads and the header's checksum and the whole file after,
+//! before the file takes a `gen-*.promo` name in its data directory.
+//! Sequences in the store are the sequences replicas serve them under.
+
+use object_store::path::Path as ObjectPath;
+
+use crate::generation::format::{rfc3339_utc, Header};
+use crate::generation::local::Sidecar;
+use crate::generation::rollback::Rollback;
+use crate::generation::shard::Shard;
+
+/// The `format` of every manifest this promo writes and reads. A manifest
+/// of another format is skipped with a log line (a newer builder's; upgrade
+/// the replicas).
+pub const MANIFEST_FORMAT: &str = "promo-manifest/1";
+pub(super) const GENERATIONS: &str = "generations";
+pub(super) const MANIFESTS: &str = "manifests";
+
+/// The store of `shard` in the store at `url`: `url` itself for every id
+/// (`0/1`), else `url` with `/shard-K-of-N` appended.
+pub fn shard_url(url: &str, shard: Shard) -> String {
+    if shard.is_whole() {
+        return url.to_string();
+    }
+    let name = format!("shard-{}-of-{}", shard.index(), shard.count());
+    match url.strip_suffix('/') {
+        Some(base) => format!("{base}/{name}"),
+        None => format!("{url}/{name}"),
+    }
+}
+
+/// A committed generation in the store: what its manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub sequence: u64,
+    /// The generation object, relative to the store's prefix.
+    pub object: String,
+    pub bytes: u64,
+    pub rows: u64,
+    pub created_ms: u64,
+    pub body_checksum: u64,
+    pub published_ms: u64,
+    /// What the generation changed when it was built, as its sidecar says.
+    pub churn: Option<serde_json::Value>,
+    /// What it restored and undid, if it is a rollback (with store
+    /// sequences).
+    pub rollback: Option<Rollback>,
+}
+
+impl Manifest {
+    /// The manifest of `header`'s generation, uploaded as `object`.
+    pub fn new(sequence: u64, object: String, header: &Header) -> Manifest {
+        Manifest {
+            sequence,
+            object,
+            bytes: header.file_len(),
+            rows: header.count,
+            created_ms: header.created_ms,
+            body_checksum: header.body_checksum,
+            published_ms: now_ms(),
+            churn: None,
+            rollback: None,
+        }
+    }
+
+    /// The same generation (the same object) under a new sequence, for a
+    /// rollback, which `rollback` describes.
+    pub fn republished(&self, sequence: u64, rollback: Rollback) -> Manifest {
+        Manifest {
+            sequence,
+            published_ms: now_ms(),
+            churn: None,
+            rollback: Some(rollback),
+            ..self.clone()
+        }
+    }
+
+    /// What a replica writes beside the generation it fetched.
+    pub fn sidecar(&self) -> Sidecar<'_> {
+        match (&self.rollback, &self.churn) {
+            (Some(r), _) => Sidecar::Rollback(r),
+            (None, Some(c)) => Sidecar::Churn(c),
+            (None, None) => Sidecar::None,
+        }
+    }
+
+    /// The manifest as stored: one JSON object and a newline.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(&serde_json::json!({
+            "format": MANIFEST_FORMAT,
+            "sequence": self.sequence,
+            "object": self.object,
+            "bytes": self.bytes,
+            "rows": self.rows,
+            "created": rfc3339_utc(self.created_ms),
+            "created_ms": self.created_ms,
+            "body_checksum": format!("{:016x}", self.body_checksum),
+            "published": rfc3339_utc(self.published_ms),
+            "published_ms": self.published_ms,
+            "churn": self.churn,
+            "rollback": self.rollback,
+        }))
+        .expect("a JSON object serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// Parses a stored manifest; `Err` says what is wrong with it.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Manifest, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        let format = v["format"].as_str().unwrap_or_default();
+        if format != MANIFEST_FORMAT {
+            return Err(format!(
+                "format {format:?}, but this promo reads {MANIFEST_FORMAT:?}"
+            ));
+        }
+        let int = |k: &str| v[k].as_u64().ok_or_else(|| format!("no integer {k:?}"));
+        let object = v["object"]
+            .as_str()
+            .filter(|o| o.starts_with(GENERATIONS) && !o.contains(".."))
+            .ok_or("no \"object\" under generations/")?
+            .to_string();
+        let body_checksum = v["body_checksum"]
+            .as_str()
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+            .ok_or("no hexadecimal \"body_checksum\"")?;
+        Ok(Manifest {
+            sequence: int("sequence")?,
+            object,
+            bytes: int("bytes")?,
+            rows: int("rows")?,
+            created_ms: int("created_ms")?,
+            body_checksum,
+            published_ms: int("published_ms")?,
+            churn: v.get("churn").filter(|c| c.is_object()).cloned(),
+            rollback: match v.get("rollback").filter(|r| !r.is_null()) {
+                Some(r) => Some(
+                    serde_json::from_value(r.clone()).map_err(|e| format!("\"rollback\": {e}"))?,
+                ),
+                None => None,
+            },
+        })
+    }
+
+    /// Whether `header` is the header this manifest describes.
+    pub fn matches(&self, header: &Header) -> bool {
+        header.file_len() == self.bytes
+            && header.count == self.rows
+            && header.body_checksum == self.body_checksum
+            && header.created_ms == self.created_ms
+    }
+}
+
+/// The path of manifest `sequence`.
+pub(super) fn manifest_path(sequence: u64) -> ObjectPath {
+    ObjectPath::from(format!("{MANIFESTS}/{sequence:010}.json"))
+}
+
+/// The sequence of a manifest's path, if it is one.
+pub(super) fn parse_manifest_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".json")?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// A new generation object's path for `sequence`, unique to this upload.
+pub fn new_object_name(sequence: u64) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static UPLOADS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut seed = [0u8; 32];
+    seed[..16].copy_from_slice(&nanos.to_le_bytes());
+    seed[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    seed[24..].copy_from_slice(&UPLOADS.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let token = xxhash_rust::xxh3::xxh3_64(&seed);
+    format!("{GENERATIONS}/{sequence:010}-{token:016x}.promo")
+}
+
+/// The sequence a generation object's name starts with.
+pub(super) fn object_sequence(name: &str) -> Option<u64> {
+    name.strip_prefix(GENERATIONS)?
+        .strip_prefix('/')?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An object in the store's `generations/`.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub name: String,
+    pub bytes: u64,
+}
+
+impl Object {
+    /// Whether this is the object `m` names, at the length it says: what
+    /// makes a generation in the store sound without reading it.
+    pub fn holds(&self, m: &Manifest) -> bool {
+        self.name == m.object && self.bytes == m.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            created_ms: 1_700_000_000_123,
+            body_checksum: 0x0123_4567_89ab_cdef,
+            ..Header::new(3, 0)
+        }
+    }
+
+    #[test]
+    fn each_shard_has_its_own_prefix() {
+        let s = Shard::new(1, 4).unwrap();
+        assert_eq!(shard_url("s3://b/promo", s), "s3://b/promo/shard-1-of-4");
+        assert_eq!(shard_url("s3://b/promo/", s), "s3://b/promo/shard-1-of-4");
+        assert_eq!(shard_url("s3://b/promo", Shard::WHOLE), "s3://b/promo");
+    }
+
+    #[test]
+    fn manifests_round_trip_and_bad_ones_say_why() {
+        let m = Manifest::new(7, new_object_name(7), &header());
+        assert_eq!(Manifest::decode(&m.encode()), Ok(m.clone()));
+        assert!(m.matches(&header()));
+        assert!(!m.matches(&Header {
+            body_checksum: 1,
+            ..header()
+        }));
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            text.contains("\"body_checksum\": \"0123456789abcdef\""),
+            "{text}"
+        );
+
+        let other = text.replace(MANIFEST_FORMAT, "promo-manifest/2");
+        assert!(Manifest::decode(other.as_bytes())
+            .unwrap_err()
+            .contains("promo-manifest/2"));
+        let escape = text.replace("generations/", "../");
+        assert!(Manifest::decode(escape.as_bytes()).is_err());
+        assert!(Manifest::decode(b"{").unwrap_err().starts_with("not JSON"));
+    }
+
+    #[test]
+    fn names_carry_their_sequence() {
+        assert_eq!(manifest_path(42).as_ref(), "manifests/0000000042.json");
+        assert_eq!(parse_manifest_name("0000000042.json"), Some(42));
+        for bad in ["42.json.tmp", ".json", "x42.json", "42"] {
+            assert_eq!(parse_manifest_name(bad), None, "{bad}");
+        }
+        let a = new_object_name(42);
+        assert_ne!(a, new_object_name(42), "two uploads never share an object");
+        assert_eq!(object_sequence(&a), Some(42));
+    }
+}
