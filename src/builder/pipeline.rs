@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::builder::feed::{self, Input};
 use crate::builder::ingest;
-use crate::builder::sort::Sorter;
+use crate::builder::sort::{SortStats, Sorter};
 use crate::error::{Error, InvalidRow, Result};
 use crate::generation::churn::{self, Churn};
 use crate::generation::date::{DateTables, DateWord};
@@ -277,6 +277,10 @@ pub fn build(input: &Input, opts: &BuildOptions) -> Result<BuildSummary> {
 /// [`feed::decode`]), named `name` in messages; `total` is its length, if
 /// known, for the progress bar. A read error fails the build: nothing is
 /// published and no file is left behind.
+///
+/// The phases, each a function: take the data directory's lock, find the
+/// baseline (what the guards compare with) while the feed is read and
+/// sorted, write the sorted records, compare, publish, retain.
 pub fn build_from(
     reader: impl Read + Send + 'static,
     name: &str,
@@ -284,36 +288,100 @@ pub fn build_from(
     opts: &BuildOptions,
 ) -> Result<BuildSummary> {
     let started = Instant::now();
+    let name = name.to_string();
+    let lock = lock(opts)?;
+    let baseline = baseline(opts);
+    let (counts, sorter) = read_and_sort(reader, &name, total_bytes, opts)?;
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        rows = counts.rows,
+        "read and parsed"
+    );
+    let counts = check_rows(counts, &name, opts)?;
+    let Scan {
+        current,
+        known,
+        history,
+    } = baseline
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    // Unique records are at most the valid rows: refuse early when even
+    // those are too few, and exactly once the sort has counted them.
+    let kept = counts.valid - counts.other_shards;
+    let live = current.as_ref().map(|t| (t.sequence(), t.len()));
+    check_shrink(opts, &name, kept, live, false)?;
+    let (file, tmp_path) = lock.temp_file(&opts.data_dir)?;
+    let tmp = RemoveOnDrop::new(&tmp_path);
+    let stats = write_sorted(file, &tmp_path, sorter, counts.dates, kept, opts)?;
+    check_shrink(opts, &name, stats.unique, live, true)?;
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        runs = stats.runs,
+        "sorted and written"
+    );
+    let churn = compare(&tmp_path, current.as_ref(), &history, &name, opts)?;
+    let generation = publish_and_retain(&lock, &tmp_path, tmp, churn.as_ref(), known, opts)?;
+    Ok(BuildSummary {
+        rows: counts.rows,
+        valid: counts.valid,
+        invalid: counts.invalid,
+        duplicates: stats.duplicates,
+        other_shards: counts.other_shards,
+        records: stats.unique,
+        first_invalid: counts.first_invalid,
+        generation,
+        churn,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The data directory's lock, taken once the directories are known to be
+/// usable: they are checked before the feed is read, not at the first
+/// write after reading (maybe) gigabytes of it.
+fn lock(opts: &BuildOptions) -> Result<BuildLock> {
     ignore_file_size_signal();
-    let dir = &opts.data_dir;
-    // Directories are checked before the feed is read, not at the first
-    // write after reading (maybe) gigabytes of it.
     if let Some(tmp_dir) = &opts.tmp_dir {
         usable_dir("--tmp-dir", tmp_dir, false)?;
     }
-    usable_dir("--data-dir", dir, true)?;
-    let lock = BuildLock::acquire(dir)?;
-    lock.remove_leftovers(dir)?;
-    // What the guards and the churn measure against, found while the feed
-    // is read: the whole newest generation is read to verify it (about
-    // 0.2 s of one core for 10^7 records), and stays in the page cache for
-    // the comparison.
-    let newest = {
-        let (dir, store, progress) = (dir.clone(), opts.against_store.clone(), opts.progress);
-        std::thread::spawn(move || match store {
-            // A store that cannot be read: the data directory's newest, as
-            // before stores; the publish after the build reports the store.
-            Some(url) => store_newest(&dir, &url, progress).or_else(|e| {
-                tracing::warn!("{e}: comparing with the data directory's newest instead");
-                Ok(newest_valid(&dir))
-            }),
-            None => Ok(newest_valid(&dir)),
-        })
-    };
+    usable_dir("--data-dir", &opts.data_dir, true)?;
+    let lock = BuildLock::acquire(&opts.data_dir)?;
+    lock.remove_leftovers(&opts.data_dir)?;
+    Ok(lock)
+}
 
-    let name = name.to_string();
+/// What the guards and the churn measure against, found on a thread of
+/// its own while the feed is read: the whole newest generation is read to
+/// verify it (about 0.2 s of one core for 10^7 records), and stays in the
+/// page cache for the comparison.
+fn baseline(opts: &BuildOptions) -> std::thread::JoinHandle<Result<Scan>> {
+    let (dir, store, progress) = (
+        opts.data_dir.clone(),
+        opts.against_store.clone(),
+        opts.progress,
+    );
+    std::thread::spawn(move || match store {
+        // A store that cannot be read: the data directory's newest, as
+        // before stores; the publish after the build reports the store.
+        Some(url) => store_newest(&dir, &url, progress).or_else(|e| {
+            tracing::warn!("{e}: comparing with the data directory's newest instead");
+            Ok(newest_valid(&dir))
+        }),
+        None => Ok(newest_valid(&dir)),
+    })
+}
+
+/// Reads, decodes and parses the feed, counting its rows and handing its
+/// records to the sorter. Three things at once: a batch of chunks is
+/// parsed in parallel while the previous batch's rows go to the sorter in
+/// input order and the next batch is read.
+fn read_and_sort(
+    reader: impl Read + Send + 'static,
+    name: &str,
+    total_bytes: Option<u64>,
+    opts: &BuildOptions,
+) -> Result<(RowCounts, Sorter)> {
     let read_err = |e| Error::Io {
-        path: PathBuf::from(&name),
+        path: PathBuf::from(name),
         cause: e,
     };
     let (reader, compression) = feed::decode(reader).map_err(read_err)?;
@@ -323,19 +391,16 @@ pub fn build_from(
     // The bar counts the bytes of CSV, so a compressed length is no total.
     let total_bytes = total_bytes.filter(|_| compression.is_none());
     let progress = Progress::new(opts.progress, total_bytes);
-    let tmp_dir = opts.tmp_dir.as_deref().unwrap_or(dir);
+    let tmp_dir = opts.tmp_dir.as_deref().unwrap_or(&opts.data_dir);
     // Leave a sixteenth of the budget for everything but the sort buffer.
     let budget = opts.memory_limit - opts.memory_limit / 16;
     let mut sorter = Sorter::new(budget as usize, tmp_dir)?;
-
-    // Three things at once: parse a batch of chunks in parallel, hand the
-    // previous batch's rows to the sorter in input order, read the next batch.
     let batch_len = 2 * rayon::current_num_threads();
     let mut chunks = Chunker::new(reader, CHUNK_LEN);
-    let mut tally = Tally {
+    let mut counts = RowCounts {
         shard: opts.shard,
         dates: BuildDates::new(tmp_dir),
-        ..Tally::default()
+        ..RowCounts::default()
     };
     let mut batch = chunks.batch(batch_len).map_err(read_err)?;
     let mut parsed: Vec<(usize, ingest::ChunkRows)> = Vec::new();
@@ -350,7 +415,7 @@ pub fn build_from(
             || {
                 let absorbed = parsed
                     .drain(..)
-                    .try_for_each(|(len, rows)| tally.absorb(&name, len, rows, &mut sorter));
+                    .try_for_each(|(len, rows)| counts.absorb(name, len, rows, &mut sorter));
                 let next = if batch.is_empty() {
                     Ok(Vec::new())
                 } else {
@@ -360,10 +425,10 @@ pub fn build_from(
             },
         );
         absorbed?;
-        progress.set(tally.bytes);
+        progress.set(counts.bytes);
         // A count limit can fail the build before reading the rest.
         if matches!(opts.max_invalid, InvalidLimit::Count(_))
-            && opts.max_invalid.exceeded(tally.invalid, tally.rows)
+            && opts.max_invalid.exceeded(counts.invalid, counts.rows)
         {
             break;
         }
@@ -371,96 +436,105 @@ pub fn build_from(
         let done = std::mem::replace(&mut batch, next_batch.map_err(read_err)?);
         chunks.recycle(done);
     }
-    let Tally {
-        rows,
-        valid,
-        invalid,
-        first_invalid,
-        other_shards,
-        dates,
-        ..
-    } = tally;
     progress.finish();
-    tracing::debug!(
-        seconds = started.elapsed().as_secs_f64(),
-        rows,
-        "read and parsed"
-    );
-    if invalid > first_invalid.len() as u64 {
+    Ok((counts, sorter))
+}
+
+/// Refuses a feed with too many invalid rows, or none valid.
+fn check_rows(counts: RowCounts, name: &str, opts: &BuildOptions) -> Result<RowCounts> {
+    let (rows, invalid) = (counts.rows, counts.invalid);
+    let reported = counts.first_invalid.len() as u64;
+    if invalid > reported {
         tracing::warn!(
             "{name}: {} more invalid rows were counted, not reported",
-            invalid - first_invalid.len() as u64
+            invalid - reported
         );
     }
-    if opts.max_invalid.exceeded(invalid, rows) {
-        return Err(Error::TooManyInvalid {
-            input: name,
+    let too_many = opts.max_invalid.exceeded(invalid, rows);
+    if !too_many && counts.valid > 0 {
+        return Ok(counts);
+    }
+    let (input, first_invalid) = (name.to_string(), counts.first_invalid);
+    let hint = delimiter_hint(&first_invalid);
+    Err(match too_many {
+        true => Error::TooManyInvalid {
+            input,
             invalid,
             rows,
             limit: opts.max_invalid.to_string(),
-            hint: delimiter_hint(&first_invalid),
+            hint,
             first_invalid,
-        });
-    }
-    if valid == 0 {
-        return Err(Error::NoValidRows {
-            input: name,
+        },
+        false => Error::NoValidRows {
+            input,
             rows,
-            hint: delimiter_hint(&first_invalid),
+            hint,
             first_invalid,
-        });
-    }
-    // What the scan verified also tells retention which files are good and
-    // which are bad.
-    let Scan {
-        current,
-        mut known,
-        history,
-    } = newest
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-    // Unique records are at most the valid rows: refuse early when even
-    // those are too few, and exactly once the sort has counted them.
-    let kept = valid - other_shards;
-    let live = current.as_ref().map(|t| (t.sequence(), t.len()));
-    check_shrink(opts, &name, kept, live, false)?;
+        },
+    })
+}
 
-    let (file, tmp_path) = lock.temp_file(dir)?;
-    let tmp = RemoveOnDrop::new(&tmp_path);
+/// Writes the sorted records, `kept` at most, into `file` (at `path`).
+fn write_sorted(
+    file: std::fs::File,
+    path: &Path,
+    sorter: Sorter,
+    dates: BuildDates,
+    kept: u64,
+    opts: &BuildOptions,
+) -> Result<SortStats> {
     let (zones, spill) = dates.finish()?;
-    let mut writer = Writer::new(file, &tmp_path, kept)?
+    let mut writer = Writer::new(file, path, kept)?
         .with_shard(opts.shard)
         .with_dates(zones, spill);
     let stats = sorter.finish(|block| writer.push_block(block))?;
-    check_shrink(opts, &name, stats.unique, live, true)?;
     writer.finish()?;
+    Ok(stats)
+}
+
+/// What the new file at `path` changes against the baseline, after the
+/// guards have had their say; `None` for a first build.
+fn compare(
+    path: &Path,
+    current: Option<&Table>,
+    history: &[Past],
+    name: &str,
+    opts: &BuildOptions,
+) -> Result<Option<Churn>> {
+    let new = Table::open(path, 0)?;
+    check_undone(opts, name, history, new.header().body_checksum)?;
+    let Some(old) = current else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let churn = Churn::between(old, &new);
     tracing::debug!(
         seconds = started.elapsed().as_secs_f64(),
-        runs = stats.runs,
-        "sorted and written"
+        "compared with generation {}",
+        old.sequence()
     );
-    let new = Table::open(&tmp_path, 0)?;
-    check_undone(opts, &name, &history, new.header().body_checksum)?;
-    let churn = match &current {
-        Some(old) => {
-            let churn = Churn::between(old, &new);
-            tracing::debug!(
-                seconds = started.elapsed().as_secs_f64(),
-                "compared with generation {}",
-                old.sequence()
-            );
-            check_churn(opts, &name, &churn)?;
-            Some(churn)
-        }
-        None => None,
-    };
-    drop(new);
-    let sidecar = churn.as_ref().map(|c| c.to_json());
+    check_churn(opts, name, &churn)?;
+    Ok(Some(churn))
+}
+
+/// Publishes the file at `tmp_path` with its churn beside it, then keeps
+/// the newest `--keep`. Once published the build has succeeded, and what
+/// fails is a warning (the file and the error), not a failed build.
+fn publish_and_retain(
+    lock: &BuildLock,
+    tmp_path: &Path,
+    tmp: RemoveOnDrop,
+    churn: Option<&Churn>,
+    mut known: Known,
+    opts: &BuildOptions,
+) -> Result<Entry> {
+    let dir = &opts.data_dir;
+    let sidecar = churn.map(|c| c.to_json());
     let sidecar = sidecar.as_ref().map_or(Sidecar::None, Sidecar::Churn);
-    let generation = lock.publish(dir, &tmp_path, sidecar)?;
+    let generation = lock.publish(dir, tmp_path, sidecar)?;
     tmp.disarm();
-    // Published: from here on the build has succeeded, and what fails is a
-    // warning (the file and the error), not a failed build.
+    // What the scan verified also tells retention which files are good and
+    // which are bad.
     known.good.push(generation.sequence);
     let retention = lock.retain(dir, opts.keep, &known);
     for old in &retention.removed {
@@ -469,18 +543,7 @@ pub fn build_from(
     for e in &retention.failed {
         tracing::warn!("{e} (generation {} is published)", generation.sequence);
     }
-    Ok(BuildSummary {
-        rows,
-        valid,
-        invalid,
-        duplicates: stats.duplicates,
-        other_shards,
-        records: stats.unique,
-        first_invalid,
-        generation,
-        churn,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(generation)
 }
 
 /// `promo rollback [--to N]`: makes an older generation live again:
@@ -492,7 +555,7 @@ pub fn build_from(
 /// generations it undid (see [`Rollback`]): a build refuses their feeds
 /// again, and `inspect` shows it. A second rollback undoes the first.
 /// Returns the sequence rolled back to and the generation that now holds it.
-pub fn rollback(dir: &std::path::Path, to: Option<u64>) -> Result<(u64, Entry)> {
+pub fn rollback(dir: &Path, to: Option<u64>) -> Result<(u64, Entry)> {
     let lock = BuildLock::acquire(dir)?;
     lock.remove_leftovers(dir)?;
     let all = crate::generation::local::list(dir)?;
@@ -602,7 +665,7 @@ fn local_history(entries: &[Entry]) -> Vec<Past> {
 /// otherwise it is downloaded for the comparison and removed after. An
 /// empty store has nothing to compare with: the data directory's newest is
 /// used, as without a store.
-fn store_newest(dir: &std::path::Path, url: &str, progress: bool) -> Result<Scan> {
+fn store_newest(dir: &Path, url: &str, progress: bool) -> Result<Scan> {
     let remote = crate::store::remote::Remote::open(url)?;
     let manifests = crate::store::remote::block_on(remote.manifests())??;
     if manifests.is_empty() {
@@ -683,7 +746,7 @@ fn store_newest(dir: &std::path::Path, url: &str, progress: bool) -> Result<Scan
 /// flipped bit) is refused by servers, so the guards must not measure a
 /// feed against it either, even when its header alone is sound. Usually the
 /// newest file verifies, and it is the only one read.
-fn newest_valid(dir: &std::path::Path) -> Scan {
+fn newest_valid(dir: &Path) -> Scan {
     let mut scan = Scan::default();
     let Ok(entries) = crate::generation::local::list(dir) else {
         return scan;
@@ -707,7 +770,7 @@ fn newest_valid(dir: &std::path::Path) -> Scan {
 /// temporary file, gone at once. Run before the feed is read, so that a
 /// mistyped or read-only directory fails the build in a moment, not at the
 /// first sorted run or at the generation file.
-pub(crate) fn usable_dir(option: &'static str, dir: &std::path::Path, create: bool) -> Result<()> {
+pub(crate) fn usable_dir(option: &'static str, dir: &Path, create: bool) -> Result<()> {
     let fail = |reason: String| Error::Dir {
         option,
         path: dir.to_path_buf(),
@@ -875,7 +938,7 @@ fn check_churn(opts: &BuildOptions, input: &str, churn: &Churn) -> Result<()> {
 
 /// Counts of the rows read so far.
 #[derive(Default)]
-struct Tally {
+struct RowCounts {
     rows: u64,
     valid: u64,
     invalid: u64,
@@ -891,7 +954,7 @@ struct Tally {
     bytes: u64,
 }
 
-impl Tally {
+impl RowCounts {
     /// Counts a parsed chunk of `len` bytes, reports its first invalid rows
     /// and hands its records to the sorter.
     fn absorb(

@@ -114,81 +114,16 @@ impl Server {
             admin.check()?;
         }
         let live = Arc::new(Live::for_shard(&config.data_dir, config.shard));
-        match live.refresh() {
-            Ok(Some(_)) => {}
-            Ok(None) => tracing::warn!(
-                "no valid generation in {} yet: answering 503 until one {}",
-                config.data_dir.display(),
-                if config.source.is_some() {
-                    "is fetched"
-                } else {
-                    "is published"
-                }
-            ),
-            Err(e) => tracing::warn!("scanning for generations: {e}"),
-        }
-        let workers = match config.threads {
-            0 => {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let larger = live
-                    .current()
-                    .as_ref()
-                    .is_some_and(|t| t.larger_than_memory());
-                if larger && !disk::available() {
-                    THREADS_PER_CORE * cores
-                } else {
-                    cores
-                }
-            }
-            n => n,
-        };
-        // Claimed before binding, so that a second server never takes a
-        // connection; a port the kernel picks is claimed once known.
-        let early = match config.listen.port() {
-            0 => None,
-            port => Some(claim::Claim::take(port, config.handover)?),
-        };
-        let listeners = http::bind(config.listen, workers)
-            .map_err(Error::io_op("listening", config.listen.to_string()))?;
-        let addr = listeners[0]
-            .local_addr()
-            .map_err(Error::io(config.listen.to_string()))?;
-        let claim = match early {
-            Some(claim) => claim,
-            None => claim::Claim::take(addr.port(), config.handover)?,
-        };
-        tracing::info!(
-            "listening on {addr} ({workers} threads, {})",
-            if tls.is_some() { "HTTPS" } else { "HTTP" }
-        );
-
+        load(&live, &config.data_dir, config.source.is_some());
+        let workers = workers(config.threads, &live);
+        let (listeners, addr, claim) = listen(config.listen, workers, config.handover)?;
+        let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
+        tracing::info!("listening on {addr} ({workers} threads, {scheme})");
         let admin = match config.admin {
-            Some(admin) => {
-                let listener = std::net::TcpListener::bind(admin.listen)
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .map_err(Error::io_op("listening (admin)", admin.listen.to_string()))?;
-                let addr = listener
-                    .local_addr()
-                    .map_err(Error::io(admin.listen.to_string()))?;
-                tracing::info!(
-                    "admin port listening on {addr} ({}, {})",
-                    if tls.is_some() { "HTTPS" } else { "HTTP" },
-                    if admin.token.is_some() {
-                        "bearer token required"
-                    } else {
-                        "loopback, no token"
-                    }
-                );
-                let timeout = config.limits.header_timeout;
-                let admin = admin::Admin::new(admin, live.clone(), timeout, tls.clone());
-                Some((listener, admin))
-            }
+            Some(admin) => Some(listen_admin(admin, &live, &config.limits, tls.clone())?),
             None => None,
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
         let mut app = http::App::new(live.clone(), Some(metrics.clone()), config.limits);
         if let Some(tls) = &tls {
             app = app.with_tls(tls.clone());
@@ -202,42 +137,14 @@ impl Server {
                 Ok(())
             })?);
         }
-        let watch = live::watch(live.clone(), live::WATCH_INTERVAL, stopped(stop_rx.clone()));
-        let upkeep = crate::metrics::upkeep(metrics, stopped(stop_rx.clone()));
-        let fetcher = config
-            .source
-            .map(|source| poll::poll(source, live.clone(), stopped(stop_rx.clone())));
-        // Background work yields the cores to the serving threads: a
-        // download's and a verification's CPU must not raise the latency
-        // of lookups (on 2 cores it did, by up to 1.5x).
-        let tls_watch = tls.map(|t| tls::watch(t, tls::CHECK_INTERVAL, stopped(stop_rx.clone())));
-        let admin_stop = stopped(stop_rx.clone());
-        threads.push(spawn_runtime(
-            "promo-watch".into(),
-            BACKGROUND_NICE,
-            async move {
-                let fetch = async {
-                    if let Some(f) = fetcher {
-                        f.await
-                    }
-                };
-                let tls_watch = async {
-                    if let Some(w) = tls_watch {
-                        w.await
-                    }
-                };
-                let admin = async {
-                    if let Some((listener, admin)) = admin {
-                        match tokio::net::TcpListener::from_std(listener) {
-                            Ok(l) => admin::run(l, admin, admin_stop).await,
-                            Err(e) => tracing::error!("admin port: {e}"),
-                        }
-                    }
-                };
-                tokio::join!(watch, upkeep, fetch, tls_watch, admin);
-                Ok(())
-            },
-        )?);
+        let background = Background {
+            live: live.clone(),
+            metrics,
+            source: config.source,
+            tls,
+            admin,
+        };
+        threads.push(background.spawn(&stop_rx)?);
         Ok(Server {
             addr,
             live,
@@ -410,6 +317,149 @@ fn set_thread_nice(nice: i32) {
     if nice != 0 {
         // SAFETY: setpriority takes plain integers; `who` 0 is the caller.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    }
+}
+
+/// Loads the newest valid generation, or says why there is none yet.
+fn load(live: &Live, data_dir: &std::path::Path, fetching: bool) {
+    match live.refresh() {
+        Ok(Some(_)) => {}
+        Ok(None) => tracing::warn!(
+            "no valid generation in {} yet: answering 503 until one {}",
+            data_dir.display(),
+            if fetching {
+                "is fetched"
+            } else {
+                "is published"
+            }
+        ),
+        Err(e) => tracing::warn!("scanning for generations: {e}"),
+    }
+}
+
+/// Serving threads: `threads`, or for 0 one a core, and
+/// [`THREADS_PER_CORE`] a core when the live generation is larger than
+/// memory and `io_uring` is unavailable.
+fn workers(threads: usize, live: &Live) -> usize {
+    if threads != 0 {
+        return threads;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let larger = live
+        .current()
+        .as_ref()
+        .is_some_and(|t| t.larger_than_memory());
+    match larger && !disk::available() {
+        true => THREADS_PER_CORE * cores,
+        false => cores,
+    }
+}
+
+/// The port claimed and `workers` listeners bound on it. The claim comes
+/// before binding, so that a second server never takes a connection; a
+/// port the kernel picks is claimed once known.
+fn listen(
+    at: SocketAddr,
+    workers: usize,
+    handover: bool,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr, claim::Claim)> {
+    let early = match at.port() {
+        0 => None,
+        port => Some(claim::Claim::take(port, handover)?),
+    };
+    let listeners = http::bind(at, workers).map_err(Error::io_op("listening", at.to_string()))?;
+    let addr = listeners[0]
+        .local_addr()
+        .map_err(Error::io(at.to_string()))?;
+    let claim = match early {
+        Some(claim) => claim,
+        None => claim::Claim::take(addr.port(), handover)?,
+    };
+    Ok((listeners, addr, claim))
+}
+
+/// The admin port's listener, bound, and its service.
+fn listen_admin(
+    admin: admin::AdminConfig,
+    live: &Arc<Live>,
+    limits: &http::Limits,
+    tls: Option<Arc<tls::Tls>>,
+) -> Result<(std::net::TcpListener, admin::Admin)> {
+    let listener = std::net::TcpListener::bind(admin.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(Error::io_op("listening (admin)", admin.listen.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(Error::io(admin.listen.to_string()))?;
+    tracing::info!(
+        "admin port listening on {addr} ({}, {})",
+        if tls.is_some() { "HTTPS" } else { "HTTP" },
+        if admin.token.is_some() {
+            "bearer token required"
+        } else {
+            "loopback, no token"
+        }
+    );
+    let admin = admin::Admin::new(admin, live.clone(), limits.header_timeout, tls);
+    Ok((listener, admin))
+}
+
+/// Completes when the server is told to stop.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// What runs beside the serving threads, on one thread of its own: the
+/// directory watcher, the metrics' upkeep, the store's polling, the
+/// certificate's watcher and the admin port.
+struct Background {
+    live: Arc<Live>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    source: Option<poll::Polling>,
+    tls: Option<Arc<tls::Tls>>,
+    admin: Option<(std::net::TcpListener, admin::Admin)>,
+}
+
+impl Background {
+    /// Background work yields the cores to the serving threads: a
+    /// download's and a verification's CPU must not raise the latency of
+    /// lookups (on 2 cores it did, by up to 1.5x).
+    fn spawn(
+        self,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<JoinHandle<std::io::Result<()>>> {
+        let live = self.live;
+        let watch = live::watch(live.clone(), live::WATCH_INTERVAL, stopped(stop.clone()));
+        let upkeep = crate::metrics::upkeep(self.metrics, stopped(stop.clone()));
+        let fetch = self
+            .source
+            .map(|source| poll::poll(source, live.clone(), stopped(stop.clone())));
+        let tls_watch = self
+            .tls
+            .map(|t| tls::watch(t, tls::CHECK_INTERVAL, stopped(stop.clone())));
+        let (admin, admin_stop) = (self.admin, stopped(stop.clone()));
+        spawn_runtime("promo-watch".into(), BACKGROUND_NICE, async move {
+            let fetch = async {
+                if let Some(f) = fetch {
+                    f.await
+                }
+            };
+            let tls_watch = async {
+                if let Some(w) = tls_watch {
+                    w.await
+                }
+            };
+            let admin = async {
+                if let Some((listener, admin)) = admin {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => admin::run(l, admin, admin_stop).await,
+                        Err(e) => tracing::error!("admin port: {e}"),
+                    }
+                }
+            };
+            tokio::join!(watch, upkeep, fetch, tls_watch, admin);
+            Ok(())
+        })
     }
 }
 

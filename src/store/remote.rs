@@ -119,13 +119,9 @@ fn retried<B>(builder: B, kind: Kind, with: impl FnOnce(B, object_store::RetryCo
     }
 }
 
-/// The store a URL is in, the path the URL names inside it, and for
-/// `file://` the directory or file on disk.
-fn store_at(
-    url: &str,
-    options: &[(String, String)],
-    kind: Kind,
-) -> Result<(Arc<dyn ObjectStore>, ObjectPath, Option<std::path::PathBuf>)> {
+/// The URL parsed and checked, the object path it names (empty for a
+/// presigned URL, which is used whole), and whether it is presigned.
+fn parse(url: &str, kind: Kind) -> Result<(url::Url, ObjectPath, bool)> {
     let bad = |reason: &str| Error::Url {
         url: redact_url(url),
         reason: reason.to_string(),
@@ -165,6 +161,21 @@ fn store_at(
         false => ObjectPath::from_url_path(parsed.path().trim_matches('/'))
             .map_err(|e| bad(&e.to_string()))?,
     };
+    Ok((parsed, path, presigned))
+}
+
+/// The store a URL is in, the path the URL names inside it, and for
+/// `file://` the directory or file on disk.
+fn store_at(
+    url: &str,
+    options: &[(String, String)],
+    kind: Kind,
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath, Option<std::path::PathBuf>)> {
+    let bad = |reason: &str| Error::Url {
+        url: redact_url(url),
+        reason: reason.to_string(),
+    };
+    let (parsed, path, presigned) = parse(url, kind)?;
     // The three clouds' builders: from the environment, the URL, the
     // retries of `kind`, then `options` over them.
     macro_rules! cloud {
