@@ -41,18 +41,18 @@ lint:
 # promo beside nginx, DuckDB and GNU sort; writes BENCHMARKS.md and benchmarks.png.
 # Sizes: make bench BENCH_ARGS="--rows 1000000 --big-rows 0 --duration 5"
 bench:
-	python3 scripts/bench.py $(BENCH_ARGS)
+	python3 -m scripts.bench $(BENCH_ARGS)
 
 # Builds of 10^8 and 10^9 rows (about 40 GB of disk for a while), and
 # 10^7 and 10^8 against the last format-version-1 release.
 bench-scale: build
-	python3 scripts/bench_scale.py --v1 $(SCALE_ARGS)
+	python3 -m scripts.bench_scale --v1 $(SCALE_ARGS)
 
 # deploy/compose.yaml's topology as plain processes: an S3 store, a builder,
 # two replicas, nginx, node_exporter and Prometheus; prints the URLs.
 # A shared-directory store instead: make fleet FLEET_ARGS="--store file"
 fleet: build
-	python3 scripts/fleet.py $(FLEET_ARGS)
+	python3 -m scripts.fleet $(FLEET_ARGS)
 
 # A generated CSV: make gen ROWS=10000000 OUT=bench-data/10m.csv
 ROWS ?= 1000000
@@ -77,7 +77,7 @@ fuzz:
 # Ten minutes of load with a new generation every 20 s, then a report.
 # Shorter: make soak SOAK_ARGS="--minutes 1"
 soak: build
-	python3 scripts/soak.py $(SOAK_ARGS)
+	python3 -m scripts.soak $(SOAK_ARGS)
 
 # The fleet (S3 store, builder, two replicas, nginx) through faults: a
 # publish every 20 s (every 4th a corrupt object, every 7th a refused feed),
@@ -85,7 +85,7 @@ soak: build
 # An hour: make soak-fleet SOAK_MINUTES=60
 SOAK_MINUTES ?= 10
 soak-fleet: build
-	python3 scripts/soak_fleet.py --minutes $(SOAK_MINUTES) $(SOAK_FLEET_ARGS)
+	python3 -m scripts.soak_fleet --minutes $(SOAK_MINUTES) $(SOAK_FLEET_ARGS)
 
 # The container image (promo:latest) from deploy/Dockerfile, with podman;
 # base images from the Debian mirror where no registry answers.

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make bench`: promo measured beside its peers, in one run, on this machine.
 
 Installs what it needs (Debian's nginx, wrk and time; PyPI's duckdb and
@@ -11,7 +10,9 @@ and writes BENCHMARKS.md and
 benchmarks.png. Absolute figures move from run to run on a shared machine;
 the ratios between tools measured back to back are what to read.
 
-    python3 scripts/bench.py [--rows 10000000] [--big-rows 100000000] [--duration 20]
+    python3 -m scripts.bench [--rows 10000000] [--big-rows 100000000] [--duration 20]
+
+(from the repository's root, as `make bench BENCH_ARGS="..."` runs it).
 
 Everything it makes goes to --work (default bench-data/), which it reuses:
 generated CSVs are kept between runs.
@@ -19,40 +20,24 @@ generated CSVs are kept between runs.
 
 import argparse
 import datetime
+import importlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
-import ssl
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_fleet  # noqa: E402
-from bench_common import free_port, log  # noqa: E402
-import bench_beyond
-import bench_connections
-import bench_feeds
-import bench_scale
-import bench_ports  # noqa: E402
+from . import bench_beyond, bench_connections, bench_feeds, bench_fleet, bench_ports, bench_scale, procfs
+from .bench_common import generate, log, run, start_nginx, warm, wrk
+from .paths import BENCH_DATA, BENCH_VENV, CRITERION, FLOOR, PROMO, ROOT, unrooted
+from .processes import Serve, http_get, start, stop, stop_nginx, wait_ready
 
-ROOT = Path(__file__).resolve().parent.parent
-PROMO = ROOT / "target/release/promo"
-GEN = ROOT / "target/release/gen-promotions"
-WRK_SCRIPT = ROOT / "scripts/wrk-lookups.lua"
-FLOOR = ROOT / "target/release/examples/hyper_floor"
 BATCH = 1000
-
-
-
-def run(cmd, timeout=3600, **kw):
-    return subprocess.run(cmd, check=True, timeout=timeout, **kw)
 
 
 def ensure_tools():
@@ -68,12 +53,13 @@ def ensure_tools():
         run(["apt-get", "install", "-y", "-qq", *apt], stdout=subprocess.DEVNULL,
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     try:
-        import duckdb  # noqa: F401
-        import matplotlib  # noqa: F401
+        importlib.import_module("duckdb")
+        importlib.import_module("matplotlib")
     except ImportError:
         # Into the project's own virtual environment, never the system's
-        # Python (Debian's refuses pip installs), then run again in it.
-        venv = ROOT / "target/tools/bench-venv"
+        # Python (Debian's refuses pip installs), then run again in it, the
+        # same module with the same arguments, from the same directory.
+        venv = BENCH_VENV
         python = venv / "bin/python"
         if Path(sys.prefix).resolve() == venv.resolve():
             raise
@@ -82,101 +68,17 @@ def ensure_tools():
             run([sys.executable, "-m", "venv", str(venv)])
             run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                  "duckdb", "matplotlib"])
-        os.execv(python, [str(python), *sys.argv])
-
-
-def machine():
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    return {"cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "cpu": cpu,
-            "kernel": platform.release()}
+        os.execv(python, [str(python), "-m", __spec__.name, *sys.argv[1:]])
 
 
 def timed(cmd, **kw):
     """Runs cmd under /usr/bin/time: (wall seconds, peak RSS bytes, stdout)."""
-    out = Path(kw.pop("time_file", ROOT / "bench-data" / "time.txt"))
+    out = Path(kw.pop("time_file", BENCH_DATA / "time.txt"))
     out.parent.mkdir(parents=True, exist_ok=True)
     p = run(["/usr/bin/time", "-f", "%e %M", "-o", str(out), *map(str, cmd)],
             stdout=subprocess.PIPE, text=True, **kw)
     wall, rss_kb = out.read_text().split()[-2:]
     return float(wall), int(rss_kb) * 1024, p.stdout
-
-
-def generate(work, rows):
-    csv = work / f"promotions-{rows}.csv"
-    ids = work / f"ids-{rows}.txt"
-    if not csv.exists() or not ids.exists():
-        log(f"generating {rows:,} rows")
-        run([GEN, "--rows", str(rows), "--seed", "1", "--out", csv, "--ids-out", ids,
-             "--ids-sample", "100000"])
-    return csv, ids
-
-
-def warm(path):
-    with open(path, "rb") as f:
-        while f.read(1 << 24):
-            pass
-
-
-
-def http_get(url):
-    """GET `url`: (status, body). HTTPS certificates are the bench's own
-    self-signed ones, so they are not checked."""
-    with urllib.request.urlopen(url, timeout=10, context=ssl._create_unverified_context()) as r:
-        return r.status, r.read()
-
-
-def wait_ready(url, limit=600):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        try:
-            if http_get(url)[0] == 200:
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} never became ready")
-
-
-class Serve:
-    """A `promo serve` on a data dir, stopped with SIGTERM."""
-
-    def __init__(self, data_dir):
-        self.port = free_port()
-        self.proc = subprocess.Popen([PROMO, "serve", "--data-dir", data_dir, "--listen",
-                                      f"127.0.0.1:{self.port}"], stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_ready(self.url + "/readyz")
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-
-
-def wrk(url, ids, duration, extra=(), batch=0):
-    """wrk with scripts/wrk-lookups.lua: single GETs, or `batch` ids a POST."""
-    cmd = ["wrk", "-t2", "-c64", f"-d{duration}s", "--latency", "-s", str(WRK_SCRIPT), *extra, url]
-    p = run(cmd, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "IDS": str(ids), "BATCH": str(batch)}, timeout=duration + 120)
-    text = p.stdout
-    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-
-    def pct(p):
-        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-        return float(m.group(1)) * unit[m.group(2)]
-
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
-        "requests": int(re.search(r"(\d+) requests in", text).group(1)),
-        "p50": pct(50), "p99": pct(99),
-        "socket_errors": sum(map(int, errors.groups())) if errors else 0,
-        "command": " ".join(cmd),
-    }
 
 
 def status_counts(url):
@@ -246,46 +148,6 @@ def bench_big_build(work, rows, results):
     return data, ids
 
 
-def start_nginx(work, body, tls=None, connections=4096):
-    """nginx returning `body` for every /promotions/ path: (process, url).
-    With `tls` (cert, key), over TLS 1.3 only; `connections` per worker."""
-    port = free_port()
-    prefix = work / ("nginx-tls" if tls else "nginx")
-    prefix.mkdir(exist_ok=True)
-    conf = prefix / "nginx.conf"
-    listen = f"127.0.0.1:{port}"
-    if tls:
-        listen += (f" ssl;\n        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
-                   "        ssl_protocols TLSv1.3")
-    conf.write_text(f"""
-worker_processes 2;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections {connections}; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    server {{
-        listen {listen};
-        location /promotions/ {{
-            default_type application/json;
-            return 200 '{body.decode()}';
-        }}
-    }}
-}}
-""")
-    nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"],
-                             stderr=subprocess.DEVNULL)
-    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-    wait_ready(url + "/promotions/x", 30)
-    return nginx, url
-
-
-def stop_nginx(nginx):
-    nginx.send_signal(signal.SIGQUIT)
-    nginx.wait(timeout=30)
-
-
 class Floor:
     """examples/hyper_floor.rs: promo's HTTP stack answering `body` to every
     request, with no routing, lookup or counting."""
@@ -293,14 +155,12 @@ class Floor:
     def __init__(self, work, body, threads):
         path = work / "floor-body.json"
         path.write_bytes(body)
-        self.proc = subprocess.Popen([FLOOR, "127.0.0.1:0", str(threads), path], stdout=subprocess.PIPE,
-                                     text=True)
+        self.proc = start([FLOOR, "127.0.0.1:0", threads, path], stdout=subprocess.PIPE, text=True)
         self.url = "http://" + self.proc.stdout.readline().strip()
         wait_ready(self.url + "/promotions/x", 30)
 
     def stop(self):
-        self.proc.kill()
-        self.proc.wait(timeout=30)
+        stop(self.proc, signal.SIGKILL, 30)
 
 
 def alternate(servers, ids, duration, rounds, what):
@@ -344,14 +204,15 @@ def bench_tls(work, data, ids, duration, results, rounds=3):
     run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-days", "2", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    plain, plain_url = bench_ports.serve(data, [])
-    https, https_url = bench_ports.serve(data, ["--tls-cert", cert, "--tls-key", key], "https")
+    plain = Serve(data, ready="/healthz", limit=120)
+    https = Serve(data, "--tls-cert", cert, "--tls-key", key, scheme="https", ready="/healthz", limit=120)
+    plain_url, https_url = plain.url, https.url
     body = http_get(plain_url + "/promotions/" + Path(ids).read_text().split()[0])[1]
     nginx, nginx_url = start_nginx(work, body, (cert, key))
     runs, med = alternate({"promo_https": https_url, "nginx_https": nginx_url, "promo_http": plain_url},
                           ids, duration, rounds, "tls")
-    bench_ports.stop(plain)
-    bench_ports.stop(https)
+    plain.stop()
+    https.stop()
     stop_nginx(nginx)
     results["tls"] = {"runs": runs, "rounds": rounds, **med}
 
@@ -374,7 +235,7 @@ def bench_batch(data, ids, duration, results, rounds=3):
 
 
 def criterion_estimate(name):
-    path = ROOT / "target/criterion" / name / "new/estimates.json"
+    path = CRITERION / name / "new/estimates.json"
     return json.loads(path.read_text())["median"]["point_estimate"]
 
 
@@ -397,7 +258,7 @@ def bench_build_criterion(results):
     run(["cargo", "bench", "--bench", "build"], cwd=ROOT, stdout=subprocess.DEVNULL,
         env={**os.environ, "PROMO_BENCH_BUILD_ROWS": "1000000"})
     found = {}
-    for est in (ROOT / "target/criterion/build").glob("*/new/estimates.json"):
+    for est in (CRITERION / "build").glob("*/new/estimates.json"):
         found[est.parent.parent.name] = json.loads(est.read_text())["median"]["point_estimate"] / 1e9
     results["build_criterion"] = found
 
@@ -406,9 +267,8 @@ def bench_memory(data, ids, seconds, results):
     log(f"memory: promo serve on the big generation, {seconds}s of load")
     server = Serve(data)
     load = wrk(server.url, ids, seconds)
-    status = Path(f"/proc/{server.proc.pid}/status").read_text()
-    kb = lambda key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) * 1024
-    results["memory"] = {"rss_anon": kb("RssAnon"), "rss_file": kb("RssFile"), "rps": load["rps"],
+    status = procfs.status(server.proc.pid)
+    results["memory"] = {"rss_anon": status["RssAnon"], "rss_file": status["RssFile"], "rps": load["rps"],
                          "seconds": seconds}
     server.stop()
 
@@ -435,16 +295,11 @@ def bench_swap(work, generation, ids, duration, results):
     swap = wrk(server.url, ids, duration)
     t.join()
     after = status_counts(server.url)
-    live = urllib.request.urlopen(server.url + "/readyz").read().decode().strip()
+    live = http_get(server.url + "/readyz")[1].decode().strip()
     server.stop()
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     failed = sum(v for k, v in delta.items() if k not in ("200", "404")) + swap["socket_errors"]
     results["swap"] = {"steady": steady, "swap": swap, "failed": failed, "statuses": delta, "live_after": live}
-
-
-def rel(text):
-    """The text with this checkout's absolute paths made relative to it."""
-    return str(text).replace(str(ROOT) + "/", "")
 
 
 def fmt_bytes(n):
@@ -453,7 +308,6 @@ def fmt_bytes(n):
 
 def write_report(results, path, chart):
     b = results["build"]["tools"]
-    s = results["serve"]
     ratio = lambda a, c: a / c if c else float("nan")
     lines = [
         "# Benchmarks",
@@ -479,7 +333,7 @@ def write_report(results, path, chart):
         walls = ", ".join(f"{w:.2f}" for w in t.get("walls", [t["wall"]]))
         lines.append(f"| {name} | {t['wall']:.2f} s ({walls}) | {t['rows_per_s']:,.0f} | {t['mb_per_s']:,.0f} | "
                      f"{fmt_bytes(t['rss'])} | {ratio(t['wall'], b['promo']['wall']):.2f}x |")
-    lines += ["", "Commands:", ""] + [f"- {n}: `{rel(b[n]['command'])}`" for n in ["promo", "duckdb", "sort"]]
+    lines += ["", "Commands:", ""] + [f"- {n}: `{unrooted(b[n]['command'])}`" for n in ["promo", "duckdb", "sort"]]
     if "big_build" in results:
         bb = results["big_build"]
         ten_x = 10 * b["promo"]["wall"] * bb["rows"] / (10 * results["build"]["rows"])
@@ -533,7 +387,7 @@ def write_report(results, path, chart):
         lines += ["", f"Batches answer {ratio(bt['batch'], bt['single']):.1f}x the ids a second of single GETs."]
     lines += bench_connections.report(results)
     lines += bench_beyond.report(results)
-    scale = ROOT / "bench-data" / "scale.json"
+    scale = BENCH_DATA / "scale.json"
     if scale.exists():
         lines += bench_scale.report(json.loads(scale.read_text()))
     lines += bench_ports.report(results)
@@ -570,7 +424,7 @@ def serve_report(results):
               f"{s['promo']['rps'] / s['floor']['rps']:.2f}x the hyper floor's requests/s (p99 "
               f"{s['promo']['p99'] / s['floor']['p99']:.2f}x). The floor serves "
               f"{s['floor']['rps'] / s['nginx']['rps']:.2f}x nginx's.",
-              "", f"Command: `IDS=ids.txt {rel(s['promo']['command'])}`"]
+              "", f"Command: `IDS=ids.txt {unrooted(s['promo']['command'])}`"]
     if "tls" in results:
         t = results["tls"]
         lines += ["", "## HTTPS: promo and nginx over TLS 1.3, and promo over plain HTTP", "",
@@ -614,7 +468,7 @@ def main():
     ap.add_argument("--duration", type=int, default=20, help="seconds of each wrk run")
     ap.add_argument("--memory-seconds", type=int, default=60)
     ap.add_argument("--no-fleet", action="store_true", help="skip the fleet bench (S3, replicas, nginx)")
-    ap.add_argument("--work", type=Path, default=ROOT / "bench-data")
+    ap.add_argument("--work", type=Path, default=BENCH_DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args()
     started = time.time()
@@ -622,7 +476,7 @@ def main():
     log("building promo (release)")
     run(["cargo", "build", "--release", "--bins", "--example", "hyper_floor"], cwd=ROOT)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "duration": args.duration}
+    results = {"date": datetime.date.today().isoformat(), "machine": procfs.machine(), "duration": args.duration}
     data = bench_build(args.work, args.rows, results)
     generation = sorted(data.glob("gen-*.promo"))[-1]
     csv, ids = generate(args.work, args.rows)
@@ -630,10 +484,10 @@ def main():
     bench_swap(args.work, generation, ids, args.duration, results)
     bench_batch(data, ids, args.duration, results)
     bench_tls(args.work, data, ids, args.duration, results)
-    bench_connections.bench_idle_connections(args.work, data, ids, start_nginx, stop_nginx, results)
+    bench_connections.bench_idle_connections(args.work, data, ids, results)
     bench_feeds.bench_feeds(args.work, csv, results)
     if not args.no_fleet:
-        bench_fleet.bench_fleet(args.work, csv, ids, wrk, results)
+        bench_fleet.bench_fleet(args.work, csv, ids, results)
     bench_lookup(generation, results)
     bench_build_criterion(results)
     if args.big_rows:
@@ -641,8 +495,8 @@ def main():
         big_gen = sorted(big.glob("gen-*.promo"))[-1]
         bench_lookup(big_gen, results)
         bench_memory(big, big_ids, args.memory_seconds, results)
-        bench_beyond.bench_beyond_memory(args.work, big_gen, wrk, results, args.duration)
-    bench_beyond.bench_verify_keeps_live(args.work, generation, wrk, results)
+        bench_beyond.bench_beyond_memory(args.work, big_gen, results, args.duration)
+    bench_beyond.bench_verify_keeps_live(args.work, generation, results)
     # Last: it drops the page cache before each of its runs.
     bench_ports.bench_upload(args.work, csv, results)
     results["seconds"] = time.time() - started

@@ -20,16 +20,15 @@ import random
 import re
 import shutil
 import statistics
-import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
-from bench_common import free_port, log
+from . import procfs
+from .bench_common import log, wrk
+from .paths import PROMO
+from .processes import Serve
 
-ROOT = Path(__file__).resolve().parent.parent
-PROMO = ROOT / "target/release/promo"
 CGROUP = "promo-bench"
 
 
@@ -56,11 +55,6 @@ class Cgroup:
                 return
             except OSError:
                 time.sleep(0.1)
-
-
-def drop_caches():
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def header(path):
@@ -95,19 +89,9 @@ def zipf(ids, n, s=1.0, seed=2):
 
 
 def serve(cgroup, data):
-    port = free_port()
-    proc = subprocess.Popen(cgroup.wrap([PROMO, "serve", "--data-dir", data, "--listen",
-                                         f"127.0.0.1:{port}"]), stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
-                if r.status == 200:
-                    return proc, url
-        except Exception:
-            time.sleep(0.5)
-    raise RuntimeError("promo serve never became ready")
+    """`promo serve` on `data` inside `cgroup`, once ready (a cold file
+    in a small cgroup can take minutes)."""
+    return Serve(data, wrap=cgroup.wrap, limit=900, interval=0.5, timeout=5)
 
 
 def healthz_beside(url, seconds):
@@ -138,7 +122,7 @@ def resident(path):
 
 
 
-def bench_beyond_memory(work, generation, wrk, results, seconds=20, rounds=2,
+def bench_beyond_memory(work, generation, results, seconds=20, rounds=2,
                         limit=1 << 30, id_count=2_000_000):
     size = generation.stat().st_size
     log(f"beyond memory: a {size / 1e9:.1f} GB generation, promo serve limited to "
@@ -155,8 +139,9 @@ def bench_beyond_memory(work, generation, wrk, results, seconds=20, rounds=2,
     cgroup = Cgroup(limit)
     runs = {"uniform": [], "zipf": [], "fio": []}
     try:
-        drop_caches()
-        proc, url = serve(cgroup, data)
+        procfs.drop_caches(3)
+        server = serve(cgroup, data)
+        url = server.url
         for r in range(rounds):
             for name, path in (("uniform", uniform), ("zipf", skewed)):
                 log(f"  round {r + 1}: wrk, {name} ids")
@@ -169,8 +154,7 @@ def bench_beyond_memory(work, generation, wrk, results, seconds=20, rounds=2,
             log(f"  round {r + 1}: fio 4 KiB random reads, iodepth 32")
             runs["fio"].append(fio(generation, seconds))
             log(f"    {runs['fio'][-1]:,.0f} IOPS")
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        server.stop()
         results["beyond_memory"] = {
             "file_bytes": size, "limit": limit, "ids": id_count, "seconds": seconds,
             "rounds": rounds, "fio_iops": statistics.median(runs["fio"]),
@@ -188,7 +172,7 @@ def bench_beyond_memory(work, generation, wrk, results, seconds=20, rounds=2,
         cgroup.remove()
 
 
-def bench_verify_keeps_live(work, generation, wrk, results, limit=512 << 20, seconds=10):
+def bench_verify_keeps_live(work, generation, results, limit=512 << 20, seconds=10):
     """With a copy of `generation` live in a cgroup of `limit` bytes (it fits,
     two do not) and looked up, verifying another copy in the same cgroup (as
     a server verifies a new generation): how much of the live file stays in
@@ -205,10 +189,10 @@ def bench_verify_keeps_live(work, generation, wrk, results, limit=512 << 20, sec
     ids.write_text("\n".join(sample_ids(live, 200_000)) + "\n")
     cgroup = Cgroup(limit)
     try:
-        drop_caches()
-        proc, url = serve(cgroup, data)
+        procfs.drop_caches(3)
+        server = serve(cgroup, data)
         # Lookups all over the live file, as in production.
-        wrk(url, ids, seconds)
+        wrk(server.url, ids, seconds)
         before = resident(live)
         log(f"verify: live generation {live.stat().st_size / 1e6:.0f} MB, "
             f"{before / 1e6:.0f} MB of it cached; verifying another "
@@ -220,8 +204,7 @@ def bench_verify_keeps_live(work, generation, wrk, results, limit=512 << 20, sec
         log(f"  live generation cached: {before / 1e6:.0f} MB before, {after / 1e6:.0f} MB after")
         results["verify_keeps_live"] = {"limit": limit, "live_bytes": live.stat().st_size,
                                         "cached_before": before, "cached_after": after}
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        server.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(other, ignore_errors=True)

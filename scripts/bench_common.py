@@ -1,29 +1,96 @@
-"""What every part of `make bench` (and `make fleet`) shares: its log line,
-a free port, and stopping the processes it started."""
+"""What the parts of `make bench` share: its log line, running a command,
+the generated feeds, wrk, and nginx answering a fixed body (the peer every
+serve figure is measured against). bench.py and each bench_*.py import it;
+it imports none of them."""
 
-import socket
+import os
+import re
 import subprocess
 import time
+
+from .paths import GEN, WRK_SCRIPT
+from .processes import free_port, nginx, wait_ready
 
 
 def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def run(cmd, timeout=3600, **kw):
+    return subprocess.run(cmd, check=True, timeout=timeout, **kw)
 
 
-def stop_all(procs, timeout=60):
-    """SIGTERM to each process still running, newest first, then a wait for
-    each; SIGKILL to any that has not exited within `timeout` seconds."""
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
+def generate(work, rows):
+    """The feed of `rows` generated rows (seed 1) and 100,000 of its ids,
+    made once in `work`: (csv, ids)."""
+    csv = work / f"promotions-{rows}.csv"
+    ids = work / f"ids-{rows}.txt"
+    if not csv.exists() or not ids.exists():
+        log(f"generating {rows:,} rows")
+        run([GEN, "--rows", str(rows), "--seed", "1", "--out", csv, "--ids-out", ids,
+             "--ids-sample", "100000"])
+    return csv, ids
+
+
+def warm(path):
+    """`path` read through, into the page cache."""
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def wrk(url, ids, duration, extra=(), batch=0):
+    """wrk with scripts/wrk-lookups.lua: single GETs, or `batch` ids a POST."""
+    cmd = ["wrk", "-t2", "-c64", f"-d{duration}s", "--latency", "-s", str(WRK_SCRIPT), *extra, url]
+    p = run(cmd, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "IDS": str(ids), "BATCH": str(batch)}, timeout=duration + 120)
+    text = p.stdout
+    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        return float(m.group(1)) * unit[m.group(2)]
+
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", text).group(1)),
+        "p50": pct(50), "p99": pct(99),
+        "socket_errors": sum(map(int, errors.groups())) if errors else 0,
+        "command": " ".join(cmd),
+    }
+
+
+def start_nginx(work, body, tls=None, connections=4096):
+    """nginx returning `body` for every /promotions/ path: (process, url).
+    With `tls` (cert, key), over TLS 1.3 only; `connections` per worker.
+    processes.stop_nginx stops it."""
+    port = free_port()
+    prefix = work / ("nginx-tls" if tls else "nginx")
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    listen = f"127.0.0.1:{port}"
+    if tls:
+        listen += (f" ssl;\n        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
+                   "        ssl_protocols TLSv1.3")
+    conf.write_text(f"""
+worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    server {{
+        listen {listen};
+        location /promotions/ {{
+            default_type application/json;
+            return 200 '{body.decode()}';
+        }}
+    }}
+}}
+""")
+    proc = nginx(prefix, conf)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    wait_ready(url + "/promotions/x", 30)
+    return proc, url

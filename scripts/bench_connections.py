@@ -18,32 +18,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench_common import free_port, log
-
-ROOT = Path(__file__).resolve().parent.parent
-PROMO = ROOT / "target/release/promo"
+from .bench_common import log, start_nginx
+from .procfs import rss_anon_with_children as _anon
+from .processes import Serve, stop_nginx
 # promo hands a connection back from hyper after 1 to 2 s of quiet
 # (server::connection::QUIET_AFTER), and trims once a second; the memory is
 # read after that.
 SETTLE = 4.0
 BACK_WITHIN = 8 << 20
-
-
-def _pids(pid):
-    """`pid` and its children (nginx's workers)."""
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def _anon(pid):
-    total = 0
-    for p in _pids(pid):
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                total += int(line.split()[1]) * 1024
-    return total
 
 
 def _connect(port, n, request):
@@ -91,7 +73,7 @@ def _measure(pid, port, n, request):
     return {"silent": silent, "idle": idle, "during": during - before, "back_s": back, "left": left}
 
 
-def bench_idle_connections(work, data, ids, start_nginx, stop_nginx, results, n=10_000, rounds=3):
+def bench_idle_connections(work, data, ids, results, n=10_000, rounds=3):
     """promo serve on `data` and nginx, each holding `n` kept-alive
     connections, alternately; each looks up the first id of the file `ids`."""
     lookup = Path(ids).read_text().split("\n", 1)[0].strip()
@@ -99,24 +81,14 @@ def bench_idle_connections(work, data, ids, start_nginx, stop_nginx, results, n=
     if hard < n + 256:
         raise RuntimeError(f"the open-files limit ({hard}) is below {n} connections")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    port = free_port()
-    promo = subprocess.Popen([PROMO, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
-                              "--max-connections", str(n + 1000)], stderr=subprocess.DEVNULL)
-    nginx = None
+    promo = nginx = None
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                _connect(port, 1, b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")[0].close()
-                break
-            except (OSError, RuntimeError):
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)
+        promo = Serve(data, "--max-connections", n + 1000, ready="/healthz", limit=60, interval=0.1)
+        port = promo.port
         body = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/promotions/{lookup}"], check=True,
                               capture_output=True).stdout
         nginx, nginx_url = start_nginx(work, body, connections=n + 1000)
-        servers = {"promo": (promo.pid, port), "nginx": (nginx.pid, int(nginx_url.rsplit(":", 1)[1]))}
+        servers = {"promo": (promo.proc.pid, port), "nginx": (nginx.pid, int(nginx_url.rsplit(":", 1)[1]))}
         request = f"GET /promotions/{lookup} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
         runs = {name: [] for name in servers}
         for r in range(rounds):
@@ -125,8 +97,8 @@ def bench_idle_connections(work, data, ids, start_nginx, stop_nginx, results, n=
                 runs[name].append(_measure(pid, p, n, request))
     finally:
         # Whatever failed, nothing is left running.
-        promo.terminate()
-        promo.wait(timeout=60)
+        if promo:
+            promo.stop()
         if nginx:
             stop_nginx(nginx)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -17,7 +17,7 @@ the medians compared:
 Beside them, in the same rounds, the floors the two ratios stand on: curl
 downloading the object from the same server, and `zstd -d` alone.
 
-`python3 scripts/bench_feeds.py --rows 1000000` runs it alone.
+`python3 -m scripts.bench_feeds --rows 1000000` runs it alone.
 """
 
 import argparse
@@ -26,21 +26,13 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench_common import log, stop_all
-from bench_fleet import ACCESS_KEY, BUCKET, SECRET_KEY, S3Server
-
-ROOT = Path(__file__).resolve().parent.parent
-PROMO = ROOT / "target/release/promo"
-
-
-def _warm(path):
-    with open(path, "rb") as f:
-        while f.read(1 << 24):
-            pass
+from .bench_common import generate, log, warm
+from .bench_fleet import ACCESS_KEY, BUCKET, SECRET_KEY, S3Server
+from .paths import BENCH_DATA, PROMO, ROOT
+from .processes import stop_all
 
 
 def _build(args, data, env=None, fresh=True):
@@ -106,17 +98,17 @@ def _bench_feeds(work, csv, results, rounds, running):
     for r in range(rounds):
         log(f"feeds: round {r + 1} of {rounds}")
         # churn: a first build against one that compares with the previous.
-        _warm(csv)
+        warm(csv)
         runs["first"].append(_build([csv], data)[0])
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir()
         shutil.copy(prev_gen, data / prev_gen.name)
-        _warm(csv)
+        warm(csv)
         wall, churn = _build([csv], data, fresh=False)
         runs["compared"].append(wall)
         churn_seconds.append(churn)
         # URL against local file.
-        _warm(csv)
+        warm(csv)
         runs["local"].append(_build([csv], data)[0])
         runs["url"].append(_build([url], data, env=s3.env)[0])
         started = time.time()
@@ -125,9 +117,9 @@ def _bench_feeds(work, csv, results, rounds, running):
                         f"http://127.0.0.1:{s3.port}/{BUCKET}/feeds/feed.csv"], check=True)
         runs["curl"].append(time.time() - started)
         # zstd against plain.
-        _warm(csv)
+        warm(csv)
         runs["plain"].append(_build([csv], data)[0])
-        _warm(zst)
+        warm(zst)
         runs["zstd"].append(_build([zst], data)[0])
         started = time.time()
         subprocess.run(["sh", "-c", f"zstd -d -c '{zst}' > /dev/null"], check=True)
@@ -159,7 +151,6 @@ def report(results):
     if not f:
         return []
     m = f["medians"]
-    rows = results.get("build", {}).get("rows") or f.get("rows", 0)
     lines = [
         "", "## Feed safety and feeds by URL", "",
         f"Pairs taking turns, {f['rounds']} rounds, medians (`scripts/bench_feeds.py`), on the "
@@ -187,13 +178,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--work", type=Path, default=ROOT / "bench-data")
+    ap.add_argument("--work", type=Path, default=BENCH_DATA)
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import bench
     args.work.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT, check=True)
-    csv, _ = bench.generate(args.work, args.rows)
+    csv, _ = generate(args.work, args.rows)
     results = {}
     bench_feeds(args.work, csv, results, args.rounds)
     results["feeds"]["rows"] = args.rows

@@ -20,33 +20,18 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
-from bench_common import free_port, log, stop_all
+from .bench_common import log, wrk
+from .paths import DEPLOY, PROMO
+from .processes import Serve, free_port, nginx, start, stop, stop_all, stop_nginx, wait_port
 
-ROOT = Path(__file__).resolve().parent.parent
-PROMO = ROOT / "target/release/promo"
 ACCESS_KEY, SECRET_KEY, BUCKET, PREFIX = "promo-bench", "promo-bench-secret", "promo", "bench"
 POLL = 0.2  # --source-interval of the replicas, seconds
-
-
-
-
-def _wait_port(port, limit=30):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def _generation(port):
@@ -82,12 +67,12 @@ class S3Server:
         (again, after `stop`: a store that went away and came back)."""
         # The store stands in for a remote service: at nice 19 its CPU does
         # not come out of the replicas' share, as it would not in a fleet.
-        self.proc = subprocess.Popen(
-            ["nice", "-n", "19", self.binary, "--host", "127.0.0.1", "--port", str(self.port),
+        self.proc = start(
+            ["nice", "-n", "19", self.binary, "--host", "127.0.0.1", "--port", self.port,
              "--access-key", ACCESS_KEY,
-             "--secret-key", SECRET_KEY, self.root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.running.append(self.proc)
-        _wait_port(self.port)
+             "--secret-key", SECRET_KEY, self.root], self.running,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
 
     def newest(self):
         """The newest manifest, read from the server's directory."""
@@ -104,25 +89,19 @@ class S3Server:
         return time.time() - started
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        stop(self.proc, timeout=30)
 
 
-class Replica:
+class Replica(Serve):
+    """`promo serve --source` of the store, its own data directory emptied;
+    returns once it listens (it is ready once it has fetched a generation)."""
+
     def __init__(self, work, i, s3, running, port=None):
         self.dir = work / f"fleet-replica-{i}"
         shutil.rmtree(self.dir, ignore_errors=True)
-        self.port = port or free_port()
-        self.proc = subprocess.Popen(
-            [PROMO, "serve", "--data-dir", self.dir, "--listen", f"127.0.0.1:{self.port}",
-             "--source", s3.url, "--source-interval", str(POLL)],
-            env=s3.env, stderr=subprocess.DEVNULL)
-        running.append(self.proc)
-        _wait_port(self.port)
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
+        super().__init__(self.dir, "--source", s3.url, "--source-interval", POLL, port=port,
+                         ready=None, env=s3.env, running=running)
+        wait_port(self.port)
 
 
 class Nginx:
@@ -134,7 +113,7 @@ class Nginx:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir()
         self.port = free_port()
-        conf = (ROOT / "deploy/nginx/promo.conf").read_text()
+        conf = (DEPLOY / "nginx/promo.conf").read_text()
         servers = "".join(f"    server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;\n"
                           for p in replica_ports)
         conf = re.sub(r"(    server 127\.0\.0\.1:\d+[^\n]*\n)+", lambda _: servers, conf, count=1)
@@ -157,10 +136,8 @@ http {{
     include {d}/promo.conf;
 }}
 """)
-        self.proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g",
-                                      "daemon off;"], stderr=subprocess.DEVNULL)
-        running.append(self.proc)
-        _wait_port(self.port)
+        self.proc = nginx(d, d / "nginx.conf", running)
+        wait_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def statuses(self):
@@ -173,8 +150,7 @@ http {{
         return counts
 
     def stop(self):
-        self.proc.send_signal(signal.SIGQUIT)
-        self.proc.wait(timeout=30)
+        stop_nginx(self.proc)
 
 
 def _wait_both(replicas, sequence, limit=600):
@@ -201,17 +177,17 @@ def _rollback(s3):
     return int(re.search(r"as generation (\d+)", p.stdout).group(1)), time.time()
 
 
-def bench_fleet(work, csv, ids, wrk, results, rounds=5):
-    """Fills results["fleet"]; `wrk(url, ids, seconds)` is bench.py's.
-    Whatever happens, every process it started is stopped."""
+def bench_fleet(work, csv, ids, results, rounds=5):
+    """Fills results["fleet"]. Whatever happens, every process it started
+    is stopped."""
     running = []
     try:
-        _bench_fleet(work, csv, ids, wrk, results, rounds, running)
+        _bench_fleet(work, csv, ids, results, rounds, running)
     finally:
         stop_all(running)
 
 
-def _bench_fleet(work, csv, ids, wrk, results, rounds, running):
+def _bench_fleet(work, csv, ids, results, rounds, running):
     s3 = S3Server(work, running)
     builder = work / "fleet-builder"
     shutil.rmtree(builder, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The upload part of `make bench`, and the way it starts servers.
+"""The upload part of `make bench`.
 
 Measured side by side, in alternating rounds: the 10M-row CSV sent with `curl -T` (raw, streamed from the file)
   and with `curl -F file=@` (multipart) to the admin port of a running
@@ -12,45 +12,19 @@ import json
 import mmap
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import time
-from pathlib import Path
 
-from bench_common import free_port, log
-
-ROOT = Path(__file__).resolve().parent.parent
-PROMO = ROOT / "target/release/promo"
-
+from . import procfs
+from .bench_common import log
+from .paths import PROMO
+from .processes import Serve, free_port
 
 
-
-def _curl(args, timeout=600, quiet=False):
+def _curl(args, timeout=600):
     return subprocess.run(["curl", "--silent", "--show-error", *args], check=True, timeout=timeout,
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None,
-                          text=True).stdout
-
-
-def serve(data, extra, scheme="http"):
-    """A `promo serve` on `data` with `extra` flags: (process, url)."""
-    port = free_port()
-    proc = subprocess.Popen([PROMO, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
-                             *map(str, extra)], stderr=subprocess.DEVNULL)
-    url = f"{scheme}://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            _curl(["--insecure", "--max-time", "2", url + "/healthz"], quiet=True)
-            return proc, url
-        except subprocess.CalledProcessError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} never answered")
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+                          stdout=subprocess.PIPE, text=True).stdout
 
 
 def bench_upload(work, csv, results, rounds=5):
@@ -67,47 +41,36 @@ def bench_upload(work, csv, results, rounds=5):
             if name == "build":
                 shutil.rmtree(build_dir, ignore_errors=True)
                 _backed_memory()
-                started, children = time.time(), _children_cpu()
+                started, children = time.time(), procfs.children_cpu()
                 subprocess.run([PROMO, "build", csv, "--data-dir", build_dir], check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 runs[name].append(time.time() - started)
-                cpu[name].append(_children_cpu() - children)
+                cpu[name].append(procfs.children_cpu() - children)
                 continue
             shutil.rmtree(serve_dir, ignore_errors=True)
             port = free_port()
-            proc, url = serve(serve_dir, ["--admin-listen", f"127.0.0.1:{port}"])
+            server = Serve(serve_dir, "--admin-listen", f"127.0.0.1:{port}", ready="/healthz",
+                           limit=120, interval=0.1, timeout=2)
+            proc, url = server.proc, server.url
             body = ["-X", "POST", "-H", "Content-Type: text/csv", "-T", str(csv)] if name == "raw" \
                 else ["-F", f"file=@{csv}"]
             _backed_memory()
-            started, children, server = time.time(), _children_cpu(), _process_cpu(proc.pid)
+            started, children, own = time.time(), procfs.children_cpu(), procfs.cpu_seconds(proc.pid)
             answer = _curl([*body, f"http://127.0.0.1:{port}/upload"])
             runs[name].append(time.time() - started)
-            cpu[name].append(_children_cpu() - children + _process_cpu(proc.pid) - server)
+            cpu[name].append(procfs.children_cpu() - children + procfs.cpu_seconds(proc.pid) - own)
             answer = json.loads(answer)
             live = _curl([url + "/readyz"]).strip()
             if live != f"ready: generation {answer['generation']}":
                 raise RuntimeError(f"upload answered {answer} but the server says {live!r}")
             answers.append(answer)
-            stop(proc)
+            server.stop()
     shutil.rmtree(build_dir, ignore_errors=True)
     shutil.rmtree(serve_dir, ignore_errors=True)
     results["upload"] = {"runs": runs, "bytes": size, "rows": answers[-1]["records"],
                          "cpu": {name: statistics.median(v) for name, v in cpu.items()},
                          "cores": os.cpu_count(),
                          **{name: statistics.median(v) for name, v in runs.items()}}
-
-
-def _children_cpu():
-    """CPU seconds (user and system) of the children waited for so far."""
-    t = os.times()
-    return t.children_user + t.children_system
-
-
-def _process_cpu(pid):
-    """CPU seconds (user and system) a running process has used, all its
-    threads, ended ones included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _fresh_memory(csv):
@@ -117,9 +80,8 @@ def _fresh_memory(csv):
     the build: `promo build` drops the CSV from the cache as it reads it,
     freeing memory for its own, while a server cannot drop its client's
     file (which in production is on another machine)."""
-    os.sync()
     try:
-        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        procfs.drop_caches(1)
     except OSError as e:
         raise RuntimeError(f"the upload bench drops the page cache between runs, as root: {e}")
     with open(csv, "rb") as f:
@@ -147,7 +109,6 @@ def _backed_memory(size=2 << 30):
 def report(results):
     """BENCHMARKS.md lines for results["upload"]."""
     lines = []
-    ms = lambda s: f"{s * 1e3:.2f} ms"
     if "upload" in results:
         u = results["upload"]
         each = lambda name: ", ".join(f"{x:.2f}" for x in u["runs"][name])

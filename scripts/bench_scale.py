@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Builds at scale: 10^7 to 10^9 rows piped from gen-promotions into
 `promo build - --memory-limit 1GiB`, with wall time, peak RSS and the
 peak disk the build used beyond what was there before (sorted runs, the
@@ -8,7 +7,7 @@ With --v1, the 10^7 and 10^8 builds also run with the last release that
 wrote format version 1, built from this repository's history into
 bench-data/tools, alternating with this build on the same generated rows.
 
-    python3 scripts/bench_scale.py [--rows 100000000,1000000000] [--v1]
+    python3 -m scripts.bench_scale [--rows 100000000,1000000000] [--v1]
     make bench-scale          (the same, 10^8 and 10^9, with --v1)
 """
 
@@ -20,19 +19,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-from bench_common import log
-
-ROOT = Path(__file__).resolve().parent.parent
-PROMO = ROOT / "target/release/promo"
-GEN = ROOT / "target/release/gen-promotions"
-WORK = ROOT / "bench-data"
+from .bench_common import log
+from .paths import BENCH_DATA, GEN, PROMO, ROOT
 
 
 def v1_binary():
     """promo as of the commit before format version 2, built once."""
-    tools = WORK / "tools"
+    tools = BENCH_DATA / "tools"
     binary = tools / "promo-v1"
     if binary.exists():
         return binary
@@ -79,7 +73,7 @@ def build(promo, rows, data):
     """gen-promotions | promo build -: a result dict."""
     subprocess.run(["rm", "-rf", str(data)], check=True)
     data.mkdir(parents=True)
-    time_file = WORK / "time-scale.txt"
+    time_file = BENCH_DATA / "time-scale.txt"
     disk = DiskPeak(data)
     cmd = (f"set -o pipefail; {GEN} --rows {rows} --seed 1 | "
            f"/usr/bin/time -f '%e %M' -o {time_file} {promo} build - --memory-limit 1GiB "
@@ -119,7 +113,7 @@ def main():
             runs = {"v1": [], "v2": []}
             for _ in range(args.rounds):
                 for name, binary in (("v1", old), ("v2", PROMO)):
-                    runs[name].append(build(binary, rows, WORK / f"data-scale-{name}"))
+                    runs[name].append(build(binary, rows, BENCH_DATA / f"data-scale-{name}"))
             results.setdefault("versions", []).append({
                 "rows": rows,
                 **{name: {"wall": statistics.median([r["wall"] for r in rs]),
@@ -128,11 +122,11 @@ def main():
                           "walls": [r["wall"] for r in rs]} for name, rs in runs.items()}})
     for rows in (int(r) for r in args.rows.split(",")):
         # The machine is noisy: below a billion rows, the median of rounds.
-        runs = [build(PROMO, rows, WORK / "data-scale")
+        runs = [build(PROMO, rows, BENCH_DATA / "data-scale")
                 for _ in range(1 if rows >= 10**9 else args.rounds)]
         result = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
         results["scale"].append({**result, "walls": [r["wall"] for r in runs]})
-    (WORK / "scale.json").write_text(json.dumps(results, indent=2))
+    (BENCH_DATA / "scale.json").write_text(json.dumps(results, indent=2))
     print("\n".join(report(results)))
 
 

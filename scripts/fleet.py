@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """deploy/compose.yaml's topology as plain processes on this machine, for
 people without Docker and for the monitoring test: `make fleet`.
 
@@ -14,6 +13,7 @@ people without Docker and for the monitoring test: `make fleet`.
 - Prometheus with deploy/prometheus/prometheus.yml and alerts.yml, its
   targets pointed at these processes.
 
+Run from the repository's root: `python3 -m scripts.fleet [--store file]`.
 It prints the URLs, writes them as JSON to --urls-file if given, and runs
 until SIGINT or SIGTERM, then stops everything it started. Grafana is not
 packaged by Debian: import deploy/grafana/promo.json into your own, with
@@ -29,26 +29,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
-import bench_fleet
-from bench_common import free_port, log, stop_all
-
-ROOT = Path(__file__).resolve().parent.parent
-DEMO_FEED = ROOT / "fixtures/promotions.csv"
-
-
-def wait_http(url, limit=120):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except Exception:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} never answered")
+from . import bench_fleet
+from .bench_common import log
+from .paths import BENCH_DATA, DEMO_FEED, DEPLOY, PROMO
+from .processes import Serve, free_port, start, stop_all, wait_ready
 
 
 def which(name, *also):
@@ -115,7 +101,7 @@ def prometheus_config(work, replicas, node_exporter, every):
     d = (work / "fleet-prometheus").resolve()
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
-    text = (ROOT / "deploy/prometheus/prometheus.yml").read_text()
+    text = (DEPLOY / "prometheus/prometheus.yml").read_text()
     text = text.replace('["replica-a:1321", "replica-b:1321"]',
                         json.dumps([f"127.0.0.1:{p}" for p in replicas]))
     text = text.replace('["node-exporter:9100"]', json.dumps([f"127.0.0.1:{node_exporter}"]))
@@ -123,16 +109,16 @@ def prometheus_config(work, replicas, node_exporter, every):
     if "127.0.0.1" not in text:
         raise RuntimeError("deploy/prometheus/prometheus.yml no longer has the targets to replace")
     (d / "prometheus.yml").write_text(text)
-    shutil.copyfile(ROOT / "deploy/prometheus/alerts.yml", d / "alerts.yml")
+    shutil.copyfile(DEPLOY / "prometheus/alerts.yml", d / "alerts.yml")
     return d
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=ROOT / "bench-data",
+    ap.add_argument("--work", type=Path, default=BENCH_DATA,
                     help="where the processes keep their files (default bench-data)")
     ap.add_argument("--store", choices=["s3", "file"], default="s3")
-    ap.add_argument("--promo", type=Path, default=ROOT / "target/release/promo")
+    ap.add_argument("--promo", type=Path, default=PROMO)
     ap.add_argument("--feed", type=Path, help="the feed to build every --interval "
                     "(default: the demo feed)")
     ap.add_argument("--interval", type=float, default=1800, help="seconds between builds")
@@ -159,34 +145,30 @@ def main():
 
         replicas = []
         for name in ("a", "b"):
-            port = free_port()
             data = args.work / f"fleet-replica-{name}"
             shutil.rmtree(data, ignore_errors=True)
-            running.append(subprocess.Popen(
-                [promo, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
-                 "--source", store.url, "--source-interval", "1"], env=store.env))
-            replicas.append(port)
+            replica = Serve(data, "--source", store.url, "--source-interval", "1", promo=promo,
+                            ready=None, running=running, env=store.env, stderr=None)
+            replicas.append(replica.port)
         for port in replicas:
-            wait_http(f"http://127.0.0.1:{port}/healthz")
+            wait_ready(f"http://127.0.0.1:{port}/healthz", 120, timeout=2)
 
         nginx = bench_fleet.Nginx(args.work, replicas, running)
 
         node_port = free_port()
-        running.append(subprocess.Popen(
-            [which("prometheus-node-exporter", "node_exporter"), "--collector.disable-defaults",
-             "--collector.textfile", f"--collector.textfile.directory={textfile}",
-             f"--web.listen-address=127.0.0.1:{node_port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        start([which("prometheus-node-exporter", "node_exporter"), "--collector.disable-defaults",
+               "--collector.textfile", f"--collector.textfile.directory={textfile}",
+               f"--web.listen-address=127.0.0.1:{node_port}"], running,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         prom_dir = prometheus_config(args.work, replicas, node_port, args.scrape_interval)
         prom_port = free_port()
-        running.append(subprocess.Popen(
-            [which("prometheus"), f"--config.file={prom_dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={prom_dir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}"],
-            stdout=subprocess.DEVNULL, stderr=(prom_dir / "prometheus.log").open("w")))
-        wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
-        wait_http(f"http://127.0.0.1:{node_port}/metrics")
+        start([which("prometheus"), f"--config.file={prom_dir / 'prometheus.yml'}",
+               f"--storage.tsdb.path={prom_dir / 'data'}",
+               f"--web.listen-address=127.0.0.1:{prom_port}"], running,
+              stdout=subprocess.DEVNULL, stderr=(prom_dir / "prometheus.log").open("w"))
+        wait_ready(f"http://127.0.0.1:{prom_port}/-/ready", 120, timeout=2)
+        wait_ready(f"http://127.0.0.1:{node_port}/metrics", 120, timeout=2)
 
         urls = {
             "lookups": nginx.url,

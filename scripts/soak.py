@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make soak`: promo serve under steady load while generations keep replacing each other.
 
 Ten minutes (by default) of `wrk -t2 -c64 --latency -s scripts/wrk-lookups.lua`
@@ -10,7 +9,7 @@ descriptors and mapped generation files from /proc every 5 seconds, and asks
 the server which generation is live. Then it writes a Markdown report to
 stdout and to bench-data/SOAK.md, and exits non-zero if a check failed.
 
-    python3 scripts/soak.py [--minutes 10] [--every 20] [--rows 1000000]
+    python3 -m scripts.soak [--minutes 10] [--every 20] [--rows 1000000]
 
 The feeds: every generation holds the same "core" (the first 80% of the rows,
 `gen-promotions --seed 1`), from which wrk's ids are sampled, so lookups of
@@ -72,12 +71,9 @@ import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
-from bench import free_port, machine  # the same as make bench reports
-
-ROOT = Path(__file__).resolve().parent.parent
-PROMO = ROOT / "target/release/promo"
-GEN = ROOT / "target/release/gen-promotions"
-WRK_SCRIPT = ROOT / "scripts/wrk-lookups.lua"
+from . import processes
+from .paths import BENCH_DATA, GEN, PROMO, ROOT, WRK_SCRIPT, rel, revision, unrooted
+from .procfs import machine, mapped_generations, sample as proc_sample  # machine: as make bench reports it
 WRK_THREADS, WRK_CONNECTIONS = 2, 64
 SAMPLE_SECONDS = 5
 # A sample this long after a publish is "settled": the swap is done and the
@@ -169,16 +165,6 @@ def ensure_tools():
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     check(["apt-get", "update", "-qq"], 900, env=env)
     check(["apt-get", "install", "-y", "-qq", "wrk"], 900, env=env)
-
-
-def revision():
-    """The commit the binaries were built from, and whether the tree had changes."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=30).stdout.strip()
-    except OSError:
-        out = ""
-    return out or "unknown"
 
 
 def append_generated(cmd, out_path, timeout=1800):
@@ -275,54 +261,22 @@ def statuses(ms, route="promotions"):
             if n == "promo_http_requests_total" and dict(l).get("route") == route}
 
 
-def mapped_generations(pid):
-    """The generation files a process maps, one per file (device and inode), by name;
-    a file deleted since (retention) is still mapped and named "... (deleted)"."""
-    files = {}
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        parts = line.split(None, 5)
-        if len(parts) == 6 and re.search(r"/gen-\d+\.promo( \(deleted\))?$", parts[5]):
-            files[(parts[3], parts[4])] = parts[5].rsplit("/", 1)[-1]
-    return sorted(files.values())
+class Serve(processes.Serve):
+    """promo serve, one of CHILDREN, its output in `log_path`."""
 
-
-def proc_sample(pid):
-    status = Path(f"/proc/{pid}/status").read_text()
-    kb = lambda key: int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1)) * 1024
-    names = mapped_generations(pid)
-    return {"rss": kb("VmRSS"), "anon": kb("RssAnon"), "file": kb("RssFile"),
-            "fds": len(os.listdir(f"/proc/{pid}/fd")), "mapped": len(names), "mapped_names": names}
-
-
-class Serve:
     def __init__(self, data_dir, log_path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "wb")
-        self.proc = CHILDREN.popen([PROMO, "serve", "--data-dir", data_dir, "--listen",
-                                    f"127.0.0.1:{self.port}"], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"promo serve exited {self.proc.returncode}; see {log_path}")
-            try:
-                if http_get(self.url + "/readyz", 2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("promo serve never became ready")
+        try:
+            super().__init__(data_dir, limit=120, timeout=2, popen=CHILDREN.popen, stdout=self.log,
+                             stderr=subprocess.STDOUT)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; see {log_path}") from None
 
     def metrics(self):
         return parse_metrics(http_get(self.url + "/metrics")[2].decode())
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
+        code = super().stop(timeout=40, kill=True)  # promo serve drains for up to 30 s
         CHILDREN.forget(self.proc)
         self.log.close()
         return code
@@ -400,7 +354,7 @@ class Publisher(threading.Thread):
                 m = re.search(r"generation=(\d+)", out)
                 if code == 0 and m:
                     self.sequence = int(m.group(1))
-                    entry.update(sequence=self.sequence, line=out.strip().replace(str(ROOT) + "/", ""))
+                    entry.update(sequence=self.sequence, line=unrooted(out.strip()))
                     entry.update(self.watch_swap(self.sequence))
                     self.published.append(entry)
                     figures = " ".join(re.findall(r"\b(?:churn|price_jump_share)=\S+", out))
@@ -475,12 +429,6 @@ def sample(serve, probe, start, publisher):
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-
-def rel(path):
-    """path relative to the repository when it is inside it."""
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
 
 def mib(n):
     return f"{n / MIB:,.1f} MiB"
@@ -569,14 +517,14 @@ def render(r, checks):
         f"- sampling: /proc/PID/status, fd and maps of the server every {SAMPLE_SECONDS} s, with one probe lookup "
         "and a /metrics scrape", "",
         "## Requests", "",
-        f"| | count |", "|---|---:|",
+        "| | count |", "|---|---:|",
         f"| requests answered (promo's `promo_http_requests_total{{route=\"promotions\"}}`) | {total:,} |",
         f"| 200 | {st.get('200', 0):,} |",
         f"| 404 (absent ids) | {st.get('404', 0):,} ({st.get('404', 0) / max(total, 1):.2%}) |",
         f"| any other status | {other:,} |",
         f"| requests counted by wrk | {wrk_total:,} |",
         f"| wrk's non-2xx/3xx (wrk counts the 404s there) | {sum(s['non2xx'] for s in r['slices']):,} |",
-        f"| promo's lookups: hit / miss / invalid | " + " / ".join(f"{r['lookups'][k]:,}" for k in ["hit", "miss", "invalid"]) + " |",
+        "| promo's lookups: hit / miss / invalid | " + " / ".join(f"{r['lookups'][k]:,}" for k in ["hit", "miss", "invalid"]) + " |",
         "| wrk socket errors | " + ", ".join(f"{k} {v}" for k, v in r["wrk_socket_errors"].items()) + " |",
         f"| requests/s (wrk, over the run) | {wrk_total / max(sum(s['seconds'] for s in r['slices']), 1):,.0f} |",
         f"| generations published / builds failed / slots skipped (build overran) | "
@@ -601,7 +549,7 @@ def render(r, checks):
         lines.append(f"| {name} | {f(r['quiet_before'][key])} | {f(row['first'])} | {f(row['base'])} | {f(row['end'])} | "
                      f"{f(row['min'])} | {f(row['max'])} | {f(r['quiet_after'][key])} |")
     mc = r["mapped_counts"]
-    lines += ["", f"Generation files mapped, over all samples: " +
+    lines += ["", "Generation files mapped, over all samples: " +
               ", ".join(f"{k}: {v} samples" for k, v in sorted(mc.items())) +
               f" (typical {r['mapped_typical']}, max {r['mapped_max']}). Watched every 20 ms from each publish "
               f"until only the new generation was mapped: at most {r['swap_mapped_max']} files mapped at once, "
@@ -777,7 +725,7 @@ def main():
     ap.add_argument("--minutes", type=float, default=10, help="minutes of load (default 10)")
     ap.add_argument("--every", type=float, default=20, help="seconds between published generations (default 20)")
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows per feed (default 1,000,000)")
-    ap.add_argument("--work", type=Path, default=ROOT / "bench-data", help="where everything goes (default bench-data/)")
+    ap.add_argument("--work", type=Path, default=BENCH_DATA, help="where everything goes (default bench-data/)")
     ap.add_argument("--no-build", action="store_true", help="skip `cargo build --release --bins`")
     args = ap.parse_args()
     if not 0 < args.minutes <= 24 * 60 or args.every < 2:

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """`make soak-fleet`: the whole fleet through an hour of faults, in bounded memory.
 
-    python3 scripts/soak_fleet.py [--minutes 10] [--rows 200000] [--keep 3]
+    python3 -m scripts.soak_fleet [--minutes 10] [--rows 200000] [--keep 3]
 
 The fleet of the fleet tests, as processes on this machine: the S3 server
 s3s-fs as the store, a builder (`promo build --publish`, with the feed
@@ -42,7 +41,6 @@ processes' files are under bench-data/soak-fleet/.
 import argparse
 import http.client
 import json
-import os
 import random
 import re
 import shutil
@@ -55,14 +53,9 @@ import time
 import uuid
 from pathlib import Path
 
-import bench_fleet
-from bench import machine
-from bench_common import free_port, stop_all
-from soak import proc_sample, revision
-
-ROOT = Path(__file__).resolve().parent.parent
-PROMO = ROOT / "target/release/promo"
-GEN = ROOT / "target/release/gen-promotions"
+from . import bench_fleet, procfs
+from .paths import BENCH_DATA, GEN, PROMO, ROOT, revision
+from .processes import Serve, free_port, stop, stop_all
 # No guard options: the builds run with promo's defaults (--max-churn 50%,
 # --max-price-jumps 5%), as every deploy file does. A good feed churns about
 # 40% (a fifth of the ids replaced) and keeps every shared price; the
@@ -145,11 +138,9 @@ class Replica:
     def start(self, t, empty):
         if empty:
             shutil.rmtree(self.dir, ignore_errors=True)
-        self.proc = subprocess.Popen(
-            [PROMO, "serve", "--data-dir", self.dir, "--listen", f"127.0.0.1:{self.port}",
-             "--source", self.store.url, "--source-interval", "1"],
-            env=self.store.env, stdout=self.log, stderr=self.log)
-        self.running.append(self.proc)
+        self.proc = Serve(self.dir, "--source", self.store.url, "--source-interval", "1",
+                          port=self.port, ready=None, running=self.running, env=self.store.env,
+                          stdout=self.log, stderr=self.log).proc
         self.starts.append({"t": t, "empty": empty, "ready": None, "pid": self.proc.pid})
 
     def ready(self):
@@ -164,8 +155,7 @@ class Replica:
             return 0
 
     def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        stop(self.proc, signal.SIGKILL, None)
 
 
 class Store:
@@ -336,7 +326,7 @@ class Run:
             empty = k % 2 == 1
             a.kill()
             a.start(self.clock.now(), empty)
-            log(f"replica A killed (SIGKILL) and started again"
+            log("replica A killed (SIGKILL) and started again"
                 + (" with an empty data directory" if empty else ""))
             began = time.time()
             while not a.ready() and time.time() - began < 120 and not self.clock.stop.wait(0.2):
@@ -364,9 +354,8 @@ class Run:
             t = self.clock.now()
             for r in replicas:
                 try:
-                    s = proc_sample(r.proc.pid)
-                    sockets = sum(os.readlink(f"/proc/{r.proc.pid}/fd/{fd}").startswith("socket:")
-                                  for fd in os.listdir(f"/proc/{r.proc.pid}/fd"))
+                    s = procfs.sample(r.proc.pid)
+                    sockets = procfs.socket_count(r.proc.pid)
                 except (OSError, AttributeError):
                     continue  # between a kill and a start
                 self.samples.append({"t": round(t, 1), "replica": r.name, "pid": r.proc.pid,
@@ -449,7 +438,7 @@ def main():
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--rows", type=int, default=200_000, help="rows of each feed")
     ap.add_argument("--keep", type=int, default=3, help="the builder's --keep")
-    ap.add_argument("--work", type=Path, default=ROOT / "bench-data/soak-fleet")
+    ap.add_argument("--work", type=Path, default=BENCH_DATA / "soak-fleet")
     args = ap.parse_args()
     for binary in (PROMO, GEN):
         if not binary.exists():
@@ -580,7 +569,7 @@ def report(r, args, store, a, b):
 
     lines = [f"# promo fleet soak: {args.minutes:g} minutes of faults", "",
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(r.clock.start))}, revision "
-             f"{revision()}, {machine()}; {args.rows:,} rows a feed, --keep {args.keep}, "
+             f"{revision()}, {procfs.machine()}; {args.rows:,} rows a feed, --keep {args.keep}, "
              f"{CLIENTS} client threads through nginx.", "", "## Checks", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'} {name}: {detail}" for name, ok, detail in checks]
     lines += ["", "## Memory and descriptors (medians; first and last 20% of the run)", "",
@@ -594,8 +583,8 @@ def report(r, args, store, a, b):
               f"{SETTLED_AFTER_START} s or more after each of its starts."]
     text = "\n".join(lines) + "\n"
     print(text)
-    (ROOT / "bench-data").mkdir(exist_ok=True)
-    (ROOT / "bench-data/SOAK-FLEET.md").write_text(text)
+    BENCH_DATA.mkdir(exist_ok=True)
+    (BENCH_DATA / "SOAK-FLEET.md").write_text(text)
     (r.work / "samples.json").write_text(json.dumps({"samples": r.samples, "publishes": r.publishes,
                                                      "starts": a.starts}, indent=1))
     return 0 if all(ok for _, ok, _ in checks) else 1

@@ -1,5 +1,5 @@
-//! The monitoring, against a real Prometheus: `scripts/fleet.py` (what
-//! `make fleet` runs) starts the compose topology as plain processes (a
+//! The monitoring, against a real Prometheus: `python3 -m scripts.fleet`
+//! (what `make fleet` runs) starts the compose topology as plain processes (a
 //! file store, a builder with `--metrics-file`, two replicas, nginx,
 //! node_exporter and Debian's Prometheus with the shipped configuration and
 //! alerts.yml); through Prometheus's HTTP API this checks that every target
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The fleet script, stopped (SIGTERM, as Ctrl-C) when dropped.
+/// The fleet script (`python3 -m scripts.fleet`, run from the repository's
+/// root), stopped (SIGTERM, as Ctrl-C) when dropped.
 struct Fleet {
     child: Child,
     urls: Value,
@@ -28,7 +29,8 @@ impl Fleet {
         let urls_file = work.path().join("urls.json");
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new("python3")
-            .arg(root.join("scripts/fleet.py"))
+            .args(["-m", "scripts.fleet"])
+            .current_dir(root)
             .args([
                 "--store",
                 "file",
@@ -46,11 +48,11 @@ impl Fleet {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("python3 runs scripts/fleet.py");
+            .expect("python3 runs scripts.fleet");
         let deadline = Instant::now() + Duration::from_secs(120);
         while !urls_file.exists() {
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("scripts/fleet.py exited before the fleet was up: {status}");
+                panic!("scripts.fleet exited before the fleet was up: {status}");
             }
             assert!(Instant::now() < deadline, "the fleet never came up");
             std::thread::sleep(Duration::from_millis(200));
