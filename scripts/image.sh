@@ -27,7 +27,9 @@
 #   nginx:<compose's tag>     (compose only) minbase plus Debian's nginx
 #
 # Both are built once and kept; `podman rmi` them to make them again.
-# DEBIAN_MIRROR overrides the mirror (default: Debian's own);
+# The mirror is the first of Debian's this machine's apt uses (in
+# /etc/apt/sources.list or sources.list.d: scripts/debian-mirror.sh), unless
+# DEBIAN_MIRROR names one; with neither, making a base image fails.
 # IMAGE_BUILD_ARGS adds options to podman build (--build-arg ...).
 #
 # podman runs with tests/containers.conf (runc as the runtime, the host's
@@ -46,7 +48,8 @@ tag=${2:-promo:latest}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/tests/containers.conf}
 release=bookworm
 rust_version=$(sed -n 's/^ARG RUST_VERSION=//p' deploy/Dockerfile)
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# shellcheck source=scripts/debian-mirror.sh
+. scripts/debian-mirror.sh
 
 have() { podman image exists "$1"; }
 
@@ -55,11 +58,15 @@ pull() { timeout 60 podman pull -q "$1" >/dev/null 2>&1; }
 
 make_base() { # name, extra packages, customize hook
     local name=$1 include=$2 hook=${3:-}
-    local tar
+    local tar mirror
+    if ! mirror=$(debian_mirror); then
+        echo "image: $name is neither in podman's storage nor pullable, and needs a Debian mirror" >&2
+        exit 1
+    fi
     tar=$(mktemp --suffix=.tar)
     # shellcheck disable=SC2064
     trap "rm -f '$tar'" RETURN
-    echo "image: making $name from the Debian mirror (mmdebstrap)"
+    echo "image: making $name from the Debian mirror $mirror (mmdebstrap)"
     local args=(--variant=minbase --quiet --include="ca-certificates${include:+,$include}"
                 --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
                 --dpkgopt='path-exclude=/usr/share/locale/*'
