@@ -38,5 +38,6 @@ pub mod generation;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod sys;
 
 pub use error::{Error, Result};

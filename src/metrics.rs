@@ -231,13 +231,8 @@ pub fn render(handle: &PrometheusHandle) -> String {
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!(PROCESS_OPEN_FDS).set(fds.count() as f64);
     }
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes one rusage into the pointer, which points
-    // to room for one; on failure nothing is read.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0 {
-        // SAFETY: initialised by the successful call above.
-        let faults = unsafe { usage.assume_init() }.ru_majflt;
-        metrics::counter!(MAJOR_FAULTS).absolute(faults.max(0) as u64);
+    if let Some(faults) = crate::sys::major_faults() {
+        metrics::counter!(MAJOR_FAULTS).absolute(faults);
     }
     handle.render()
 }

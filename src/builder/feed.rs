@@ -229,12 +229,7 @@ impl Read for Decoding {
 fn widen_pipe(input: &impl std::os::fd::AsRawFd) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: F_SETPIPE_SZ only reads its arguments; on anything but a
-        // pipe it fails with EBADF and changes nothing.
-        let rc = unsafe { libc::fcntl(input.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-        if rc < 0 {
-            tracing::debug!("F_SETPIPE_SZ: {}", io::Error::last_os_error());
-        }
+        crate::sys::widen_pipe(input, 1 << 20);
     }
 }
 
@@ -264,21 +259,8 @@ impl Read for DropBehind {
         let n = self.file.read(buf)?;
         self.read += n as u64;
         if self.read - self.dropped >= Self::STEP {
-            #[cfg(target_os = "linux")]
-            {
-                use std::os::fd::AsRawFd;
-                // SAFETY: posix_fadvise only reads its arguments, and the
-                // descriptor is open for as long as `self.file` lives. It is
-                // advice: failure changes nothing but the page cache.
-                unsafe {
-                    libc::posix_fadvise(
-                        self.file.as_raw_fd(),
-                        self.dropped as libc::off_t,
-                        (self.read - self.dropped) as libc::off_t,
-                        libc::POSIX_FADV_DONTNEED,
-                    )
-                };
-            }
+            let (from, len) = (self.dropped, self.read - self.dropped);
+            crate::sys::fadvise(&self.file, from, len, crate::sys::Advice::DontNeed);
             self.dropped = self.read;
         }
         Ok(n)

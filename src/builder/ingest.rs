@@ -692,7 +692,7 @@ pub fn csv_reader<R: Read>(input: R) -> csv::Reader<R> {
 /// quotes are not a stream error: csv reads to the end of the input as one
 /// field, and that row is reported with the wrong field count.
 pub struct Rows<R: Read> {
-    csv: csv::Reader<Source<R>>,
+    csv: csv::Reader<CsvInput<R>>,
     /// Reused for every row, so reading allocates only for unusually long rows.
     record: csv::ByteRecord,
     /// Whether a non-blank row was seen, after which no row is a header.
@@ -703,7 +703,7 @@ impl<R: Read> Rows<R> {
     /// Starts reading `input`, which is read lazily as rows are pulled.
     pub fn new(input: R) -> Self {
         Rows {
-            csv: csv_reader(Source::new(input)),
+            csv: csv_reader(CsvInput::new(input)),
             record: csv::ByteRecord::new(),
             past_first: false,
         }
@@ -1065,7 +1065,7 @@ pub const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
 /// The input as csv sees it: without a leading UTF-8 BOM, and remembering
 /// the bytes most recently handed over so `Rows::start_line` can look at
 /// the byte that ended a row.
-struct Source<R> {
+struct CsvInput<R> {
     inner: R,
     /// The first bytes, held back until we know whether they are a BOM.
     head: VecDeque<u8>,
@@ -1081,9 +1081,9 @@ struct Source<R> {
     started: bool,
 }
 
-impl<R: Read> Source<R> {
+impl<R: Read> CsvInput<R> {
     fn new(inner: R) -> Self {
-        Source {
+        CsvInput {
             inner,
             head: VecDeque::with_capacity(BOM.len()),
             head_checked: false,
@@ -1137,7 +1137,7 @@ impl<R: Read> Source<R> {
     }
 }
 
-impl<R: Read> Read for Source<R> {
+impl<R: Read> Read for CsvInput<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);

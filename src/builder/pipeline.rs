@@ -809,9 +809,7 @@ pub(crate) fn usable_dir(option: &'static str, dir: &Path, create: bool) -> Resu
 /// error rather than a dead process; it changes nothing else, as promo
 /// handles every failed write as an error already.
 fn ignore_file_size_signal() {
-    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler
-    // and touches no memory of ours; it is sound at any time, from any thread.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    crate::sys::ignore_file_size_signal();
 }
 
 /// Refuses a generation of `records` records that shrinks more than

@@ -352,20 +352,20 @@ impl Sorter {
             .map(Some)
             .chain([None])
             .collect();
-        let mut readers: Vec<Source> = runs
+        let mut readers: Vec<MergeInput> = runs
             .iter()
             .map(|run| {
-                Source::Run(RunReader::new(
+                MergeInput::Run(RunReader::new(
                     run,
                     &self.tmp_dir,
                     self.free_step,
                     self.read_len,
                 ))
             })
-            .chain(resident.map(|r| Source::Resident(r, 0)))
+            .chain(resident.map(|r| MergeInput::Resident(r, 0)))
             .collect();
         // The parts of each range of `bounds`, run by run.
-        let read = |readers: &mut Vec<Source>, bounds: &[Option<u128>]| {
+        let read = |readers: &mut Vec<MergeInput>, bounds: &[Option<u128>]| {
             bounds
                 .iter()
                 .map(|&bound| {
@@ -461,12 +461,7 @@ impl RunWriter {
             .out
             .into_file()
             .map_err(Error::io_op("writing a sorted run", &self.tmp_dir))?;
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: posix_fadvise reads its arguments and changes only
-            // the read-ahead of this open file.
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
-        }
+        crate::sys::fadvise(&file, 0, 0, crate::sys::Advice::Sequential);
         Ok(Run {
             file,
             records: self.records,
@@ -484,19 +479,19 @@ struct Resident {
 }
 
 /// Where the final merge takes a run's records from.
-enum Source<'a> {
+enum MergeInput<'a> {
     Run(RunReader<'a>),
     /// The resident buffer, and how many of its winners are taken.
     Resident(&'a Resident, usize),
 }
 
-impl Source<'_> {
+impl MergeInput<'_> {
     /// The run's next records whose keys are below `bound` (all the rest
     /// for `None`).
     fn take_below(&mut self, bound: Option<u128>) -> Result<Vec<u8>> {
         match self {
-            Source::Run(reader) => reader.take_below(bound),
-            Source::Resident(resident, at) => {
+            MergeInput::Run(reader) => reader.take_below(bound),
+            MergeInput::Resident(resident, at) => {
                 let records = resident.records.as_slice();
                 let rest = &resident.winners.as_slice()[*at..];
                 let n = match bound {
@@ -641,16 +636,8 @@ impl<'a> RunReader<'a> {
             // kernel's read-ahead too shallow to keep the disk busy (the
             // merge of 10^8 records read 0.35 GB/s): ask for the next
             // reads of this run now, and they arrive while the merge works.
-            // SAFETY: posix_fadvise reads its arguments and only starts
-            // reads into the page cache.
-            unsafe {
-                libc::posix_fadvise(
-                    std::os::fd::AsRawFd::as_raw_fd(self.file),
-                    self.next as libc::off_t,
-                    (READ_AHEAD * self.read_len) as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                )
-            };
+            let ahead = (READ_AHEAD * self.read_len) as u64;
+            crate::sys::fadvise(self.file, self.next, ahead, crate::sys::Advice::WillNeed);
         }
         let consumed = self.next - (self.buf.len() - self.at) as u64;
         free_prefix(self.file, consumed, self.step, &mut self.freed);
@@ -672,26 +659,7 @@ fn free_prefix(run: &File, read: u64, step: u64, freed: &mut u64) {
     if to <= *freed {
         return;
     }
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: fallocate only reads its arguments; the descriptor is
-        // open for as long as `run` is borrowed.
-        let rc = unsafe {
-            libc::fallocate(
-                run.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                *freed as libc::off_t,
-                (to - *freed) as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(
-                "freeing a merged run's start: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
+    crate::sys::punch_hole(run, *freed, to - *freed);
     *freed = to;
 }
 

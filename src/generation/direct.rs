@@ -24,7 +24,6 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 
@@ -74,7 +73,7 @@ impl DirectWriter {
     }
 
     fn with(file: File, direct: bool) -> io::Result<DirectWriter> {
-        let direct = direct && set_direct(&file, true);
+        let direct = direct && crate::sys::set_direct(&file, true);
         let (full, blocks) = std::sync::mpsc::sync_channel::<Aligned>(BLOCKS);
         let (done, empty) = std::sync::mpsc::channel();
         let mut sink = Sink {
@@ -156,7 +155,7 @@ impl DirectWriter {
     /// with O_DIRECT off again: reads and small writes need no alignment.
     pub fn into_file(mut self) -> io::Result<File> {
         let mut file = self.stop()?;
-        if !set_direct(&file, false) {
+        if !crate::sys::set_direct(&file, false) {
             return Err(io::Error::last_os_error());
         }
         file.write_all(&self.block.map[..self.block.len])?;
@@ -194,7 +193,7 @@ impl Sink {
             Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::debug!("O_DIRECT refused: {e}");
                 self.direct = false;
-                if !set_direct(&self.file, false) {
+                if !crate::sys::set_direct(&self.file, false) {
                     return Err(io::Error::last_os_error());
                 }
                 self.file.write_all(block)?;
@@ -203,48 +202,10 @@ impl Sink {
         }
         self.written += block.len() as u64;
         if !self.direct && self.written - self.flushed >= WRITEBACK_STEP {
-            start_writeback(&self.file, self.flushed, self.written - self.flushed);
+            crate::sys::start_writeback(&self.file, self.flushed, self.written - self.flushed);
             self.flushed = self.written;
         }
         Ok(())
-    }
-}
-
-/// Turns O_DIRECT on or off for `file`; `false` when the file system
-/// refuses it.
-fn set_direct(file: &File, on: bool) -> bool {
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl with F_GETFL/F_SETFL reads and sets the open file's
-    // status flags only; the descriptor is open while `file` is borrowed.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 {
-            return false;
-        }
-        let flags = if on {
-            flags | libc::O_DIRECT
-        } else {
-            flags & !libc::O_DIRECT
-        };
-        libc::fcntl(fd, libc::F_SETFL, flags) == 0
-    }
-}
-
-/// Asks the kernel to start writing `len` bytes of `file` from `offset`,
-/// without waiting. Only a hint: an fsync is what makes a file durable.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    // SAFETY: sync_file_range only reads its arguments; the file
-    // descriptor is open for as long as `file` is borrowed.
-    let rc = unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!("sync_file_range: {}", io::Error::last_os_error());
     }
 }
 
@@ -285,12 +246,11 @@ pub(crate) mod tests {
         let probe = tempfile::tempfile_in(dir).unwrap();
         let mut block = Aligned::new(ALIGN).unwrap();
         block.fill(&[1; ALIGN]);
-        set_direct(&probe, true) && (&probe).write_all(&block.map).is_ok()
+        crate::sys::set_direct(&probe, true) && (&probe).write_all(&block.map).is_ok()
     }
 
     pub(crate) fn flags(file: &File) -> i32 {
-        // SAFETY: F_GETFL only reads the open file's flags.
-        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) }
+        crate::sys::file_flags(file).expect("F_GETFL")
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! live).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Advice, Mmap, MmapOptions};
@@ -76,8 +75,7 @@ impl Table {
         // the lookups are slower, not wrong.
         let _ = map.advise(Advice::Random);
         // The same for reads of the file itself (see `lookup_range`).
-        // SAFETY: posix_fadvise takes no pointers.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        crate::sys::fadvise(&file, 0, 0, crate::sys::Advice::Random);
         Ok(Table {
             map,
             file,
@@ -124,7 +122,7 @@ impl Table {
 
     /// Lets the kernel reclaim the pages of `range` of the file now.
     fn page_out(&self, range: std::ops::Range<usize>) {
-        let page = page_size();
+        let page = crate::sys::page_size();
         let start = range.start / page * page;
         // SAFETY: the range is inside the mapping, rounded down to a page
         // boundary; MADV_PAGEOUT only drops clean file pages from memory,
@@ -237,7 +235,7 @@ impl Table {
     /// this mapping has faulted in: either way a page it reports is in
     /// memory, and one it misses costs a read that completes at once.
     pub fn in_memory(&self, range: std::ops::Range<u64>) -> bool {
-        let page = page_size();
+        let page = crate::sys::page_size();
         let start = range.start as usize / page * page;
         let end = (range.end as usize).min(self.map.len());
         if end <= start {
@@ -458,16 +456,6 @@ pub struct Bucket {
 /// The largest [`Table::lookup_range`]: a bucket's records are 32 to 63
 /// times the record size when keys are uniform (1-2 KiB).
 pub const LOOKUP_RANGE_MAX: u64 = 64 * 1024;
-
-/// The size of a memory page.
-fn page_size() -> usize {
-    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    // SAFETY: sysconf only reads its argument.
-    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as usize,
-        _ => 4096,
-    })
-}
 
 /// Bytes of memory this process may fill with page cache: its memory
 /// cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) or the

@@ -486,10 +486,7 @@ mod tests {
         // around them: the pages are dropped after.
         let table = Arc::new(Table::open(&path, 1).unwrap());
         table.file().sync_all().unwrap();
-        let fd = table.file().as_raw_fd();
-        // SAFETY: posix_fadvise takes no pointers.
-        let rc = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(rc, 0);
+        crate::sys::fadvise(table.file(), 0, 0, crate::sys::Advice::DontNeed);
         (dir, table, keys)
     }
 

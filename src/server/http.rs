@@ -577,7 +577,7 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
 /// limits, whose connection permits all serving threads share.
 #[derive(Clone)]
 pub struct App {
-    pub store: Arc<Live>,
+    pub live: Arc<Live>,
     pub metrics: Option<PrometheusHandle>,
     counters: Arc<Counters>,
     limits: Limits,
@@ -668,9 +668,9 @@ impl Counters {
 impl App {
     /// The state shared by every connection. Registers the metric handles,
     /// so install the metrics recorder first.
-    pub fn new(store: Arc<Live>, metrics: Option<PrometheusHandle>, limits: Limits) -> App {
+    pub fn new(live: Arc<Live>, metrics: Option<PrometheusHandle>, limits: Limits) -> App {
         App {
-            store,
+            live,
             metrics,
             counters: Arc::new(Counters::new()),
             limits,
@@ -690,7 +690,7 @@ impl App {
     /// Answers a request against the generation live when it arrived.
     pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let table = self.store.current();
+        let table = self.live.current();
         self.answer(req, table.as_deref(), None, started)
     }
 
@@ -739,7 +739,7 @@ impl App {
             return None;
         }
         let id = req.uri().path().strip_prefix(PROMOTIONS)?;
-        let current = self.store.current();
+        let current = self.live.current();
         let table = current.as_ref()?;
         if !table.larger_than_memory() {
             return None;
@@ -771,7 +771,7 @@ impl App {
                 Ok(Err(_)) | Err(_) => Err(BadBody::Incomplete),
             }
         };
-        let table = self.store.current();
+        let table = self.live.current();
         let (routed, counts) = batch(body.as_deref().map_err(|&e| e), table.as_deref());
         self.counters
             .count(&routed, started.elapsed().as_secs_f64());
@@ -976,8 +976,7 @@ fn share_the_core() {
             answered.set(n);
         } else {
             answered.set(0);
-            // SAFETY: sched_yield takes no arguments and touches no memory.
-            unsafe { libc::sched_yield() };
+            std::thread::yield_now();
         }
     });
 }

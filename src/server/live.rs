@@ -216,20 +216,20 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// Polling a directory listing costs microseconds, works on every
 /// filesystem (network mounts included) and cannot miss an event, which is
 /// why it is used instead of inotify.
-pub async fn watch(store: Arc<Live>, interval: Duration, shutdown: impl Future<Output = ()>) {
+pub async fn watch(live: Arc<Live>, interval: Duration, shutdown: impl Future<Output = ()>) {
     let rescan = |wake| {
-        let store = store.clone();
+        let live = live.clone();
         async move {
             if wake == Wake::Hangup {
                 tracing::info!("SIGHUP: rescanning the data directory");
             }
-            let s = store.clone();
+            let s = live.clone();
             match tokio::task::spawn_blocking(move || s.refresh()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!("scanning for generations: {e}"),
                 Err(e) => tracing::error!("generation scan panicked: {e}"),
             }
-            if let Some(table) = store.current().as_ref() {
+            if let Some(table) = live.current().as_ref() {
                 let now_ms = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);

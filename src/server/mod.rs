@@ -215,29 +215,7 @@ pub async fn shutdown_signal() {
 /// to the hard one, as servers do, and say so if even that is too low for
 /// `connections` (accept then fails and backs off until some close).
 fn raise_open_files_limit(connections: usize) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read or write only the struct passed,
-    // which lives on this stack frame for the duration of each call.
-    let limit = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            0
-        } else {
-            let soft = lim.rlim_cur;
-            lim.rlim_cur = lim.rlim_max;
-            // Not asked where there is nothing to lift (systemd's LimitNOFILE
-            // sets both): a unit's system call filter may refuse setrlimit.
-            if soft >= lim.rlim_max {
-                soft
-            } else if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                lim.rlim_max
-            } else {
-                soft
-            }
-        }
-    };
+    let limit = crate::sys::raise_open_files_limit();
     // Generation files, listeners, the metrics and the standard streams.
     let wanted = connections as u64 + 64;
     if limit < wanted {
@@ -315,8 +293,7 @@ fn runtime_with_nice(nice: i32) -> Result<tokio::runtime::Runtime> {
 /// Raising it needs no privilege; failing is harmless, so it is ignored.
 fn set_thread_nice(nice: i32) {
     if nice != 0 {
-        // SAFETY: setpriority takes plain integers; `who` 0 is the caller.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        crate::sys::set_thread_nice(nice);
     }
 }
 

@@ -170,7 +170,8 @@ impl Fetcher {
         let (file, tmp) = lock.temp_file(&self.dir)?;
         let cleanup = RemoveOnDrop::new(&tmp);
         // Reserve the blocks now: a full disk fails here, not halfway.
-        allocate(&file, len).map_err(Error::io_op("reserving space for a download", &tmp))?;
+        crate::sys::allocate(&file, len)
+            .map_err(Error::io_op("reserving space for a download", &tmp))?;
         tracing::info!(
             sequence,
             bytes = len,
@@ -345,18 +346,7 @@ impl Throttle {
 /// Fails with [`Error::DiskSpace`] unless `dir`'s filesystem has room for
 /// `len` bytes and a margin.
 fn check_free_disk(dir: &Path, sequence: u64, len: u64) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| Error::Usage(format!("{}: a path with a NUL byte", dir.display())))?;
-    // SAFETY: statvfs writes only the struct passed, which lives on this
-    // stack frame, and reads the NUL-terminated path, which outlives it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(Error::io_op("checking free disk", dir)(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let free = crate::sys::free_disk(dir).map_err(Error::io_op("checking free disk", dir))?;
     let needed = len + DISK_MARGIN;
     if free < needed {
         return Err(Error::DiskSpace {
@@ -367,18 +357,6 @@ fn check_free_disk(dir: &Path, sequence: u64, len: u64) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Reserves `len` bytes of disk for `file`.
-fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is open for writing for the whole call.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) } {
-        0 => Ok(()),
-        // Filesystems without fallocate: a sparse file of the right length.
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
-        e => Err(std::io::Error::from_raw_os_error(e)),
-    }
 }
 
 /// `d` scaled by a factor between 0.9 and 1.1.
