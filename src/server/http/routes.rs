@@ -1,44 +1,22 @@
-//! The HTTP API: routes as pure functions, and the server around them.
-//!
-//! `route` maps a method, a path and the live table to a response without
-//! any I/O, so every answer is unit-tested without sockets; `run` serves a
-//! bound listener until a shutdown future completes, so tests bind
-//! 127.0.0.1:0 and call it.
-
-use std::convert::Infallible;
-use std::future::Future;
-use std::ops::Range;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+//! Routing and answers: each request's response as a pure function of
+//! its method, target, headers and the live table, without any I/O.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER};
-use hyper::{HeaderMap, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioTimer;
+use hyper::{HeaderMap, Method, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::builder::ingest;
 use crate::generation::shard::Shard;
 use crate::generation::table::{Bucket, Found, Table};
 use crate::metrics as m;
-use crate::server::connection;
-use crate::server::live::Live;
-use crate::server::tls::{self, Tls};
 
 /// The response header that names the generation an answer came from.
 pub const GENERATION_HEADER: &str = "x-promo-generation";
-/// How long shutdown waits for requests in flight.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// The longest request target (path and query) answered; longer ones get
 /// 414. An id URL is under 100 bytes.
 pub const MAX_TARGET_LEN: usize = 2048;
-/// The most bytes of request line and headers read; more gets 431 from
-/// hyper. This also bounds what a slow client can make a connection buffer.
-pub const MAX_HEAD_LEN: usize = 16 * 1024;
 /// The `Retry-After` of every 503 (no generation loaded yet), in seconds:
 /// the least the header can say. A server becomes ready within moments of
 /// a generation being there (the watcher rescans the data directory every
@@ -47,30 +25,7 @@ pub const MAX_HEAD_LEN: usize = 16 * 1024;
 /// the server next to nothing.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
-/// What the server holds back from any one client.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Most connections served at once, over all threads; further clients
-    /// wait until one closes (each thread holds at most one of them
-    /// accepted, the rest stay in the kernel's accept backlog).
-    pub max_connections: usize,
-    /// A client that has not sent a whole request head this long after the
-    /// server started reading one (a new connection, or the next request on
-    /// a kept-alive one) is disconnected: slow and idle clients cannot hold
-    /// connections for ever.
-    pub header_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_connections: 16_384,
-            header_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-const PROMOTIONS: &str = "/promotions/";
+pub(super) const PROMOTIONS: &str = "/promotions/";
 const JSON: &str = "application/json";
 /// The batch lookup's path.
 pub const BATCH: &str = "/promotions/batch";
@@ -125,7 +80,7 @@ pub fn route(
 /// [`route`], with the request's `headers` (a lookup answers its
 /// `If-None-Match`) and the lookup's bucket of records already read from
 /// disk (see [`Table::get_from`]).
-fn route_from(
+pub(super) fn route_from(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
@@ -502,7 +457,7 @@ fn parse_batch(body: &[u8]) -> Result<Vec<String>, (StatusCode, String)> {
 /// ([`ingest::parse_id`]). Percent-encoded characters are decoded first
 /// (`%2D` is `-`, as RFC 3986 makes them equivalent); what does not decode
 /// to a UUID is `None`.
-fn id_in_url(id: &str) -> Option<u128> {
+pub(super) fn id_in_url(id: &str) -> Option<u128> {
     if !id.contains('%') {
         return ingest::parse_id(id.as_bytes());
     }
@@ -573,420 +528,13 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-/// What every connection needs: the store, the metrics handle, and the
-/// limits, whose connection permits all serving threads share.
-#[derive(Clone)]
-pub struct App {
-    pub live: Arc<Live>,
-    pub metrics: Option<PrometheusHandle>,
-    counters: Arc<Counters>,
-    limits: Limits,
-    connections: Arc<Semaphore>,
-    /// HTTPS: every connection shakes hands first.
-    tls: Option<Arc<Tls>>,
-}
-
-/// Metric handles registered once, so that a request does not look its
-/// metrics up by name and labels.
-struct Counters {
-    /// (route, status, counter) for the answers promo gives.
-    requests: Vec<(&'static str, StatusCode, metrics::Counter)>,
-    durations: Vec<(&'static str, metrics::Histogram)>,
-    lookups: [metrics::Counter; 4],
-    open_connections: metrics::Gauge,
-}
-
-const ROUTES: [&str; 6] = [
-    "promotions",
-    "batch",
-    "healthz",
-    "readyz",
-    "metrics",
-    "other",
-];
-
-impl Counters {
-    fn new() -> Counters {
-        let statuses = [
-            StatusCode::OK,
-            StatusCode::NOT_MODIFIED,
-            StatusCode::NOT_FOUND,
-            StatusCode::METHOD_NOT_ALLOWED,
-            StatusCode::URI_TOO_LONG,
-            StatusCode::SERVICE_UNAVAILABLE,
-            StatusCode::MISDIRECTED_REQUEST,
-        ];
-        let mut requests = Vec::new();
-        for route in ROUTES {
-            for status in statuses {
-                let counter = metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => status.as_str().to_owned());
-                requests.push((route, status, counter));
-            }
-        }
-        Counters {
-            requests,
-            durations: ROUTES
-                .iter()
-                .map(|&route| {
-                    (
-                        route,
-                        metrics::histogram!(m::HTTP_DURATION, "route" => route),
-                    )
-                })
-                .collect(),
-            lookups: [
-                Lookup::Hit,
-                Lookup::Miss,
-                Lookup::Invalid,
-                Lookup::Misdirected,
-            ]
-            .map(|l| metrics::counter!(m::LOOKUPS, "result" => l.label())),
-            open_connections: metrics::gauge!(m::HTTP_OPEN_CONNECTIONS),
-        }
-    }
-
-    fn count(&self, routed: &Routed, seconds: f64) {
-        let status = routed.response.status();
-        match self
-            .requests
-            .iter()
-            .find(|(r, s, _)| *r == routed.route && *s == status)
-        {
-            Some((_, _, c)) => c.increment(1),
-            None => metrics::counter!(m::HTTP_REQUESTS, "route" => routed.route, "status" => status.as_str().to_owned())
-                .increment(1),
-        }
-        if let Some((_, h)) = self.durations.iter().find(|(r, _)| *r == routed.route) {
-            h.record(seconds);
-        }
-        if let Some(lookup) = routed.lookup {
-            self.lookups[lookup as usize].increment(1);
-        }
-    }
-}
-
-impl App {
-    /// The state shared by every connection. Registers the metric handles,
-    /// so install the metrics recorder first.
-    pub fn new(live: Arc<Live>, metrics: Option<PrometheusHandle>, limits: Limits) -> App {
-        App {
-            live,
-            metrics,
-            counters: Arc::new(Counters::new()),
-            limits,
-            connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
-            tls: None,
-        }
-    }
-
-    /// Serves HTTPS with `tls` instead of plain HTTP.
-    pub fn with_tls(self, tls: Arc<Tls>) -> App {
-        App {
-            tls: Some(tls),
-            ..self
-        }
-    }
-
-    /// Answers a request against the generation live when it arrived.
-    pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
-        let started = Instant::now();
-        let table = self.live.current();
-        self.answer(req, table.as_deref(), None, started)
-    }
-
-    /// Answers a lookup whose bucket of records is not in memory: reads it
-    /// from disk without blocking the thread, then looks the id up in it,
-    /// in the generation that was live when the request arrived.
-    async fn handle_from_disk<B>(
-        &self,
-        req: &Request<B>,
-        table: Arc<Table>,
-        range: Range<u64>,
-    ) -> Response<Full<Bytes>> {
-        let started = Instant::now();
-        let bytes = super::disk::read(&table, range.clone()).await;
-        let bucket = bytes.map(|bytes| Bucket { range, bytes });
-        self.answer(req, Some(&table), bucket.as_ref(), started)
-    }
-
-    fn answer<B>(
-        &self,
-        req: &Request<B>,
-        table: Option<&Table>,
-        bucket: Option<&Bucket>,
-        started: Instant,
-    ) -> Response<Full<Bytes>> {
-        let metrics = self.metrics.as_ref();
-        let routed = route_from(
-            req.method(),
-            target(req),
-            req.headers(),
-            table,
-            bucket,
-            metrics,
-        );
-        self.counters
-            .count(&routed, started.elapsed().as_secs_f64());
-        routed.response
-    }
-
-    /// For a lookup in a generation larger than memory whose records are
-    /// not in memory now: the generation and the bytes to read first.
-    fn lookup_from_disk<B>(&self, req: &Request<B>) -> Option<(Arc<Table>, Range<u64>)> {
-        if !matches!(*req.method(), Method::GET | Method::HEAD)
-            || target(req).len() > MAX_TARGET_LEN
-        {
-            return None;
-        }
-        let id = req.uri().path().strip_prefix(PROMOTIONS)?;
-        let current = self.live.current();
-        let table = current.as_ref()?;
-        if !table.larger_than_memory() {
-            return None;
-        }
-        // Another shard's id is answered 421 without a lookup.
-        let key = id_in_url(id).filter(|&key| table.header().shard.contains(key))?;
-        let range = table.lookup_range(key)?;
-        (!table.in_memory(range.clone())).then(|| (table.clone(), range))
-    }
-
-    /// Answers `POST /promotions/batch`: reads the body (at most
-    /// [`MAX_BATCH_BYTES`], within the header timeout, so a client cannot
-    /// hold a connection by sending it slowly), then looks every id up in
-    /// the generation live at that moment.
-    pub async fn handle_batch(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        use http_body_util::{BodyExt, Limited};
-        let started = Instant::now();
-        let declared = req
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let body = if declared.is_some_and(|n| n > MAX_BATCH_BYTES as u64) {
-            Err(BadBody::TooLarge)
-        } else {
-            let read = Limited::new(req.into_body(), MAX_BATCH_BYTES).collect();
-            match tokio::time::timeout(self.limits.header_timeout, read).await {
-                Ok(Ok(collected)) => Ok(collected.to_bytes()),
-                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BadBody::TooLarge),
-                Ok(Err(_)) | Err(_) => Err(BadBody::Incomplete),
-            }
-        };
-        let table = self.live.current();
-        let (routed, counts) = batch(body.as_deref().map_err(|&e| e), table.as_deref());
-        self.counters
-            .count(&routed, started.elapsed().as_secs_f64());
-        for (counter, n) in self.counters.lookups.iter().zip(counts) {
-            counter.increment(n);
-        }
-        routed.response
-    }
-}
-
-/// The request's path and query.
-fn target<B>(req: &Request<B>) -> &str {
-    req.uri().path_and_query().map_or("/", |p| p.as_str())
-}
-
-/// Binds `n` listeners to `addr` with SO_REUSEPORT, so that `n` threads can
-/// each accept and serve their own connections without handing work to
-/// each other. With port 0, all take the port the first one got.
-pub fn bind(addr: std::net::SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
-    let mut addr = addr;
-    for _ in 0..n.max(1) {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(4096)?;
-        let listener: std::net::TcpListener = socket.into();
-        addr = listener.local_addr()?;
-        out.push(listener);
-    }
-    Ok(out)
-}
-
-/// Serves `listener` until `shutdown` completes, then stops accepting,
-/// lets requests in flight finish (up to `SHUTDOWN_GRACE`) and returns.
-pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
-    // Each connection holds a receiver: true asks it to finish, and the
-    // sender's `closed` says when every connection has.
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let mut http = connection_builder(app.limits.header_timeout, MAX_HEAD_LEN);
-    // Responses are a few hundred bytes: one copy beats a writev.
-    http.writev(false);
-    tokio::pin!(shutdown);
-    loop {
-        let Some(stream) = accept(&listener, &mut shutdown).await else {
-            break;
-        };
-        // Accepted first, then a permit: a thread that waited for a permit
-        // before accepting would hold it while its own listener is idle,
-        // and connections queued at another thread's listener would wait
-        // for ever under a cap as small as the threads. So each thread
-        // holds at most one accepted connection beyond the cap, and stops
-        // accepting until a permit frees; the rest wait in the backlog.
-        let permit = tokio::select! {
-            p = app.connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let (app, http, stopping) = (app.clone(), http.clone(), stopping.clone());
-        tokio::spawn(async move {
-            let open = app.counters.open_connections.clone();
-            open.increment(1);
-            let timeout = app.limits.header_timeout;
-            match app.tls.clone() {
-                None => {
-                    connection::serve(stream, false, &http, service(app), timeout, stopping).await
-                }
-                // The handshake counts against the connection cap and the
-                // header timeout, as a request head does: a client that
-                // stalls or sends plain HTTP holds one permit, briefly.
-                // Boxed, so that a plain connection's task holds no room
-                // for a handshake it never makes (4.8 KB of 5.4).
-                Some(tls) => {
-                    Box::pin(async move {
-                        if let Some(stream) = tls::accept(&tls, stream, timeout).await {
-                            connection::serve(stream, true, &http, service(app), timeout, stopping)
-                                .await
-                        }
-                    })
-                    .await
-                }
-            }
-            open.decrement(1);
-            drop(permit);
-        });
-    }
-    drop(listener);
-    drop(stopping);
-    let _ = stop.send(true);
-    tokio::select! {
-        () = stop.closed() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("gave up waiting for open connections"),
-    }
-}
-
-/// HTTP/1.1 with promo's limits: the header timeout, and at most
-/// [`MAX_HEAD_LEN`] of request head. `read_buffer` is the most one read
-/// takes from the socket: a lookup needs no more than a head, an upload
-/// wants large reads (each read becomes a body chunk handed to the build).
-pub fn connection_builder(
-    header_timeout: Duration,
-    read_buffer: usize,
-) -> hyper::server::conn::http1::Builder {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(read_buffer.max(MAX_HEAD_LEN))
-        .max_header_size(MAX_HEAD_LEN)
-        .keep_alive(true);
-    http
-}
-
-/// The next connection, or `None` once `shutdown` completes. A failed
-/// accept (out of file descriptors, say) backs off and tries again: a
-/// listener never dies.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Option<tokio::net::TcpStream> {
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => return Some(stream),
-                Err(e) => {
-                    tracing::warn!("accept failed on {:?}: {e}", listener.local_addr().ok());
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            () = shutdown.as_mut() => return None,
-        }
-    }
-}
-
-/// An answer that waits for something first (a batch's body, or a
-/// lookup's records from disk).
-type Answer = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
-
-/// promo's routes as a hyper service, for each request of a connection.
-fn service(
-    app: App,
-) -> impl hyper::service::HttpService<
-    hyper::body::Incoming,
-    ResBody = Full<Bytes>,
-    Error = Infallible,
-    Future: Unpin + Send,
-> + Clone
-       + Unpin
-       + Send {
-    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        use futures_util::future::Either;
-        share_the_core();
-        if req.method() == Method::POST && req.uri().path() == BATCH {
-            // Only a batch has a body to wait for.
-            let app = app.clone();
-            Either::Left(
-                Box::pin(async move { Ok::<_, Infallible>(app.handle_batch(req).await) }) as Answer,
-            )
-        } else if let Some((table, range)) = app.lookup_from_disk(&req) {
-            // The lookup's records are not in memory: they are read without
-            // blocking this thread, then looked up.
-            let app = app.clone();
-            Either::Left(Box::pin(async move {
-                Ok::<_, Infallible>(app.handle_from_disk(&req, table, range).await)
-            }) as Answer)
-        } else {
-            Either::Right(std::future::ready(Ok(app.handle(&req))))
-        }
-    })
-}
-
-/// Requests a serving thread answers between two offers of its core.
-const ANSWERS_PER_YIELD: u32 = 32;
-
-/// Offers the core to whatever else waits for it (`sched_yield`), once
-/// every [`ANSWERS_PER_YIELD`] requests this thread answers.
-///
-/// Why: under load a serving thread always has a connection ready, so it
-/// never sleeps, and the kernel takes the core from it only at a timer
-/// tick (every 4 ms with `HZ=250`, as Debian builds it). Whatever shares
-/// the cores (a load balancer, the client, the kernel's own threads) then
-/// waits a tick or two, and so do the answers it was about to read: under
-/// `wrk -t2 -c64` on two cores, promo's p99 was 7.6-7.9 ms against the
-/// hyper floor's 2.1 ms and nginx's 0.5 ms, with a p50 of 0.16 ms. Each
-/// part of an answer's work (the lookup alone took the floor to 5 ms)
-/// kept the threads busier, not slower. Measured with the serving path in
-/// the floor, medians of 3 alternating rounds: a yield every request 91k
-/// requests/s, p99 2.2 ms; every 8, 101k and 1.7 ms; every 32, 141k and
-/// 1.1 ms; every 64, 142k and 3.0 ms; none, 139k and 7.6 ms. A yield
-/// every fixed time instead (250 us to 1 ms) did worse than every 32
-/// answers. With nothing else to run, a yield returns at once: one system
-/// call every 32 answers.
-fn share_the_core() {
-    thread_local! {
-        static ANSWERED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-    }
-    ANSWERED.with(|answered| {
-        let n = answered.get() + 1;
-        if n < ANSWERS_PER_YIELD {
-            answered.set(n);
-        } else {
-            answered.set(0);
-            std::thread::yield_now();
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::generation::format::Writer;
     use crate::generation::record::Price;
     use http_body_util::BodyExt;
+    use std::future::Future;
 
     const ID: &str = "d018ef0b-dbd9-48f1-ac1a-eb4d90e57118";
 

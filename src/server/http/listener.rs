@@ -1,0 +1,162 @@
+//! The listeners and their connections: binding, accepting, serving each
+//! connection with [`App`]'s service, and stopping gracefully.
+
+use std::future::Future;
+use std::time::Duration;
+
+use hyper_util::rt::TokioTimer;
+use tokio::net::TcpListener;
+
+use super::service::{service, App};
+use crate::server::connection;
+use crate::server::tls;
+
+/// How long shutdown waits for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The most bytes of request line and headers read; more gets 431 from
+/// hyper. This also bounds what a slow client can make a connection buffer.
+pub const MAX_HEAD_LEN: usize = 16 * 1024;
+
+/// What the server holds back from any one client.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections served at once, over all threads; further clients
+    /// wait until one closes (each thread holds at most one of them
+    /// accepted, the rest stay in the kernel's accept backlog).
+    pub max_connections: usize,
+    /// A client that has not sent a whole request head this long after the
+    /// server started reading one (a new connection, or the next request on
+    /// a kept-alive one) is disconnected: slow and idle clients cannot hold
+    /// connections for ever.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 16_384,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Binds `n` listeners to `addr` with SO_REUSEPORT, so that `n` threads can
+/// each accept and serve their own connections without handing work to
+/// each other. With port 0, all take the port the first one got.
+pub fn bind(addr: std::net::SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting,
+/// lets requests in flight finish (up to `SHUTDOWN_GRACE`) and returns.
+pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
+    // Each connection holds a receiver: true asks it to finish, and the
+    // sender's `closed` says when every connection has.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut http = connection_builder(app.limits.header_timeout, MAX_HEAD_LEN);
+    // Responses are a few hundred bytes: one copy beats a writev.
+    http.writev(false);
+    tokio::pin!(shutdown);
+    loop {
+        let Some(stream) = accept(&listener, &mut shutdown).await else {
+            break;
+        };
+        // Accepted first, then a permit: a thread that waited for a permit
+        // before accepting would hold it while its own listener is idle,
+        // and connections queued at another thread's listener would wait
+        // for ever under a cap as small as the threads. So each thread
+        // holds at most one accepted connection beyond the cap, and stops
+        // accepting until a permit frees; the rest wait in the backlog.
+        let permit = tokio::select! {
+            p = app.connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, http, stopping) = (app.clone(), http.clone(), stopping.clone());
+        tokio::spawn(async move {
+            let open = app.counters.open_connections.clone();
+            open.increment(1);
+            let timeout = app.limits.header_timeout;
+            match app.tls.clone() {
+                None => {
+                    connection::serve(stream, false, &http, service(app), timeout, stopping).await
+                }
+                // The handshake counts against the connection cap and the
+                // header timeout, as a request head does: a client that
+                // stalls or sends plain HTTP holds one permit, briefly.
+                // Boxed, so that a plain connection's task holds no room
+                // for a handshake it never makes (4.8 KB of 5.4).
+                Some(tls) => {
+                    Box::pin(async move {
+                        if let Some(stream) = tls::accept(&tls, stream, timeout).await {
+                            connection::serve(stream, true, &http, service(app), timeout, stopping)
+                                .await
+                        }
+                    })
+                    .await
+                }
+            }
+            open.decrement(1);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    drop(stopping);
+    let _ = stop.send(true);
+    tokio::select! {
+        () = stop.closed() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("gave up waiting for open connections"),
+    }
+}
+
+/// HTTP/1.1 with promo's limits: the header timeout, and at most
+/// [`MAX_HEAD_LEN`] of request head. `read_buffer` is the most one read
+/// takes from the socket: a lookup needs no more than a head, an upload
+/// wants large reads (each read becomes a body chunk handed to the build).
+pub fn connection_builder(
+    header_timeout: Duration,
+    read_buffer: usize,
+) -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(read_buffer.max(MAX_HEAD_LEN))
+        .max_header_size(MAX_HEAD_LEN)
+        .keep_alive(true);
+    http
+}
+
+/// The next connection, or `None` once `shutdown` completes. A failed
+/// accept (out of file descriptors, say) backs off and tries again: a
+/// listener never dies.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => {
+                    tracing::warn!("accept failed on {:?}: {e}", listener.local_addr().ok());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            () = shutdown.as_mut() => return None,
+        }
+    }
+}
