@@ -224,15 +224,94 @@ fn a_connection_that_keeps_dropping_fails_after_bounded_retries() {
         "{err}"
     );
     let gets = server.gets();
-    assert_eq!(
-        gets.len(),
-        1 + promo::store::remote::FEED_RETRIES,
-        "{gets:?}"
-    );
+    assert_eq!(gets.len(), 1 + promo::store::remote::RETRIES, "{gets:?}");
     assert!(
         gets[5].as_deref().unwrap().starts_with("bytes=500-"),
         "{gets:?}"
     );
+    assert!(sequences(&data).is_empty());
+}
+
+/// Python's `http.server`, serving `dir` on a port of its own, until dropped.
+struct PythonHttp(std::process::Child, String);
+
+impl PythonHttp {
+    fn start(dir: &Path) -> PythonHttp {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs http.server");
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .split('(')
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("http.server said {line:?}"))
+            .to_string();
+        PythonHttp(child, base)
+    }
+}
+
+impl Drop for PythonHttp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_server_that_takes_no_ranges_is_read_as_one_stream() {
+    // Python's http.server answers a range request with the whole file.
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("www");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::write(files.join("feed.csv"), feed_bytes()).unwrap();
+    std::fs::write(files.join("feed.csv.zst"), zstd(&feed_bytes())).unwrap();
+    let server = PythonHttp::start(&files);
+    for (name, data) in [("feed.csv", "plain"), ("feed.csv.zst", "zstd")] {
+        let data = dir.path().join(data);
+        let url = format!("{}{name}", server.1);
+        let out = build(&data, Path::new(&url), &[]);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{url}: {err}");
+        assert!(
+            err.contains("the server does not take range requests: reading it as one stream"),
+            "{url}: {err}"
+        );
+        serves_the_fixture(&data);
+    }
+
+    // Such a stream cannot resume: one that drops fails the build, says
+    // why, and publishes nothing.
+    let server = HttpFile::start(feed_bytes(), "v1");
+    {
+        let mut b = server.behaviour.lock().unwrap();
+        b.ignore_range = true;
+        b.cut_after = vec![usize::MAX, 3000];
+    }
+    let data = dir.path().join("dropped");
+    let url = server.url("feed.csv");
+    let out = build(&data, Path::new(&url), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("the stream dropped at byte 3000"), "{err}");
+    assert!(err.contains("cannot resume"), "{err}");
     assert!(sequences(&data).is_empty());
 }
 
@@ -338,7 +417,7 @@ fn ranges_in_flight_come_back_in_order_and_a_later_one_of_another_object_fails()
     let server = HttpFile::start(body.clone(), "v1");
     // 1000-byte ranges, three in flight: 100 ranges, reassembled in order.
     let mut reader = ObjectReader::open(&server.url("numbers"), 1000, 3).unwrap();
-    assert_eq!(reader.len, body.len() as u64);
+    assert_eq!(reader.len, Some(body.len() as u64));
     let mut got = Vec::new();
     reader.read_to_end(&mut got).unwrap();
     assert!(got == body, "the bytes came back out of order or changed");

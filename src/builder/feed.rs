@@ -86,7 +86,7 @@ pub fn open(input: &Input) -> Result<Feed> {
         Input::Url(url) => {
             let reader = ObjectReader::open(url, ObjectReader::RANGE, ObjectReader::IN_FLIGHT)?;
             Feed {
-                bytes: Some(reader.len),
+                bytes: reader.len,
                 reader: Box::new(reader),
             }
         }

@@ -26,6 +26,7 @@ use crate::generation::local::{self, BuildLock, Entry, RemoveOnDrop};
 use crate::generation::table::Table;
 use crate::metrics as m;
 use crate::store::layout::Manifest;
+use crate::store::ranged::{PinnedObject, RangeError};
 use crate::store::remote::Remote;
 
 /// Generations a server with `--source` keeps in its data directory: the
@@ -36,8 +37,6 @@ pub const KEEP: usize = 2;
 const RANGE: u64 = 8 << 20;
 /// Ranged GETs in flight at once.
 const IN_FLIGHT: usize = 4;
-/// Tries per range before the download fails (and the next poll retries).
-const ATTEMPTS: u32 = 5;
 /// Free disk kept beyond the download itself.
 const DISK_MARGIN: u64 = 64 << 20;
 
@@ -156,10 +155,11 @@ impl Fetcher {
                 reason,
             }))
         };
-        let len = match self.remote.object_len(&manifest.object).await? {
-            Some(len) => len,
+        let object = match self.remote.pin(&manifest.object).await? {
+            Some(object) => object,
             None => return refused(format!("its object {} is missing", manifest.object)),
         };
+        let len = object.len;
         if len != manifest.bytes {
             return refused(format!(
                 "its object {} is {len} bytes, but the manifest says {} (truncated or replaced?)",
@@ -178,7 +178,7 @@ impl Fetcher {
             object = %manifest.object,
             "downloading a generation"
         );
-        self.download(&manifest.object, len, &file, &tmp).await?;
+        self.download(&object, &file, &tmp).await?;
         // Syncing, verifying (every byte) and renaming block: off the
         // runtime's thread, which the watcher and the metrics share.
         let (dir, expected, url) = (
@@ -224,9 +224,15 @@ impl Fetcher {
         Ok(Ok((entry, table, seconds)))
     }
 
-    /// Downloads object `name` (`len` bytes) into `file` in ranges, a few
-    /// in flight, each retried with backoff.
-    async fn download(&self, name: &str, len: u64, file: &std::fs::File, tmp: &Path) -> Result<()> {
+    /// Downloads `object` into `file` in ranges, a few in flight (see
+    /// [`ranged`](super::ranged) for how each is read and retried).
+    async fn download(
+        &self,
+        object: &PinnedObject,
+        file: &std::fs::File,
+        tmp: &Path,
+    ) -> Result<()> {
+        let len = object.len;
         let bar = self.progress.then(|| {
             indicatif::ProgressBar::new(len).with_style(
                 indicatif::ProgressStyle::with_template(
@@ -240,7 +246,7 @@ impl Fetcher {
             .step_by(RANGE as usize)
             .map(|s| s..(s + RANGE).min(len));
         let result = futures_util::stream::iter(ranges)
-            .map(|range| self.download_range(name, range, file, tmp, bar.as_ref()))
+            .map(|range| self.download_range(object, range, file, tmp, bar.as_ref()))
             .buffer_unordered(IN_FLIGHT)
             .try_collect::<()>()
             .await;
@@ -250,62 +256,41 @@ impl Fetcher {
         result
     }
 
+    /// Writes bytes `range` of `object` where they belong in `file`, each
+    /// chunk as it arrives, at the rate the throttle allows.
     async fn download_range(
         &self,
-        name: &str,
+        object: &PinnedObject,
         range: std::ops::Range<u64>,
         file: &std::fs::File,
         tmp: &Path,
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // Each try downloads the whole range again, over what an
-            // earlier one wrote.
-            let mut offset = range.start;
-            let result: Result<()> = async {
-                let mut stream = self.remote.read_range(name, range.clone()).await?;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(self.remote.error("downloading a generation"))?;
-                    if offset + chunk.len() as u64 > range.end {
-                        return Err(self.remote.error("downloading a generation")(format!(
-                            "more bytes than the range {range:?} asked for"
-                        )));
-                    }
-                    if let Some(t) = &self.throttle {
-                        t.take(chunk.len() as u64).await;
-                    }
-                    file.write_all_at(&chunk, offset)
-                        .map_err(Error::io_op("writing a download", tmp))?;
-                    offset += chunk.len() as u64;
-                    metrics::counter!(m::FETCH_BYTES).increment(chunk.len() as u64);
-                    if let Some(bar) = bar {
-                        bar.inc(chunk.len() as u64);
-                    }
+        let mut offset = range.start;
+        let read = object.read_range(range, |chunk| {
+            let at = offset;
+            offset += chunk.len() as u64;
+            async move {
+                if let Some(t) = &self.throttle {
+                    t.take(chunk.len() as u64).await;
                 }
-                if offset != range.end {
-                    return Err(self.remote.error("downloading a generation")(format!(
-                        "the range {range:?} ended at {offset}"
-                    )));
+                file.write_all_at(&chunk, at)
+                    .map_err(Error::io_op("writing a download", tmp))?;
+                metrics::counter!(m::FETCH_BYTES).increment(chunk.len() as u64);
+                if let Some(bar) = bar {
+                    bar.inc(chunk.len() as u64);
                 }
                 Ok(())
             }
-            .await;
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e @ (Error::Io { .. } | Error::IoOp { .. })) => return Err(e),
-                Err(e) if attempt >= ATTEMPTS => return Err(e),
-                Err(e) => {
-                    if let Some(bar) = bar {
-                        bar.dec(offset - range.start);
-                    }
-                    let backoff = Duration::from_millis(200 << attempt);
-                    tracing::warn!("{e}; retrying in {backoff:?} ({attempt} of {ATTEMPTS})");
-                    tokio::time::sleep(jitter(backoff)).await;
-                }
-            }
+        });
+        match read.await {
+            Ok(()) => Ok(()),
+            Err(RangeError::Sink(e)) => Err(e),
+            Err(RangeError::NotTaken) => Err(self.remote.error("downloading a generation")(
+                "the store does not take range requests",
+            )),
+            Err(RangeError::Store(why)) => Err(self.remote.error("downloading a generation")(why)),
         }
     }
 }

@@ -12,6 +12,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use super::layout::{
     manifest_path, object_sequence, parse_manifest_name, Manifest, Object, GENERATIONS, MANIFESTS,
 };
+use super::ranged::PinnedObject;
 use crate::error::{Error, Result};
 
 /// A store of generations at a URL.
@@ -93,30 +94,28 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Times a feed's request is retried, a dropped answer included: the
+/// Times a request to a store is retried, a dropped answer included: the
 /// store client asks again from the byte where the answer stopped, as long
-/// as the object's ETag is still the one it started with.
-pub const FEED_RETRIES: usize = 5;
+/// as the object's ETag is still the one it started with. The one retry
+/// policy of every read, a feed's or a generation's (see
+/// [`ranged`](super::ranged)).
+pub const RETRIES: usize = 5;
 
-/// `builder` with the retries of a feed's reads when `kind` is an object
-/// (a store of generations keeps the client's defaults: its downloads
-/// retry whole ranges themselves).
-fn retried<B>(builder: B, kind: Kind, with: impl FnOnce(B, object_store::RetryConfig) -> B) -> B {
-    match kind {
-        Kind::Store => builder,
-        Kind::Object => with(
-            builder,
-            object_store::RetryConfig {
-                backoff: object_store::BackoffConfig {
-                    init_backoff: std::time::Duration::from_millis(100),
-                    max_backoff: std::time::Duration::from_secs(5),
-                    base: 2.0,
-                },
-                max_retries: FEED_RETRIES,
-                retry_timeout: std::time::Duration::from_secs(180),
+/// `builder` with the retries of every request: [`RETRIES`], backing off
+/// from 100 ms to 5 s, within 3 minutes.
+fn retried<B>(builder: B, with: impl FnOnce(B, object_store::RetryConfig) -> B) -> B {
+    with(
+        builder,
+        object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: std::time::Duration::from_millis(100),
+                max_backoff: std::time::Duration::from_secs(5),
+                base: 2.0,
             },
-        ),
-    }
+            max_retries: RETRIES,
+            retry_timeout: std::time::Duration::from_secs(180),
+        },
+    )
 }
 
 /// The URL parsed and checked, the object path it names (empty for a
@@ -182,9 +181,7 @@ fn store_at(
         ($builder:ty) => {
             Arc::new(
                 configure(
-                    retried(<$builder>::from_env().with_url(url), kind, |b, r| {
-                        b.with_retry(r)
-                    }),
+                    retried(<$builder>::from_env().with_url(url), |b, r| b.with_retry(r)),
                     options,
                     |b, k, v| b.with_config(k, v),
                 )
@@ -211,7 +208,7 @@ fn store_at(
             let client =
                 object_store::ClientOptions::new().with_allow_http(parsed.scheme() == "http");
             Arc::new(
-                retried(object_store::http::HttpBuilder::new(), kind, |b, r| {
+                retried(object_store::http::HttpBuilder::new(), |b, r| {
                     b.with_retry(r)
                 })
                 .with_url(origin)
@@ -392,10 +389,12 @@ impl Remote {
             .collect())
     }
 
-    /// The length of object `name`, or `None` if there is no such object.
-    pub async fn object_len(&self, name: &str) -> Result<Option<u64>> {
-        match self.store.head(&ObjectPath::from(name)).await {
-            Ok(meta) => Ok(Some(meta.size)),
+    /// Object `name`, pinned for a read (see [`PinnedObject`]), or `None`
+    /// if there is no such object.
+    pub async fn pin(&self, name: &str) -> Result<Option<PinnedObject>> {
+        let path = ObjectPath::from(name);
+        match PinnedObject::look_up(self.store.clone(), path, false).await {
+            Ok(object) => Ok(Some(object)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error("looking up a generation object")(e)),
         }
@@ -481,24 +480,6 @@ impl Remote {
             }
             Err(e) => Err(self.error("writing a manifest")(e)),
         }
-    }
-
-    /// Reads bytes `range` of object `name` as a stream of chunks.
-    pub async fn read_range(
-        &self,
-        name: &str,
-        range: std::ops::Range<u64>,
-    ) -> Result<futures_util::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>> {
-        let opts = object_store::GetOptions {
-            range: Some(object_store::GetRange::Bounded(range)),
-            ..Default::default()
-        };
-        let got = self
-            .store
-            .get_opts(&ObjectPath::from(name), opts)
-            .await
-            .map_err(self.error("downloading a generation"))?;
-        Ok(got.into_stream())
     }
 
     /// Deletes manifest `sequence`.

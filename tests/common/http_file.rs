@@ -25,6 +25,9 @@ pub struct Behaviour {
     /// The query of a presigned URL: a request with another query, or
     /// none, is answered 403, and so is a HEAD (the URL is signed for GET).
     pub signed_query: Option<String>,
+    /// Answer every GET with the whole object (200), as a server that does
+    /// not take ranges does.
+    pub ignore_range: bool,
 }
 
 pub struct HttpFile {
@@ -94,7 +97,7 @@ fn serve(stream: TcpStream, shared: &Mutex<Behaviour>) {
                 }
             }
         }
-        let (body, etag, cut) = {
+        let (body, etag, cut, range) = {
             let mut b = shared.lock().unwrap();
             b.seen.push((method.clone(), range.clone()));
             b.targets.push(target.clone());
@@ -127,7 +130,8 @@ fn serve(stream: TcpStream, shared: &Mutex<Behaviour>) {
             } else {
                 None
             };
-            (b.body.clone(), b.etag.clone(), cut)
+            let range = range.filter(|_| !b.ignore_range);
+            (b.body.clone(), b.etag.clone(), cut, range)
         };
         let len = body.len();
         let (status, start, end) = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")) {
