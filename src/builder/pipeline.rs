@@ -529,8 +529,7 @@ fn publish_and_retain(
     opts: &BuildOptions,
 ) -> Result<Entry> {
     let dir = &opts.data_dir;
-    let sidecar = churn.map(|c| c.to_json());
-    let sidecar = sidecar.as_ref().map_or(Sidecar::None, Sidecar::Churn);
+    let sidecar = churn.map_or(Sidecar::None, Sidecar::Churn);
     let generation = lock.publish(dir, tmp_path, sidecar)?;
     tmp.disarm();
     // What the scan verified also tells retention which files are good and

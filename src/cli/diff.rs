@@ -56,9 +56,15 @@ impl Diff {
                 _ => "changed",
             };
             failed = if self.json {
-                let mut line = change.to_json();
-                line["kind"] = kind.into();
-                writeln!(stdout, "{line}")
+                #[derive(serde::Serialize)]
+                struct Line<'a> {
+                    #[serde(flatten)]
+                    change: &'a churn::Change,
+                    kind: &'a str,
+                }
+                serde_json::to_writer(&mut stdout, &Line { change, kind })
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(stdout))
             } else {
                 writeln!(stdout, "{kind:<8} {}", change.describe())
             };
@@ -69,7 +75,7 @@ impl Diff {
             }
         });
         let summary = if self.json {
-            serde_json::json!({ "summary": churn.to_json() }).to_string()
+            serde_json::json!({ "summary": churn }).to_string()
         } else {
             let (from, to) = (old.sequence(), new.sequence());
             format!("generation {from} -> {to}: {}", churn.summary())

@@ -6,6 +6,7 @@ use std::path::Path;
 use clap::Args;
 use serde::Serialize;
 
+use promo::generation::churn::Churn;
 use promo::generation::format::rfc3339_utc;
 use promo::generation::local::{self, Description};
 use promo::generation::rollback::Rollback;
@@ -38,7 +39,7 @@ struct Stored {
     object: String,
     /// `ok`, or what is wrong with the object.
     state: String,
-    churn: Option<serde_json::Value>,
+    churn: Option<Churn>,
     rollback: Option<Rollback>,
 }
 

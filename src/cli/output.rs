@@ -33,7 +33,7 @@ impl Output {
     pub fn summary(self, s: &promo::builder::pipeline::BuildSummary) {
         println!("{s}");
         if self.json {
-            let churn = s.churn.as_ref().map(|c| c.to_json().to_string());
+            let churn = s.churn.as_ref().and_then(|c| serde_json::to_string(c).ok());
             tracing::info!(
                 churn,
                 rows = s.rows,
@@ -56,7 +56,7 @@ impl Output {
 /// `rollback to N, undid M, L`, else its churn `+added -removed ~changed
 /// (percent)`, or `-` when it is not known.
 pub fn changes(
-    churn: Option<&serde_json::Value>,
+    churn: Option<&promo::generation::churn::Churn>,
     rollback: Option<&promo::generation::rollback::Rollback>,
 ) -> String {
     if let Some(r) = rollback {
@@ -66,7 +66,7 @@ pub fn changes(
             false => format!("rollback to {}, undid {}", r.of, undone.join(", ")),
         };
     }
-    match churn.and_then(promo::generation::churn::Churn::from_json) {
+    match churn {
         Some(c) => format!(
             "+{} -{} ~{} ({:.2}%)",
             c.added,

@@ -17,9 +17,10 @@
 use std::ops::{ControlFlow, Range};
 
 use rayon::prelude::*;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::generation::date::{Dates, Decoded};
+use crate::generation::json;
 use crate::generation::record::Price;
 use crate::generation::table::{Found, Table};
 
@@ -30,18 +31,25 @@ pub const EXAMPLES: usize = 5;
 /// (cents for units is 100x; a price that went to 0 is one too).
 pub const JUMP_FACTOR: f64 = 10.0;
 
-/// One id that differs: its old values, its new ones, or both.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One id that differs: its old values, its new ones, or both. In JSON,
+/// `{"id": ..., "old": {...} or null, "new": {...} or null}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
+    #[serde(rename = "id", with = "json::id")]
     pub key: u128,
+    #[serde(default)]
     pub old: Option<Values>,
+    #[serde(default)]
     pub new: Option<Values>,
 }
 
-/// A promotion's price and expiration date, as the API prints them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A promotion's price and expiration date, as the API prints them (in
+/// JSON as the API writes them too: see [`json::price`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Values {
+    #[serde(with = "json::price")]
     pub price: String,
+    #[serde(rename = "expiration_date")]
     pub date: String,
 }
 
@@ -55,32 +63,6 @@ impl Values {
             price: String::from_utf8_lossy(&price).into_owned(),
             date: String::from_utf8_lossy(&found.date()).into_owned(),
         }
-    }
-
-    /// The price is a JSON number, as the API writes it (the value, to
-    /// within a double's 15 significant digits; trailing zeros go).
-    fn to_json(&self) -> Value {
-        let price = self
-            .price
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map_or_else(|| Value::from(self.price.as_str()), Value::Number);
-        json!({"price": price, "expiration_date": self.date})
-    }
-
-    /// Reads what [`Values::to_json`] wrote, and the strings that sidecars
-    /// and manifests written before prices were numbers hold.
-    fn from_json(v: &Value) -> Option<Values> {
-        let price = match v.get("price")? {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => return None,
-        };
-        Some(Values {
-            price,
-            date: v.get("expiration_date")?.as_str()?.to_string(),
-        })
     }
 }
 
@@ -100,32 +82,13 @@ impl Change {
             side(&self.new)
         )
     }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": uuid::Uuid::from_u128(self.key).hyphenated().to_string(),
-            "old": self.old.as_ref().map(Values::to_json),
-            "new": self.new.as_ref().map(Values::to_json),
-        })
-    }
-
-    fn from_json(v: &Value) -> Option<Change> {
-        let side = |name| match v.get(name) {
-            None | Some(Value::Null) => Some(None),
-            Some(s) => Values::from_json(s).map(Some),
-        };
-        Some(Change {
-            key: uuid::Uuid::parse_str(v.get("id")?.as_str()?)
-                .ok()?
-                .as_u128(),
-            old: side("old")?,
-            new: side("new")?,
-        })
-    }
 }
 
-/// What a generation changes against the one before it.
-#[derive(Debug, Clone, PartialEq)]
+/// What a generation changes against the one before it. In JSON (a
+/// sidecar, a manifest, `inspect --json`, `GET /generations`), the fields
+/// of [`Stored`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "Stored", from = "Stored")]
 pub struct Churn {
     /// The sequence compared against (0 when unknown: a store's manifest
     /// whose builder compared with a generation the store does not hold as
@@ -238,55 +201,79 @@ impl Churn {
             ("unchanged", self.unchanged),
         ]
     }
+}
 
-    /// The JSON of the sidecar, of `inspect --json`, `GET /generations`
-    /// and the store's manifest.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "against": self.previous,
-            "against_records": self.previous_records,
-            "against_checksum": format!("{:016x}", self.previous_checksum),
-            "added": self.added,
-            "removed": self.removed,
-            "price": self.price,
-            "expiry": self.expiry,
-            "changed": self.changed,
-            "unchanged": self.unchanged,
-            "price_jumps": self.price_jumps,
-            "median_price_change": self.median_price_change,
-            "churn_percent": self.churn_percent(),
-            "price_jump_percent": self.price_jump_percent(),
-            "examples": self.examples.iter().map(Change::to_json).collect::<Vec<_>>(),
-            "jump_examples": self.jump_examples.iter().map(Change::to_json).collect::<Vec<_>>(),
-        })
+impl Churn {
+    /// The churn as JSON (see [`Stored`]).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a churn serializes")
     }
+}
 
-    /// Reads what [`Churn::to_json`] wrote; `None` for anything else.
-    pub fn from_json(v: &Value) -> Option<Churn> {
-        let n = |name: &str| v.get(name)?.as_u64();
-        let changes = |name: &str| -> Option<Vec<Change>> {
-            v.get(name)?
-                .as_array()?
-                .iter()
-                .map(Change::from_json)
-                .collect()
-        };
-        Some(Churn {
-            previous: n("against").unwrap_or(0),
-            previous_records: n("against_records")?,
-            previous_checksum: u64::from_str_radix(v.get("against_checksum")?.as_str()?, 16)
-                .ok()?,
-            added: n("added")?,
-            removed: n("removed")?,
-            price: n("price")?,
-            expiry: n("expiry")?,
-            changed: n("changed")?,
-            unchanged: n("unchanged")?,
-            price_jumps: n("price_jumps")?,
-            median_price_change: v.get("median_price_change")?.as_f64(),
-            examples: changes("examples")?,
-            jump_examples: changes("jump_examples")?,
-        })
+/// A [`Churn`] as JSON: its figures, and the two percentages it implies
+/// (written for readers, not read back).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    /// The sequence compared against; null when unknown.
+    against: Option<u64>,
+    against_records: u64,
+    #[serde(with = "json::hex")]
+    against_checksum: u64,
+    added: u64,
+    removed: u64,
+    price: u64,
+    expiry: u64,
+    changed: u64,
+    unchanged: u64,
+    price_jumps: u64,
+    median_price_change: Option<f64>,
+    #[serde(default, skip_deserializing)]
+    churn_percent: f64,
+    #[serde(default, skip_deserializing)]
+    price_jump_percent: f64,
+    examples: Vec<Change>,
+    jump_examples: Vec<Change>,
+}
+
+impl From<Churn> for Stored {
+    fn from(c: Churn) -> Stored {
+        Stored {
+            against: (c.previous != 0).then_some(c.previous),
+            against_records: c.previous_records,
+            against_checksum: c.previous_checksum,
+            churn_percent: c.churn_percent(),
+            price_jump_percent: c.price_jump_percent(),
+            added: c.added,
+            removed: c.removed,
+            price: c.price,
+            expiry: c.expiry,
+            changed: c.changed,
+            unchanged: c.unchanged,
+            price_jumps: c.price_jumps,
+            median_price_change: c.median_price_change,
+            examples: c.examples,
+            jump_examples: c.jump_examples,
+        }
+    }
+}
+
+impl From<Stored> for Churn {
+    fn from(s: Stored) -> Churn {
+        Churn {
+            previous: s.against.unwrap_or(0),
+            previous_records: s.against_records,
+            previous_checksum: s.against_checksum,
+            added: s.added,
+            removed: s.removed,
+            price: s.price,
+            expiry: s.expiry,
+            changed: s.changed,
+            unchanged: s.unchanged,
+            price_jumps: s.price_jumps,
+            median_price_change: s.median_price_change,
+            examples: s.examples,
+            jump_examples: s.jump_examples,
+        }
     }
 }
 
@@ -708,7 +695,8 @@ mod tests {
         // Prices are JSON numbers, so "1.50" reads back as "1.5": the
         // JSON round-trips.
         let json = churn.to_json();
-        assert_eq!(Churn::from_json(&json).map(|c| c.to_json()), Some(json));
+        let back: Churn = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.to_json(), json);
     }
 
     #[test]

@@ -47,6 +47,7 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::generation::churn::Churn;
 use crate::generation::rollback::Rollback;
 
 const PREFIX: &str = "gen-";
@@ -88,7 +89,7 @@ pub fn rollback_of(path: &Path) -> Option<Rollback> {
 
 /// What the generation at `path` changed when it was built (its churn
 /// sidecar's JSON), if that is known.
-pub fn churn_of(path: &Path) -> Option<serde_json::Value> {
+pub fn churn_of(path: &Path) -> Option<Churn> {
     let text = fs::read(path.with_extension(&CHURN_SUFFIX[1..])).ok()?;
     serde_json::from_slice(&text).ok()
 }
@@ -197,7 +198,7 @@ pub struct Description {
     pub checksum: String,
     pub live: bool,
     /// What it changed when it was built, if known (its churn sidecar).
-    pub churn: Option<serde_json::Value>,
+    pub churn: Option<Churn>,
     /// What it restored and undid, if it is a rollback.
     pub rollback: Option<Rollback>,
 }
@@ -445,8 +446,8 @@ impl Drop for RemoveOnDrop {
 #[derive(Debug, Clone, Copy)]
 pub enum Sidecar<'a> {
     None,
-    /// What a build changed (see churn: `Churn::to_json`).
-    Churn(&'a serde_json::Value),
+    /// What a build changed.
+    Churn(&'a Churn),
     /// What a rollback restored and undid.
     Rollback(&'a Rollback),
 }
@@ -669,11 +670,23 @@ mod tests {
             std::io::Write::write_all(&mut f, b"gen").unwrap();
             lock.publish_as(d, &tmp, 3, sidecar).unwrap()
         };
-        let entry = put(Sidecar::Churn(&serde_json::json!({"against": 2})));
-        assert_eq!(
-            churn_of(&entry.path),
-            Some(serde_json::json!({"against": 2}))
-        );
+        let churn = Churn {
+            previous: 2,
+            previous_records: 10,
+            previous_checksum: 0xabc,
+            added: 1,
+            removed: 0,
+            price: 0,
+            expiry: 0,
+            changed: 0,
+            unchanged: 10,
+            price_jumps: 0,
+            median_price_change: None,
+            examples: Vec::new(),
+            jump_examples: Vec::new(),
+        };
+        let entry = put(Sidecar::Churn(&churn));
+        assert_eq!(churn_of(&entry.path), Some(churn));
         // Fetched again as a rollback: its record, not the old churn.
         let rollback = Rollback {
             of: 1,

@@ -13,6 +13,7 @@ pub mod churn;
 pub mod date;
 pub mod direct;
 pub mod format;
+pub mod json;
 pub mod local;
 pub mod record;
 pub mod rollback;

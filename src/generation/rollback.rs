@@ -32,7 +32,7 @@ pub struct Rollback {
     /// The sequence made live again.
     pub of: u64,
     /// Its body checksum.
-    #[serde(with = "hex")]
+    #[serde(with = "crate::generation::json::hex")]
     pub of_checksum: u64,
     /// The generations newer than `of` that were undone, newest first.
     pub undone: Vec<Undone>,
@@ -66,7 +66,7 @@ impl Rollback {
 pub struct Undone {
     pub sequence: u64,
     /// Its body checksum.
-    #[serde(with = "hex")]
+    #[serde(with = "crate::generation::json::hex")]
     pub checksum: u64,
 }
 
@@ -97,21 +97,6 @@ pub fn undone_by(history: &[Past], checksum: u64) -> Option<(u64, u64, &Rollback
         }
     }
     None
-}
-
-/// Checksums as 16 hex digits, as the generation header's are shown
-/// everywhere else.
-mod hex {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:016x}"))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let s = String::deserialize(d)?;
-        u64::from_str_radix(&s, 16).map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@
 //!     generation object is complete, so a sequence is taken once, by one
 //!     builder, and a generation without a manifest is never read. One JSON
 //!     object in UTF-8:
-//!       "format"         "promo-manifest/1" (MANIFEST_FORMAT)
+//!       "format"         "promo-manifest/1" (MANIFEST_FORMAT); a replica
+//!                        skips a manifest of another format with a log
+//!                        line
 //!       "sequence"       the sequence, as in the name
 //!       "object"         the generation object's path under the prefix;
 //!                        a rollback's manifest names an older object
@@ -23,15 +25,20 @@
 //!       "rows"           records in it (its header's count)
 //!       "created"        its header's creation time, RFC 3339 UTC
 //!       "created_ms"     the same, milliseconds since the Unix epoch
-//!       "body_checksum"  its header's XXH3-64 body checksum, 16 hex digits
+//!       "body_checksum"  its header's XXH3-64 body checksum, 16 lowercase
+//!                        hex digits
 //!       "published"      when the manifest was written, RFC 3339 UTC
+//!       "published_ms"   the same, milliseconds since the Unix epoch
 //!       "churn"          what the generation changed against the one live
 //!                        in the builder's data directory (see churn:
-//!                        `Churn::to_json`), or null: the first build, a
-//!                        rollback, a builder older than churn. Its
-//!                        "against" is the store's sequence of that
-//!                        generation when it was the store's newest, else
-//!                        null; "against_checksum" names it either way
+//!                        `Churn`), or null: the first build, a rollback, a
+//!                        builder older than churn. Its "against" is the
+//!                        store's sequence of that generation when it was
+//!                        the store's newest, else null (the store was
+//!                        rolled back, or another builder published in
+//!                        between); "against_checksum" names it either
+//!                        way. A replica writes it beside the generation
+//!                        it fetches, as a build does
 //!       "rollback"       for a rollback, what it restored and undid, in
 //!                        store sequences (see rollback: `Rollback`), else
 //!                        null or absent (a manifest older than it)
@@ -48,7 +55,9 @@
 //! Sequences in the store are the sequences replicas serve them under.
 
 use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
 
+use crate::generation::churn::Churn;
 use crate::generation::format::{rfc3339_utc, Header};
 use crate::generation::local::Sidecar;
 use crate::generation::rollback::Rollback;
@@ -74,8 +83,9 @@ pub fn shard_url(url: &str, shard: Shard) -> String {
     }
 }
 
-/// A committed generation in the store: what its manifest says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A committed generation in the store: what its manifest says. As
+/// stored, the fields of [`Stored`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
     pub sequence: u64,
     /// The generation object, relative to the store's prefix.
@@ -86,7 +96,7 @@ pub struct Manifest {
     pub body_checksum: u64,
     pub published_ms: u64,
     /// What the generation changed when it was built, as its sidecar says.
-    pub churn: Option<serde_json::Value>,
+    pub churn: Option<Churn>,
     /// What it restored and undid, if it is a rollback (with store
     /// sequences).
     pub rollback: Option<Rollback>,
@@ -131,60 +141,43 @@ impl Manifest {
 
     /// The manifest as stored: one JSON object and a newline.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec_pretty(&serde_json::json!({
-            "format": MANIFEST_FORMAT,
-            "sequence": self.sequence,
-            "object": self.object,
-            "bytes": self.bytes,
-            "rows": self.rows,
-            "created": rfc3339_utc(self.created_ms),
-            "created_ms": self.created_ms,
-            "body_checksum": format!("{:016x}", self.body_checksum),
-            "published": rfc3339_utc(self.published_ms),
-            "published_ms": self.published_ms,
-            "churn": self.churn,
-            "rollback": self.rollback,
-        }))
-        .expect("a JSON object serializes");
+        let mut out =
+            serde_json::to_vec_pretty(&Stored::from(self)).expect("a manifest serializes");
         out.push(b'\n');
         out
     }
 
     /// Parses a stored manifest; `Err` says what is wrong with it.
     pub fn decode(bytes: &[u8]) -> std::result::Result<Manifest, String> {
-        let v: serde_json::Value =
+        #[derive(Deserialize)]
+        struct Format {
+            #[serde(default)]
+            format: String,
+        }
+        let Format { format } =
             serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-        let format = v["format"].as_str().unwrap_or_default();
         if format != MANIFEST_FORMAT {
             return Err(format!(
                 "format {format:?}, but this promo reads {MANIFEST_FORMAT:?}"
             ));
         }
-        let int = |k: &str| v[k].as_u64().ok_or_else(|| format!("no integer {k:?}"));
-        let object = v["object"]
-            .as_str()
-            .filter(|o| o.starts_with(GENERATIONS) && !o.contains(".."))
-            .ok_or("no \"object\" under generations/")?
-            .to_string();
-        let body_checksum = v["body_checksum"]
-            .as_str()
-            .and_then(|s| u64::from_str_radix(s, 16).ok())
-            .ok_or("no hexadecimal \"body_checksum\"")?;
+        let s: Stored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if !s.object.starts_with(GENERATIONS) || s.object.contains("..") {
+            return Err(format!(
+                "\"object\" {:?} is not under generations/",
+                s.object
+            ));
+        }
         Ok(Manifest {
-            sequence: int("sequence")?,
-            object,
-            bytes: int("bytes")?,
-            rows: int("rows")?,
-            created_ms: int("created_ms")?,
-            body_checksum,
-            published_ms: int("published_ms")?,
-            churn: v.get("churn").filter(|c| c.is_object()).cloned(),
-            rollback: match v.get("rollback").filter(|r| !r.is_null()) {
-                Some(r) => Some(
-                    serde_json::from_value(r.clone()).map_err(|e| format!("\"rollback\": {e}"))?,
-                ),
-                None => None,
-            },
+            sequence: s.sequence,
+            object: s.object,
+            bytes: s.bytes,
+            rows: s.rows,
+            created_ms: s.created_ms,
+            body_checksum: s.body_checksum,
+            published_ms: s.published_ms,
+            churn: s.churn,
+            rollback: s.rollback,
         })
     }
 
@@ -194,6 +187,51 @@ impl Manifest {
             && header.count == self.rows
             && header.body_checksum == self.body_checksum
             && header.created_ms == self.created_ms
+    }
+}
+
+/// A manifest as stored: the fields of the table in the module's
+/// documentation, in that order.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    format: String,
+    sequence: u64,
+    object: String,
+    bytes: u64,
+    rows: u64,
+    /// Written for readers; `created_ms` is what is read.
+    #[serde(default, skip_deserializing)]
+    created: String,
+    created_ms: u64,
+    #[serde(with = "crate::generation::json::hex")]
+    body_checksum: u64,
+    /// Written for readers; `published_ms` is what is read.
+    #[serde(default, skip_deserializing)]
+    published: String,
+    published_ms: u64,
+    /// A churn this promo cannot read (another version's) is left out.
+    #[serde(default, deserialize_with = "crate::generation::json::lenient")]
+    churn: Option<Churn>,
+    #[serde(default)]
+    rollback: Option<Rollback>,
+}
+
+impl From<&Manifest> for Stored {
+    fn from(m: &Manifest) -> Stored {
+        Stored {
+            format: MANIFEST_FORMAT.to_string(),
+            sequence: m.sequence,
+            object: m.object.clone(),
+            bytes: m.bytes,
+            rows: m.rows,
+            created: rfc3339_utc(m.created_ms),
+            created_ms: m.created_ms,
+            body_checksum: m.body_checksum,
+            published: rfc3339_utc(m.published_ms),
+            published_ms: m.published_ms,
+            churn: m.churn.clone(),
+            rollback: m.rollback.clone(),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::generation::churn::Churn;
 use crate::generation::format::read_header;
 use crate::generation::rollback::Rollback;
 use crate::store::layout::{new_object_name, Manifest};
@@ -116,19 +117,14 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
 /// compared with what it last published), or null when the store's newest
 /// is another generation (a store rolled back, a builder that published
 /// elsewhere); `against_checksum` names it either way.
-async fn in_store_terms(
-    remote: &Remote,
-    mut churn: serde_json::Value,
-    newest: Option<u64>,
-) -> serde_json::Value {
-    let compared = churn["against_checksum"].as_str().map(str::to_owned);
+async fn in_store_terms(remote: &Remote, mut churn: Churn, newest: Option<u64>) -> Churn {
     let store_newest = match newest {
         Some(s) => remote.manifest(s).await.ok().flatten(),
         None => None,
     };
-    churn["against"] = match store_newest {
-        Some(m) if compared == Some(format!("{:016x}", m.body_checksum)) => m.sequence.into(),
-        _ => serde_json::Value::Null,
+    churn.previous = match store_newest {
+        Some(m) if m.body_checksum == churn.previous_checksum => m.sequence,
+        _ => 0,
     };
     churn
 }
