@@ -3,8 +3,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::generation::format::FormatError;
-
 /// An invalid row: its line in the input (the header is line 1) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidRow {
@@ -337,4 +335,53 @@ mod tests {
             "gen-0000000005.promo: No such file or directory (os error 2)"
         );
     }
+}
+
+/// Why a generation file must not be served (see generation::format for
+/// the layout each variant checks). Each message says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error(
+        "is {kind}, not a regular file: a generation is a file (move it out of the data directory)"
+    )]
+    NotAFile { kind: &'static str },
+    #[error("file is {len} bytes, too short for a generation header (truncated?)")]
+    TooShort { len: u64 },
+    #[error("bad magic {got:02x?}: not a promo generation file")]
+    Magic { got: [u8; 8] },
+    #[error(
+        "format version {got}, but this promo reads versions {oldest} to {newest}; \
+         rebuild it with this promo, or serve it with a newer one"
+    )]
+    Version { got: u32, oldest: u32, newest: u32 },
+    #[error("record size {got}, expected {expected}")]
+    RecordSize { expected: u32, got: u32 },
+    #[error("fanout bits {got}, at most {max} allowed")]
+    FanoutBits { got: u32, max: u32 },
+    #[error("shard {index}/{count} does not exist: the index must be below the count")]
+    Shard { index: u32, count: u32 },
+    #[error(
+        "header checksum mismatch (stored {stored:016x}, computed {computed:016x}): corrupt header"
+    )]
+    HeaderChecksum { stored: u64, computed: u64 },
+    #[error("file is {got} bytes but its header describes {expected} bytes (truncated or extended copy?)")]
+    Length { expected: u64, got: u64 },
+    #[error(
+        "body checksum mismatch (stored {stored:016x}, computed {computed:016x}): corrupt file"
+    )]
+    BodyChecksum { stored: u64, computed: u64 },
+    #[error("record {index} is not after the record before it: keys must be strictly increasing")]
+    OutOfOrder { index: u64 },
+    #[error("fanout entry {bucket} is {got}, but the records say {expected}")]
+    Fanout {
+        bucket: u64,
+        expected: u64,
+        got: u64,
+    },
+    #[error("record {index} holds an invalid price or date encoding")]
+    BadRecord { index: u64 },
+    #[error("record {index} has an id outside the file's shard")]
+    OutsideShard { index: u64 },
+    #[error("the zone table does not parse")]
+    Zones,
 }

@@ -57,6 +57,60 @@ pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 /// ([`COMMIT`]): which build is running, for a dashboard to join on.
 pub const BUILD_INFO: &str = "promo_build_info";
 
+/// A metric's name and its help text.
+pub type Help = (&'static str, &'static str);
+
+// The build's metrics: gauges labelled `shard`, written by `promo build
+// --metrics-file` for node_exporter's textfile collector (see
+// builder::textfile), not exported by a server.
+
+pub const BUILD_LAST_ATTEMPT: Help = (
+    "promo_build_last_attempt_timestamp_seconds",
+    "When the last build attempt ended, Unix seconds.",
+);
+pub const BUILD_LAST_ATTEMPT_SUCCESS: Help = (
+    "promo_build_last_attempt_success",
+    "1 if the last build attempt published a generation, 0 if it failed.",
+);
+pub const BUILD_LAST_ATTEMPT_REFUSED: Help = (
+    "promo_build_last_attempt_refused",
+    "1 if a guard (--max-shrink, --max-churn, --max-price-jumps) refused the last build \
+     attempt's feed, else 0.",
+);
+/// The figures of the last successful build, in the order they are written.
+pub const BUILD_LAST_SUCCESS: [Help; 6] = [
+    (
+        "promo_build_last_success_timestamp_seconds",
+        "When the last successful build ended, Unix seconds.",
+    ),
+    (
+        "promo_build_rows",
+        "Data rows read by the last successful build.",
+    ),
+    (
+        "promo_build_invalid_rows",
+        "Invalid rows skipped by the last successful build.",
+    ),
+    (
+        "promo_build_duplicate_rows",
+        "Rows of the last successful build replaced by a later row with the same id.",
+    ),
+    (
+        "promo_build_duration_seconds",
+        "Seconds the last successful build took.",
+    ),
+    (
+        "promo_build_generation",
+        "The generation the last successful build published (the data directory's sequence).",
+    ),
+];
+/// Label `kind`, one of [`churn::KINDS`](crate::generation::churn::KINDS).
+pub const BUILD_CHURN: Help = (
+    "promo_build_churn_ids",
+    "Ids the last successful build changed against the generation that was live, by kind \
+     (added, removed, price, expiry, unchanged).",
+);
+
 /// The package version the binary was built as.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git commit the binary was built from: the build's `PROMO_COMMIT`

@@ -23,12 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::builder::pipeline::BuildSummary;
 use crate::generation::shard::Shard;
+use crate::metrics as m;
 use crate::{Error, Result};
-
-const LAST_ATTEMPT: &str = "promo_build_last_attempt_timestamp_seconds";
-const LAST_ATTEMPT_SUCCESS: &str = "promo_build_last_attempt_success";
-const LAST_ATTEMPT_REFUSED: &str = "promo_build_last_attempt_refused";
-const CHURN: &str = "promo_build_churn_ids";
 
 /// How a build attempt ended.
 #[derive(Clone, Copy)]
@@ -40,34 +36,6 @@ pub enum Attempt<'a> {
     /// It failed otherwise.
     Failed,
 }
-/// The metrics of the last successful build, in the order they are written.
-const SUCCESS: [(&str, &str); 6] = [
-    (
-        "promo_build_last_success_timestamp_seconds",
-        "When the last successful build ended, Unix seconds.",
-    ),
-    (
-        "promo_build_rows",
-        "Data rows read by the last successful build.",
-    ),
-    (
-        "promo_build_invalid_rows",
-        "Invalid rows skipped by the last successful build.",
-    ),
-    (
-        "promo_build_duplicate_rows",
-        "Rows of the last successful build replaced by a later row with the same id.",
-    ),
-    (
-        "promo_build_duration_seconds",
-        "Seconds the last successful build took.",
-    ),
-    (
-        "promo_build_generation",
-        "The generation the last successful build published (the data directory's sequence).",
-    ),
-];
-
 /// Checks, before a build starts, that the file can be written: its
 /// directory exists and takes new files. (A build of an hour should not
 /// publish and then fail to say so.)
@@ -95,30 +63,20 @@ pub fn write(path: &Path, shard: Shard, ended: SystemTime, attempt: Attempt<'_>)
             .as_secs_f64()
     };
     let mut out = String::new();
-    let mut sample = |name: &str, help: &str, value: &str| {
+    let mut sample = |(name, help): m::Help, value: &str| {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{label} {value}\n"
         ));
     };
+    sample(m::BUILD_LAST_ATTEMPT, &format!("{:.3}", secs(ended)));
     sample(
-        LAST_ATTEMPT,
-        "When the last build attempt ended, Unix seconds.",
-        &format!("{:.3}", secs(ended)),
-    );
-    sample(
-        LAST_ATTEMPT_SUCCESS,
-        "1 if the last build attempt published a generation, 0 if it failed.",
+        m::BUILD_LAST_ATTEMPT_SUCCESS,
         if summary.is_some() { "1" } else { "0" },
     );
+    let refused = matches!(attempt, Attempt::Refused);
     sample(
-        LAST_ATTEMPT_REFUSED,
-        "1 if a guard (--max-shrink, --max-churn, --max-price-jumps) refused the last build \
-         attempt's feed, else 0.",
-        if matches!(attempt, Attempt::Refused) {
-            "1"
-        } else {
-            "0"
-        },
+        m::BUILD_LAST_ATTEMPT_REFUSED,
+        if refused { "1" } else { "0" },
     );
     let old = match summary {
         Some(_) => String::new(),
@@ -135,18 +93,19 @@ pub fn write(path: &Path, shard: Shard, ended: SystemTime, attempt: Attempt<'_>)
         ],
         // Whatever the file it replaces said of the last success; nothing
         // if there was none (or no readable file).
-        None => SUCCESS
+        None => m::BUILD_LAST_SUCCESS
             .iter()
             .map(|(name, _)| previous(&old, name, &label))
             .collect(),
     };
-    for ((name, help), value) in SUCCESS.iter().zip(values) {
+    for (&metric, value) in m::BUILD_LAST_SUCCESS.iter().zip(values) {
         if let Some(value) = value {
-            sample(name, help, &value);
+            sample(metric, &value);
         }
     }
     // The last success's churn: ids by kind against the generation that
     // was live, absent when there was none.
+    let (churn_name, churn_help) = m::BUILD_CHURN;
     let churn: Vec<(String, String)> = match summary {
         Some(s) => s
             .churn
@@ -154,22 +113,21 @@ pub fn write(path: &Path, shard: Shard, ended: SystemTime, attempt: Attempt<'_>)
             .flat_map(|c| c.kinds())
             .map(|(kind, n)| (kind.to_string(), n.to_string()))
             .collect(),
-        None => ["added", "removed", "price", "expiry", "unchanged"]
+        None => crate::generation::churn::KINDS
             .iter()
             .filter_map(|kind| {
                 let label = format!("{{shard=\"{shard}\",kind=\"{kind}\"}}");
-                previous(&old, CHURN, &label).map(|v| (kind.to_string(), v))
+                previous(&old, churn_name, &label).map(|v| (kind.to_string(), v))
             })
             .collect(),
     };
     if !churn.is_empty() {
         out.push_str(&format!(
-            "# HELP {CHURN} Ids the last successful build changed against the generation that was \
-             live, by kind (added, removed, price, expiry, unchanged).\n# TYPE {CHURN} gauge\n"
+            "# HELP {churn_name} {churn_help}\n# TYPE {churn_name} gauge\n"
         ));
         for (kind, n) in churn {
             out.push_str(&format!(
-                "{CHURN}{{shard=\"{shard}\",kind=\"{kind}\"}} {n}\n"
+                "{churn_name}{{shard=\"{shard}\",kind=\"{kind}\"}} {n}\n"
             ));
         }
     }

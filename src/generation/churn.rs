@@ -24,6 +24,9 @@ use crate::generation::json;
 use crate::generation::record::Price;
 use crate::generation::table::{Found, Table};
 
+/// The kinds of ids a churn counts, in the order it lists them.
+pub const KINDS: [&str; 5] = ["added", "removed", "price", "expiry", "unchanged"];
+
 /// Changes kept as examples for a refusal's message and the sidecar.
 pub const EXAMPLES: usize = 5;
 
@@ -191,15 +194,17 @@ impl Churn {
         )
     }
 
-    /// The counts by kind, as `promo_build_churn_ids{kind}` labels them.
+    /// The counts by kind ([`KINDS`]), as `promo_build_churn_ids{kind}`
+    /// labels them.
     pub fn kinds(&self) -> [(&'static str, u64); 5] {
-        [
-            ("added", self.added),
-            ("removed", self.removed),
-            ("price", self.price),
-            ("expiry", self.expiry),
-            ("unchanged", self.unchanged),
-        ]
+        let counts = [
+            self.added,
+            self.removed,
+            self.price,
+            self.expiry,
+            self.unchanged,
+        ];
+        std::array::from_fn(|i| (KINDS[i], counts[i]))
     }
 }
 

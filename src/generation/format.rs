@@ -85,6 +85,8 @@ use std::path::Path;
 
 use xxhash_rust::xxh3::Xxh3;
 
+/// Why a file is refused: defined with the one error type, named here too.
+pub use crate::error::FormatError;
 use crate::error::{Error, Result};
 use crate::generation::date::{DateTables, Dates, Decoded};
 use crate::generation::direct::DirectWriter;
@@ -106,54 +108,6 @@ pub const V1_RECORD_LEN: usize = 64;
 const MIN_HEADER_LEN: usize = V1_HEADER_LEN;
 /// Largest fanout: 2^26 buckets is a 512 MiB table, for about 10^10 records.
 pub const MAX_FANOUT_BITS: u32 = 26;
-
-/// Why a generation file must not be served. Each message says what to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FormatError {
-    #[error(
-        "is {kind}, not a regular file: a generation is a file (move it out of the data directory)"
-    )]
-    NotAFile { kind: &'static str },
-    #[error("file is {len} bytes, too short for a generation header (truncated?)")]
-    TooShort { len: u64 },
-    #[error("bad magic {got:02x?}: not a promo generation file")]
-    Magic { got: [u8; 8] },
-    #[error(
-        "format version {got}, but this promo reads versions {OLDEST_READABLE} to {VERSION}; \
-         rebuild it with this promo, or serve it with a newer one"
-    )]
-    Version { got: u32 },
-    #[error("record size {got}, expected {expected}")]
-    RecordSize { expected: u32, got: u32 },
-    #[error("fanout bits {got}, at most {MAX_FANOUT_BITS} allowed")]
-    FanoutBits { got: u32 },
-    #[error("shard {index}/{count} does not exist: the index must be below the count")]
-    Shard { index: u32, count: u32 },
-    #[error(
-        "header checksum mismatch (stored {stored:016x}, computed {computed:016x}): corrupt header"
-    )]
-    HeaderChecksum { stored: u64, computed: u64 },
-    #[error("file is {got} bytes but its header describes {expected} bytes (truncated or extended copy?)")]
-    Length { expected: u64, got: u64 },
-    #[error(
-        "body checksum mismatch (stored {stored:016x}, computed {computed:016x}): corrupt file"
-    )]
-    BodyChecksum { stored: u64, computed: u64 },
-    #[error("record {index} is not after the record before it: keys must be strictly increasing")]
-    OutOfOrder { index: u64 },
-    #[error("fanout entry {bucket} is {got}, but the records say {expected}")]
-    Fanout {
-        bucket: u64,
-        expected: u64,
-        got: u64,
-    },
-    #[error("record {index} holds an invalid price or date encoding")]
-    BadRecord { index: u64 },
-    #[error("record {index} has an id outside the file's shard")]
-    OutsideShard { index: u64 },
-    #[error("the zone table does not parse")]
-    Zones,
-}
 
 /// The header of a generation file, of either version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +219,11 @@ impl Header {
             return Err(FormatError::Magic { got: magic });
         }
         let version = u32_at(8);
-        let (header_len, _) = layout(version).ok_or(FormatError::Version { got: version })?;
+        let (header_len, _) = layout(version).ok_or(FormatError::Version {
+            got: version,
+            oldest: OLDEST_READABLE,
+            newest: VERSION,
+        })?;
         if bytes.len() < header_len || file_len < header_len as u64 {
             return Err(FormatError::TooShort { len: file_len });
         }
@@ -296,6 +254,7 @@ impl Header {
         if header.fanout_bits > MAX_FANOUT_BITS {
             return Err(FormatError::FanoutBits {
                 got: header.fanout_bits,
+                max: MAX_FANOUT_BITS,
             });
         }
         if version >= 2 {
@@ -806,7 +765,11 @@ mod tests {
         bytes[120..128].copy_from_slice(&sum.to_le_bytes());
         assert_eq!(
             Header::decode(&bytes, h.file_len()),
-            Err(FormatError::Version { got: 3 })
+            Err(FormatError::Version {
+                got: 3,
+                oldest: OLDEST_READABLE,
+                newest: VERSION
+            })
         );
         assert_eq!(
             Header::decode(&bytes[..10], 10),
