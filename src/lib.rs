@@ -3,34 +3,31 @@
 //! The data flow, and the module for each step:
 //!
 //! ```text
-//! build side   CSV --ingest--> rows --sort--> sorted records
-//!                  --format::Writer--> temporary file --local::publish--> gen-N.promo
-//!                  (--publish--> object store: generation object, then manifest)
-//! serve side   (object store --fetch--> temporary file, verified --> gen-N.promo)
-//!              gen-N.promo --table (mmap, verify)--> live (ArcSwap, watcher) --http--> JSON
+//! build side   CSV --builder::ingest--> rows --builder::sort--> sorted records
+//!                  --generation::format::Writer--> temporary file
+//!                  --generation::local::publish--> gen-N.promo
+//!                  (--store::publish--> object store: generation object, then manifest)
+//! serve side   (object store --store::fetch--> temporary file, verified --> gen-N.promo)
+//!              gen-N.promo --generation::table (mmap, verify)--> server::live (ArcSwap,
+//!              watcher) --server::http--> JSON
 //! ```
 //!
-//! The folders follow that split:
+//! The folders follow that split, and each layer uses only those below it:
 //!
-//! - [`builder`]: the build side. [`builder::ingest`] (the CSV dialect and
-//!   row validation, with line numbers), [`builder::sort`] (external sort
-//!   by key; among equal keys the later row wins), [`builder::pipeline`]
-//!   (`promo build` from CSV to a published generation) and
-//!   [`builder::publish`] (to an object store, and a store's rollback).
-//! - [`generation`]: what both sides share. [`generation::record`] (one
-//!   promotion as a 32-byte record), [`generation::date`] (its date in
-//!   eight bytes), [`generation::shard`] (range shards),
-//!   [`generation::format`] (the file, byte by byte), [`generation::table`]
-//!   (a mapped generation and its lookup, read by the builder, `diff` and
-//!   the server alike), [`generation::local`] (the data directory: naming,
-//!   atomic publishing, retention, the lock) and [`generation::remote`] (the
-//!   object store's layout, object by object).
-//! - [`server`]: the serve side. [`server::live`] (the live generation, its atomic swap and
-//!   the directory watcher), [`server::http`] (routes as pure functions and
-//!   the hyper server), [`server::fetch`] (from an object store) and
-//!   [`server::Server`] (the whole serving process, startable from a test).
-//! - [`metrics`]: metric names, help text and the Prometheus exporter.
+//! - [`builder`]: the build side, from a feed to a generation in the data
+//!   directory.
+//! - [`server`]: the serve side, from the data directory (or a store) to
+//!   HTTP answers.
+//! - [`store`]: every exchange with an object store, for both sides:
+//!   publish, fetch, the layout and its manifest, ranged reads.
+//! - [`generation`]: the file both sides share, and the data directory
+//!   that holds it.
+//! - [`metrics`]: every metric's name and help text, and the exporter.
 //! - [`error`]: the one error type, with paths, lines and URLs.
+//! - [`sys`]: safe wrappers over the system calls promo makes.
+//!
+//! The `promo` command itself (`src/main.rs` and `src/cli/`) parses
+//! arguments and calls this library.
 
 pub mod builder;
 pub mod error;

@@ -89,7 +89,7 @@ impl Change {
 
 /// What a generation changes against the one before it. In JSON (a
 /// sidecar, a manifest, `inspect --json`, `GET /generations`), the fields
-/// of [`Stored`].
+/// of its private `Stored` form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(into = "Stored", from = "Stored")]
 pub struct Churn {

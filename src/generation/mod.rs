@@ -1,13 +1,18 @@
 //! What the build side and the serve side share: the generation.
 //!
-//! [`record`] is one promotion as fixed-width bytes, [`date`] its date in
-//! eight bytes, [`shard`] the range of ids a file holds, [`format`](mod@format)
-//! the generation file byte by byte, [`table`] one generation mapped and
-//! read (by the builder, `diff` and the server), [`local`] the data directory that holds
-//! generations (naming, atomic publishing, retention, the build lock), and
-//! [`remote`] the object store layout through which a fleet exchanges them;
-//! [`churn`] what one generation changes against another; [`direct`] how
-//! the build writes its large files past the page cache.
+//! - [`record`]: one promotion as fixed-width bytes.
+//! - [`date`]: its expiration date in eight bytes, and the zone tables.
+//! - [`shard`]: the range of ids a file holds.
+//! - [`format`](mod@format): the generation file, byte by byte: the one
+//!   place its layout is defined.
+//! - [`direct`]: how the build writes its large files past the page cache.
+//! - [`table`]: one generation mapped and read (by the builder, `diff` and
+//!   the server).
+//! - [`local`]: the data directory that holds generations: naming, atomic
+//!   publishing, sidecars, retention, the build lock.
+//! - [`churn`]: what one generation changes against another, in one merge.
+//! - [`rollback`]: what a rollback restored and undid.
+//! - [`json`]: how the generation's values are written in JSON.
 
 pub mod churn;
 pub mod date;

@@ -1,13 +1,20 @@
 //! The serve side: generations mapped, swapped and answered over HTTP.
 //!
-//! [`live`] holds the generation that is live (a mapped
-//! [`Table`](crate::generation::table::Table)) and swaps it, [`http`] answers requests, and
-//! [`fetch`] brings new generations from an object store into the data
-//! directory, [`disk`] reads a lookup's records from disk without blocking
-//! its thread when the generation is larger than memory, and [`memory`]
-//! says how memory comes back after bursts of connections (the allocator
-//! and its settings).
-//! [`run`] assembles them into the serving process.
+//! - [`live`]: the generation that is live (a mapped
+//!   [`Table`](crate::generation::table::Table)), its atomic swap, and the
+//!   directory watcher.
+//! - [`http`]: the API: routes and answers, the service, the listener.
+//! - [`connection`]: one client connection, its limits and timeouts.
+//! - [`tls`]: HTTPS, and the certificate reloaded when it changes.
+//! - [`admin`]: the admin port: uploads built into generations, rollbacks.
+//! - [`poll`]: `--source`: polling a store for newer generations.
+//! - [`disk`]: a lookup's records read from disk without blocking its
+//!   thread, when the generation is larger than memory.
+//! - [`memory`]: how memory comes back after bursts of connections (the
+//!   allocator's settings).
+//! - [`claim`]: one server a port.
+//!
+//! [`run`] and [`Server`] assemble them into the serving process.
 
 pub mod admin;
 pub mod claim;
