@@ -4,11 +4,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// An invalid row: its line in the input (the header is line 1) and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// In JSON, `{"line": ..., "reason": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct InvalidRow {
     pub line: u64,
     pub reason: String,
     /// The delimiter the row seems to use instead of commas, if any.
+    #[serde(skip)]
     pub delimiter: Option<u8>,
 }
 
@@ -92,8 +94,8 @@ pub enum Error {
     )]
     Refused {
         input: String,
-        /// The option that refused it.
-        guard: &'static str,
+        /// The guard that refused it.
+        guard: Guard,
         limit: f64,
         /// The figures, in words.
         detail: String,
@@ -251,15 +253,59 @@ pub fn file_kind(t: std::fs::FileType) -> &'static str {
     }
 }
 
+/// A feed guard: what refuses a generation no sane feed makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    Shrink,
+    Churn,
+    PriceJumps,
+}
+
+impl Guard {
+    pub const ALL: [Guard; 3] = [Guard::Shrink, Guard::Churn, Guard::PriceJumps];
+
+    /// Its option, which sets its limit: `--max-shrink`...
+    pub fn flag(self) -> &'static str {
+        match self {
+            Guard::Shrink => "--max-shrink",
+            Guard::Churn => "--max-churn",
+            Guard::PriceJumps => "--max-price-jumps",
+        }
+    }
+
+    /// Its name in metrics' labels: `shrink`, `churn`, `price_jumps`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Guard::Shrink => "shrink",
+            Guard::Churn => "churn",
+            Guard::PriceJumps => "price_jumps",
+        }
+    }
+}
+
+impl std::fmt::Display for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.flag())
+    }
+}
+
 impl Error {
     /// Whether a guard refused the feed (`--max-shrink`, `--max-churn`,
     /// `--max-price-jumps`): the feed is suspect rather than the build
     /// broken, so `promo build` exits 3 and an upload is answered 422.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            Error::Shrink { .. } | Error::Refused { .. } | Error::RolledBack { .. }
-        )
+        self.refused_by().is_some()
+    }
+
+    /// What refused the feed, as metrics label it: a [`Guard`]'s label, or
+    /// `rolled_back` for the feed of a generation a rollback undid.
+    pub fn refused_by(&self) -> Option<&'static str> {
+        match self {
+            Error::Shrink { .. } => Some(Guard::Shrink.label()),
+            Error::Refused { guard, .. } => Some(guard.label()),
+            Error::RolledBack { .. } => Some("rolled_back"),
+            _ => None,
+        }
     }
 
     /// Wraps an I/O error with the path it happened on.

@@ -149,8 +149,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::counter!(MAJOR_FAULTS).absolute(0);
     metrics::counter!(DISK_READS).absolute(0);
     metrics::counter!(GENERATION_LOAD_FAILURES).absolute(0);
-    for guard in ["shrink", "churn", "price_jumps"] {
-        metrics::counter!(UPLOADS_REFUSED, "guard" => guard).absolute(0);
+    for guard in crate::error::Guard::ALL {
+        metrics::counter!(UPLOADS_REFUSED, "guard" => guard.label()).absolute(0);
     }
     metrics::gauge!(GENERATION_SEQUENCE).set(0.0);
     metrics::gauge!(GENERATION_ROWS).set(0.0);

@@ -20,7 +20,7 @@ use crate::builder::feed::{self, Input};
 use crate::builder::ingest;
 use crate::builder::progress::Progress;
 use crate::builder::sort::{SortStats, Sorter};
-use crate::error::{Error, InvalidRow, Result};
+use crate::error::{Error, Guard, InvalidRow, Result};
 use crate::generation::churn::{self, Churn};
 use crate::generation::date::{DateTables, DateWord};
 use crate::generation::format::{read_header, Writer};
@@ -209,8 +209,11 @@ impl BuildOptions {
     }
 }
 
-/// What a successful build did.
-#[derive(Debug, Clone)]
+/// What a successful build did, rendered here and only here: as the
+/// summary line scripts parse (`Display`), as JSON (the admin port's
+/// answer: `Serialize`, the generation as its sequence) and as a log event
+/// ([`BuildSummary::log`]).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildSummary {
     /// Data rows read (header and blank lines excluded).
     pub rows: u64,
@@ -224,10 +227,41 @@ pub struct BuildSummary {
     pub records: u64,
     /// The first invalid rows (at most ten), which were also logged.
     pub first_invalid: Vec<InvalidRow>,
+    #[serde(serialize_with = "sequence_of")]
     pub generation: Entry,
     /// What it changes against the generation that was live, if any.
     pub churn: Option<Churn>,
     pub seconds: f64,
+}
+
+/// A generation in JSON: its sequence.
+fn sequence_of<S: serde::Serializer>(entry: &Entry, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(entry.sequence)
+}
+
+impl BuildSummary {
+    /// Logs the summary as an info event with its figures as fields (with
+    /// `--log-format json`, one JSON object with them).
+    pub fn log(&self) {
+        let churn = self
+            .churn
+            .as_ref()
+            .and_then(|c| serde_json::to_string(c).ok());
+        tracing::info!(
+            churn,
+            rows = self.rows,
+            valid = self.valid,
+            invalid = self.invalid,
+            duplicates = self.duplicates,
+            other_shards = self.other_shards,
+            records = self.records,
+            generation = self.generation.sequence,
+            seconds = self.seconds,
+            path = %self.generation.path.display(),
+            "built generation {}",
+            self.generation.sequence
+        );
+    }
 }
 
 impl std::fmt::Display for BuildSummary {
@@ -841,7 +875,7 @@ fn check_shrink(
         sequence,
         max_shrink: limit,
     };
-    match unenforced(opts, "--max-shrink", opts.max_shrink) {
+    match unenforced(opts, Guard::Shrink, opts.max_shrink) {
         None => Err(refusal),
         Some(why) if warn => {
             tracing::warn!(
@@ -856,7 +890,7 @@ fn check_shrink(
 
 /// Why a guard that fired does not refuse: `--force`, or the guard is off
 /// (its default limit is what fired then). `None`: it refuses.
-fn unenforced(opts: &BuildOptions, guard: &str, limit: Option<f64>) -> Option<String> {
+fn unenforced(opts: &BuildOptions, guard: Guard, limit: Option<f64>) -> Option<String> {
     match (opts.force, limit) {
         (true, _) => Some("--force".to_string()),
         (false, None) => Some(format!("{guard} off; its default refuses it")),
@@ -878,7 +912,7 @@ fn check_churn(opts: &BuildOptions, input: &str, churn: &Churn) -> Result<()> {
     let jumps = (churn.price_jump_percent(), churn.price_jumps);
     let checks = [
         (
-            "--max-price-jumps",
+            Guard::PriceJumps,
             opts.max_price_jumps,
             DEFAULT_MAX_PRICE_JUMPS,
             jumps.0,
@@ -893,7 +927,7 @@ fn check_churn(opts: &BuildOptions, input: &str, churn: &Churn) -> Result<()> {
             &churn.jump_examples,
         ),
         (
-            "--max-churn",
+            Guard::Churn,
             opts.max_churn,
             DEFAULT_MAX_CHURN,
             churn.churn_percent(),

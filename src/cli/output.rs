@@ -33,21 +33,7 @@ impl Output {
     pub fn summary(self, s: &promo::builder::pipeline::BuildSummary) {
         println!("{s}");
         if self.json {
-            let churn = s.churn.as_ref().and_then(|c| serde_json::to_string(c).ok());
-            tracing::info!(
-                churn,
-                rows = s.rows,
-                valid = s.valid,
-                invalid = s.invalid,
-                duplicates = s.duplicates,
-                other_shards = s.other_shards,
-                records = s.records,
-                generation = s.generation.sequence,
-                seconds = s.seconds,
-                path = %s.generation.path.display(),
-                "built generation {}",
-                s.generation.sequence
-            );
+            s.log();
         }
     }
 }

@@ -10,7 +10,7 @@ use hyper::{Response, StatusCode};
 
 use super::Admin;
 use crate::builder::pipeline::{self, BuildSummary};
-use crate::error::{Error, InvalidRow};
+use crate::error::Error;
 use crate::generation::local;
 use crate::server::http::{json, json_error};
 use crate::store::publish;
@@ -104,23 +104,7 @@ impl Admin {
 }
 
 pub(super) fn summary_json(s: &BuildSummary) -> serde_json::Value {
-    serde_json::json!({
-        "rows": s.rows,
-        "valid": s.valid,
-        "invalid": s.invalid,
-        "duplicates": s.duplicates,
-        "records": s.records,
-        "generation": s.generation.sequence,
-        "seconds": s.seconds,
-        "first_invalid": invalid_json(&s.first_invalid),
-        "churn": s.churn.as_ref().map(|c| c.to_json()),
-    })
-}
-
-fn invalid_json(rows: &[InvalidRow]) -> serde_json::Value {
-    rows.iter()
-        .map(|r| serde_json::json!({ "line": r.line, "reason": r.reason }))
-        .collect()
+    serde_json::to_value(s).expect("a build summary serializes")
 }
 
 /// The answer to a build or rollback that failed: 409 while the data
@@ -136,14 +120,8 @@ pub(super) fn build_error(e: Error) -> Response<Full<Bytes>> {
         Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::InvalidData => {
             (StatusCode::UNPROCESSABLE_ENTITY, None)
         }
-        Error::Shrink { .. } | Error::Refused { .. } | Error::RolledBack { .. } => {
-            let guard = match &e {
-                Error::Refused { guard, .. } => {
-                    guard.trim_start_matches("--max-").replace('-', "_")
-                }
-                Error::RolledBack { .. } => "rolled_back".to_string(),
-                _ => "shrink".to_string(),
-            };
+        _ if e.is_refusal() => {
+            let guard = e.refused_by().unwrap_or_default();
             metrics::counter!(crate::metrics::UPLOADS_REFUSED, "guard" => guard).increment(1);
             (StatusCode::UNPROCESSABLE_ENTITY, None)
         }
@@ -158,7 +136,7 @@ pub(super) fn build_error(e: Error) -> Response<Full<Bytes>> {
     }
     let mut body = serde_json::json!({ "error": message });
     if let Some(rows) = first_invalid {
-        body["first_invalid"] = invalid_json(rows);
+        body["first_invalid"] = serde_json::json!(rows);
     }
     json(status, &body)
 }
