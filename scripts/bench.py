@@ -306,6 +306,20 @@ def fmt_bytes(n):
     return f"{n / 2**20:,.0f} MiB"
 
 
+# What BENCHMARKS.md keeps from its marker on: figures that decided the
+# design, which this bench does not measure; written by hand, carried over.
+KEPT_MARKER = "<!-- From here on the text is kept as written"
+
+
+def kept_section(path):
+    """The hand-kept end of the file at `path`, from its marker on, or ""."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    at = text.find(KEPT_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def write_report(results, path, chart):
     b = results["build"]["tools"]
     ratio = lambda a, c: a / c if c else float("nan")
@@ -395,7 +409,7 @@ def write_report(results, path, chart):
     if "fleet" in results:
         lines += bench_fleet.report(results)
     lines += ["", "Raw results: `bench-data/results.json`.", ""]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + kept_section(path))
 
 
 def serve_report(results):

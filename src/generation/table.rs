@@ -70,9 +70,10 @@ impl Table {
         let fanout = fanout.make_read_only().map_err(Error::io(path))?;
         // Lookups touch one random page each. With the default advice, a
         // page fault in a file mapping reads up to the device's read-ahead
-        // around it (8 MiB on some disks), so a generation larger than the
-        // page cache was served at 185 requests/s. Only advice: on failure
-        // the lookups are slower, not wrong.
+        // around it (8 MiB on some disks): a generation larger than the
+        // page cache is then served many times slower (BENCHMARKS.md,
+        // "Measurements behind the design"). Only advice: on failure the
+        // lookups are slower, not wrong.
         let _ = map.advise(Advice::Random);
         // The same for reads of the file itself (see `lookup_range`).
         crate::sys::fadvise(&file, 0, 0, crate::sys::Advice::Random);
@@ -741,8 +742,8 @@ mod tests {
             .to_string()
     }
 
-    /// Lookups must not read around the page they fault on: a generation
-    /// larger than the page cache was served at 185 requests/s that way.
+    /// Lookups must not read around the page they fault on (see the
+    /// advice in `open`).
     #[test]
     fn the_mapping_is_advised_random_after_open_and_after_verifying() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,10 +3,10 @@
 //! hyper gives each HTTP/1 connection two buffers for its whole life: 8 KiB
 //! it reads requests into, allocated at the first read, and 8 KiB it writes
 //! responses from, allocated when the connection is made. A kept-alive
-//! connection that is waiting for its next request holds both: measured,
-//! 8,000 idle connections took 16 KiB each, so a balancer's pool or a burst
-//! of clients that linger costs a replica 160 MiB per 10,000 connections,
-//! for nothing. hyper has no setting for it.
+//! connection that is waiting for its next request holds both, so a
+//! balancer's pool or a burst of clients that linger costs a replica 16 KiB
+//! a connection for nothing (BENCHMARKS.md, "Measurements behind the
+//! design"). hyper has no setting for it.
 //!
 //! So a connection is handed to hyper only while it is busy. Once a
 //! response has gone out, the request before it was read whole (the bytes

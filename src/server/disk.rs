@@ -61,10 +61,9 @@ pub fn available() -> bool {
 /// A ring whose completions do not interrupt the thread while it runs in
 /// user space (`IORING_SETUP_COOP_TASKRUN`): a serving thread enters the
 /// kernel for every send and receive, and completes the reads then. A
-/// sleeping thread is still woken. Measured beside the default (10^8
-/// records in a 1 GiB cgroup, 5 alternating rounds of 15 s): 1.035x the
-/// requests/s with uniform ids, 1.015x with Zipf ids. Kernels before 5.19
-/// refuse the flag and get the default.
+/// sleeping thread is still woken. It served a little more than the
+/// default (BENCHMARKS.md, "Measurements behind the design"). Kernels
+/// before 5.19 refuse the flag and get the default.
 fn new_ring() -> std::io::Result<IoUring> {
     IoUring::builder()
         .setup_coop_taskrun()

@@ -41,11 +41,10 @@ use live::Live;
 /// memory then blocks its thread until the disk answers, and the other
 /// connections of that thread wait with it: with one thread a core, a
 /// generation larger than memory is served a couple of disk reads at a
-/// time. Measured on two cores, a 3.2 GB generation in a 1 GiB memory
-/// cgroup: sixteen threads served 1.3x more lookups a second than two, and
-/// 1.2x more than two handing disk lookups to a blocking pool (each handoff
-/// costs wake-ups). But a generation in memory is served 0.87x as fast by
-/// sixteen threads as by two, so `serve` starts one thread a core unless
+/// time. More threads serve such a generation faster than handing disk
+/// lookups to a blocking pool (each handoff costs wake-ups), but serve a
+/// generation in memory slower (BENCHMARKS.md, "Measurements behind the
+/// design"), so `serve` starts one thread a core unless
 /// the newest generation at start is larger than the memory it may use and
 /// `io_uring` is unavailable (`--threads` sets the count).
 pub const THREADS_PER_CORE: usize = 8;
@@ -407,7 +406,7 @@ struct Background {
 impl Background {
     /// Background work yields the cores to the serving threads: a
     /// download's and a verification's CPU must not raise the latency of
-    /// lookups (on 2 cores it did, by up to 1.5x).
+    /// lookups (BENCHMARKS.md, "Measurements behind the design").
     fn spawn(
         self,
         stop: &tokio::sync::watch::Receiver<bool>,

@@ -44,9 +44,9 @@ use crate::server::http::{self, json_error, method_not_allowed};
 use crate::server::live::Live;
 use crate::server::tls::{self, Tls};
 
-/// The most one read of an upload takes from the socket. With the serving
-/// port's 16 KiB, a 774 MB upload was 50,000 reads and as many chunks
-/// through the channel, and its build took 1.4x `promo build`'s time.
+/// The most one read of an upload takes from the socket: with the serving
+/// port's 16 KiB, an upload's build was much slower than `promo build`'s
+/// (BENCHMARKS.md, "Measurements behind the design").
 const UPLOAD_READ_BUFFER: usize = 1 << 20;
 
 /// What the admin port is told.

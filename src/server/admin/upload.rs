@@ -235,9 +235,9 @@ fn stalled() -> Fed {
 
 /// Bytes of an upload received but not yet read by the build: two of the
 /// build's read batches, so that the connection's task receives the next
-/// batch while the build parses this one, instead of one after the other.
-/// (With 16 chunks of buffer, an upload's build took 1.3x `promo build`'s
-/// time and kept 1.2 of the 2 cores busy.)
+/// batch while the build parses this one, instead of one after the other
+/// (a smaller buffer kept the build waiting: BENCHMARKS.md, "Measurements
+/// behind the design").
 const PIPE_BYTES: usize = 32 << 20;
 
 /// A pipe from the connection's task into the build: chunks through a

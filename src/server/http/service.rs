@@ -285,17 +285,12 @@ const ANSWERS_PER_YIELD: u32 = 32;
 /// never sleeps, and the kernel takes the core from it only at a timer
 /// tick (every 4 ms with `HZ=250`, as Debian builds it). Whatever shares
 /// the cores (a load balancer, the client, the kernel's own threads) then
-/// waits a tick or two, and so do the answers it was about to read: under
-/// `wrk -t2 -c64` on two cores, promo's p99 was 7.6-7.9 ms against the
-/// hyper floor's 2.1 ms and nginx's 0.5 ms, with a p50 of 0.16 ms. Each
-/// part of an answer's work (the lookup alone took the floor to 5 ms)
-/// kept the threads busier, not slower. Measured with the serving path in
-/// the floor, medians of 3 alternating rounds: a yield every request 91k
-/// requests/s, p99 2.2 ms; every 8, 101k and 1.7 ms; every 32, 141k and
-/// 1.1 ms; every 64, 142k and 3.0 ms; none, 139k and 7.6 ms. A yield
-/// every fixed time instead (250 us to 1 ms) did worse than every 32
-/// answers. With nothing else to run, a yield returns at once: one system
-/// call every 32 answers.
+/// waits a tick or two, and so do the answers it was about to read: the
+/// p99 under load was several times the hyper floor's and nginx's. Every
+/// 32 answers gave the most requests a second with the lowest p99 of the
+/// cadences and fixed intervals tried (BENCHMARKS.md, "Measurements
+/// behind the design"). With nothing else to run, a yield returns at
+/// once: one system call every 32 answers.
 fn share_the_core() {
     thread_local! {
         static ANSWERED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
