@@ -67,7 +67,7 @@ clean:
 
 # Kill `promo build` with SIGKILL at 30 points and check nothing partial is seen.
 fault:
-	PROMO_FAULT_RUNS=30 $(CARGO) test --release --test tests fault:: -- --nocapture
+	PROMO_FAULT_RUNS=30 $(CARGO) test --release --test it fault:: -- --nocapture
 
 # Each fuzz target for FUZZ_SECONDS (default 60); installs cargo-fuzz if missing.
 FUZZ_SECONDS ?= 60
@@ -97,4 +97,4 @@ image:
 # target checked. make test runs the same tests on images that hold the
 # programs it has just built.
 test-containers: tools
-	PATH="$(TOOLS_BIN):$$PATH" PROMO_IMAGE_FROM_SOURCE=1 $(CARGO) test --test tests container:: -- --nocapture
+	PATH="$(TOOLS_BIN):$$PATH" PROMO_IMAGE_FROM_SOURCE=1 $(CARGO) test --test it container:: -- --nocapture

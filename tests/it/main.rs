@@ -1,6 +1,6 @@
-//! The end-to-end tests, one binary: each file of tests/ is a module, and
+//! The end-to-end tests, one binary: each file of tests/it/ is a module, and
 //! the helpers they share ([`common`]) compile and link once, not once a
-//! file. Run one file's tests with `cargo test --test tests <file>::`.
+//! file. Run one file's tests with `cargo test --test it <file>::`.
 
 mod common;
 
