@@ -155,7 +155,7 @@ impl Fetcher {
                 reason,
             }))
         };
-        let object = match self.remote.pin(&manifest.object).await? {
+        let object = match PinnedObject::in_store(&self.remote, &manifest.object).await? {
             Some(object) => object,
             None => return refused(format!("its object {} is missing", manifest.object)),
         };

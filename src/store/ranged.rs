@@ -31,7 +31,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::error::{Error, Result};
-use crate::store::remote;
+use crate::store::remote::{self, Remote};
 
 /// An object of a store, pinned at its look-up.
 #[derive(Clone)]
@@ -76,6 +76,16 @@ impl PinnedObject {
             by_get,
             len: meta.size,
         })
+    }
+
+    /// Object `name` of the store `remote`, pinned for a read, or `None`
+    /// if there is no such object.
+    pub async fn in_store(remote: &Remote, name: &str) -> Result<Option<PinnedObject>> {
+        match PinnedObject::look_up(remote.client(), ObjectPath::from(name), false).await {
+            Ok(object) => Ok(Some(object)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(remote.error("looking up a generation object")(e)),
+        }
     }
 
     /// Reads bytes `range` of the object, handing each chunk to `sink` as

@@ -12,7 +12,6 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use super::layout::{
     manifest_path, object_sequence, parse_manifest_name, Manifest, Object, GENERATIONS, MANIFESTS,
 };
-use super::ranged::PinnedObject;
 use crate::error::{Error, Result};
 
 /// A store of generations at a URL.
@@ -389,15 +388,10 @@ impl Remote {
             .collect())
     }
 
-    /// Object `name`, pinned for a read (see [`PinnedObject`]), or `None`
-    /// if there is no such object.
-    pub async fn pin(&self, name: &str) -> Result<Option<PinnedObject>> {
-        let path = ObjectPath::from(name);
-        match PinnedObject::look_up(self.store.clone(), path, false).await {
-            Ok(object) => Ok(Some(object)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.error("looking up a generation object")(e)),
-        }
+    /// The store client, for a read of one object (see
+    /// [`ranged`](super::ranged)).
+    pub(crate) fn client(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
     }
 
     /// Uploads the local generation file at `path` as object `name`, in

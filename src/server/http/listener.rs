@@ -17,29 +17,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// hyper. This also bounds what a slow client can make a connection buffer.
 pub const MAX_HEAD_LEN: usize = 16 * 1024;
 
-/// What the server holds back from any one client.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Most connections served at once, over all threads; further clients
-    /// wait until one closes (each thread holds at most one of them
-    /// accepted, the rest stay in the kernel's accept backlog).
-    pub max_connections: usize,
-    /// A client that has not sent a whole request head this long after the
-    /// server started reading one (a new connection, or the next request on
-    /// a kept-alive one) is disconnected: slow and idle clients cannot hold
-    /// connections for ever.
-    pub header_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_connections: 16_384,
-            header_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 /// Binds `n` listeners to `addr` with SO_REUSEPORT, so that `n` threads can
 /// each accept and serve their own connections without handing work to
 /// each other. With port 0, all take the port the first one got.

@@ -8,20 +8,20 @@
 //! `routes.rs` holds the routes and their answers: the API's paths and
 //! limits, lookups with their ETags, batches, and the JSON and text
 //! helpers. `service.rs` holds [`App`], the state every connection shares
-//! (its metric handles, the connection permits), and the hyper service
-//! that answers each request of a connection. `listener.rs` holds the
-//! connections: [`Limits`], binding the listeners, accepting, and serving
-//! them until shutdown.
+//! (its [`Limits`], metric handles, the connection permits), and the hyper
+//! service that answers each request of a connection. `listener.rs` holds
+//! the connections: binding the listeners, accepting, and serving them
+//! until shutdown.
 
 mod listener;
 mod routes;
 mod service;
 
 pub(crate) use listener::accept;
-pub use listener::{bind, connection_builder, run, Limits, MAX_HEAD_LEN, SHUTDOWN_GRACE};
+pub use listener::{bind, connection_builder, run, MAX_HEAD_LEN, SHUTDOWN_GRACE};
 pub use routes::{
     batch, promotion, route, BadBody, Lookup, Routed, BATCH, GENERATION_HEADER, MAX_BATCH_BYTES,
     MAX_BATCH_IDS, MAX_TARGET_LEN, RETRY_AFTER_SECONDS,
 };
 pub(crate) use routes::{json, json_error, method_not_allowed};
-pub use service::App;
+pub use service::{App, Limits};

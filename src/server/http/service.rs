@@ -6,7 +6,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,7 +14,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
-use super::listener::Limits;
 use super::routes::{
     batch, id_in_url, route_from, BadBody, Lookup, Routed, BATCH, MAX_BATCH_BYTES, MAX_TARGET_LEN,
     PROMOTIONS,
@@ -23,6 +22,29 @@ use crate::generation::table::{Bucket, Table};
 use crate::metrics as m;
 use crate::server::live::Live;
 use crate::server::tls::Tls;
+
+/// What the server holds back from any one client.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections served at once, over all threads; further clients
+    /// wait until one closes (each thread holds at most one of them
+    /// accepted, the rest stay in the kernel's accept backlog).
+    pub max_connections: usize,
+    /// A client that has not sent a whole request head this long after the
+    /// server started reading one (a new connection, or the next request on
+    /// a kept-alive one) is disconnected: slow and idle clients cannot hold
+    /// connections for ever.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 16_384,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// What every connection needs: the store, the metrics handle, and the
 /// limits, whose connection permits all serving threads share.
