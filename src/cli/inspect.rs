@@ -4,16 +4,13 @@
 use std::path::Path;
 
 use clap::Args;
-use serde::Serialize;
 
-use promo::generation::churn::Churn;
 use promo::generation::format::rfc3339_utc;
 use promo::generation::local::{self, Description};
-use promo::generation::rollback::Rollback;
 use promo::generation::table::Table;
 use promo::store::remote::{block_on, Remote};
 
-use super::output::changes;
+use super::output::{self, StoreGeneration};
 use super::{DataDir, Exit};
 
 #[derive(Args)]
@@ -28,42 +25,11 @@ pub struct Inspect {
     json: bool,
 }
 
-/// One generation of a store, as `inspect --source --json` shows it.
-#[derive(Serialize)]
-struct Stored {
-    sequence: u64,
-    rows: u64,
-    bytes: u64,
-    created: String,
-    published: String,
-    object: String,
-    /// `ok`, or what is wrong with the object.
-    state: String,
-    churn: Option<Churn>,
-    rollback: Option<Rollback>,
-}
-
 impl Inspect {
     pub fn run(self) -> anyhow::Result<Exit> {
         match &self.source {
-            Some(url) => self.print(&store(url)?, Stored::line, store_heading),
-            None => self.print(&data_dir(&self.dir.data_dir)?, line, local_heading),
-        }
-    }
-
-    fn print<R: Serialize>(
-        &self,
-        rows: &[R],
-        line: fn(&R) -> String,
-        heading: fn() -> String,
-    ) -> anyhow::Result<Exit> {
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(rows)?);
-        } else {
-            println!("{}", heading());
-            for r in rows {
-                println!("{}", line(r));
-            }
+            Some(url) => output::table(&store(url)?, self.json)?,
+            None => output::table(&data_dir(&self.dir.data_dir)?, self.json)?,
         }
         Ok(Exit::Success)
     }
@@ -96,12 +62,12 @@ fn data_dir(dir: &Path) -> anyhow::Result<Vec<Description>> {
 
 /// Every generation the store's manifests name, each object checked for
 /// its length (not read).
-fn store(url: &str) -> anyhow::Result<Vec<Stored>> {
+fn store(url: &str) -> anyhow::Result<Vec<StoreGeneration>> {
     let remote = Remote::open(url)?;
     let inventory = block_on(remote.inventory())??;
     Ok(inventory
         .into_iter()
-        .map(|(m, len)| Stored {
+        .map(|(m, len)| StoreGeneration {
             state: match len {
                 Some(len) if len == m.bytes => "ok".to_string(),
                 Some(len) => format!("object is {len} bytes"),
@@ -117,50 +83,4 @@ fn store(url: &str) -> anyhow::Result<Vec<Stored>> {
             rollback: m.rollback,
         })
         .collect())
-}
-
-fn local_heading() -> String {
-    format!(
-        "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:>7}  {:>5}  {:<8}  {:<34}  path",
-        "sequence", "live", "rows", "bytes", "created", "version", "shard", "checksum", "churn"
-    )
-}
-
-fn line(r: &Description) -> String {
-    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    format!(
-        "{:>10}  {:>4}  {:>12}  {:>14}  {:<24}  {:>7}  {:>5}  {:<8}  {:<34}  {}",
-        r.sequence,
-        if r.live { "*" } else { "" },
-        or_dash(r.rows.map(|n| n.to_string())),
-        r.bytes,
-        r.created.as_deref().unwrap_or("-"),
-        or_dash(r.version.map(|n| n.to_string())),
-        r.shard.as_deref().unwrap_or("-"),
-        r.checksum,
-        changes(r.churn.as_ref(), r.rollback.as_ref()),
-        r.path,
-    )
-}
-
-fn store_heading() -> String {
-    format!(
-        "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  {:<34}  object",
-        "sequence", "rows", "bytes", "created", "state", "churn"
-    )
-}
-
-impl Stored {
-    fn line(&self) -> String {
-        format!(
-            "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  {:<34}  {}",
-            self.sequence,
-            self.rows,
-            self.bytes,
-            self.created,
-            self.state,
-            changes(self.churn.as_ref(), self.rollback.as_ref()),
-            self.object,
-        )
-    }
 }

@@ -89,9 +89,9 @@ impl Change {
 
 /// What a generation changes against the one before it. In JSON (a
 /// sidecar, a manifest, `inspect --json`, `GET /generations`), the fields
-/// of its private `Stored` form.
+/// of its private `StoredChurn` form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(into = "Stored", from = "Stored")]
+#[serde(into = "StoredChurn", from = "StoredChurn")]
 pub struct Churn {
     /// The sequence compared against (0 when unknown: a store's manifest
     /// whose builder compared with a generation the store does not hold as
@@ -211,7 +211,7 @@ impl Churn {
 /// A [`Churn`] as JSON: its figures, and the two percentages it implies
 /// (written for readers, not read back).
 #[derive(Serialize, Deserialize)]
-struct Stored {
+struct StoredChurn {
     /// The sequence compared against; null when unknown.
     against: Option<u64>,
     against_records: u64,
@@ -233,9 +233,9 @@ struct Stored {
     jump_examples: Vec<Change>,
 }
 
-impl From<Churn> for Stored {
-    fn from(c: Churn) -> Stored {
-        Stored {
+impl From<Churn> for StoredChurn {
+    fn from(c: Churn) -> StoredChurn {
+        StoredChurn {
             against: (c.previous != 0).then_some(c.previous),
             against_records: c.previous_records,
             against_checksum: c.previous_checksum,
@@ -255,8 +255,8 @@ impl From<Churn> for Stored {
     }
 }
 
-impl From<Stored> for Churn {
-    fn from(s: Stored) -> Churn {
+impl From<StoredChurn> for Churn {
+    fn from(s: StoredChurn) -> Churn {
         Churn {
             previous: s.against.unwrap_or(0),
             previous_records: s.against_records,

@@ -84,7 +84,7 @@ pub fn shard_url(url: &str, shard: Shard) -> String {
 }
 
 /// A committed generation in the store: what its manifest says. As
-/// stored, the fields of [`Stored`].
+/// stored, the fields of [`StoredManifest`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
     pub sequence: u64,
@@ -142,7 +142,7 @@ impl Manifest {
     /// The manifest as stored: one JSON object and a newline.
     pub fn encode(&self) -> Vec<u8> {
         let mut out =
-            serde_json::to_vec_pretty(&Stored::from(self)).expect("a manifest serializes");
+            serde_json::to_vec_pretty(&StoredManifest::from(self)).expect("a manifest serializes");
         out.push(b'\n');
         out
     }
@@ -161,7 +161,7 @@ impl Manifest {
                 "format {format:?}, but this promo reads {MANIFEST_FORMAT:?}"
             ));
         }
-        let s: Stored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let s: StoredManifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if !s.object.starts_with(GENERATIONS) || s.object.contains("..") {
             return Err(format!(
                 "\"object\" {:?} is not under generations/",
@@ -193,7 +193,7 @@ impl Manifest {
 /// A manifest as stored: the fields of the table in the module's
 /// documentation, in that order.
 #[derive(Serialize, Deserialize)]
-struct Stored {
+struct StoredManifest {
     format: String,
     sequence: u64,
     object: String,
@@ -216,9 +216,9 @@ struct Stored {
     rollback: Option<Rollback>,
 }
 
-impl From<&Manifest> for Stored {
-    fn from(m: &Manifest) -> Stored {
-        Stored {
+impl From<&Manifest> for StoredManifest {
+    fn from(m: &Manifest) -> StoredManifest {
+        StoredManifest {
             format: MANIFEST_FORMAT.to_string(),
             sequence: m.sequence,
             object: m.object.clone(),
