@@ -497,7 +497,11 @@ fn generation_header(sequence: u64) -> HeaderValue {
 
 /// `{"error":message}` with `status`.
 pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    json(status, &serde_json::json!({ "error": message }))
+    #[derive(serde::Serialize)]
+    struct ErrorBody<'a> {
+        error: &'a str,
+    }
+    json(status, &ErrorBody { error: message })
 }
 
 /// `body` as JSON with `status`.
