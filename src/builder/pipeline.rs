@@ -523,7 +523,7 @@ fn write_sorted(
     let (zones, spill) = dates.finish()?;
     let mut writer = Writer::new(file, path, kept)?
         .with_shard(opts.shard)
-        .with_dates(zones, spill);
+        .with_dates(zones, spill)?;
     let stats = sorter.finish(|block| writer.push_block(block))?;
     writer.finish()?;
     Ok(stats)

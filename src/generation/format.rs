@@ -52,9 +52,19 @@
 //!                             entry 2^b is n
 //! zone table (z bytes): each zone as one length byte (0..=21) and its
 //!                             bytes: the text after a date's seconds
-//!                             (` +0200 CEST`, `Z`, `+02:00`, or nothing)
-//! overflow area (o bytes): dates kept as written, which records point to
+//!                             (` +0200 CEST`, `Z`, `+02:00`, or nothing);
+//!                             promo writes them sorted by their bytes
+//! overflow area (o bytes): dates kept as written, which records point to;
+//!                             promo writes them in the order of the
+//!                             records that point to them
 //! ```
+//!
+//! Readers take the zone table and the overflow area in any order. promo
+//! writes them in that one order so that a file's bytes depend on its
+//! records alone: the same promotions, whatever order their rows came in,
+//! make the same body (the same checksum), and a promotion that did not
+//! change keeps its 32 bytes from one generation to the next while the
+//! feed's set of zones stays the same.
 //!
 //! The file's length is therefore exactly `128 + 32*n + 8*(2^b + 1) + z + o`.
 //! Every compact date's fields are printed at their fixed widths, so a
@@ -80,7 +90,7 @@
 //! outward from the guess, which stays correct for skewed keys too.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use xxhash_rust::xxh3::Xxh3;
@@ -88,7 +98,7 @@ use xxhash_rust::xxh3::Xxh3;
 /// Why a file is refused: defined with the one error type, named here too.
 pub use crate::error::FormatError;
 use crate::error::{Error, Result};
-use crate::generation::date::{DateTables, Dates, Decoded};
+use crate::generation::date::{DateTables, DateWord, Dates, Decoded};
 use crate::generation::direct::DirectWriter;
 use crate::generation::record::{key_of, price_of, Price, Record, RECORD_LEN};
 use crate::generation::shard::Shard;
@@ -478,6 +488,129 @@ impl FanoutBuilder {
     }
 }
 
+/// The dates of a build's records, made canonical on their way into the
+/// file: the zone table sorted by its bytes, and the overflow area laid
+/// out in key order. Rows arrive in any order and are parsed in parallel,
+/// so the table and the area first follow the order the rows came in; two
+/// feeds with the same promotions in another order would then give two
+/// files that differ in every record of a renumbered zone. Made canonical,
+/// a file's bytes depend on its records alone, and an unchanged promotion
+/// keeps its 32 bytes from one generation to the next whenever the set of
+/// zones is the same.
+struct Canonical {
+    /// A built zone index → its index in the sorted table; `None` when the
+    /// table arrived sorted.
+    zones: Option<Vec<u32>>,
+    /// The overflow area as built: in memory, or in a file of that length.
+    overflow: Option<Overflow>,
+    /// The area in key order, written as records come, and its length.
+    laid_out: Option<(io::BufWriter<File>, u64)>,
+    /// The block being rewritten.
+    block: Vec<u8>,
+}
+
+enum Overflow {
+    Memory(Vec<u8>),
+    File(File),
+}
+
+impl Canonical {
+    /// The sorted zone table, and what rewriting the records takes (`None`
+    /// when nothing has to change).
+    fn new(
+        mut dates: DateTables,
+        spill: Option<(File, u64)>,
+        path: &Path,
+    ) -> Result<(DateTables, Option<Canonical>)> {
+        let zones: Vec<&[u8]> = dates.zones().collect();
+        let mut order: Vec<u32> = (0..zones.len() as u32).collect();
+        order.sort_by_key(|&i| zones[i as usize]);
+        let mut sorted = DateTables::default();
+        let mut remap = vec![0u32; zones.len()];
+        for &built in &order {
+            remap[built as usize] = sorted
+                .intern(zones[built as usize])
+                .expect("a table of the same zones fits");
+        }
+        let identity = remap.iter().enumerate().all(|(i, &z)| i as u32 == z);
+        let overflow = match spill {
+            Some((file, _)) => Some(Overflow::File(file)),
+            None if dates.overflow.is_empty() => None,
+            None => Some(Overflow::Memory(std::mem::take(&mut dates.overflow))),
+        };
+        if identity && overflow.is_none() {
+            return Ok((sorted, None));
+        }
+        let laid_out = match overflow {
+            Some(_) => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let file = tempfile::tempfile_in(dir).map_err(Error::io_op(OVERFLOW, dir))?;
+                Some((io::BufWriter::with_capacity(1 << 20, file), 0))
+            }
+            None => None,
+        };
+        let canonical = Canonical {
+            zones: (!identity).then_some(remap),
+            overflow,
+            laid_out,
+            block: Vec::new(),
+        };
+        Ok((sorted, Some(canonical)))
+    }
+
+    /// `block` with its records' dates in the file's own terms.
+    fn rewrite(&mut self, block: &[u8], path: &Path) -> Result<&[u8]> {
+        self.block.clear();
+        self.block.extend_from_slice(block);
+        for record in self.block.chunks_exact_mut(RECORD_LEN) {
+            let word = DateWord(u64::from_le_bytes(record[24..32].try_into().unwrap()));
+            let word = match (word.decode(), &self.zones) {
+                (Some(Decoded::Compact { .. }), Some(zones)) => word.relocate(zones, 0),
+                (Some(Decoded::Overflow { offset, len }), _) => {
+                    let mut text = [0u8; 256];
+                    let text = &mut text[..len];
+                    match self.overflow.as_ref() {
+                        Some(Overflow::Memory(area)) => {
+                            let at = offset as usize;
+                            text.copy_from_slice(&area[at..at + len]);
+                        }
+                        Some(Overflow::File(file)) => {
+                            use std::os::unix::fs::FileExt;
+                            file.read_exact_at(text, offset)
+                                .map_err(Error::io_op("reading the dates kept as written", path))?;
+                        }
+                        None => unreachable!("an overflow date with no overflow area"),
+                    }
+                    let (out, len_so_far) = self.laid_out.as_mut().expect("an area to lay out");
+                    out.write_all(text).map_err(Error::io_op(OVERFLOW, path))?;
+                    let word = DateWord::overflow(*len_so_far, len);
+                    *len_so_far += len as u64;
+                    word
+                }
+                _ => word,
+            };
+            record[24..32].copy_from_slice(&word.0.to_le_bytes());
+        }
+        Ok(&self.block)
+    }
+
+    /// The overflow area laid out in key order, if there is one.
+    fn finish(self, path: &Path) -> Result<Option<(File, u64)>> {
+        match self.laid_out {
+            Some((out, len)) => {
+                let file = out
+                    .into_inner()
+                    .map_err(|e| Error::io_op(OVERFLOW, path)(e.into_error()))?;
+                Ok(Some((file, len)))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// What a failed write of the overflow area in key order was doing.
+const OVERFLOW: &str = "writing the dates kept as written";
+
 /// Writes a generation file from records in strictly increasing key order.
 ///
 /// The header goes in last, so an interrupted write never looks complete;
@@ -489,6 +622,9 @@ pub struct Writer {
     dates: DateTables,
     /// The overflow area, in a file of its own that `finish` appends.
     spill: Option<(File, u64)>,
+    /// How the records' dates are rewritten on their way in, so that the
+    /// file depends on its records alone (see [`Canonical`]).
+    canonical: Option<Canonical>,
     shard: Shard,
     hasher: Xxh3,
     fanout: FanoutBuilder,
@@ -512,6 +648,7 @@ impl Writer {
             out,
             dates: DateTables::default(),
             spill: None,
+            canonical: None,
             shard: Shard::WHOLE,
             hasher: Xxh3::new(),
             fanout: FanoutBuilder::new(fanout_bits_for(max_count)),
@@ -527,13 +664,15 @@ impl Writer {
     }
 
     /// The records to come have their dates in `dates` (its zones, and its
-    /// overflow area or the first `len` bytes of `spill`, which `finish`
-    /// appends).
-    pub fn with_dates(mut self, dates: DateTables, spill: Option<(File, u64)>) -> Writer {
+    /// overflow area or the first `len` bytes of `spill`), in the order the
+    /// rows arrived. The file gets them in a canonical order instead (see
+    /// [`Canonical`]): the zones sorted, the overflow area in key order.
+    pub fn with_dates(mut self, dates: DateTables, spill: Option<(File, u64)>) -> Result<Writer> {
         debug_assert!(spill.is_none() || dates.overflow.is_empty());
-        self.dates = dates;
-        self.spill = spill;
-        self
+        let (sorted, canonical) = Canonical::new(dates, spill, &self.path)?;
+        self.dates = sorted;
+        self.canonical = canonical;
+        Ok(self)
     }
 
     /// Appends the next record; its key must be greater than the last one's.
@@ -550,6 +689,19 @@ impl Writer {
 
     /// Appends whole records, each key greater than the one before.
     pub fn push_block(&mut self, block: &[u8]) -> Result<()> {
+        match self.canonical.take() {
+            None => self.push_canonical(block),
+            Some(mut canonical) => {
+                let rewritten = canonical.rewrite(block, &self.path);
+                let pushed = rewritten.and_then(|b| self.push_canonical(b));
+                self.canonical = Some(canonical);
+                pushed
+            }
+        }
+    }
+
+    /// [`Writer::push_block`] for records whose dates are the file's own.
+    fn push_canonical(&mut self, block: &[u8]) -> Result<()> {
         assert_eq!(block.len() % RECORD_LEN, 0, "a block holds whole records");
         for record in block.chunks_exact(RECORD_LEN) {
             let key = key_of(record);
@@ -600,6 +752,9 @@ impl Writer {
         let overflow = std::mem::take(&mut self.dates.overflow);
         self.write_body(&overflow)?;
         let mut overflow_len = overflow.len() as u64;
+        if let Some(canonical) = self.canonical.take() {
+            self.spill = canonical.finish(&self.path)?;
+        }
         if let Some((mut spill, len)) = self.spill.take() {
             let path = self.path.clone();
             let reading = |e| Error::io_op("reading the dates kept as written", &path)(e);

@@ -787,3 +787,63 @@ fn files_that_are_not_what_they_should_be_are_named_in_words() {
     assert!(!err.contains("os error"), "{err}");
     assert!(err.contains("plain"), "{err}");
 }
+
+/// The records of generation `sequence` in `data`, and its body checksum.
+fn records_of(data: &std::path::Path, sequence: u64) -> (Vec<[u8; 32]>, u64) {
+    let path = data.join(format!("gen-{sequence:010}.promo"));
+    let header = promo::generation::format::read_header(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let records = bytes[128..128 + 32 * header.count as usize]
+        .chunks_exact(32)
+        .map(|r| r.try_into().unwrap())
+        .collect();
+    (records, header.body_checksum)
+}
+
+#[test]
+fn the_same_promotions_in_any_order_build_the_same_bytes() {
+    // Three zones, RFC 3339 dates, and dates kept as written (fractions)
+    // in the overflow area, mixed through the feed.
+    let date = |i: u64| match i % 5 {
+        0 => "2030-06-01 10:00:00 +0200 CEST".to_string(),
+        1 => "2030-01-01 10:00:00 +0100 CET".to_string(),
+        2 => "2030-01-01 10:00:00 +0000 UTC".to_string(),
+        3 => format!("2030-01-01 10:00:{:02}.{i} +0000 UTC", i % 60),
+        _ => format!("2030-01-01T10:00:00.{i}Z"),
+    };
+    let rows: Vec<(String, String, String)> = (0..4000)
+        .map(|i| (id(7, i), format!("{}.{:02}", i % 97, i % 100), date(i)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let build_rows = |name: &str, rows: &[(String, String, String)]| {
+        let csv = dir.path().join(format!("{name}.csv"));
+        write_csv(&csv, rows);
+        let data = dir.path().join(name);
+        let out = build(&data, &csv, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        records_of(&data, 1)
+    };
+    let (sorted, sorted_sum) = build_rows("in-order", &rows);
+    // The same rows, reversed and interleaved: another order of arrival
+    // for the zones and the dates kept as written.
+    let mut shuffled: Vec<_> = rows.iter().rev().cloned().collect();
+    let (odd, even): (Vec<_>, Vec<_>) = shuffled
+        .drain(..)
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 1);
+    let shuffled: Vec<_> = odd.into_iter().chain(even).map(|(_, r)| r).collect();
+    let (again, again_sum) = build_rows("shuffled", &shuffled);
+    assert_eq!(
+        again_sum, sorted_sum,
+        "the body depends on the order rows came in"
+    );
+    assert!(again == sorted);
+
+    // One price changed: one record's bytes change, and no other's.
+    let mut repriced = shuffled.clone();
+    let at = repriced.iter().position(|r| r.0 == rows[1234].0).unwrap();
+    repriced[at].1 = "999.5".into();
+    let (changed, _) = build_rows("repriced", &repriced);
+    let differ = changed.iter().zip(&sorted).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 1);
+}
