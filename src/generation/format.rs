@@ -511,7 +511,18 @@ struct Canonical {
 
 enum Overflow {
     Memory(Vec<u8>),
-    File(File),
+    /// The build's spill file, mapped: its dates are read in key order,
+    /// which is not the order they were written in.
+    Mapped(memmap2::Mmap),
+}
+
+impl Overflow {
+    fn area(&self) -> &[u8] {
+        match self {
+            Overflow::Memory(area) => area,
+            Overflow::Mapped(map) => map,
+        }
+    }
 }
 
 impl Canonical {
@@ -534,7 +545,18 @@ impl Canonical {
         }
         let identity = remap.iter().enumerate().all(|(i, &z)| i as u32 == z);
         let overflow = match spill {
-            Some((file, _)) => Some(Overflow::File(file)),
+            Some((file, len)) => {
+                // SAFETY: the spill is an unnamed temporary file of this
+                // build's, complete (its writer was flushed), which nothing
+                // writes or truncates while it is mapped here.
+                let map = unsafe { memmap2::Mmap::map(&file) }
+                    .map_err(Error::io_op(READING_OVERFLOW, path))?;
+                if (map.len() as u64) < len {
+                    let short = std::io::ErrorKind::UnexpectedEof.into();
+                    return Err(Error::io_op(READING_OVERFLOW, path)(short));
+                }
+                Some(Overflow::Mapped(map))
+            }
             None if dates.overflow.is_empty() => None,
             None => Some(Overflow::Memory(std::mem::take(&mut dates.overflow))),
         };
@@ -567,20 +589,14 @@ impl Canonical {
             let word = match (word.decode(), &self.zones) {
                 (Some(Decoded::Compact { .. }), Some(zones)) => word.relocate(zones, 0),
                 (Some(Decoded::Overflow { offset, len }), _) => {
-                    let mut text = [0u8; 256];
-                    let text = &mut text[..len];
-                    match self.overflow.as_ref() {
-                        Some(Overflow::Memory(area)) => {
-                            let at = offset as usize;
-                            text.copy_from_slice(&area[at..at + len]);
-                        }
-                        Some(Overflow::File(file)) => {
-                            use std::os::unix::fs::FileExt;
-                            file.read_exact_at(text, offset)
-                                .map_err(Error::io_op("reading the dates kept as written", path))?;
-                        }
-                        None => unreachable!("an overflow date with no overflow area"),
-                    }
+                    let area = self.overflow.as_ref().expect("an overflow area").area();
+                    let text = usize::try_from(offset)
+                        .ok()
+                        .and_then(|at| area.get(at..at.checked_add(len)?))
+                        .ok_or_else(|| {
+                            let cause = std::io::ErrorKind::UnexpectedEof.into();
+                            Error::io_op(READING_OVERFLOW, path)(cause)
+                        })?;
                     let (out, len_so_far) = self.laid_out.as_mut().expect("an area to lay out");
                     out.write_all(text).map_err(Error::io_op(OVERFLOW, path))?;
                     let word = DateWord::overflow(*len_so_far, len);
@@ -608,7 +624,8 @@ impl Canonical {
     }
 }
 
-/// What a failed write of the overflow area in key order was doing.
+/// What a failed read or write of the overflow area was doing.
+const READING_OVERFLOW: &str = "reading the dates kept as written";
 const OVERFLOW: &str = "writing the dates kept as written";
 
 /// Writes a generation file from records in strictly increasing key order.
@@ -757,7 +774,7 @@ impl Writer {
         }
         if let Some((mut spill, len)) = self.spill.take() {
             let path = self.path.clone();
-            let reading = |e| Error::io_op("reading the dates kept as written", &path)(e);
+            let reading = |e| Error::io_op(READING_OVERFLOW, &path)(e);
             spill.seek(SeekFrom::Start(0)).map_err(reading)?;
             let mut spill = spill.take(len);
             let mut buf = vec![0u8; 1 << 20];
