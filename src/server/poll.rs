@@ -90,8 +90,29 @@ pub async fn poll(source: Polling, live: Arc<Live>, shutdown: impl Future<Output
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(fetch::jitter(source.interval)) => {}
+            () = tokio::time::sleep(jitter(source.interval)) => {}
             () = &mut shutdown => return,
+        }
+    }
+}
+
+/// `d` scaled by a factor between 0.9 and 1.1.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d.mul_f64(0.9 + 0.2 * (nanos % 1000) as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_tenth() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(10));
+            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11));
         }
     }
 }

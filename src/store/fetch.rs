@@ -6,7 +6,7 @@
 //! retried; throttle bytes per second on the receiver; verify against what
 //! the builder recorded before the file is renamed into place; never
 //! download a refused version again; jitter the polling so that a fleet does
-//! not poll in step.
+//! not poll in step (the polling is `server::poll`'s).
 //!
 //! A fetched generation keeps the store's sequence. It is fully verified
 //! (body checksum, order, fanout, and the manifest's header figures) while
@@ -344,14 +344,6 @@ fn check_free_disk(dir: &Path, sequence: u64, len: u64) -> Result<()> {
     Ok(())
 }
 
-/// `d` scaled by a factor between 0.9 and 1.1.
-pub fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    d.mul_f64(0.9 + 0.2 * (nanos % 1000) as f64 / 1000.0)
-}
-
 /// `promo fetch`: once, the store's newest valid generation if it is newer
 /// than the newest sound one in `dir`, keeping the newest [`KEEP`] there as
 /// `serve --source` does. Returns what was done. Refusals are remembered by
@@ -432,13 +424,5 @@ mod tests {
             assert!(took >= Duration::from_millis(9_650), "{took:?}");
             assert!(took <= Duration::from_millis(10_100), "{took:?}");
         });
-    }
-
-    #[test]
-    fn jitter_stays_within_a_tenth() {
-        for _ in 0..100 {
-            let d = jitter(Duration::from_secs(10));
-            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11));
-        }
     }
 }

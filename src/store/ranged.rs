@@ -20,6 +20,7 @@
 //!   is read as one streaming GET instead, and the log says so. Such a
 //!   stream cannot resume: if it drops, the read fails and says why.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io::{self, Read};
 use std::ops::Range;
@@ -156,11 +157,11 @@ impl PinnedObject {
     }
 
     /// Bytes `range`, whole.
-    async fn fetch(&self, range: Range<u64>) -> std::result::Result<Bytes, RangeError<()>> {
+    async fn fetch(&self, range: Range<u64>) -> std::result::Result<Bytes, RangeError<Infallible>> {
         let mut buf = BytesMut::with_capacity((range.end - range.start) as usize);
         self.read_range(range, |chunk| {
             buf.extend_from_slice(&chunk);
-            std::future::ready(Ok::<(), ()>(()))
+            std::future::ready(Ok::<(), Infallible>(()))
         })
         .await?;
         Ok(buf.freeze())
@@ -379,11 +380,11 @@ impl Reading {
         self.url.starts_with("http://") || self.url.starts_with("https://")
     }
 
-    fn say(&self, e: RangeError<()>) -> String {
+    fn say(&self, e: RangeError<Infallible>) -> String {
         (self.hide)(match e {
             RangeError::NotTaken => "the server does not take ranges".into(),
             RangeError::Store(why) => why,
-            RangeError::Sink(()) => "the reader stopped".into(),
+            RangeError::Sink(never) => match never {},
         })
     }
 
