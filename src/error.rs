@@ -430,4 +430,10 @@ pub enum FormatError {
     OutsideShard { index: u64 },
     #[error("the zone table does not parse")]
     Zones,
+    #[error("bad magic {got:02x?}: not a promo delta")]
+    DeltaMagic { got: [u8; 8] },
+    #[error("delta format version {got}, but this promo reads version {reads}")]
+    DeltaVersion { got: u32, reads: u32 },
+    #[error("bad delta: {0}")]
+    Delta(String),
 }

@@ -1,4 +1,5 @@
-//! The generation file format, byte by byte: the one place that defines it.
+//! The generation file format and its delta's, byte by byte: the one place
+//! that defines them.
 //!
 //! A generation is one immutable file. Everything is little-endian except
 //! the keys, which are big-endian so that byte order, integer order and the
@@ -88,6 +89,49 @@
 //! A lookup reads the two fanout entries of the key's bucket, interpolates
 //! inside the bucket (keys are uniformly distributed UUIDs) and searches
 //! outward from the guess, which stays correct for skewed keys too.
+//!
+//! ## Delta, version 1
+//!
+//! What generation N changes against an older generation, its base: what a
+//! replica whose live generation is the base downloads instead of N (see
+//! `delta`). Sorted by key like a generation, and checksummed the same way.
+//!
+//! ```text
+//! offset          size        field
+//! ------          ----        -----
+//! header (128 bytes)
+//!   0              8          magic, b"PROMODLT"
+//!   8              4          delta format version, u32 = 1
+//!  12              4          record size in bytes, u32 = 32
+//!  16              8          base: the store's sequence, u64
+//!  24              8          base: its body checksum, u64
+//!  32              8          target: the store's sequence, u64
+//!  40              8          records r (changed or added), u64
+//!  48              8          removed ids d, u64
+//!  56              8          body checksum: XXH3-64 of every byte after
+//!                             this header (the target's header included)
+//!  64             56          reserved, zero
+//! 120              8          header checksum: XXH3-64 of bytes 0..120
+//! 128            128          the target's header, exactly as in its file
+//!                             (version 2: its count, fanout bits, creation
+//!                             time, body checksum, shard, table lengths)
+//! 256 + 32*i      32          record i: a record of the target whose 32
+//!                             bytes are not the base's record of that id
+//!                             (changed) or whose id the base lacks (added),
+//!                             strictly increasing by key
+//! 256 + 32*r + 16*j  16       removed id j: a key the base holds and the
+//!                             target does not, strictly increasing
+//! then z + o bytes            the target's zone table and overflow area, as
+//!                             in its file (z and o from its header)
+//! ```
+//!
+//! The length is exactly `256 + 32*r + 16*d + z + o`. The target is the
+//! base's records with the ids removed, the changed ones replaced and the
+//! added ones inserted, in key order; then the fanout table computed from
+//! them with the target's fanout bits; then the tables; then the header.
+//! Its body checksum must be the target header's, or the rebuild failed.
+//! Both generations are version 2 and of the same shard.
+//!
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -222,6 +266,45 @@ impl Header {
         if bytes.len() < MIN_HEADER_LEN || file_len < MIN_HEADER_LEN as u64 {
             return Err(FormatError::TooShort { len: file_len });
         }
+        let header = Header::decode_fields(bytes, file_len)?;
+        // Checked arithmetic: a hostile count must not wrap into a "valid" length.
+        let expected = header.checked_len();
+        if expected != Some(file_len) {
+            return Err(FormatError::Length {
+                expected: expected.unwrap_or(u64::MAX),
+                got: file_len,
+            });
+        }
+        Ok(header)
+    }
+
+    /// Decodes and checks a version-2 header that is not at the head of its
+    /// file: the target a delta carries. Its length must not overflow.
+    pub fn decode_detached(bytes: &[u8]) -> Result<Header, FormatError> {
+        let len = bytes.len() as u64;
+        if bytes.len() < HEADER_LEN {
+            return Err(FormatError::TooShort { len });
+        }
+        let header = Header::decode_fields(bytes, len)?;
+        if header.version != VERSION {
+            return Err(FormatError::Version {
+                got: header.version,
+                oldest: VERSION,
+                newest: VERSION,
+            });
+        }
+        if header.checked_len().is_none() {
+            return Err(FormatError::Length {
+                expected: u64::MAX,
+                got: len,
+            });
+        }
+        Ok(header)
+    }
+
+    /// The checks of [`Header::decode`] but the file's length (`file_len`
+    /// is only what a short header is reported as).
+    fn decode_fields(bytes: &[u8], file_len: u64) -> Result<Header, FormatError> {
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
         let magic: [u8; 8] = bytes[0..8].try_into().unwrap();
@@ -272,14 +355,6 @@ impl Header {
             header.shard = Shard::new(index, count).ok_or(FormatError::Shard { index, count })?;
             header.zones_len = u64_at(56);
             header.overflow_len = u64_at(64);
-        }
-        // Checked arithmetic: a hostile count must not wrap into a "valid" length.
-        let expected = header.checked_len();
-        if expected != Some(file_len) {
-            return Err(FormatError::Length {
-                expected: expected.unwrap_or(u64::MAX),
-                got: file_len,
-            });
         }
         Ok(header)
     }
@@ -674,6 +749,16 @@ impl Writer {
         })
     }
 
+    /// Starts the generation `target` describes, whose records are to come
+    /// from a merge (see [`delta`](super::delta)): the fanout and shard are
+    /// the target's, and [`Writer::finish_as`] makes the file it, byte for
+    /// byte, or fails.
+    pub fn rebuild(file: File, path: &Path, target: &Header) -> Result<Writer> {
+        let mut writer = Writer::new(file, path, 0)?.with_shard(target.shard);
+        writer.fanout = FanoutBuilder::new(target.fanout_bits);
+        Ok(writer)
+    }
+
     /// The file holds only the ids of `shard` (checked as they are pushed).
     pub fn with_shard(mut self, shard: Shard) -> Writer {
         self.shard = shard;
@@ -803,6 +888,44 @@ impl Writer {
             zones_len: zones.len() as u64,
             overflow_len,
         };
+        self.seal(&header)?;
+        Ok(header)
+    }
+
+    /// Finishes the file [`Writer::rebuild`] started: writes the fanout
+    /// table, then `tables` (the target's zone table and overflow area, as
+    /// they are), then the target's header, once the records and bytes
+    /// written are the target's: their count and body checksum. A merge
+    /// that went wrong fails here, before anything reads the file.
+    pub fn finish_as(mut self, target: &Header, tables: &[u8]) -> Result<()> {
+        let fanout = std::mem::replace(&mut self.fanout, FanoutBuilder::new(0));
+        if fanout.count != target.count {
+            let e = format!(
+                "rebuilt {} records, but the target holds {}",
+                fanout.count, target.count
+            );
+            return Err(Error::format(&self.path, FormatError::Delta(e)));
+        }
+        let fanout: Vec<u8> = fanout
+            .finish()
+            .iter()
+            .flat_map(|e| e.to_le_bytes())
+            .collect();
+        self.write_body(&fanout)?;
+        self.write_body(tables)?;
+        let computed = self.hasher.digest();
+        if computed != target.body_checksum {
+            let e = FormatError::BodyChecksum {
+                stored: target.body_checksum,
+                computed,
+            };
+            return Err(Error::format(&self.path, e));
+        }
+        self.seal(target)
+    }
+
+    /// Writes `header` at the front and syncs the file to disk.
+    fn seal(self, header: &Header) -> Result<()> {
         let io = |e| Error::io_op(WRITING, &self.path)(e);
         let mut file = self.out.into_file().map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -816,7 +939,7 @@ impl Writer {
             seconds = started.elapsed().as_secs_f64(),
             "synced the generation file"
         );
-        Ok(header)
+        Ok(())
     }
 }
 

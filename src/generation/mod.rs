@@ -11,11 +11,14 @@
 //! - [`local`]: the data directory that holds generations: naming, atomic
 //!   publishing, sidecars, retention, the build lock.
 //! - [`churn`]: what one generation changes against another, in one merge.
+//! - [`delta`]: the same merge as bytes: a generation rebuilt from an
+//!   older one and what changed.
 //! - [`rollback`]: what a rollback restored and undid.
 //! - [`json`]: how the generation's values are written in JSON.
 
 pub mod churn;
 pub mod date;
+pub mod delta;
 pub mod direct;
 pub mod format;
 pub mod json;

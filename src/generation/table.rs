@@ -259,6 +259,18 @@ impl Table {
         rc == 0 && resident[..pages].iter().all(|b| b & 1 == 1)
     }
 
+    /// Every record's bytes, in key order: `len()` records of
+    /// `header().record_len()` bytes.
+    pub fn records(&self) -> &[u8] {
+        &self.map[self.header.header_len()..self.header.fanout_offset()]
+    }
+
+    /// The bytes after the fanout table: the zone table and the overflow
+    /// area (nothing in version 1).
+    pub fn date_tables(&self) -> &[u8] {
+        &self.map[self.header.zones_offset()..]
+    }
+
     /// The record at index `i`, which must be below `len()`.
     pub fn record(&self, i: u64) -> Found<'_> {
         Found {
