@@ -183,6 +183,10 @@ pub struct BuildOptions {
     pub force: bool,
     /// Keep only the ids of this shard (every id by default).
     pub shard: Shard,
+    /// Most a delta published beside the generation may be, in percent of
+    /// the generation's bytes; a larger one is not written. No deltas when
+    /// `None`.
+    pub max_delta: Option<f64>,
     /// Measure the feed against this store's newest generation (the store
     /// it is published to, which may have been rolled back) instead of the
     /// data directory's newest; the rollbacks refused are the store's.
@@ -204,6 +208,7 @@ impl BuildOptions {
             max_price_jumps: Some(DEFAULT_MAX_PRICE_JUMPS),
             force: false,
             shard: Shard::WHOLE,
+            max_delta: Some(50.0),
             against_store: None,
         }
     }

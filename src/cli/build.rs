@@ -97,15 +97,23 @@ impl Build {
         let summary = pipeline::build(&Input::from_arg(&self.csv), &opts)?;
         out.summary(&summary);
         if let Some(url) = publish {
-            let p = publish::publish(&url, &summary.generation.path, keep).map_err(|e| {
+            let p = publish::publish(&url, &summary.generation.path, keep, opts.max_delta);
+            let p = p.map_err(|e| {
                 anyhow::anyhow!(
                     "{e}\npublishing to the store failed; generation {} stays published in {}",
                     summary.generation.sequence,
                     opts.data_dir.display()
                 )
             })?;
+            let delta = match &p.delta {
+                Some(d) => format!(
+                    ", a delta from its generation {} of {} bytes among them",
+                    d.base_sequence, d.bytes
+                ),
+                None => String::new(),
+            };
             out.say(&format!(
-                "published generation {} to {url} as its generation {} ({} bytes in {:.2} s)",
+                "published generation {} to {url} as its generation {} ({} bytes{delta} in {:.2} s)",
                 summary.generation.sequence, p.sequence, p.bytes, p.seconds
             ));
         }

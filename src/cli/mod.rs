@@ -180,6 +180,12 @@ struct Guards {
     #[arg(long, value_name = "PCT|off", default_value = "5%", value_parser = parse_percent,
           env = "PROMO_MAX_PRICE_JUMPS")]
     max_price_jumps: GuardLimit,
+    /// With a store: upload beside each generation the delta from the
+    /// store's newest (what changed), which replicas that have that one
+    /// fetch instead, unless it is over this percentage of the
+    /// generation's bytes (50% or 50), or off: no deltas.
+    #[arg(long, value_name = "PCT|off", default_value = "50%", value_parser = parse_percent)]
+    max_delta: GuardLimit,
     /// Keep only the ids of range shard K of N (K/N, like 0/4): the ids
     /// whose first 32 bits x satisfy floor(x * N / 2^32) = K. A shard's
     /// object store is the given URL's shard-K-of-N prefix. `serve --shard`
@@ -203,6 +209,7 @@ impl Guards {
             max_shrink: self.max_shrink.0,
             max_churn: self.max_churn.0,
             max_price_jumps: self.max_price_jumps.0,
+            max_delta: self.max_delta.0,
             shard: self.shard.unwrap_or_default(),
             ..BuildOptions::new(data_dir)
         }

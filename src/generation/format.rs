@@ -131,7 +131,6 @@
 //! them with the target's fanout bits; then the tables; then the header.
 //! Its body checksum must be the target header's, or the rebuild failed.
 //! Both generations are version 2 and of the same shard.
-//!
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};

@@ -42,6 +42,20 @@
 //!       "rollback"       for a rollback, what it restored and undid, in
 //!                        store sequences (see rollback: `Rollback`), else
 //!                        null or absent (a manifest older than it)
+//!       "delta"          the generation as a delta from the one before it
+//!                        (see format: "Delta"), or null or absent (the
+//!                        first generation, a rollback, a build compared
+//!                        with another generation than the store's newest,
+//!                        a delta over --max-delta, an older builder):
+//!                          "object"         its path under the prefix
+//!                          "bytes"          its exact length
+//!                          "checksum"       its body checksum, 16 hex digits
+//!                          "base"           the store's sequence of its base
+//!                          "base_checksum"  the base's body checksum
+//!                        Replicas older than deltas ignore it.
+//! generations/<sequence:010>-<token:016x>.delta
+//!     A delta, named by one manifest's "delta", immutable, written before
+//!     that manifest; retention removes it with its manifest.
 //! ```
 //!
 //! A range shard (`--shard K/N`, not `0/1`) has a store of its own: the
@@ -100,6 +114,25 @@ pub struct Manifest {
     /// What it restored and undid, if it is a rollback (with store
     /// sequences).
     pub rollback: Option<Rollback>,
+    /// The generation as a delta from an older one, if the builder wrote one.
+    pub delta: Option<DeltaObject>,
+}
+
+/// A delta in the store: what a manifest's `"delta"` says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaObject {
+    /// The delta object, relative to the store's prefix.
+    pub object: String,
+    pub bytes: u64,
+    /// The delta's body checksum.
+    #[serde(with = "crate::generation::json::hex")]
+    pub checksum: u64,
+    /// The store's sequence of the generation it applies to, and that
+    /// generation's body checksum.
+    #[serde(rename = "base")]
+    pub base_sequence: u64,
+    #[serde(with = "crate::generation::json::hex")]
+    pub base_checksum: u64,
 }
 
 impl Manifest {
@@ -115,6 +148,7 @@ impl Manifest {
             published_ms: now_ms(),
             churn: None,
             rollback: None,
+            delta: None,
         }
     }
 
@@ -126,6 +160,7 @@ impl Manifest {
             published_ms: now_ms(),
             churn: None,
             rollback: Some(rollback),
+            delta: None,
             ..self.clone()
         }
     }
@@ -162,11 +197,10 @@ impl Manifest {
             ));
         }
         let s: StoredManifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if !s.object.starts_with(GENERATIONS) || s.object.contains("..") {
-            return Err(format!(
-                "\"object\" {:?} is not under generations/",
-                s.object
-            ));
+        for object in std::iter::once(&s.object).chain(s.delta.as_ref().map(|d| &d.object)) {
+            if !object.starts_with(GENERATIONS) || object.contains("..") {
+                return Err(format!("\"object\" {object:?} is not under generations/"));
+            }
         }
         Ok(Manifest {
             sequence: s.sequence,
@@ -178,6 +212,7 @@ impl Manifest {
             published_ms: s.published_ms,
             churn: s.churn,
             rollback: s.rollback,
+            delta: s.delta,
         })
     }
 
@@ -214,6 +249,9 @@ struct StoredManifest {
     churn: Option<Churn>,
     #[serde(default)]
     rollback: Option<Rollback>,
+    /// A delta this promo cannot read (another version's) is left out.
+    #[serde(default, deserialize_with = "crate::generation::json::lenient")]
+    delta: Option<DeltaObject>,
 }
 
 impl From<&Manifest> for StoredManifest {
@@ -231,6 +269,7 @@ impl From<&Manifest> for StoredManifest {
             published_ms: m.published_ms,
             churn: m.churn.clone(),
             rollback: m.rollback.clone(),
+            delta: m.delta.clone(),
         }
     }
 }
@@ -261,6 +300,13 @@ pub fn new_object_name(sequence: u64) -> String {
     seed[24..].copy_from_slice(&UPLOADS.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     let token = xxhash_rust::xxh3::xxh3_64(&seed);
     format!("{GENERATIONS}/{sequence:010}-{token:016x}.promo")
+}
+
+/// A new delta object's path for generation `sequence`, unique to this
+/// upload (the generation's object name, with another suffix).
+pub fn new_delta_name(sequence: u64) -> String {
+    let name = new_object_name(sequence);
+    format!("{}.delta", name.strip_suffix(".promo").unwrap_or(&name))
 }
 
 /// The sequence a generation object's name starts with.

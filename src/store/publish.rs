@@ -14,9 +14,12 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::generation::churn::Churn;
+use crate::generation::delta;
 use crate::generation::format::read_header;
+use crate::generation::local;
 use crate::generation::rollback::Rollback;
-use crate::store::layout::{new_object_name, Manifest};
+use crate::generation::table::Table;
+use crate::store::layout::{new_delta_name, new_object_name, DeltaObject, Manifest};
 use crate::store::remote::{block_on, Remote};
 
 /// What [`publish`] did.
@@ -27,6 +30,8 @@ pub struct Published {
     pub object: String,
     /// Bytes uploaded: 0 for a rollback to a generation the store holds.
     pub bytes: u64,
+    /// The delta uploaded beside it, if any.
+    pub delta: Option<DeltaObject>,
     pub seconds: f64,
 }
 
@@ -35,7 +40,14 @@ pub struct Published {
 /// A failure before the manifest is written leaves the store as it was
 /// (the upload is deleted, or left for the next publish to remove); a
 /// failed retention afterwards is a warning, since the generation is out.
-pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
+///
+/// When the build compared the generation with the store's newest (the
+/// same body checksum) and the data directory still holds that one, a
+/// delta from it is uploaded too, unless it would be more than `max_delta`
+/// percent of the generation's bytes (`None`: never). A delta that cannot
+/// be made or uploaded is a warning: replicas then download the whole
+/// generation, as without deltas.
+pub fn publish(url: &str, path: &Path, keep: usize, max_delta: Option<f64>) -> Result<Published> {
     let started = Instant::now();
     let remote = Remote::open(url)?;
     let header = read_header(path)?;
@@ -43,7 +55,7 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
         // A rollback on a server's data directory (the admin port's): when
         // the store holds that generation, the store rolls back to it too,
         // with nothing uploaded, and records what it undid in its terms.
-        if crate::generation::local::rollback_of(path).is_some() {
+        if local::rollback_of(path).is_some() {
             let manifests = remote.manifests().await?;
             let objects = remote.objects().await?;
             let held = manifests
@@ -62,6 +74,7 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
                     sequence: m.sequence,
                     object: m.object,
                     bytes: 0,
+                    delta: None,
                     seconds: started.elapsed().as_secs_f64(),
                 });
             }
@@ -77,17 +90,31 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
             "uploading"
         );
         remote.upload(path, &object).await?;
-        let churn = match crate::generation::local::churn_of(path) {
-            Some(churn) => Some(in_store_terms(&remote, churn, newest).await),
+        let store_newest = match newest {
+            Some(s) => remote.manifest(s).await.ok().flatten(),
             None => None,
+        };
+        let churn = local::churn_of(path).map(|churn| in_store_terms(churn, store_newest.as_ref()));
+        // A delta from the store's newest, when the build measured against
+        // it: not for a first build, nor for a local rollback.
+        let delta = match (&churn, &store_newest, max_delta) {
+            (Some(c), Some(base), Some(percent)) if c.previous == base.sequence => {
+                let limit = (header.file_len() as f64 * percent / 100.0) as u64;
+                upload_delta(&remote, path, base, sequence, limit).await
+            }
+            _ => None,
         };
         let manifest = Manifest {
             churn,
+            delta: delta.clone(),
             ..Manifest::new(sequence, object.clone(), &header)
         };
         if let Err(e) = remote.commit(&manifest).await {
-            if let Err(d) = remote.delete_object(&object).await {
-                tracing::warn!("{d} (the next publish removes it)");
+            let uploaded = std::iter::once(&object).chain(delta.as_ref().map(|d| &d.object));
+            for name in uploaded {
+                if let Err(d) = remote.delete_object(name).await {
+                    tracing::warn!("{d} (the next publish removes it)");
+                }
             }
             return Err(e);
         }
@@ -105,7 +132,8 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
         Ok(Published {
             sequence,
             object,
-            bytes: header.file_len(),
+            bytes: header.file_len() + delta.as_ref().map_or(0, |d| d.bytes),
+            delta,
             seconds: started.elapsed().as_secs_f64(),
         })
     })?
@@ -117,16 +145,90 @@ pub fn publish(url: &str, path: &Path, keep: usize) -> Result<Published> {
 /// compared with what it last published), or null when the store's newest
 /// is another generation (a store rolled back, a builder that published
 /// elsewhere); `against_checksum` names it either way.
-async fn in_store_terms(remote: &Remote, mut churn: Churn, newest: Option<u64>) -> Churn {
-    let store_newest = match newest {
-        Some(s) => remote.manifest(s).await.ok().flatten(),
-        None => None,
-    };
+fn in_store_terms(mut churn: Churn, store_newest: Option<&Manifest>) -> Churn {
     churn.previous = match store_newest {
         Some(m) if m.body_checksum == churn.previous_checksum => m.sequence,
         _ => 0,
     };
     churn
+}
+
+/// Writes the delta from `base`, the store's newest generation, to the
+/// generation at `path` (the store's `sequence` to be), in a scratch
+/// folder of the data directory, and uploads it; `None`, with a log line
+/// saying why, when the data directory no longer holds the base, the delta
+/// would be over `limit` bytes, or writing or uploading it failed.
+async fn upload_delta(
+    remote: &Remote,
+    path: &Path,
+    base: &Manifest,
+    sequence: u64,
+    limit: u64,
+) -> Option<DeltaObject> {
+    let started = Instant::now();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Some(base_path) = local::list(dir).ok()?.into_iter().rev().find_map(|e| {
+        let h = read_header(&e.path).ok()?;
+        (h.body_checksum == base.body_checksum && h.count == base.rows).then_some(e.path)
+    }) else {
+        tracing::info!(
+            base = base.sequence,
+            "no delta: the data directory does not hold the store's newest generation"
+        );
+        return None;
+    };
+    let written = (|| -> Result<_> {
+        // A folder of its own, locked: the next build removes it if this
+        // process dies, and not while it is in use.
+        let scratch = tempfile::Builder::new()
+            .prefix(local::DIFF_PREFIX)
+            .tempdir_in(dir)
+            .map_err(Error::io(dir))?;
+        let lock = local::BuildLock::acquire(scratch.path())?;
+        let old = Table::open(&base_path, base.sequence)?;
+        let new = Table::open(path, sequence)?;
+        let at = scratch.path().join("delta");
+        let out = std::fs::File::create(&at).map_err(Error::io(&at))?;
+        let header = delta::write((&old, base.sequence), (&new, sequence), out, &at, limit)?;
+        Ok((scratch, lock, at, header))
+    })();
+    let (scratch, lock, at, header) = match written {
+        Ok((scratch, lock, at, Ok(header))) => (scratch, lock, at, header),
+        Ok((.., Err(skipped))) => {
+            tracing::info!(base = base.sequence, "no delta: {skipped}");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("{e}: publishing without a delta");
+            return None;
+        }
+    };
+    let object = DeltaObject {
+        object: new_delta_name(sequence),
+        bytes: header.file_len(),
+        checksum: header.body_checksum,
+        base_sequence: base.sequence,
+        base_checksum: base.body_checksum,
+    };
+    let uploaded = remote.upload(&at, &object.object).await;
+    drop((lock, scratch));
+    match uploaded {
+        Ok(()) => {
+            tracing::info!(
+                base = base.sequence,
+                bytes = object.bytes,
+                records = header.records,
+                removed = header.removed,
+                seconds = started.elapsed().as_secs_f64(),
+                "uploaded a delta"
+            );
+            Some(object)
+        }
+        Err(e) => {
+            tracing::warn!("{e}: publishing without a delta");
+            None
+        }
+    }
 }
 
 /// `promo rollback --publish URL [--to N]`: publishes an older generation

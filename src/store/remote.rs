@@ -520,6 +520,9 @@ impl Remote {
                         sound += 1;
                         cut = sequence;
                     }
+                    if let Some(delta) = m.delta {
+                        named.push((sequence, delta.object));
+                    }
                     named.push((sequence, m.object));
                 }
                 Ok(None) => {}

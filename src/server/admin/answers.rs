@@ -80,15 +80,18 @@ impl Admin {
             return json(StatusCode::OK, body);
         };
         let (path, keep) = (path.to_path_buf(), self.config.build.keep);
-        let published = tokio::task::spawn_blocking(move || publish::publish(&url, &path, keep))
-            .await
-            .expect("publishing does not panic");
+        let max_delta = self.config.build.max_delta;
+        let published =
+            tokio::task::spawn_blocking(move || publish::publish(&url, &path, keep, max_delta))
+                .await
+                .expect("publishing does not panic");
         match published {
             Ok(p) => {
                 body["published"] = serde_json::json!({
                     "sequence": p.sequence,
                     "object": p.object,
                     "bytes": p.bytes,
+                    "delta": p.delta,
                     "seconds": p.seconds,
                 });
                 json(StatusCode::OK, body)
