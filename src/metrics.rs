@@ -38,8 +38,12 @@ pub const GENERATION_AGE: &str = "promo_generation_age_seconds";
 pub const SOURCE_ERRORS: &str = "promo_source_errors_total";
 /// Gauge: the newest sequence the `--source` store offers (0: none yet).
 pub const SOURCE_NEWEST_SEQUENCE: &str = "promo_source_newest_sequence";
-/// Counter: bytes downloaded from the `--source` store.
+/// Counter, label `kind` = `full` or `delta`: bytes downloaded from the
+/// `--source` store, of whole generations and of deltas.
 pub const FETCH_BYTES: &str = "promo_fetch_bytes_total";
+/// Counter, label `reason` (see `store::fetch::Fallback`): fetches that
+/// tried deltas, failed, and downloaded the whole generation instead.
+pub const DELTA_FALLBACKS: &str = "promo_fetch_delta_fallbacks_total";
 /// Counter, label `result` = `ok` or `error`: reads of the TLS pair after
 /// the first (SIGHUP, or a file changed).
 pub const TLS_RELOADS: &str = "promo_tls_reloads_total";
@@ -238,7 +242,11 @@ fn describe() {
     describe_counter!(
         FETCH_BYTES,
         Unit::Bytes,
-        "Bytes downloaded from the --source store."
+        "Bytes downloaded from the --source store, by kind: whole generations (full) or deltas."
+    );
+    describe_counter!(
+        DELTA_FALLBACKS,
+        "Fetches whose deltas failed, by reason, that downloaded the whole generation instead."
     );
     describe_counter!(
         TLS_RELOADS,

@@ -29,11 +29,17 @@ impl Fetch {
             Fetched::Generation {
                 entry,
                 bytes,
+                deltas,
                 seconds,
                 ..
             } => format!(
-                "fetched generation {} ({bytes} bytes in {seconds:.2} s) to {}",
+                "fetched generation {} ({bytes} bytes{} in {seconds:.2} s) to {}",
                 entry.sequence,
+                match deltas {
+                    0 => String::new(),
+                    1 => ": a delta, applied to the generation before".into(),
+                    n => format!(": {n} deltas, applied in turn to the generation before"),
+                },
                 entry.path.display()
             ),
             Fetched::UpToDate { store: Some(s) } => format!(

@@ -271,7 +271,13 @@ impl BuildLock {
 
     /// Creates the temporary file a new generation is written to.
     pub fn temp_file(&self, dir: &Path) -> Result<(File, PathBuf)> {
-        let path = dir.join(format!("{TMP_PREFIX}{}{SUFFIX}", std::process::id()));
+        self.temp_file_named(dir, "")
+    }
+
+    /// Another temporary file beside [`BuildLock::temp_file`]'s, told
+    /// apart by `what` (`-delta-7`), removed with the leftovers too.
+    pub fn temp_file_named(&self, dir: &Path, what: &str) -> Result<(File, PathBuf)> {
+        let path = dir.join(format!("{TMP_PREFIX}{}{what}{SUFFIX}", std::process::id()));
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)

@@ -44,7 +44,12 @@ pub async fn poll(source: Polling, live: Arc<Live>, shutdown: impl Future<Output
     };
     // Exported from the start, so that rates and alerts start at zero.
     metrics::counter!(m::SOURCE_ERRORS).absolute(0);
-    metrics::counter!(m::FETCH_BYTES).absolute(0);
+    for kind in fetch::KINDS {
+        metrics::counter!(m::FETCH_BYTES, "kind" => kind).absolute(0);
+    }
+    for fallback in fetch::Fallback::ALL {
+        metrics::counter!(m::DELTA_FALLBACKS, "reason" => fallback.label()).absolute(0);
+    }
     metrics::gauge!(m::SOURCE_NEWEST_SEQUENCE).set(0.0);
     tokio::pin!(shutdown);
     // What is failing, if anything: the store, or this side (the data

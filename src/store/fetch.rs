@@ -16,16 +16,17 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
+use crate::generation::delta::Delta;
 use crate::generation::local::{self, BuildLock, Entry, RemoveOnDrop};
 use crate::generation::table::Table;
 use crate::metrics as m;
-use crate::store::layout::Manifest;
+use crate::store::layout::{DeltaObject, Manifest};
 use crate::store::ranged::{PinnedObject, RangeError};
 use crate::store::remote::Remote;
 
@@ -40,6 +41,64 @@ const IN_FLIGHT: usize = 4;
 /// Free disk kept beyond the download itself.
 const DISK_MARGIN: u64 = 64 << 20;
 
+/// The kinds of bytes a fetch downloads: `promo_fetch_bytes_total`'s
+/// `kind` label.
+pub const KINDS: [&str; 2] = [FULL, DELTA];
+const FULL: &str = "full";
+const DELTA: &str = "delta";
+
+/// Why a fetch that tried deltas downloaded the whole generation instead:
+/// `promo_fetch_delta_fallbacks_total`'s `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// No chain of deltas leads from the live generation to the new one
+    /// (a manifest between them without one, a base of another checksum).
+    Base,
+    /// A delta object is missing, or not of its manifest's length.
+    Missing,
+    /// A delta does not verify, or is not the one its manifest names.
+    Corrupt,
+    /// The rebuilt file is not the generation: its count, body checksum or
+    /// header differ, or it does not verify.
+    Checksum,
+    /// The store failed while the deltas were read.
+    Store,
+    /// The data directory failed (a full disk, an I/O error).
+    Disk,
+}
+
+impl Fallback {
+    pub const ALL: [Fallback; 6] = [
+        Fallback::Base,
+        Fallback::Missing,
+        Fallback::Corrupt,
+        Fallback::Checksum,
+        Fallback::Store,
+        Fallback::Disk,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Fallback::Base => "base",
+            Fallback::Missing => "missing",
+            Fallback::Corrupt => "corrupt",
+            Fallback::Checksum => "checksum",
+            Fallback::Store => "store",
+            Fallback::Disk => "disk",
+        }
+    }
+}
+
+/// A failed delta fetch: why, in the metric's terms and in words.
+type Failed = (Fallback, Error);
+
+/// One delta of a chain: the manifest of the generation it rebuilds, and
+/// the delta itself.
+struct Link {
+    manifest: Manifest,
+    delta: DeltaObject,
+}
+
 /// What [`Fetcher::fetch_newer`] did.
 pub enum Fetched {
     /// Nothing newer and valid in the store. `store` is its newest
@@ -50,9 +109,20 @@ pub enum Fetched {
         entry: Entry,
         /// The verified table, mapped from its final name.
         table: Box<Table>,
+        /// Bytes downloaded: the deltas', or the whole generation's.
         bytes: u64,
+        /// Deltas applied: 0 when the whole generation was downloaded.
+        deltas: usize,
         seconds: f64,
     },
+}
+
+/// A fetched generation: what [`Fetcher::fetch`] gives [`Fetched`].
+struct Done {
+    entry: Entry,
+    table: Table,
+    bytes: u64,
+    deltas: usize,
 }
 
 /// Downloads generations from one store into one data directory.
@@ -108,13 +178,15 @@ impl Fetcher {
             }
             let lock = BuildLock::acquire(&self.dir)?;
             lock.remove_leftovers(&self.dir)?;
-            match self.fetch(lock, &manifest).await? {
-                Ok((entry, table, seconds)) => {
+            let started = Instant::now();
+            match self.fetch(lock, &manifest, local).await? {
+                Ok(done) => {
                     return Ok(Fetched::Generation {
-                        entry,
-                        table: Box::new(table),
-                        bytes: manifest.bytes,
-                        seconds,
+                        entry: done.entry,
+                        table: Box::new(done.table),
+                        bytes: done.bytes,
+                        deltas: done.deltas,
+                        seconds: started.elapsed().as_secs_f64(),
                     })
                 }
                 Err(e) => self.refuse(sequence, manifest.object.clone(), &e),
@@ -138,14 +210,39 @@ impl Fetcher {
         }
     }
 
-    /// Downloads and verifies one generation under the lock. The outer
-    /// error is the store's or the disk's (try again); the inner one is
-    /// the generation's (refuse it).
+    /// Fetches and verifies one generation under the lock: as deltas from
+    /// the live generation `local` when the manifests offer a chain of
+    /// them smaller than the generation, else (or when that fails, counted
+    /// by reason) the whole object. The outer error is the store's or the
+    /// disk's (try again); the inner one is the generation's (refuse it).
     async fn fetch(
         &self,
         lock: BuildLock,
         manifest: &Manifest,
-    ) -> Result<std::result::Result<(Entry, Table, f64), Error>> {
+        local: u64,
+    ) -> Result<std::result::Result<Done, Error>> {
+        let lock = Arc::new(lock);
+        match self.by_deltas(&lock, manifest, local).await {
+            Ok(Some(done)) => return Ok(Ok(done)),
+            Ok(None) => {}
+            Err((why, e)) => {
+                metrics::counter!(m::DELTA_FALLBACKS, "reason" => why.label()).increment(1);
+                tracing::warn!(
+                    sequence = manifest.sequence,
+                    reason = why.label(),
+                    "{e}: fetching the whole generation instead of its deltas"
+                );
+            }
+        }
+        self.fetch_whole(lock, manifest).await
+    }
+
+    /// Downloads the whole generation `manifest` names and verifies it.
+    async fn fetch_whole(
+        &self,
+        lock: Arc<BuildLock>,
+        manifest: &Manifest,
+    ) -> Result<std::result::Result<Done, Error>> {
         let started = Instant::now();
         let sequence = manifest.sequence;
         let refused = |reason: String| {
@@ -178,7 +275,7 @@ impl Fetcher {
             object = %manifest.object,
             "downloading a generation"
         );
-        self.download(&object, &file, &tmp).await?;
+        self.download(&object, &file, &tmp, FULL).await?;
         // Syncing, verifying (every byte) and renaming block: off the
         // runtime's thread, which the watcher and the metrics share.
         let (dir, expected, url) = (
@@ -214,14 +311,196 @@ impl Fetcher {
             Ok(done) => done,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             sequence,
             bytes = len,
-            seconds,
+            seconds = started.elapsed().as_secs_f64(),
             "fetched and verified a generation"
         );
-        Ok(Ok((entry, table, seconds)))
+        Ok(Ok(Done {
+            entry,
+            table,
+            bytes: len,
+            deltas: 0,
+        }))
+    }
+
+    /// The deltas from the live generation `local` to `target`, oldest
+    /// first: `None` when there is nothing to try (no live generation, a
+    /// target without a delta, a chain whose sum is not smaller than the
+    /// whole object).
+    async fn chain(
+        &self,
+        target: &Manifest,
+        local: u64,
+    ) -> std::result::Result<Option<Vec<Link>>, Failed> {
+        if local == 0 || target.delta.is_none() {
+            return Ok(None);
+        }
+        let no_chain = |why: String| {
+            let e = Error::Manifest {
+                url: self.remote.url().to_string(),
+                sequence: target.sequence,
+                reason: why,
+            };
+            Err((Fallback::Base, e))
+        };
+        let mut chain = Vec::new();
+        let mut bytes = 0;
+        let mut at = target.clone();
+        loop {
+            let Some(delta) = at.delta.clone() else {
+                return no_chain(format!(
+                    "generation {} has no delta, and deltas lead to it from generation {local}",
+                    at.sequence
+                ));
+            };
+            bytes += delta.bytes;
+            if bytes >= target.bytes {
+                tracing::info!(
+                    sequence = target.sequence,
+                    "the deltas from generation {local} add up to more than the generation"
+                );
+                return Ok(None);
+            }
+            let base = delta.base_sequence;
+            chain.push(Link {
+                manifest: at,
+                delta,
+            });
+            if base <= local {
+                if base < local {
+                    return no_chain(format!(
+                        "its deltas lead to generation {base}, not to generation {local}"
+                    ));
+                }
+                chain.reverse();
+                return Ok(Some(chain));
+            }
+            at = match self.remote.manifest(base).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return no_chain(format!("generation {base}'s manifest is gone")),
+                Err(e @ Error::Manifest { .. }) => return Err((Fallback::Base, e)),
+                Err(e) => return Err((Fallback::Store, e)),
+            };
+        }
+    }
+
+    /// Fetches `target` as the chain of deltas from the live generation
+    /// `local`: each downloaded and verified, then applied in turn to the
+    /// live file (and to what the one before rebuilt), the last result
+    /// fully verified against the manifest before it is published.
+    async fn by_deltas(
+        &self,
+        lock: &Arc<BuildLock>,
+        target: &Manifest,
+        local: u64,
+    ) -> std::result::Result<Option<Done>, Failed> {
+        let Some(chain) = self.chain(target, local).await? else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let disk = |e: Error| (Fallback::Disk, e);
+        let base = local::list(&self.dir)
+            .map_err(disk)?
+            .into_iter()
+            .find(|e| e.sequence == local)
+            .ok_or_else(|| {
+                let why = format!("generation {local} is not in the data directory");
+                (Fallback::Base, Error::Usage(why))
+            })?;
+        let mut downloaded = Vec::new();
+        for link in &chain {
+            downloaded.push(self.download_delta(lock, link).await?);
+        }
+        let bytes = chain.iter().map(|l| l.delta.bytes).sum();
+        let (lock, dir, target) = (lock.clone(), self.dir.clone(), target.clone());
+        let url = self.remote.url().to_string();
+        let sequence = target.sequence;
+        let deltas = chain.len();
+        let done = tokio::task::spawn_blocking(move || {
+            rebuild(&url, &lock, &dir, base.path, &chain, downloaded, &target)
+        })
+        .await
+        .map_err(|e| {
+            disk(Error::Usage(format!(
+                "rebuilding generation {sequence}: {e}"
+            )))
+        })??;
+        tracing::info!(
+            sequence,
+            deltas,
+            bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "fetched a generation as deltas, rebuilt and verified it"
+        );
+        Ok(Some(Done {
+            entry: done.0,
+            table: done.1,
+            bytes,
+            deltas,
+        }))
+    }
+
+    /// Downloads one delta of a chain into a temporary file and checks it
+    /// is the delta its manifest names.
+    async fn download_delta(
+        &self,
+        lock: &BuildLock,
+        link: &Link,
+    ) -> std::result::Result<(Delta, RemoveOnDrop), Failed> {
+        let (sequence, d) = (link.manifest.sequence, &link.delta);
+        let refused = |kind, why: String| {
+            let e = Error::Manifest {
+                url: self.remote.url().to_string(),
+                sequence,
+                reason: why,
+            };
+            (kind, e)
+        };
+        let object = match PinnedObject::in_store(&self.remote, &d.object).await {
+            Ok(Some(object)) if object.len == d.bytes => object,
+            Ok(Some(object)) => {
+                return Err(refused(
+                    Fallback::Missing,
+                    format!(
+                        "its delta {} is {} bytes, but the manifest says {}",
+                        d.object, object.len, d.bytes
+                    ),
+                ))
+            }
+            Ok(None) => {
+                let why = format!("its delta {} is missing", d.object);
+                return Err(refused(Fallback::Missing, why));
+            }
+            Err(e) => return Err((Fallback::Store, e)),
+        };
+        let disk = |e: Error| (Fallback::Disk, e);
+        check_free_disk(&self.dir, sequence, d.bytes).map_err(disk)?;
+        let (file, tmp) = lock
+            .temp_file_named(&self.dir, &format!("-delta-{sequence}"))
+            .map_err(disk)?;
+        let cleanup = RemoveOnDrop::new(&tmp);
+        tracing::info!(sequence, bytes = d.bytes, object = %d.object, "downloading a delta");
+        self.download(&object, &file, &tmp, DELTA)
+            .await
+            .map_err(|e| match e {
+                Error::Remote { .. } => (Fallback::Store, e),
+                e => (Fallback::Disk, e),
+            })?;
+        drop(file);
+        let delta = Delta::open(&tmp).map_err(|e| (Fallback::Corrupt, e))?;
+        let h = delta.header();
+        let named = h.body_checksum == d.checksum
+            && h.base_checksum == d.base_checksum
+            && h.base_sequence == d.base_sequence
+            && h.target_sequence == sequence
+            && link.manifest.matches(&h.target);
+        if !named {
+            let why = format!("its delta {} is not the one the manifest names", d.object);
+            return Err(refused(Fallback::Corrupt, why));
+        }
+        Ok((delta, cleanup))
     }
 
     /// Downloads `object` into `file` in ranges, a few in flight (see
@@ -231,6 +510,7 @@ impl Fetcher {
         object: &PinnedObject,
         file: &std::fs::File,
         tmp: &Path,
+        kind: &'static str,
     ) -> Result<()> {
         let len = object.len;
         let bar = self.progress.then(|| {
@@ -246,7 +526,7 @@ impl Fetcher {
             .step_by(RANGE as usize)
             .map(|s| s..(s + RANGE).min(len));
         let result = futures_util::stream::iter(ranges)
-            .map(|range| self.download_range(object, range, file, tmp, bar.as_ref()))
+            .map(|range| self.download_range(object, range, file, tmp, kind, bar.as_ref()))
             .buffer_unordered(IN_FLIGHT)
             .try_collect::<()>()
             .await;
@@ -264,6 +544,7 @@ impl Fetcher {
         range: std::ops::Range<u64>,
         file: &std::fs::File,
         tmp: &Path,
+        kind: &'static str,
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<()> {
         use std::os::unix::fs::FileExt;
@@ -277,7 +558,7 @@ impl Fetcher {
                 }
                 file.write_all_at(&chunk, at)
                     .map_err(Error::io_op("writing a download", tmp))?;
-                metrics::counter!(m::FETCH_BYTES).increment(chunk.len() as u64);
+                metrics::counter!(m::FETCH_BYTES, "kind" => kind).increment(chunk.len() as u64);
                 if let Some(bar) = bar {
                     bar.inc(chunk.len() as u64);
                 }
@@ -293,6 +574,67 @@ impl Fetcher {
             Err(RangeError::Store(why)) => Err(self.remote.error("downloading a generation")(why)),
         }
     }
+}
+
+/// Applies the downloaded deltas of `chain` in turn, the first to the
+/// generation at `base`, each to what the one before rebuilt, then verifies
+/// the last result fully, as a download is, and publishes it as `target`'s
+/// generation. Blocking: it reads and writes whole generations.
+fn rebuild(
+    url: &str,
+    lock: &BuildLock,
+    dir: &Path,
+    base: PathBuf,
+    chain: &[Link],
+    deltas: Vec<(Delta, RemoveOnDrop)>,
+    target: &Manifest,
+) -> std::result::Result<(Entry, Table), Failed> {
+    let disk = |e: Error| (Fallback::Disk, e);
+    // A rebuild that is not its target is the rebuild's failure; one
+    // that cannot be written is the disk's.
+    let rebuilt = |e: Error| match e {
+        e @ Error::Format { .. } => (Fallback::Checksum, e),
+        e => (Fallback::Disk, e),
+    };
+    let mut from: (PathBuf, Option<RemoveOnDrop>) = (base, None);
+    for (link, (delta, _downloaded)) in chain.iter().zip(deltas) {
+        let sequence = link.manifest.sequence;
+        let old = Table::open(&from.0, 0).map_err(|e| (Fallback::Base, e))?;
+        check_free_disk(dir, sequence, link.manifest.bytes).map_err(disk)?;
+        let (file, tmp) = lock
+            .temp_file_named(dir, &format!("-rebuilt-{sequence}"))
+            .map_err(disk)?;
+        let cleanup = RemoveOnDrop::new(&tmp);
+        delta.apply(&old, file, &tmp).map_err(|e| match e {
+            // The live file is not the delta's base after all.
+            e @ Error::Format { .. }
+                if delta.header().base_checksum != old.header().body_checksum =>
+            {
+                (Fallback::Base, e)
+            }
+            e => rebuilt(e),
+        })?;
+        // The one before is no longer needed (the live file stays).
+        from = (tmp, Some(cleanup));
+    }
+    let (tmp, cleanup) = from;
+    let table = Table::open_verified(&tmp, target.sequence).map_err(rebuilt)?;
+    if !target.matches(table.header()) {
+        let e = Error::Manifest {
+            url: url.to_string(),
+            sequence: target.sequence,
+            reason: "the rebuilt file's header does not match the manifest".into(),
+        };
+        return Err((Fallback::Checksum, e));
+    }
+    let entry = lock
+        .publish_as(dir, &tmp, target.sequence, target.sidecar())
+        .map_err(disk)?;
+    if let Some(cleanup) = cleanup {
+        cleanup.disarm();
+    }
+    let table = table.moved_to(entry.path.clone());
+    Ok((entry, table))
 }
 
 /// A token bucket over bytes: each download waits until its bytes are due.
@@ -379,9 +721,9 @@ pub fn fetch_sequence(url: &str, sequence: u64, dir: &Path, progress: bool) -> R
                 })?;
         let lock = BuildLock::acquire(dir)?;
         fetcher
-            .fetch(lock, &manifest)
+            .fetch(lock, &manifest, 0)
             .await?
-            .map(|(_, table, _)| table)
+            .map(|done| done.table)
     })?
 }
 
