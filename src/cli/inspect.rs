@@ -10,7 +10,7 @@ use promo::generation::local::{self, Description};
 use promo::generation::table::Table;
 use promo::store::remote::{block_on, Remote};
 
-use super::output::{self, StoreGeneration};
+use super::output::{self, StoreDelta, StoreGeneration};
 use super::{DataDir, Exit};
 
 #[derive(Args)]
@@ -67,12 +67,14 @@ fn store(url: &str) -> anyhow::Result<Vec<StoreGeneration>> {
     let inventory = block_on(remote.inventory())??;
     Ok(inventory
         .into_iter()
-        .map(|(m, len)| StoreGeneration {
-            state: match len {
-                Some(len) if len == m.bytes => "ok".to_string(),
-                Some(len) => format!("object is {len} bytes"),
-                None => "object missing".to_string(),
-            },
+        .map(|(m, len, delta_len)| StoreGeneration {
+            state: object_state(len, m.bytes),
+            delta: m.delta.map(|d| StoreDelta {
+                state: object_state(delta_len, d.bytes),
+                base: d.base_sequence,
+                bytes: d.bytes,
+                object: d.object,
+            }),
             sequence: m.sequence,
             rows: m.rows,
             bytes: m.bytes,
@@ -83,4 +85,13 @@ fn store(url: &str) -> anyhow::Result<Vec<StoreGeneration>> {
             rollback: m.rollback,
         })
         .collect())
+}
+
+/// `ok` when an object of `expected` bytes is there, else what is wrong.
+fn object_state(len: Option<u64>, expected: u64) -> String {
+    match len {
+        Some(len) if len == expected => "ok".to_string(),
+        Some(len) => format!("object is {len} bytes"),
+        None => "object missing".to_string(),
+    }
 }

@@ -100,6 +100,19 @@ pub struct StoreGeneration {
     pub state: String,
     pub churn: Option<Churn>,
     pub rollback: Option<Rollback>,
+    /// The delta published with it, if any.
+    pub delta: Option<StoreDelta>,
+}
+
+/// A store generation's delta, as `promo inspect --source` shows it.
+#[derive(serde::Serialize)]
+pub struct StoreDelta {
+    /// The store's sequence of the generation it applies to.
+    pub base: u64,
+    pub bytes: u64,
+    pub object: String,
+    /// `ok`, or what is wrong with the object.
+    pub state: String,
 }
 
 impl Row for Description {
@@ -131,20 +144,26 @@ impl Row for Description {
 impl Row for StoreGeneration {
     fn heading() -> String {
         format!(
-            "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  {:<34}  object",
-            "sequence", "rows", "bytes", "created", "state", "churn"
+            "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  {:<34}  {:<24}  object",
+            "sequence", "rows", "bytes", "created", "state", "churn", "delta"
         )
     }
 
     fn line(&self) -> String {
+        let delta = match &self.delta {
+            None => "-".to_string(),
+            Some(d) if d.state == "ok" => format!("from {}: {} bytes", d.base, d.bytes),
+            Some(d) => format!("from {}: {}", d.base, d.state),
+        };
         format!(
-            "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  {:<34}  {}",
+            "{:>10}  {:>12}  {:>14}  {:<24}  {:<16}  {:<34}  {:<24}  {}",
             self.sequence,
             self.rows,
             self.bytes,
             self.created,
             self.state,
             changes(self.churn.as_ref(), self.rollback.as_ref()),
+            delta,
             self.object,
         )
     }

@@ -356,18 +356,21 @@ impl Remote {
         Ok(out)
     }
 
-    /// Every readable manifest, oldest first, with the length of the object
-    /// it names (`None`: missing): what `promo inspect --source` shows.
-    pub async fn inventory(&self) -> Result<Vec<(Manifest, Option<u64>)>> {
+    /// Every readable manifest, oldest first, with the lengths of the
+    /// object and the delta it names (`None`: missing, or no delta): what
+    /// `promo inspect --source` shows.
+    pub async fn inventory(&self) -> Result<Vec<(Manifest, Option<u64>, Option<u64>)>> {
         let objects = self.objects().await?;
+        let len = |name: &str| objects.iter().find(|o| o.name == name).map(|o| o.bytes);
         Ok(self
             .manifests()
             .await?
             .into_iter()
             .map(|m| {
-                let len = objects.iter().find(|o| o.name == m.object).map(|o| o.bytes);
-                (m, len)
+                let delta = m.delta.as_ref().and_then(|d| len(&d.object));
+                (len(&m.object), delta, m)
             })
+            .map(|(object, delta, m)| (m, object, delta))
             .collect())
     }
 
