@@ -385,6 +385,50 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_names_its_delta_and_one_without_reads_as_none() {
+        let delta = DeltaObject {
+            object: new_delta_name(8),
+            bytes: 300,
+            checksum: 0xfeed,
+            base_sequence: 7,
+            base_checksum: 0x0123_4567_89ab_cdef,
+        };
+        let m = Manifest {
+            delta: Some(delta),
+            ..Manifest::new(8, new_object_name(8), &header())
+        };
+        assert_eq!(Manifest::decode(&m.encode()), Ok(m.clone()));
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains("\"base\": 7"), "{text}");
+        assert!(
+            text.contains("\"base_checksum\": \"0123456789abcdef\""),
+            "{text}"
+        );
+        // A manifest older than deltas, and one whose delta this promo
+        // cannot read, are manifests without a delta.
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["delta"] = serde_json::json!({"object": "generations/x.delta", "version": 9});
+        let odd = Manifest::decode(json.to_string().as_bytes()).unwrap();
+        assert_eq!(odd.delta, None);
+        json.as_object_mut().unwrap().remove("delta");
+        let old = Manifest::decode(json.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            old,
+            Manifest {
+                delta: None,
+                ..m.clone()
+            }
+        );
+        // A delta outside generations/ is refused like an object there.
+        let named = m.delta.as_ref().unwrap().object.clone();
+        let escape = text.replace(&named, "../x.delta");
+        assert_ne!(escape, text);
+        assert!(Manifest::decode(escape.as_bytes()).is_err());
+        assert!(new_delta_name(8).ends_with(".delta"));
+        assert_eq!(object_sequence(&new_delta_name(8)), Some(8));
+    }
+
+    #[test]
     fn names_carry_their_sequence() {
         assert_eq!(manifest_path(42).as_ref(), "manifests/0000000042.json");
         assert_eq!(parse_manifest_name("0000000042.json"), Some(42));

@@ -10,6 +10,7 @@ mod build;
 mod churn;
 mod container;
 mod corrupt;
+mod delta;
 mod deploy;
 mod disk_full;
 mod fault;

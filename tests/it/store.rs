@@ -429,12 +429,18 @@ fn the_store_keeps_the_newest_generations() {
         .map(|g| g["sequence"].as_u64().unwrap())
         .collect();
     assert_eq!(sequences, [4, 5]);
+    // Each with its object and its delta from the one before.
+    let mut objects: Vec<String> = std::fs::read_dir(store.join("generations"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    objects.sort();
+    let kinds: Vec<&str> = objects.iter().map(|o| &o[..10]).collect();
     assert_eq!(
-        std::fs::read_dir(store.join("generations"))
-            .unwrap()
-            .count(),
-        2
+        kinds,
+        ["0000000004", "0000000004", "0000000005", "0000000005"]
     );
+    assert_eq!(objects.iter().filter(|o| o.ends_with(".delta")).count(), 2);
 }
 
 /// `--fetch-rate` is accepted and a throttled fetch is whole.
