@@ -122,6 +122,14 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 const POLL: &str = "0.3";
 
+/// Bytes a server downloaded from the store, whole generations and deltas.
+fn fetched_bytes(server: &Server) -> f64 {
+    ["full", "delta"]
+        .iter()
+        .map(|kind| server.metric(&format!("promo_fetch_bytes_total{{kind=\"{kind}\"}}")))
+        .sum()
+}
+
 fn replica(store: &Store, dir: &Path, port: u16) -> Server {
     Server::start_env(
         dir,
@@ -346,7 +354,7 @@ fn fleet_behind_nginx(mut store: Store) {
     );
     let fetched: Vec<f64> = replicas
         .iter()
-        .map(|r| r.as_ref().unwrap().metric("promo_fetch_bytes_total"))
+        .map(|r| fetched_bytes(r.as_ref().unwrap()))
         .collect();
     std::thread::sleep(Duration::from_millis(1500)); // five polls
     for (r, bytes) in replicas.iter().zip(&fetched) {
@@ -357,7 +365,7 @@ fn fleet_behind_nginx(mut store: Store) {
             "the corrupt generation 4 never went live"
         );
         assert_eq!(
-            r.metric("promo_fetch_bytes_total"),
+            fetched_bytes(r),
             *bytes,
             "a refused generation is not downloaded again"
         );
@@ -468,7 +476,14 @@ fn an_empty_replica_is_not_ready_until_it_has_fetched() {
     )
     .unwrap()
     .len();
-    assert_eq!(server.metric("promo_fetch_bytes_total"), bytes as f64);
+    assert_eq!(
+        server.metric("promo_fetch_bytes_total{kind=\"full\"}"),
+        bytes as f64
+    );
+    assert_eq!(
+        server.metric("promo_fetch_bytes_total{kind=\"delta\"}"),
+        0.0
+    );
     wait_until(
         "the generation's age exported",
         Duration::from_secs(5),

@@ -3,6 +3,7 @@
 
 pub mod http_file;
 pub mod nginx;
+pub mod proxy;
 pub mod s3;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -83,13 +83,21 @@ impl S3 {
         format!("s3://{BUCKET}/{prefix}")
     }
 
+    /// The server's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
     /// The environment a promo process reaches this server with.
     pub fn env(&self) -> Vec<(String, String)> {
+        self.env_via(self.addr())
+    }
+
+    /// The environment a promo process reaches this server with through
+    /// `addr` (a proxy in front of it).
+    pub fn env_via(&self, addr: std::net::SocketAddr) -> Vec<(String, String)> {
         [
-            (
-                "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{}", self.port),
-            ),
+            ("AWS_ENDPOINT_URL", format!("http://{addr}")),
             ("AWS_ALLOW_HTTP", "true".into()),
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
