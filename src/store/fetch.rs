@@ -549,29 +549,39 @@ impl Fetcher {
     ) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let mut offset = range.start;
-        let read = object.read_range(range, |chunk| {
-            let at = offset;
-            offset += chunk.len() as u64;
-            async move {
-                if let Some(t) = &self.throttle {
-                    t.take(chunk.len() as u64).await;
+        loop {
+            let start = offset;
+            let read = object.read_range(start..range.end, |chunk| {
+                let at = offset;
+                offset += chunk.len() as u64;
+                async move {
+                    if let Some(t) = &self.throttle {
+                        t.take(chunk.len() as u64).await;
+                    }
+                    file.write_all_at(&chunk, at)
+                        .map_err(Error::io_op("writing a download", tmp))?;
+                    metrics::counter!(m::FETCH_BYTES, "kind" => kind).increment(chunk.len() as u64);
+                    if let Some(bar) = bar {
+                        bar.inc(chunk.len() as u64);
+                    }
+                    Ok(())
                 }
-                file.write_all_at(&chunk, at)
-                    .map_err(Error::io_op("writing a download", tmp))?;
-                metrics::counter!(m::FETCH_BYTES, "kind" => kind).increment(chunk.len() as u64);
-                if let Some(bar) = bar {
-                    bar.inc(chunk.len() as u64);
+            });
+            let error = self.remote.error("downloading a generation");
+            match read.await {
+                Ok(()) => return Ok(()),
+                // The client's retries ran out, but they got further: on a
+                // link that drops connections often, each try resumes from
+                // the byte the last one reached, for as long as it gets on.
+                Err(RangeError::Store(why)) if offset > start => {
+                    tracing::debug!("{why}: resuming at byte {offset}");
                 }
-                Ok(())
+                Err(RangeError::Store(why)) => return Err(error(why)),
+                Err(RangeError::Sink(e)) => return Err(e),
+                Err(RangeError::NotTaken) => {
+                    return Err(error("the store does not take range requests".into()))
+                }
             }
-        });
-        match read.await {
-            Ok(()) => Ok(()),
-            Err(RangeError::Sink(e)) => Err(e),
-            Err(RangeError::NotTaken) => Err(self.remote.error("downloading a generation")(
-                "the store does not take range requests",
-            )),
-            Err(RangeError::Store(why)) => Err(self.remote.error("downloading a generation")(why)),
         }
     }
 }

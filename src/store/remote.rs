@@ -100,6 +100,14 @@ pub fn redact_url(url: &str) -> String {
 /// [`ranged`](super::ranged)).
 pub const RETRIES: usize = 5;
 
+/// Longest a request waits for the next bytes of an answer before it is
+/// dropped and retried (the store client's `read_timeout`): a store that
+/// accepts connections and answers nothing (a blackhole) fails a request
+/// in seconds rather than at the end of its whole timeout, and the retry
+/// goes out on a new connection. Set `read_timeout` in the store's options
+/// to change it.
+pub const READ_TIMEOUT: &str = "10s";
+
 /// `builder` with the retries of every request: [`RETRIES`], backing off
 /// from 100 ms to 5 s, within 3 minutes.
 fn retried<B>(builder: B, with: impl FnOnce(B, object_store::RetryConfig) -> B) -> B {
@@ -181,7 +189,11 @@ fn store_at(
             Arc::new(
                 configure(
                     retried(<$builder>::from_env().with_url(url), |b, r| b.with_retry(r)),
-                    options,
+                    &[
+                        &[("read_timeout".to_string(), READ_TIMEOUT.to_string())],
+                        options,
+                    ]
+                    .concat(),
                     |b, k, v| b.with_config(k, v),
                 )
                 .build()
@@ -204,8 +216,9 @@ fn store_at(
                 true => parsed.as_str().to_string(),
                 false => parsed.origin().ascii_serialization(),
             };
-            let client =
-                object_store::ClientOptions::new().with_allow_http(parsed.scheme() == "http");
+            let client = object_store::ClientOptions::new()
+                .with_allow_http(parsed.scheme() == "http")
+                .with_config(object_store::ClientConfigKey::ReadTimeout, READ_TIMEOUT);
             Arc::new(
                 retried(object_store::http::HttpBuilder::new(), |b, r| {
                     b.with_retry(r)

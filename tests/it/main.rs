@@ -17,6 +17,7 @@ mod fault;
 mod feeds;
 mod fleet;
 mod monitoring;
+mod network;
 mod requests;
 mod serve;
 mod shards;
