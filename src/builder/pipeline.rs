@@ -362,7 +362,12 @@ pub fn build_from(
         "sorted and written"
     );
     let churn = compare(&tmp_path, current.as_ref(), &history, &name, opts)?;
-    let generation = publish_and_retain(&lock, &tmp_path, tmp, churn.as_ref(), known, opts)?;
+    let same = current.as_ref().filter(|t| same_bytes(t, &tmp_path));
+    let written = match same {
+        Some(t) => Written::Same(t.path()),
+        None => Written::New(&tmp_path, tmp),
+    };
+    let generation = publish_and_retain(&lock, written, churn.as_ref(), known, opts)?;
     Ok(BuildSummary {
         rows: counts.rows,
         valid: counts.valid,
@@ -559,21 +564,58 @@ fn compare(
     Ok(Some(churn))
 }
 
-/// Publishes the file at `tmp_path` with its churn beside it, then keeps
+/// The file a build publishes.
+enum Written<'a> {
+    /// The temporary file it wrote, removed unless published.
+    New(&'a Path, RemoveOnDrop),
+    /// The baseline's file: the feed's records are the baseline's, so
+    /// the file written is the baseline's but for its creation time.
+    Same(&'a Path),
+}
+
+/// Whether the file at `path` holds the bytes of `table`'s, its header's
+/// creation time (and so the header's checksum) aside: the same records,
+/// laid out the same (see format: a file's bytes depend on its records).
+fn same_bytes(table: &Table, path: &Path) -> bool {
+    let untimed = |h: &crate::generation::format::Header| crate::generation::format::Header {
+        created_ms: 0,
+        ..*h
+    };
+    read_header(path).is_ok_and(|h| untimed(&h) == untimed(table.header()))
+}
+
+/// Publishes what the build wrote with its churn beside it, then keeps
 /// the newest `--keep`. Once published the build has succeeded, and what
 /// fails is a warning (the file and the error), not a failed build.
+///
+/// A feed whose records are the baseline's is published as a hard link to
+/// the baseline's file, not as the file just written: the same bytes,
+/// creation time included, so that a replica that has them links them
+/// too, whatever their size, instead of fetching or rebuilding a file that
+/// differs in its header alone.
 fn publish_and_retain(
     lock: &BuildLock,
-    tmp_path: &Path,
-    tmp: RemoveOnDrop,
+    written: Written,
     churn: Option<&Churn>,
     mut known: Known,
     opts: &BuildOptions,
 ) -> Result<Entry> {
     let dir = &opts.data_dir;
     let sidecar = churn.map_or(Sidecar::None, Sidecar::Churn);
-    let generation = lock.publish(dir, tmp_path, sidecar)?;
-    tmp.disarm();
+    let generation = match written {
+        Written::New(tmp_path, tmp) => {
+            let generation = lock.publish(dir, tmp_path, sidecar)?;
+            tmp.disarm();
+            generation
+        }
+        Written::Same(baseline) => {
+            tracing::info!(
+                baseline = %baseline.display(),
+                "the feed's records are the baseline's: published as a link to its file"
+            );
+            lock.republish(dir, baseline, sidecar)?
+        }
+    };
     // What the scan verified also tells retention which files are good and
     // which are bad.
     known.good.push(generation.sequence);
@@ -646,7 +688,7 @@ pub fn rollback(dir: &Path, to: Option<u64>) -> Result<(u64, Entry)> {
         of_checksum,
         history.iter().map(|p| (p.sequence, p.checksum)),
     );
-    let entry = lock.republish(dir, &target.path, &record)?;
+    let entry = lock.republish(dir, &target.path, Sidecar::Rollback(&record))?;
     Ok((target.sequence, entry))
 }
 

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use promo::store::fetch::{self, Fetched};
+use promo::store::fetch::{self, Fetched, How};
 
 use super::output::Output;
 use super::{DataDir, Exit, FetchRate};
@@ -29,16 +29,19 @@ impl Fetch {
             Fetched::Generation {
                 entry,
                 bytes,
-                deltas,
+                how,
                 seconds,
                 ..
             } => format!(
                 "fetched generation {} ({bytes} bytes{} in {seconds:.2} s) to {}",
                 entry.sequence,
-                match deltas {
-                    0 => String::new(),
-                    1 => ": a delta, applied to the generation before".into(),
-                    n => format!(": {n} deltas, applied in turn to the generation before"),
+                match how {
+                    How::Whole => String::new(),
+                    How::Deltas(1) => ": a delta, applied to the generation before".into(),
+                    How::Deltas(n) => {
+                        format!(": {n} deltas, applied in turn to the generation before")
+                    }
+                    How::Held(s) => format!(": the data directory holds it, as generation {s}"),
                 },
                 entry.path.display()
             ),

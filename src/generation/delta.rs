@@ -219,8 +219,14 @@ pub fn write(
         })
         .collect();
     let pairs: Vec<_> = bounds.windows(2).map(|w| (w[0], w[1])).collect();
+    // The same header is the same file (an unchanged feed is published as
+    // its baseline's file): nothing to merge.
+    let identical = old.header() == new.header();
     let merged = old.in_order(|| {
         new.in_order(|| -> Result<Option<u64>> {
+            if identical {
+                return Ok(None);
+            }
             for batch in pairs.chunks(threads) {
                 let parts: Vec<(Vec<u8>, Vec<u8>)> = batch
                     .par_iter()

@@ -355,11 +355,25 @@ impl BuildLock {
 
     /// Publishes the generation at `source` again as the next generation,
     /// through a hard link: the bytes are shared, never copied or written.
-    /// `rollback` says what it restores and undoes.
-    pub fn republish(&self, dir: &Path, source: &Path, rollback: &Rollback) -> Result<Entry> {
-        let tmp = dir.join(format!("{TMP_PREFIX}{}{SUFFIX}", std::process::id()));
+    /// For a rollback (`sidecar` says what it restores and undoes), and for
+    /// a feed whose records are the live generation's (its churn).
+    pub fn republish(&self, dir: &Path, source: &Path, sidecar: Sidecar) -> Result<Entry> {
+        let sequence = list(dir)?.last().map_or(1, |e| e.sequence + 1);
+        self.republish_as(dir, source, sequence, sidecar)
+    }
+
+    /// [`BuildLock::republish`] as generation `sequence`: a fetched
+    /// generation the data directory already holds under another sequence.
+    pub fn republish_as(
+        &self,
+        dir: &Path,
+        source: &Path,
+        sequence: u64,
+        sidecar: Sidecar,
+    ) -> Result<Entry> {
+        let tmp = dir.join(format!("{TMP_PREFIX}{}-link{SUFFIX}", std::process::id()));
         fs::hard_link(source, &tmp).map_err(Error::io(&tmp))?;
-        self.publish(dir, &tmp, Sidecar::Rollback(rollback))
+        self.publish_as(dir, &tmp, sequence, sidecar)
     }
 
     /// Keeps the newest `keep` sound generations (at least one; see

@@ -111,10 +111,20 @@ pub enum Fetched {
         table: Box<Table>,
         /// Bytes downloaded: the deltas', or the whole generation's.
         bytes: u64,
-        /// Deltas applied: 0 when the whole generation was downloaded.
-        deltas: usize,
+        how: How,
         seconds: f64,
     },
+}
+
+/// How a generation was fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// The whole object downloaded.
+    Whole,
+    /// This many deltas downloaded and applied in turn.
+    Deltas(usize),
+    /// Linked: the data directory held its bytes, as this generation.
+    Held(u64),
 }
 
 /// A fetched generation: what [`Fetcher::fetch`] gives [`Fetched`].
@@ -122,7 +132,7 @@ struct Done {
     entry: Entry,
     table: Table,
     bytes: u64,
-    deltas: usize,
+    how: How,
 }
 
 /// Downloads generations from one store into one data directory.
@@ -185,7 +195,7 @@ impl Fetcher {
                         entry: done.entry,
                         table: Box::new(done.table),
                         bytes: done.bytes,
-                        deltas: done.deltas,
+                        how: done.how,
                         seconds: started.elapsed().as_secs_f64(),
                     })
                 }
@@ -221,6 +231,9 @@ impl Fetcher {
         manifest: &Manifest,
         local: u64,
     ) -> Result<std::result::Result<Done, Error>> {
+        if let Some(done) = self.held(&lock, manifest) {
+            return Ok(Ok(done));
+        }
         let lock = Arc::new(lock);
         match self.by_deltas(&lock, manifest, local).await {
             Ok(Some(done)) => return Ok(Ok(done)),
@@ -235,6 +248,45 @@ impl Fetcher {
             }
         }
         self.fetch_whole(lock, manifest).await
+    }
+
+    /// The generation `manifest` names, when the data directory holds its
+    /// bytes under another sequence (a feed whose records did not change,
+    /// which the builder publishes as the same file; a rollback to a
+    /// generation still here): published again as a hard link, nothing
+    /// downloaded or written. The file was verified when it came (a fetch
+    /// verifies what it publishes) and is the same inode, so it is not
+    /// read again. `None` when it is not here, or linking it failed (then
+    /// it is fetched).
+    fn held(&self, lock: &BuildLock, manifest: &Manifest) -> Option<Done> {
+        let entries = local::list(&self.dir).ok()?;
+        let here = entries.iter().rev().find(|e| {
+            e.sequence != manifest.sequence
+                && crate::generation::format::read_header(&e.path)
+                    .is_ok_and(|h| manifest.matches(&h))
+        })?;
+        let linked = lock
+            .republish_as(&self.dir, &here.path, manifest.sequence, manifest.sidecar())
+            .and_then(|entry| Ok((Table::open(&entry.path, manifest.sequence)?, entry)));
+        match linked {
+            Ok((table, entry)) => {
+                tracing::info!(
+                    sequence = manifest.sequence,
+                    of = here.sequence,
+                    "the data directory holds this generation's bytes: linked, nothing fetched"
+                );
+                Some(Done {
+                    entry,
+                    table,
+                    bytes: 0,
+                    how: How::Held(here.sequence),
+                })
+            }
+            Err(e) => {
+                tracing::warn!("{e}: fetching generation {} instead", manifest.sequence);
+                None
+            }
+        }
     }
 
     /// Downloads the whole generation `manifest` names and verifies it.
@@ -321,7 +373,7 @@ impl Fetcher {
             entry,
             table,
             bytes: len,
-            deltas: 0,
+            how: How::Whole,
         }))
     }
 
@@ -438,7 +490,7 @@ impl Fetcher {
             entry: done.0,
             table: done.1,
             bytes,
-            deltas,
+            how: How::Deltas(deltas),
         }))
     }
 

@@ -28,7 +28,9 @@ pub struct Published {
     /// The store's sequence for the generation.
     pub sequence: u64,
     pub object: String,
-    /// Bytes uploaded: 0 for a rollback to a generation the store holds.
+    /// Bytes uploaded: the generation's and its delta's; not the
+    /// generation's when the store holds its bytes already (a rollback, a
+    /// feed whose records are the store's newest).
     pub bytes: u64,
     /// The delta uploaded beside it, if any.
     pub delta: Option<DeltaObject>,
@@ -81,18 +83,45 @@ pub fn publish(url: &str, path: &Path, keep: usize, max_delta: Option<f64>) -> R
         }
         let newest = remote.sequences().await?.last().copied();
         let sequence = next_sequence(&remote, newest)?;
-        let object = new_object_name(sequence);
-        tracing::info!(
-            url,
-            sequence,
-            object,
-            bytes = header.file_len(),
-            "uploading"
-        );
-        remote.upload(path, &object).await?;
         let store_newest = match newest {
             Some(s) => remote.manifest(s).await.ok().flatten(),
             None => None,
+        };
+        // A feed whose records are the store's newest is published as its
+        // file (see the build): its object serves again, nothing uploaded.
+        let held = match &store_newest {
+            Some(m) if m.matches(&header) => {
+                let objects = remote.objects().await?;
+                objects.iter().any(|o| o.holds(m)).then(|| m.object.clone())
+            }
+            _ => None,
+        };
+        let object = match held {
+            Some(object) => {
+                tracing::info!(
+                    url,
+                    sequence,
+                    object,
+                    "the store's newest holds these bytes"
+                );
+                object
+            }
+            None => {
+                let object = new_object_name(sequence);
+                tracing::info!(
+                    url,
+                    sequence,
+                    object,
+                    bytes = header.file_len(),
+                    "uploading"
+                );
+                remote.upload(path, &object).await?;
+                object
+            }
+        };
+        let uploaded = match store_newest.as_ref().is_some_and(|m| m.object == object) {
+            true => 0,
+            false => header.file_len(),
         };
         let churn = local::churn_of(path).map(|churn| in_store_terms(churn, store_newest.as_ref()));
         // A delta from the store's newest, when the build measured against
@@ -110,8 +139,8 @@ pub fn publish(url: &str, path: &Path, keep: usize, max_delta: Option<f64>) -> R
             ..Manifest::new(sequence, object.clone(), &header)
         };
         if let Err(e) = remote.commit(&manifest).await {
-            let uploaded = std::iter::once(&object).chain(delta.as_ref().map(|d| &d.object));
-            for name in uploaded {
+            let ours = (uploaded > 0).then_some(&object);
+            for name in ours.into_iter().chain(delta.as_ref().map(|d| &d.object)) {
                 if let Err(d) = remote.delete_object(name).await {
                     tracing::warn!("{d} (the next publish removes it)");
                 }
@@ -132,7 +161,7 @@ pub fn publish(url: &str, path: &Path, keep: usize, max_delta: Option<f64>) -> R
         Ok(Published {
             sequence,
             object,
-            bytes: header.file_len() + delta.as_ref().map_or(0, |d| d.bytes),
+            bytes: uploaded + delta.as_ref().map_or(0, |d| d.bytes),
             delta,
             seconds: started.elapsed().as_secs_f64(),
         })

@@ -156,17 +156,21 @@ fn deltas_round_trip(url: &str, objects: &Path, env: &[(String, String)]) {
     );
     assert!(same_as_store(&replica, 4, url, objects, env));
 
-    // The same feed again: a delta of headers and zones alone.
+    // The same feed again: the builder publishes the same file (its
+    // records did not change), the store names the same object (nothing
+    // uploaded but a delta of headers and zones), and the replica links
+    // the file it has.
     let out = publish(&feed_round(w, 3), &builder, url, env, &[]);
     assert!(out.contains("a delta from its generation 4 of"), "{out}");
     let listed = inspect(url, env);
-    assert!(
-        listed.last().unwrap()["delta"]["bytes"].as_u64().unwrap() < 300,
-        "{}",
-        listed[4]
-    );
+    let (four, five) = (&listed[listed.len() - 2], listed.last().unwrap());
+    assert_eq!(four["object"], five["object"], "uploaded again");
+    assert!(five["delta"]["bytes"].as_u64().unwrap() < 300, "{five}");
     let out = fetch(url, &replica, env);
-    assert!(out.contains("a delta"), "{out}");
+    assert!(
+        out.contains("(0 bytes: the data directory holds it, as generation 4"),
+        "{out}"
+    );
     assert!(same_as_store(&replica, 5, url, objects, env));
 
     // A rollback's manifest names no delta: the whole object is fetched.
@@ -277,8 +281,10 @@ fn deltas_are_written_only_when_asked_and_small_enough_and_retention_removes_the
     for _ in 0..2 {
         publish(&feed_round(w, 0), &builder, &url, &[], &["--keep", "2"]);
     }
-    // Generations 5 and 6 stay, each with its delta; 4's delta went with it.
-    assert_eq!((objects(".promo"), objects(".delta")), (2, 2));
+    // Generations 5 and 6 stay, each with its delta; 4's delta went with
+    // it. Both hold feed 0's records, as 4 did: the one object they name
+    // is 4's, uploaded once.
+    assert_eq!((objects(".promo"), objects(".delta")), (1, 2));
     let kept: Vec<_> = inspect(&url, &[])
         .iter()
         .map(|g| g["delta"]["base"].clone())
