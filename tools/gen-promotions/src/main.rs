@@ -61,6 +61,17 @@
 //! one that id last had, so "later row wins" is always visible. Repeats stay
 //! inside a chunk so that they are as deterministic as the rest.
 //!
+//! # Churn
+//!
+//! With `--churn P`, the output is the feed without it (the same `--seed`,
+//! `--rows` and `--duplicates`) with a fraction `P` of its rows changed,
+//! a quarter each way: another price, another expiration date, the row
+//! left out, or a new id after it: the next feed of a partner whose
+//! promotions change. Which rows change is drawn from a PRNG of its own,
+//! seeded from `--churn-seed`, so the rows that do not change are the
+//! same bytes as without it. A sampled id (`--ids-out`) whose row is
+//! left out is not written.
+//!
 //! # Sampled ids
 //!
 //! `--ids-out PATH` also writes `K = min(--ids-sample, --rows)` ids of the
@@ -136,6 +147,17 @@ struct Args {
     /// How many ids `--ids-out` gets, sampled evenly (capped at --rows).
     #[arg(long, default_value_t = 100_000)]
     ids_sample: u64,
+
+    /// Fraction (0..=1) of rows changed against the same feed without it:
+    /// each such row, in equal shares, gets another price, another
+    /// expiration date, is left out, or is followed by a new id.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    churn: f64,
+
+    /// Which rows `--churn` changes, and how: another seed is another feed
+    /// of the same churn against the same base.
+    #[arg(long, default_value_t = 1)]
+    churn_seed: u64,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -282,6 +304,10 @@ struct Plan {
     dup_below: Option<u64>,
     /// Ids to sample for `--ids-out` (0 when not asked for).
     samples: u64,
+    /// A row changes when a draw of the churn PRNG is below this; `None`
+    /// for no churn.
+    churn_below: Option<u64>,
+    churn_seed: u64,
     /// Range of instants (Unix seconds) that expiration dates are drawn from.
     first_instant: i64,
     instant_span: u64,
@@ -292,14 +318,17 @@ struct Plan {
 
 impl Plan {
     fn new(args: &Args) -> Plan {
-        let dup_below = if args.duplicates <= 0.0 {
-            None
-        } else if args.duplicates >= 1.0 {
-            Some(u64::MAX)
-        } else {
-            // Casting a float to an integer saturates.
-            Some((args.duplicates * 18_446_744_073_709_551_616.0) as u64)
+        let below = |p: f64| {
+            if p <= 0.0 {
+                None
+            } else if p >= 1.0 {
+                Some(u64::MAX)
+            } else {
+                // Casting a float to an integer saturates.
+                Some((p * 18_446_744_073_709_551_616.0) as u64)
+            }
         };
+        let dup_below = below(args.duplicates);
         let first_instant = days_from_civil(FIRST_YEAR, 1, 1) * SECS_PER_DAY;
         // Stop an hour early so that Berlin time (CET, +1h) stays within LAST_YEAR.
         let end_instant = days_from_civil(LAST_YEAR + 1, 1, 1) * SECS_PER_DAY - 3600;
@@ -321,6 +350,8 @@ impl Plan {
             } else {
                 0
             },
+            churn_below: below(args.churn),
+            churn_seed: args.churn_seed,
             first_instant,
             instant_span: (end_instant - first_instant) as u64,
             summer,
@@ -333,6 +364,7 @@ impl Plan {
         let end = (start + CHUNK_ROWS).min(self.rows);
         let n = (end - start) as usize;
         let mut rng = Rng::for_chunk(self.seed, index);
+        let mut churn = Rng::for_chunk(self.churn_seed ^ 0x00c4_0a2e_5eed_0000, index);
 
         chunk.rows.clear();
         chunk.rows.reserve(n * MAX_ROW_LEN);
@@ -372,30 +404,53 @@ impl Plan {
                     fresh
                 }
             };
-            let instant = self.first_instant + rng.below(self.instant_span) as i64;
-            let zone = if rng.below(100) < UTC_PERCENT {
-                Zone::Utc
-            } else if self.is_summer(instant) {
-                Zone::Cest
-            } else {
-                Zone::Cet
+            let mut instant = self.first_instant + rng.below(self.instant_span) as i64;
+            let utc = rng.below(100) < UTC_PERCENT;
+            // The churn draws come from their own PRNG, after the row's.
+            let (mut units, mut kept, mut added) = (units, true, None);
+            if self.churn_below.is_some_and(|below| churn.next() < below) {
+                match churn.below(4) {
+                    0 => {
+                        let was = units;
+                        while units == was {
+                            units = self.price(&mut churn);
+                        }
+                    }
+                    1 => instant = self.first_instant + churn.below(self.instant_span) as i64,
+                    2 => kept = false,
+                    _ => added = Some((uuid_v4(&mut churn), self.price(&mut churn))),
+                }
+            }
+            let zone = |instant| match utc {
+                true => Zone::Utc,
+                false if self.is_summer(instant) => Zone::Cest,
+                false => Zone::Cet,
             };
-
-            let mut at = write_uuid(id, &mut row);
-            row[at] = b',';
-            at += 1;
-            at += write_price(units, &mut row[at..]);
-            row[at] = b',';
-            at += 1;
-            at += write_date(instant, zone, &mut row[at..]);
-            row[at] = b'\n';
-            at += 1;
-            chunk.rows.extend_from_slice(&row[..at]);
+            let mut write = |id, units, rows: &mut Vec<u8>| {
+                let mut at = write_uuid(id, &mut row);
+                row[at] = b',';
+                at += 1;
+                at += write_price(units, &mut row[at..]);
+                row[at] = b',';
+                at += 1;
+                at += write_date(instant, zone(instant), &mut row[at..]);
+                row[at] = b'\n';
+                at += 1;
+                rows.extend_from_slice(&row[..at]);
+            };
+            if kept {
+                write(id, units, &mut chunk.rows);
+            }
+            if let Some((id, units)) = added {
+                write(id, units, &mut chunk.rows);
+            }
 
             if sample < samples_end && start + i as u64 == next_sampled_row {
-                let mut line = [b'\n'; 37];
-                write_uuid(id, &mut line);
-                chunk.ids.extend_from_slice(&line);
+                if kept {
+                    let mut line = [b'\n'; 37];
+                    write_uuid(id, &mut line);
+                    chunk.ids.extend_from_slice(&line);
+                }
                 sample += 1;
                 next_sampled_row = self.sampled_row(sample);
             }
@@ -650,6 +705,10 @@ mod tests {
     use super::*;
 
     fn plan(rows: u64, duplicates: f64, ids_sample: u64) -> Plan {
+        churned(rows, duplicates, ids_sample, 0.0)
+    }
+
+    fn churned(rows: u64, duplicates: f64, ids_sample: u64, churn: f64) -> Plan {
         Plan::new(&Args {
             rows,
             seed: 42,
@@ -657,7 +716,50 @@ mod tests {
             out: "-".into(),
             ids_out: Some("ids".into()),
             ids_sample,
+            churn,
+            churn_seed: 3,
         })
+    }
+
+    #[test]
+    fn churn_changes_that_share_of_rows_each_way_and_keeps_the_rest() {
+        let rows = |plan: &Plan| -> std::collections::HashMap<String, String> {
+            let (text, _) = all(plan);
+            String::from_utf8(text)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let (id, rest) = l.split_once(',').unwrap();
+                    (id.to_string(), rest.to_string())
+                })
+                .collect()
+        };
+        let n = 200_000;
+        let (base, next) = (rows(&plan(n, 0.0, 0)), rows(&churned(n, 0.0, 0, 0.02)));
+        let (mut price, mut date, mut removed) = (0, 0, 0);
+        for (id, was) in &base {
+            match next.get(id) {
+                None => removed += 1,
+                Some(now) if now == was => {}
+                Some(now) => {
+                    let (p0, d0) = was.split_once(',').unwrap();
+                    let (p1, d1) = now.split_once(',').unwrap();
+                    price += usize::from(p0 != p1 && d0 == d1);
+                    date += usize::from(p0 == p1 && d0 != d1);
+                }
+            }
+        }
+        let added = next.keys().filter(|id| !base.contains_key(*id)).count();
+        // 2% of 200,000 rows is 4,000, a quarter each way: about 1,000.
+        for (kind, count) in [
+            ("price", price),
+            ("date", date),
+            ("removed", removed),
+            ("added", added),
+        ] {
+            assert!((800..1200).contains(&count), "{kind}: {count}");
+        }
+        assert_eq!(all(&churned(n, 0.0, 0, 0.0)).0, all(&plan(n, 0.0, 0)).0);
     }
 
     fn all(plan: &Plan) -> (Vec<u8>, Vec<u8>) {
