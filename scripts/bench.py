@@ -32,7 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import bench_beyond, bench_connections, bench_feeds, bench_fleet, bench_ports, bench_scale, procfs
+from . import (bench_beyond, bench_connections, bench_delta, bench_feeds, bench_fleet, bench_ports,
+               bench_scale, procfs)
 from .bench_common import generate, log, run, start_nginx, warm, wrk
 from .paths import BENCH_DATA, BENCH_VENV, CRITERION, FLOOR, PROMO, ROOT, unrooted
 from .processes import Serve, http_get, start, stop, stop_nginx, wait_ready
@@ -408,6 +409,8 @@ def write_report(results, path, chart):
     lines += bench_feeds.report(results)
     if "fleet" in results:
         lines += bench_fleet.report(results)
+    if "delta" in results:
+        lines += bench_delta.report(results)
     lines += ["", "Raw results: `bench-data/results.json`.", ""]
     path.write_text("\n".join(lines) + kept_section(path))
 
@@ -458,7 +461,11 @@ def chart(results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    panels = 3 if "delta" in results else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
+    a, b = axes[0], axes[1]
+    if "delta" in results:
+        bench_delta.chart(results, axes[2])
     tools = results["build"]["tools"]
     names = ["promo", "duckdb", "sort"]
     a.bar(names, [tools[n]["rows_per_s"] / 1e6 for n in names], color=["#2a7", "#999", "#bbb"])
@@ -502,6 +509,7 @@ def main():
     bench_feeds.bench_feeds(args.work, csv, results)
     if not args.no_fleet:
         bench_fleet.bench_fleet(args.work, csv, ids, results)
+        bench_delta.bench_delta(args.work, results, args.rows, args.big_rows)
     bench_lookup(generation, results)
     bench_build_criterion(results)
     if args.big_rows:

@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 FUZZ_DIR=tests/fuzz
-read -r -a TARGETS <<<"${FUZZ_TARGETS:-row id route header}"
+read -r -a TARGETS <<<"${FUZZ_TARGETS:-row id route header delta}"
 export RUSTC_BOOTSTRAP=1
 # The same flags for the build and every run, so that run does not rebuild.
 FUZZ_FLAGS=(--fuzz-dir "$FUZZ_DIR" --debug-assertions)
@@ -40,7 +40,7 @@ cargo fuzz build "${FUZZ_FLAGS[@]}"
 
 seeds=$FUZZ_DIR/seeds
 rm -rf "$seeds"
-mkdir -p "$seeds"/{row,id,route,header} "$FUZZ_DIR"/logs
+mkdir -p "$seeds"/{row,id,route,header,delta} "$FUZZ_DIR"/logs
 for t in "${TARGETS[@]}"; do
     mkdir -p "$FUZZ_DIR/corpus/$t" "$FUZZ_DIR/artifacts/$t"
 done
@@ -105,6 +105,13 @@ printf '\x00/promotions' >"$seeds/route/no-slash"
 for path in /healthz /readyz /metrics /; do
     printf '\x00%s' "$path" >"$seeds/route/path-${path//\//_}"
 done
+
+# delta: edits of the base (mode 1), the same with a byte flipped (mode 2),
+# and a few bytes as a delta file (mode 0).
+printf '\x01\x00\x05\x09\x01\x07\x01\x02\x03\x00\x03\x21\x33' >"$seeds/delta/edits"
+printf '\x01' >"$seeds/delta/unchanged"
+printf '\x02\x02\x00\x00\x03\x10\x20\x80\x00\x01' >"$seeds/delta/flipped"
+printf '\x00PROMODLT\x01\x00\x00\x00' >"$seeds/delta/short"
 
 # header: the header and the whole of a real small generation, made by
 # `promo build` from the first 40 rows of the fixture.

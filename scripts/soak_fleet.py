@@ -22,6 +22,16 @@ of 100 ids. Meanwhile, on a fixed schedule:
 - every 5 minutes (first at 2:30) the store goes away for 30 s (its
   process stopped; it comes back with the same files on the same port).
 
+The network misbehaves too (scripts/faultproxy.py, a fault-injecting TCP
+proxy): the builder and the replicas reach the store through one with
+50 ms of latency each way and a 10 MiB/s cap the whole time, which every
+5 minutes also resets connections at random for a minute (first at 1:00)
+and blackholes the store for 30 s (it accepts connections and answers
+nothing; first at 4:00); nginx reaches replica A through another, which
+every 5 minutes slows that link to 200 ms each way for a minute (first at
+3:00). The report gives p99 at the client with the slow link and without,
+the replicas' delta and full byte counters and the fallbacks.
+
 Checks (PASS or FAIL lines; exit 1 if one fails): no failed request at the
 client (a status other than 200 and 404, a wrong or missing id, a
 connection error); no answer from a generation older than the one before
@@ -41,6 +51,7 @@ processes' files are under bench-data/soak-fleet/.
 import argparse
 import http.client
 import json
+import math
 import random
 import re
 import shutil
@@ -54,6 +65,7 @@ import uuid
 from pathlib import Path
 
 from . import bench_fleet, procfs
+from .faultproxy import FaultProxy
 from .paths import BENCH_DATA, GEN, PROMO, ROOT, revision
 from .processes import Serve, free_port, stop, stop_all
 # No guard options: the builds run with promo's defaults (--max-churn 50%,
@@ -63,6 +75,12 @@ from .processes import Serve, free_port, stop, stop_all
 PUBLISH_EVERY, KILL_EVERY = 20, 60
 OUTAGE_EVERY, OUTAGE_FIRST, OUTAGE_SECONDS = 300, 150, 30
 SAMPLE_EVERY = 5
+# The network (see the docstring): seconds into each 5 minutes.
+LATENCY, RATE = 0.05, 10 * 2**20
+RESETS_AT, RESETS_SECONDS, RESET_AFTER = 60, 60, 2 * 2**20
+SLOW_AT, SLOW_SECONDS, SLOW_LATENCY = 180, 60, 0.2
+BLACKHOLE_AT, BLACKHOLE_SECONDS = 240, 30
+CYCLE = 300
 SETTLED_AFTER_START = 20  # seconds before a restarted replica's samples count
 CLIENTS, BATCH_IDS = 3, 100
 MIB = 2**20
@@ -159,13 +177,18 @@ class Replica:
 
 
 class Store:
-    """The S3 server, and what is in it, read from its directory."""
+    """The S3 server, what is in it (read from its directory), and the
+    fault proxy every promo process reaches it through."""
 
     def __init__(self, work, running):
         self.s3 = bench_fleet.S3Server(work, running)
-        self.url, self.env = self.s3.url, self.s3.env
+        self.proxy = FaultProxy(self.s3.port)
+        self.proxy.set(latency=LATENCY, rate=RATE)
+        self.url = self.s3.url
+        self.env = {**self.s3.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.proxy.port}"}
         self.dir = self.s3.root / bench_fleet.BUCKET / bench_fleet.PREFIX
         self.up = True
+        self.dark = False  # blackholed by the proxy
 
     def manifests(self):
         return sorted((self.dir / "manifests").glob("*.json"))
@@ -194,6 +217,9 @@ class Run:
         self.corrupt_answers = 0
         self.samples = []     # {t, replica, pid, rss, anon, fds, since_start}
         self.errors = []      # exceptions in fault threads
+        self.network = []     # (fault, start, end) seconds into the run
+        self.slow = False     # nginx's link to replica A slowed now
+        self.latencies = {False: Histogram(), True: Histogram()}  # by self.slow
 
     # --- the client -------------------------------------------------------
 
@@ -223,6 +249,7 @@ class Run:
                 conn = http.client.HTTPConnection("127.0.0.1", nginx_port, timeout=30)
             floor = self.floor()
             roll = rng.random()
+            sent, slow = time.monotonic(), self.slow
             try:
                 if roll < 0.05:
                     kind = "batch"
@@ -242,6 +269,8 @@ class Run:
                 continue
             with self.lock:
                 self.requests[kind] += 1
+                if kind != "batch":
+                    self.latencies[slow or self.slow].add(time.monotonic() - sent)
             want = 404 if kind == "miss" else 200
             if r.status != want:
                 self.fail(f"{kind}: status {r.status}: {body[:200]!r}")
@@ -271,7 +300,10 @@ class Run:
         while self.clock.wait_until((k + 1) * PUBLISH_EVERY):
             k += 1
             t = self.clock.now()
-            outage = not store.up
+            # A blackhole counts as an outage that may end during the
+            # build: its requests time out and go out again.
+            away, dark = not store.up, store.dark
+            outage = away or dark
             if k % 4 == 0:
                 sequence = store.newest_sequence() + 1
                 put_corrupt(store, staged, sequence)
@@ -288,8 +320,8 @@ class Run:
                 sequence = int(m.group(1)) if m and p.returncode == 0 else None
                 # Away for the whole build, it must fail; away for part of
                 # it (the store went or came back meanwhile), either way.
-                whole = outage and not store.up
-                outage = outage or not store.up
+                whole = away and not store.up and not dark and not store.dark
+                outage = outage or not store.up or store.dark
                 if refused:
                     ok, why = (p.returncode == 3 and "refused by --max-churn" in p.stderr,
                                "refused by the default --max-churn (exit 3)")
@@ -347,6 +379,37 @@ class Run:
             log("the store is back")
             k += 1
 
+    def networker(self, store, slow_link):
+        """The network's faults, on their schedule (see the docstring)."""
+        events = []
+        for cycle in range(int(self.args.minutes * 60 // CYCLE) + 1):
+            base = cycle * CYCLE
+            events += [(base + RESETS_AT, "resets", RESETS_SECONDS),
+                       (base + SLOW_AT, "slow link to A", SLOW_SECONDS),
+                       (base + BLACKHOLE_AT, "blackhole", BLACKHOLE_SECONDS)]
+        ends = []
+        for at, fault, seconds in sorted(events):
+            if not self.clock.wait_until(at):
+                return
+            if fault == "resets":
+                store.proxy.set(latency=LATENCY, rate=RATE, reset_after=RESET_AFTER)
+            elif fault == "blackhole":
+                store.proxy.set(latency=LATENCY, rate=RATE, blackhole=True)
+                store.dark = True
+            else:
+                slow_link.set(latency=SLOW_LATENCY)
+                self.slow = True
+            log(f"network: {fault} for {seconds} s")
+            self.clock.stop.wait(max(0.0, self.clock.start + at + seconds - time.time()))
+            if fault == "slow link to A":
+                slow_link.set()
+                self.slow = False
+            else:
+                store.proxy.set(latency=LATENCY, rate=RATE)
+                store.dark = False
+            self.network.append((fault, at, round(self.clock.now(), 1)))
+            log(f"network: {fault} over")
+
     def sampler(self, replicas):
         k = 0
         while self.clock.wait_until((k + 1) * SAMPLE_EVERY):
@@ -374,6 +437,46 @@ class Run:
         t = threading.Thread(target=guarded, daemon=True)
         t.start()
         return t
+
+
+class Histogram:
+    """Latencies in log-spaced buckets (about 1% wide): an hour of requests
+    in constant memory."""
+
+    def __init__(self):
+        self.counts = {}
+        self.n = 0
+
+    def add(self, seconds):
+        b = int(math.log(max(seconds, 1e-6) * 1e6) * 100)
+        self.counts[b] = self.counts.get(b, 0) + 1
+        self.n += 1
+
+    def quantile(self, q):
+        if not self.n:
+            return None
+        seen = 0
+        for b in sorted(self.counts):
+            seen += self.counts[b]
+            if seen >= q * self.n:
+                return math.exp((b + 1) / 100) / 1e6
+        return None
+
+
+def fetch_figures(replica):
+    """A replica's fetch counters: bytes by kind, fallbacks by reason."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", replica.port, timeout=5)
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+        c.close()
+    except (OSError, http.client.HTTPException):
+        return {}
+    out = {}
+    for m in re.finditer(r'^promo_fetch_(bytes|delta_fallbacks)_total\{\w+="(\w+)"\} ([\d.e+]+)$',
+                         text, re.M):
+        out[f"{m.group(1)}:{m.group(2)}"] = float(m.group(3))
+    return out
 
 
 def stage_corrupt(work, store, feed):
@@ -477,7 +580,8 @@ def soak(args, work, running):
         if time.time() > deadline:
             raise RuntimeError("the replicas never served the first generation")
         time.sleep(0.2)
-    nginx = bench_fleet.Nginx(work, [a.port, b.port], running)
+    slow_link = FaultProxy(a.port)
+    nginx = bench_fleet.Nginx(work, [slow_link.port, b.port], running)
     nginx_port = int(nginx.url.rsplit(":", 1)[1])
 
     r = Run(args, work)
@@ -485,7 +589,8 @@ def soak(args, work, running):
     log(f"the fleet is up; {args.minutes:g} minutes of faults")
     threads = [r.thread(r.client, nginx_port, feeds.ids, i) for i in range(CLIENTS)]
     threads += [r.thread(r.publisher, store, feeds, staged), r.thread(r.killer, a, b),
-                r.thread(r.outager, store), r.thread(r.sampler, (a, b))]
+                r.thread(r.outager, store), r.thread(r.sampler, (a, b)),
+                r.thread(r.networker, store, slow_link)]
     try:
         while any(t.is_alive() for t in threads):
             time.sleep(1)
@@ -499,7 +604,12 @@ def soak(args, work, running):
             t.join(timeout=60)
     if not store.up:
         store.s3.start()
-    return report(r, args, store, a, b)
+    store.proxy.set(latency=LATENCY, rate=RATE)
+    try:
+        return report(r, args, store, a, b)
+    finally:
+        store.proxy.stop()
+        slow_link.stop()
 
 
 def report(r, args, store, a, b):
@@ -565,7 +675,15 @@ def report(r, args, store, a, b):
                       ratio is not None and abs(ratio - 1) <= 0.05,
                       f"median {first / unit:.1f} then {last / unit:.1f} ({(ratio - 1) * 100:+.1f}%)"
                       if ratio is not None else "too few samples")
+    check("the network's faults happened", {f for f, _, _ in r.network} >= {"resets", "blackhole", "slow link to A"}
+          or args.minutes * 60 < CYCLE,
+          ", ".join(f"{f} {s:.0f}-{e:.0f} s" for f, s, e in r.network) or "none")
     check("the fault threads ran to the end", not r.errors, "; ".join(r.errors) or "yes")
+    fetched = {name: fetch_figures(rep) for name, rep in (("B", b), ("A", a))}
+    fallbacks = {k.split(":")[1]: v for k, v in fetched["B"].items() if k.startswith("delta_fallbacks") and v}
+    check("replica B fetched deltas", fetched["B"].get("bytes:delta", 0) > 0,
+          f"{fetched['B'].get('bytes:delta', 0) / MIB:.1f} MiB of deltas, "
+          f"{fetched['B'].get('bytes:full', 0) / MIB:.1f} MiB of whole generations; fallbacks {fallbacks or 'none'}")
 
     lines = [f"# promo fleet soak: {args.minutes:g} minutes of faults", "",
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(r.clock.start))}, revision "
@@ -581,6 +699,23 @@ def report(r, args, store, a, b):
                      f"{f'{(ratio - 1) * 100:+.1f}%' if ratio is not None else '-'} |")
     lines += ["", "Replica B runs the whole time; replica A's samples are those taken "
               f"{SETTLED_AFTER_START} s or more after each of its starts."]
+    ms = lambda v: f"{v * 1e3:.1f} ms" if v is not None else "-"
+    lines += ["", "## The network", "",
+              f"Store link: {LATENCY * 1e3:.0f} ms each way, {RATE / MIB:.0f} MiB/s; "
+              f"{store.proxy.connections:,} connections, {store.proxy.resets:,} reset midway, "
+              f"{store.proxy.delivered / MIB:,.1f} MiB delivered to the builder and the replicas.", "",
+              "| requests (single lookups) | count | p50 | p99 | p99.9 |", "|---|---:|---:|---:|---:|"]
+    for slow, label in ((False, "nginx's links to both replicas fast"),
+                        (True, f"nginx's link to replica A at {SLOW_LATENCY * 1e3:.0f} ms each way")):
+        h = r.latencies[slow]
+        lines.append(f"| {label} | {h.n:,} | {ms(h.quantile(0.5))} | {ms(h.quantile(0.99))} | "
+                     f"{ms(h.quantile(0.999))} |")
+    lines += ["", "| replica | delta bytes | full bytes | fallbacks |", "|---|---:|---:|---|"]
+    for name, f in fetched.items():
+        falls = {k.split(":")[1]: int(v) for k, v in f.items() if k.startswith("delta_fallbacks") and v}
+        lines.append(f"| {name} | {f.get('bytes:delta', 0) / MIB:,.1f} MiB | "
+                     f"{f.get('bytes:full', 0) / MIB:,.1f} MiB | {falls or 'none'} |")
+    lines += ["", "Replica B's counters cover the whole run; replica A's, its last start."]
     text = "\n".join(lines) + "\n"
     print(text)
     BENCH_DATA.mkdir(exist_ok=True)
