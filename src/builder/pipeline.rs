@@ -362,7 +362,11 @@ pub fn build_from(
         "sorted and written"
     );
     let churn = compare(&tmp_path, current.as_ref(), &history, &name, opts)?;
-    let same = current.as_ref().filter(|t| same_bytes(t, &tmp_path));
+    // A baseline downloaded for the comparison is gone from disk by now
+    // (its scratch folder removed): then the file written is published.
+    let same = current
+        .as_ref()
+        .filter(|t| t.path().exists() && same_bytes(t, &tmp_path));
     let written = match same {
         Some(t) => Written::Same(t.path()),
         None => Written::New(&tmp_path, tmp),

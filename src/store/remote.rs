@@ -104,9 +104,18 @@ pub const RETRIES: usize = 5;
 /// dropped and retried (the store client's `read_timeout`): a store that
 /// accepts connections and answers nothing (a blackhole) fails a request
 /// in seconds rather than at the end of its whole timeout, and the retry
-/// goes out on a new connection. Set `read_timeout` in the store's options
-/// to change it.
+/// goes out on a new connection. `AWS_READ_TIMEOUT` (`GOOGLE_`, `AZURE_`)
+/// in the environment changes it, as the store client reads it there.
 pub const READ_TIMEOUT: &str = "10s";
+
+/// [`READ_TIMEOUT`] as an option for the cloud whose environment variables
+/// start with `prefix`, unless the environment sets its own.
+fn read_timeout(prefix: &str) -> Vec<(String, String)> {
+    match std::env::var_os(format!("{prefix}_READ_TIMEOUT")) {
+        Some(_) => Vec::new(),
+        None => vec![("read_timeout".to_string(), READ_TIMEOUT.to_string())],
+    }
+}
 
 /// `builder` with the retries of every request: [`RETRIES`], backing off
 /// from 100 ms to 5 s, within 3 minutes.
@@ -183,17 +192,14 @@ fn store_at(
     };
     let (parsed, path, presigned) = parse(url, kind)?;
     // The three clouds' builders: from the environment, the URL, the
-    // retries of `kind`, then `options` over them.
+    // retries, the read timeout unless the environment has one, then
+    // `options` over them.
     macro_rules! cloud {
-        ($builder:ty) => {
+        ($builder:ty, $env:literal) => {
             Arc::new(
                 configure(
                     retried(<$builder>::from_env().with_url(url), |b, r| b.with_retry(r)),
-                    &[
-                        &[("read_timeout".to_string(), READ_TIMEOUT.to_string())],
-                        options,
-                    ]
-                    .concat(),
+                    &[&read_timeout($env)[..], options].concat(),
                     |b, k, v| b.with_config(k, v),
                 )
                 .build()
@@ -205,9 +211,9 @@ fn store_at(
         "s3" | "gs" | "az" if parsed.host_str().is_none_or(str::is_empty) => {
             return Err(bad("no bucket or container after the scheme"));
         }
-        "s3" => cloud!(object_store::aws::AmazonS3Builder),
-        "gs" => cloud!(object_store::gcp::GoogleCloudStorageBuilder),
-        "az" => cloud!(object_store::azure::MicrosoftAzureBuilder),
+        "s3" => cloud!(object_store::aws::AmazonS3Builder, "AWS"),
+        "gs" => cloud!(object_store::gcp::GoogleCloudStorageBuilder, "GOOGLE"),
+        "az" => cloud!(object_store::azure::MicrosoftAzureBuilder, "AZURE"),
         "http" | "https" if kind == Kind::Object => {
             // The store's requests go to its URL with the object's path
             // appended: the origin and the path, or a presigned URL whole
