@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, FormatError, Result};
-use crate::generation::format::{self, Header, Writer};
+use crate::generation::format::{self, FileDates, Header, Writer};
 use crate::generation::record::{key_of, RECORD_LEN};
 use crate::generation::table::Table;
 
@@ -387,6 +387,7 @@ impl Delta {
     pub fn apply(&self, base: &Table, file: File, path: &Path) -> Result<Header> {
         let h = &self.header;
         let bad = |why: String| Error::format(&self.path, FormatError::Delta(why));
+        let bad_file = |e: FormatError| Error::format(path, e);
         let based = base.header();
         if based.version != format::VERSION || based.body_checksum != h.base_checksum {
             return Err(bad(format!(
@@ -402,7 +403,18 @@ impl Delta {
                 h.target.shard, based.shard
             )));
         }
+        let dates = FileDates::of_tables(&h.target, self.tables()).map_err(bad_file)?;
         let mut writer = Writer::rebuild(file, path, &h.target)?;
+        // Each record is checked as it goes in, as a download is checked
+        // after: with the writer's order and shard checks and the count and
+        // body checksum `finish_as` compares, every check of a verification
+        // but the fanout table's, which the writer computes from them.
+        let mut written = 0u64;
+        let mut push = |writer: &mut Writer, block: &[u8]| -> Result<()> {
+            format::check_block(&h.target, &dates, block, written).map_err(bad_file)?;
+            written += (block.len() / RECORD_LEN) as u64;
+            writer.push_block(block)
+        };
         let old = base.records();
         let n = base.len();
         let mut changed = self.records().chunks_exact(RECORD_LEN).peekable();
@@ -418,10 +430,10 @@ impl Delta {
                 };
                 // The unchanged records before the next id, copied whole.
                 let stop = next.map_or(n, |k| base.lower_bound(k));
-                copy(
-                    &mut writer,
-                    &old[at as usize * RECORD_LEN..stop as usize * RECORD_LEN],
-                )?;
+                let run = &old[at as usize * RECORD_LEN..stop as usize * RECORD_LEN];
+                for block in run.chunks(RECORD_LEN << 16) {
+                    push(&mut writer, block)?;
+                }
                 at = stop;
                 let Some(key) = next else {
                     return Ok(());
@@ -434,7 +446,7 @@ impl Delta {
                             uuid::Uuid::from_u128(key)
                         )));
                     }
-                    writer.push_block(changed.next().expect("peeked"))?;
+                    push(&mut writer, changed.next().expect("peeked"))?;
                 } else {
                     if !held {
                         return Err(bad(format!(
@@ -452,14 +464,6 @@ impl Delta {
         writer.finish_as(&h.target, self.tables())?;
         Ok(h.target)
     }
-}
-
-/// Pushes `records` to `writer` a few MiB at a time.
-fn copy(writer: &mut Writer, records: &[u8]) -> Result<()> {
-    for block in records.chunks(RECORD_LEN << 16) {
-        writer.push_block(block)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -607,6 +611,33 @@ mod tests {
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
         let e = Delta::open(&path).err().expect("refused").to_string();
         assert!(e.contains("bytes but its header describes"), "{e}");
+    }
+
+    #[test]
+    fn a_rebuild_checks_each_record_as_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = table(dir.path(), "old", &[(1, 100, D1), (2, 100, D1)]);
+        let new = table(dir.path(), "new", &[(1, 100, D1), (2, 300, D1)]);
+        let path = dir.path().join("delta");
+        let out = File::create(&path).unwrap();
+        let mut h = write((&old, 1), (&new, 2), out, &path, u64::MAX)
+            .unwrap()
+            .unwrap();
+        // The changed record's price made one no price encodes, and the
+        // delta's checksums made right again: only the record check is left
+        // to catch it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[PREFIX_LEN + 16..PREFIX_LEN + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+        h.body_checksum = xxhash_rust::xxh3::xxh3_64(&bytes[HEADER_LEN..]);
+        bytes[..PREFIX_LEN].copy_from_slice(&h.encode());
+        std::fs::write(&path, &bytes).unwrap();
+        let delta = Delta::open(&path).unwrap();
+        let rebuilt = dir.path().join("rebuilt");
+        let e = delta
+            .apply(&old, File::create(&rebuilt).unwrap(), &rebuilt)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("record 1 holds an invalid price or date"), "{e}");
     }
 
     #[test]

@@ -409,6 +409,18 @@ impl<'a> FileDates<'a> {
         })
     }
 
+    /// The tables of a file whose header is `header`, from `tables`: the
+    /// bytes after its fanout table (a delta carries them).
+    pub fn of_tables(header: &Header, tables: &'a [u8]) -> Result<FileDates<'a>, FormatError> {
+        let zones = tables
+            .get(..header.zones_len as usize)
+            .ok_or(FormatError::Zones)?;
+        Ok(FileDates {
+            zones: DateTables::decode_zones(zones).ok_or(FormatError::Zones)?,
+            overflow: &tables[zones.len()..],
+        })
+    }
+
     /// The zone table alone, kept by a table for its lookups.
     pub fn into_zones(self) -> DateTables {
         self.zones
@@ -498,6 +510,23 @@ pub fn verify_body(
 
 /// Bytes of a generation verified at a time.
 pub const VERIFY_WINDOW: usize = 64 << 20;
+
+/// Checks the records of `block`, numbered from `first`, as
+/// [`verify_body`] does but for their order (which the [`Writer`] checks
+/// as they are pushed): their shard, prices and dates against `dates`.
+/// A file rebuilt from a delta is verified so, as it is written.
+pub fn check_block(
+    header: &Header,
+    dates: &FileDates,
+    block: &[u8],
+    first: u64,
+) -> Result<(), FormatError> {
+    let width = header.record_len();
+    for (i, rec) in block.chunks_exact(width).enumerate() {
+        check_record(header, Some(dates), rec, first + i as u64, None)?;
+    }
+    Ok(())
+}
 
 /// Checks record `index` against the one before it, the shard, and its
 /// price and date encodings.
