@@ -104,9 +104,11 @@ pub const RETRIES: usize = 5;
 /// dropped and retried (the store client's `read_timeout`): a store that
 /// accepts connections and answers nothing (a blackhole) fails a request
 /// in seconds rather than at the end of its whole timeout, and the retry
-/// goes out on a new connection. `AWS_READ_TIMEOUT` (`GOOGLE_`, `AZURE_`)
+/// goes out on a new connection. Not much shorter: a store busy writing
+/// (an S3-compatible one on a loaded disk) took over 10 s to answer the
+/// part of a 3.2 GB upload. `AWS_READ_TIMEOUT` (`GOOGLE_`, `AZURE_`)
 /// in the environment changes it, as the store client reads it there.
-pub const READ_TIMEOUT: &str = "10s";
+pub const READ_TIMEOUT: &str = "20s";
 
 /// [`READ_TIMEOUT`] as an option for the cloud whose environment variables
 /// start with `prefix`, unless the environment sets its own.
@@ -432,25 +434,27 @@ impl Remote {
         let mut buf = vec![0u8; 1 << 20];
         const UPLOADING: &str = "uploading a generation";
         // Every way out but success aborts the multipart upload, so that
-        // its parts do not linger in the store.
-        let result = async {
+        // its parts do not linger in the store; but a writer whose shutdown
+        // failed cannot be aborted (it panics), and what it left is for the
+        // bucket's rule on incomplete multipart uploads.
+        let written = async {
             loop {
                 let n = file.read(&mut buf).await.map_err(Error::io(path))?;
                 if n == 0 {
-                    break;
+                    return Ok(());
                 }
                 writer
                     .write_all(&buf[..n])
                     .await
                     .map_err(self.error(UPLOADING))?;
             }
-            writer.shutdown().await.map_err(self.error(UPLOADING))
         }
         .await;
-        if result.is_err() {
+        if let Err(e) = written {
             let _ = writer.abort().await;
+            return Err(e);
         }
-        result
+        writer.shutdown().await.map_err(self.error(UPLOADING))
     }
 
     /// Makes `manifest` visible: a create-only write, so that of two

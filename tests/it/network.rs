@@ -186,10 +186,10 @@ fn a_blackholed_store_never_stops_serving_and_the_replica_catches_up() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(live_generation(&server), 1);
-    // Each request timed out (`READ_TIMEOUT`) and was sent again on a new
-    // connection, which the dark store accepted too.
+    // The request in flight timed out (`READ_TIMEOUT`, 20 s) and was sent
+    // again on a new connection, which the dark store accepted too.
     let retried = proxy.connections() - connections;
-    assert!(retried >= 2, "{retried} new connections in the dark");
+    assert!(retried >= 1, "{retried} new connections in the dark");
     proxy.set(Faults::default());
     server.wait_for("/readyz", Duration::from_secs(120), |r| {
         r.text().trim().ends_with(" 2")
