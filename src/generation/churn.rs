@@ -600,16 +600,23 @@ impl Ratios {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::generation::format::Writer;
     use std::path::Path;
 
     /// A generation of `rows` (key, price "units/scale", date), written by
-    /// the real writer in key order.
-    fn table(dir: &Path, name: &str, sequence: u64, rows: &[(u128, (u64, u8), &str)]) -> Table {
+    /// the real writer in key order, the first row of a key kept. The
+    /// delta's tests write theirs with it too.
+    pub(crate) fn table(
+        dir: &Path,
+        name: &str,
+        sequence: u64,
+        rows: &[(u128, (u64, u8), &str)],
+    ) -> Table {
         let mut rows = rows.to_vec();
         rows.sort_by_key(|r| r.0);
+        rows.dedup_by_key(|r| r.0);
         let path = dir.join(name);
         let file = std::fs::File::create(&path).unwrap();
         let mut w = Writer::new(file, &path, rows.len() as u64).unwrap();

@@ -141,13 +141,7 @@ impl DeltaHeader {
                 header.records, header.target.count
             )));
         }
-        let expected = header.checked_len();
-        if expected != Some(file_len) {
-            return Err(FormatError::Length {
-                expected: expected.unwrap_or(u64::MAX),
-                got: file_len,
-            });
-        }
+        format::check_len(header.checked_len(), file_len)?;
         Ok(header)
     }
 }
@@ -476,24 +470,16 @@ impl Delta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generation::record::Price;
     use proptest::prelude::*;
 
     /// A generation of `rows` (key, price in cents, date), written by the
     /// real writer in key order.
     fn table(dir: &Path, name: &str, rows: &[(u128, u64, &str)]) -> Table {
-        let mut rows = rows.to_vec();
-        rows.sort_by_key(|r| r.0);
-        rows.dedup_by_key(|r| r.0);
-        let path = dir.join(name);
-        let file = File::create(&path).unwrap();
-        let mut w = Writer::new(file, &path, rows.len() as u64).unwrap();
-        for (key, cents, date) in rows {
-            w.push_row(key, Price::new(cents, 2).unwrap(), date.as_bytes())
-                .unwrap();
-        }
-        w.finish().unwrap();
-        Table::open_verified(&path, 0).unwrap()
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|&(k, cents, d)| (k, (cents, 2), d))
+            .collect();
+        crate::generation::churn::tests::table(dir, name, 0, &rows)
     }
 
     /// Writes the delta from `old` to `new`, applies it to `old`, and

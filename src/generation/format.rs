@@ -267,13 +267,7 @@ impl Header {
         }
         let header = Header::decode_fields(bytes, file_len)?;
         // Checked arithmetic: a hostile count must not wrap into a "valid" length.
-        let expected = header.checked_len();
-        if expected != Some(file_len) {
-            return Err(FormatError::Length {
-                expected: expected.unwrap_or(u64::MAX),
-                got: file_len,
-            });
-        }
+        check_len(header.checked_len(), file_len)?;
         Ok(header)
     }
 
@@ -356,6 +350,18 @@ impl Header {
             header.overflow_len = u64_at(64);
         }
         Ok(header)
+    }
+}
+
+/// `Ok` when a file of `got` bytes is the length its header describes
+/// (`None`: a length that overflows, which no file is).
+pub(crate) fn check_len(expected: Option<u64>, got: u64) -> Result<(), FormatError> {
+    match expected {
+        Some(len) if len == got => Ok(()),
+        _ => Err(FormatError::Length {
+            expected: expected.unwrap_or(u64::MAX),
+            got,
+        }),
     }
 }
 

@@ -96,7 +96,8 @@ pub fn publish(url: &str, path: &Path, keep: usize, max_delta: Option<f64>) -> R
             }
             _ => None,
         };
-        let object = match held {
+        // The generation's bytes uploaded: none when the store held them.
+        let (object, uploaded) = match held {
             Some(object) => {
                 tracing::info!(
                     url,
@@ -104,7 +105,7 @@ pub fn publish(url: &str, path: &Path, keep: usize, max_delta: Option<f64>) -> R
                     object,
                     "the store's newest holds these bytes"
                 );
-                object
+                (object, 0)
             }
             None => {
                 let object = new_object_name(sequence);
@@ -116,12 +117,8 @@ pub fn publish(url: &str, path: &Path, keep: usize, max_delta: Option<f64>) -> R
                     "uploading"
                 );
                 remote.upload(path, &object).await?;
-                object
+                (object, header.file_len())
             }
-        };
-        let uploaded = match store_newest.as_ref().is_some_and(|m| m.object == object) {
-            true => 0,
-            false => header.file_len(),
         };
         let churn = local::churn_of(path).map(|churn| in_store_terms(churn, store_newest.as_ref()));
         // A delta from the store's newest, when the build measured against

@@ -10,22 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::s3::S3;
-use common::{promo, promo_get, Server};
+use common::{promo_get, run_env as run, Server};
 use promo::generation::local::file_name;
-
-/// Runs promo with `env`; returns (exit code, stdout, stderr).
-fn run(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let out = promo()
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A feed of ids `0..n` of data set 4, priced `base + i % 7` cents above
 /// a dollar, except where `change` says otherwise: `Some(price)` for a new

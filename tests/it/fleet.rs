@@ -98,20 +98,6 @@ fn feed(dir: &Path, name: &str, set: u64, n: u64, price: &str) -> PathBuf {
     path
 }
 
-/// The generation a server has live, from its /readyz answer (0: none).
-fn live_generation(server: &Server) -> u64 {
-    let r = server.get("/readyz");
-    if r.status != 200 {
-        return 0;
-    }
-    r.text()
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -147,7 +133,7 @@ fn converge(replicas: &[Option<Server>], sequence: u64) {
         || {
             replicas
                 .iter()
-                .all(|r| r.as_ref().is_some_and(|r| live_generation(r) == sequence))
+                .all(|r| r.as_ref().is_some_and(|r| r.live_generation() == sequence))
         },
     );
 }
@@ -308,7 +294,7 @@ fn fleet_behind_nginx(mut store: Store) {
     });
     lookups.wait_for_more(200);
     for r in replicas.iter().map(|r| r.as_ref().unwrap()) {
-        assert_eq!(live_generation(r), 2, "still ready on generation 2");
+        assert_eq!(r.live_generation(), 2, "still ready on generation 2");
         let log = r.log();
         let warned = log
             .matches("serving the live generation and retrying")
@@ -360,7 +346,7 @@ fn fleet_behind_nginx(mut store: Store) {
     for (r, bytes) in replicas.iter().zip(&fetched) {
         let r = r.as_ref().unwrap();
         assert_eq!(
-            live_generation(r),
+            r.live_generation(),
             3,
             "the corrupt generation 4 never went live"
         );
@@ -465,7 +451,7 @@ fn an_empty_replica_is_not_ready_until_it_has_fetched() {
         &feed(work.path(), "a.csv", 1, 10, "1.00"),
     );
     wait_until("ready on generation 1", Duration::from_secs(30), || {
-        live_generation(&server) == 1
+        server.live_generation() == 1
     });
     assert_eq!(server.get(&format!("/promotions/{id}")).status, 200);
     assert_eq!(server.metric("promo_source_newest_sequence"), 1.0);

@@ -132,20 +132,6 @@ fn fetches_through_connections_reset_midway_resume_and_finish() {
     assert!(same_as_store(&s3, "flaky", &replica, 2));
 }
 
-/// The generation a server has live, from its /readyz answer (0: none).
-fn live_generation(server: &Server) -> u64 {
-    let r = server.get("/readyz");
-    if r.status != 200 {
-        return 0;
-    }
-    r.text()
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The store accepts connections and answers nothing for 30 s: the
 /// replica keeps serving its live generation and stays ready, its
 /// requests time out and go out again, and it catches up once the store
@@ -185,7 +171,7 @@ fn a_blackholed_store_never_stops_serving_and_the_replica_catches_up() {
         assert!(r.text().contains("\"price\":3.07"), "{}", r.text());
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert_eq!(live_generation(&server), 1);
+    assert_eq!(server.live_generation(), 1);
     // The request in flight timed out (`READ_TIMEOUT`, 20 s) and was sent
     // again on a new connection, which the dark store accepted too.
     let retried = proxy.connections() - connections;

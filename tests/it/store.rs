@@ -7,23 +7,9 @@ use crate::common;
 use std::path::{Path, PathBuf};
 
 use common::s3::S3;
-use common::{promo, promo_get};
+use common::{promo_get, run_env as run};
 use promo::store::layout::{new_object_name, Manifest};
 use promo::store::remote::Remote;
-
-/// Runs promo with `env`; returns (exit code, stdout, stderr).
-fn run(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let out = promo()
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn file_url(dir: &Path) -> String {
     format!("file://{}", dir.display())

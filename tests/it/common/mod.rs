@@ -161,6 +161,20 @@ pub fn temp_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Runs promo with `args` and `env`: (exit code, stdout, stderr).
+pub fn run_env(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let out = promo()
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A deterministic id for row `i` of data set `set`.
 pub fn id(set: u64, i: u64) -> String {
     let mut x = set.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i.wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -242,6 +256,21 @@ impl Server {
 
     pub fn get(&self, path: &str) -> Response {
         request(self.addr, "GET", path)
+    }
+
+    /// The generation the server has live, from its /readyz answer (0:
+    /// none).
+    pub fn live_generation(&self) -> u64 {
+        let r = self.get("/readyz");
+        if r.status != 200 {
+            return 0;
+        }
+        r.text()
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The value of the sample `name` (with its labels, if any) on /metrics.
