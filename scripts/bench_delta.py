@@ -14,7 +14,10 @@ download the whole generation, as before deltas. Measured:
 - the 1% change at --big-rows (10^8): bytes each replica downloads, and the
   time from `build --publish` exiting to both replicas answering from the
   new generation, with `--fetch-rate 100MiB` (a store across a network)
-  and without a cap, full and delta in alternating rounds;
+  and without a cap, full and delta in alternating rounds; and, capped, the
+  delta with each replica's live generation read into memory first, as a
+  serving replica's lookups keep it (these replicas serve nothing, and a
+  rebuilt file is written past the page cache, so their base is on disk);
 - the same feed published again, at both sizes: the delta's bytes and the
   time to live on both replicas;
 - `build --publish` of --rows (10^7) rows, with and without its delta, in
@@ -37,6 +40,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .bench_beyond import resident
 from .bench_common import log, wrk
 from .bench_fleet import Nginx, S3Server, _wait_both
 from .paths import BENCH_DATA, GEN, PROMO, ROOT
@@ -124,23 +128,34 @@ class Fleet:
         self.newest = int(p.stdout.split("as its generation ")[1].split()[0])
         return self.exited - started
 
-    def change(self, churn, seed, delta=True):
+    def change(self, churn, seed, delta=True, warm=False):
         """Back to the unchanged feed (not measured), then the feed with
         `churn` changed: its build's seconds, the seconds from its exit to
-        both replicas live on it, and the bytes each replica downloaded."""
+        both replicas live on it, and the bytes each replica downloaded.
+        `warm` reads each replica's live generation before the publish, as
+        a serving replica's lookups keep it in memory (a rebuilt file is
+        written past the page cache, and these replicas serve nothing)."""
         self.publish(0.0, 0)
         _wait_both(self.replicas, self.newest)
-        return self.measure(churn, seed, delta)
+        return self.measure(churn, seed, delta, warm)
 
-    def measure(self, churn, seed, delta=True):
+    def measure(self, churn, seed, delta=True, warm=False):
         before = [r.fetched() for r in self.replicas]
+        live_files = [max(r.dir.glob("gen-*.promo")) for r in self.replicas]
+        if warm:
+            for f in live_files:
+                with f.open("rb") as g:
+                    while g.read(16 << 20):
+                        pass
         build = self.publish(churn, seed, delta)
+        # How much of each base was in memory as the replicas began.
+        cached = [resident(f) / f.stat().st_size for f in live_files]
         live = _wait_both(self.replicas, self.newest) - self.exited
         after = [r.fetched() for r in self.replicas]
         moved = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before)]
         manifest = self.s3.newest()
         return {"build": build, "live": live, "bytes": moved, "object": manifest["bytes"],
-                "delta": (manifest.get("delta") or {}).get("bytes")}
+                "delta": (manifest.get("delta") or {}).get("bytes"), "base_cached": cached}
 
     def stop(self):
         for r in self.replicas:
@@ -246,6 +261,8 @@ def _bench_big(work, rows, out, running):
     log(f"delta: {rows:,} rows, a shared-directory store, two replicas with --fetch-rate {RATE}")
     fleet = Fleet(work, rows, running, "--fetch-rate", RATE, store=FileStore(work))
     out["big_capped"] = alternate(fleet, 2)
+    log("delta: 1% delta, the replicas' live generation in memory, 2 rounds")
+    out["big_warm"] = [fleet.change(0.01, 110 + r, warm=True) for r in range(2)]
     out["big_unchanged"] = unchanged(fleet)
     fleet.stop()
     stop_all(running)
@@ -291,6 +308,8 @@ def report(results):
         lines.append(f"| {label}: bytes each replica downloads | {mb(bd)} | {mb(bf)} | "
                      f"{bd / bf:.2%} | {target_bytes} |")
         lines.append(f"| {label}: time to live | {s(td)} | {s(tf)} | {td / tf:.2f}x | {target_time} |")
+        if key == "big_capped" and "big_warm" in d:
+            lines.append(warm_row(d))
     for key, n in (("big_unchanged", d["big_rows"]), ("small_unchanged", d["rows"])):
         if key not in d:
             continue
@@ -321,7 +340,23 @@ def report(results):
     lines += ["", "Each round's time to live, delta against full: " + "; ".join(
         f"{k}: " + ", ".join(f"{a['live']:.2f}/{b['live']:.2f}" for a, b in zip(d[k]["delta"], d[k]["full"]))
         for k in ("big_capped", "big_uncapped", "small") if k in d) + "."]
+    if "big_warm" in d:
+        lines[-1] = lines[-1][:-1] + "; with the live generation in memory: " + ", ".join(
+            f"{m['live']:.2f}" for m in d["big_warm"]) + "."
     return lines
+
+
+def warm_row(d):
+    """The capped 1% with the replicas' live generation in memory, beside
+    the capped full rounds (the full path reads no base)."""
+    med = statistics.median
+    tf = med(m["live"] for m in d["big_capped"]["full"])
+    td = med(m["live"] for m in d["big_warm"])
+    cold = max(c for m in d["big_capped"]["delta"] for c in m["base_cached"])
+    warm = min(c for m in d["big_warm"] for c in m["base_cached"])
+    return (f"| the same, with the replicas' live generation in memory (at least {warm:.0%} of it "
+            f"as the publish ended, against at most {cold:.0%} above): time to live | {td:.2f} s | "
+            f"{tf:.2f} s | {td / tf:.2f}x | <= 0.25x |")
 
 
 def chart(results, ax):

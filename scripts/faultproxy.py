@@ -71,11 +71,17 @@ class FaultProxy:
         except OSError:
             _reset(client_w)
             return
+        except asyncio.CancelledError:  # stopping: asyncio would print it
+            client_w.close()
+            return
         budget = None if self.reset_after is None else self._rng.randrange(max(1, 2 * self.reset_after))
         done = asyncio.Event()
-        await asyncio.gather(self._pump(client_r, server_w, 0, None, done, client_w),
-                             self._pump(server_r, client_w, 1, budget, done, server_w),
-                             return_exceptions=True)
+        try:
+            await asyncio.gather(self._pump(client_r, server_w, 0, None, done, client_w),
+                                 self._pump(server_r, client_w, 1, budget, done, server_w),
+                                 return_exceptions=True)
+        except asyncio.CancelledError:  # stopping: asyncio would print it
+            pass
         for w in (client_w, server_w):
             w.close()
 
