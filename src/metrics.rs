@@ -120,10 +120,14 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git commit the binary was built from: the build's `PROMO_COMMIT`
 /// if it was given one, else what `build.rs` asked git (12 hex digits), else
 /// "unknown" (sources copied without `.git`).
-pub const COMMIT: &str = match option_env!("PROMO_COMMIT") {
-    Some(commit) => commit,
-    None => "unknown",
-};
+pub const COMMIT: &str = env!("PROMO_COMMIT");
+/// What `promo --version` prints after the command's name.
+pub const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PROMO_COMMIT"),
+    ")"
+);
 
 /// Request duration buckets: a lookup is microseconds, a scrape milliseconds.
 const DURATION_BUCKETS: [f64; 14] = [

@@ -3,14 +3,16 @@
 //!
 //! [`build`], [`serve`], [`fetch`], [`get`], [`inspect`], [`diff`] and
 //! [`rollback`] each hold their command's arguments and run it;
-//! [`output`] is where a command says what it did (a line, or a JSON log
-//! event) and renders its tables.
+//! [`manual`] prints the completions and manual pages made from these
+//! types; [`output`] is where a command says what it did (a line, or a
+//! JSON log event) and renders its tables.
 
 mod build;
 mod diff;
 mod fetch;
 mod get;
 mod inspect;
+mod manual;
 mod output;
 mod rollback;
 mod serve;
@@ -31,7 +33,7 @@ use output::Output;
 
 /// Serve partner promotion feeds from immutable, memory-mapped generations.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = promo::metrics::VERSION_LINE, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,6 +73,11 @@ enum Command {
     Diff(diff::Diff),
     /// List the generations and check each one.
     Inspect(inspect::Inspect),
+    /// Print shell completions for promo.
+    Completions(manual::Completions),
+    /// Print promo's manual page (roff), or write a page for each command
+    /// into a directory.
+    Man(manual::Man),
 }
 
 /// What `promo` exits with: every command's codes, in one place.
@@ -85,6 +92,35 @@ pub enum Exit {
     /// A guard refused the feed (the feed's fault, not the build's).
     Refused = 3,
 }
+
+/// Every exit status and what it means, for every command: the one table
+/// of them, which `promo man` prints and docs/cli.md repeats (a test
+/// compares the two).
+pub const EXIT_CODES: [(Exit, &str); 4] = [
+    (
+        Exit::Success,
+        "success. `diff`: the two hold the same promotions. `fetch`: also when the data \
+         directory is up to date. `build`: also when, after publishing, an old generation \
+         cannot be removed or the directory cannot be synced (a warning says so)",
+    ),
+    (
+        Exit::No,
+        "`get`: the id is not in the generation. `diff`: the two differ, like `grep`",
+    ),
+    (
+        Exit::Failed,
+        "an error, with a message on standard error (bad arguments among them). A build that \
+         fails publishes nothing (a failed `--publish` upload leaves the local generation \
+         published, and says so)",
+    ),
+    (
+        Exit::Refused,
+        "a refused feed (`build`, `build --publish`): `--max-shrink`, `--max-churn` or \
+         `--max-price-jumps` refused it, or it builds the same records as a generation a \
+         rollback undid; nothing is published. `--force` publishes it once. An upload to the \
+         admin port gets `422` instead",
+    ),
+];
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> ExitCode {
@@ -107,6 +143,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Rollback(c) => c.run(out),
         Command::Diff(c) => c.run(),
         Command::Inspect(c) => c.run(),
+        Command::Completions(c) => c.run(),
+        Command::Man(c) => c.run(),
     };
     match ran {
         Ok(exit) => exit.into(),
@@ -124,7 +162,11 @@ pub fn main(cli: Cli) -> ExitCode {
 /// they do; queries print only their answer. `RUST_LOG` overrides.
 fn init_logging(cli: &Cli) {
     let default_level = match cli.command {
-        Command::Get(_) | Command::Inspect(_) | Command::Diff(_) => "warn",
+        Command::Get(_)
+        | Command::Inspect(_)
+        | Command::Diff(_)
+        | Command::Completions(_)
+        | Command::Man(_) => "warn",
         Command::Build(_) | Command::Serve(_) | Command::Rollback(_) | Command::Fetch(_) => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -282,4 +324,36 @@ fn parse_churn(s: &str) -> Result<GuardLimit, String> {
 
 fn parse_percent(s: &str) -> Result<GuardLimit, String> {
     GuardLimit::parse(s, 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// docs/cli.md's table of exit codes is [`EXIT_CODES`], row for row.
+    #[test]
+    fn the_docs_give_the_exit_codes_the_commands_use() {
+        let docs = include_str!("../../docs/cli.md");
+        let table = docs
+            .split("## Exit codes")
+            .nth(1)
+            .expect("an exit codes section");
+        let rows: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("|---"))
+            .skip(1)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        let expected: Vec<String> = EXIT_CODES
+            .iter()
+            .map(|&(exit, meaning)| format!("| {} | {meaning} |", exit as u8))
+            .collect();
+        assert_eq!(rows, expected);
+    }
 }

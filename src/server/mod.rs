@@ -23,6 +23,7 @@ pub mod disk;
 pub mod http;
 pub mod live;
 pub mod memory;
+pub mod openapi;
 pub mod poll;
 pub mod tls;
 

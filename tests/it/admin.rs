@@ -59,24 +59,6 @@ fn start(extra: &[&str]) -> Admin {
     }
 }
 
-/// Runs curl; returns the status code and the body.
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "--silent",
-            "--max-time",
-            "60",
-            "--write-out",
-            "\n%{http_code}",
-        ])
-        .args(args)
-        .output()
-        .expect("curl must be installed (make test installs it: scripts/tools.sh)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap_or(0), body.to_string())
-}
-
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
 }

@@ -232,6 +232,28 @@ fn the_image_builds_serves_as_a_non_root_user_on_a_read_only_root_and_stops_on_s
         .trim()
         .parse()
         .unwrap();
+    // The manual pages and the shell completions are where the system
+    // looks for them.
+    let installed = podman_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/bin/busybox",
+        "promo:latest",
+        "ls",
+        "/usr/share/man/man1",
+        "/usr/share/bash-completion/completions",
+        "/usr/share/zsh/vendor-completions",
+        "/usr/share/fish/vendor_completions.d",
+    ]);
+    for file in ["promo.1", "promo-build.1", "promo", "_promo", "promo.fish"] {
+        assert!(
+            installed.lines().any(|l| l.trim() == file),
+            "no {file}: {installed}"
+        );
+    }
     let promo: u64 = podman_ok(&[
         "run",
         "--rm",
@@ -545,6 +567,17 @@ fn the_systemd_units_install_and_run_under_systemd() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    // The manual pages and the completions are where man and bash look.
+    let installed = sh_in(
+        &name,
+        "ls /usr/local/share/man/man1 && test -s /usr/local/share/bash-completion/completions/promo \
+         && grep -c _promo /usr/local/share/bash-completion/completions/promo",
+    );
+    assert!(
+        installed.contains("promo.1") && installed.contains("promo-serve.1"),
+        "{installed}"
+    );
 
     // A build of the feed where the unit reads it, run as systemd runs it
     // (the timer's service, started by hand), then a lookup of its first id

@@ -184,7 +184,8 @@ impl Lookups {
         let (s, d) = (stop.clone(), done.clone());
         let thread = std::thread::spawn(move || {
             let mut failures = Vec::new();
-            let mut client = Client::connect(addr);
+            // Through nginx, which may answer its own errors (counted).
+            let mut client = Client::connect_unchecked(addr);
             let mut i = 0;
             while !s.load(Ordering::Relaxed) {
                 let id = &ids[i % ids.len()];

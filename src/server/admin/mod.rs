@@ -40,8 +40,9 @@ use crate::error::{Error, Result};
 use crate::generation::local;
 use crate::generation::table::Table;
 use crate::metrics as m;
-use crate::server::http::{self, json_error, method_not_allowed};
+use crate::server::http::{self, json_error, method_not_allowed, openapi};
 use crate::server::live::Live;
+use crate::server::openapi::Port;
 use crate::server::tls::{self, Tls};
 
 /// The most one read of an upload takes from the socket: with the serving
@@ -152,8 +153,11 @@ impl Admin {
                     let to = query_value(req.uri().query(), "to");
                     ("rollback", self.rollback(to).await)
                 }
+                (&Method::GET | &Method::HEAD, "/openapi.json") => {
+                    ("openapi", openapi(Port::Admin))
+                }
                 (_, "/upload" | "/rollback") => ("admin", method_not_allowed("POST")),
-                (_, "/generations") => ("admin", method_not_allowed("GET, HEAD")),
+                (_, "/generations" | "/openapi.json") => ("admin", method_not_allowed("GET, HEAD")),
                 _ => (
                     "admin",
                     json_error(StatusCode::NOT_FOUND, "no such admin route"),

@@ -23,5 +23,5 @@ pub use routes::{
     batch, promotion, route, BadBody, Lookup, Routed, BATCH, GENERATION_HEADER, MAX_BATCH_BYTES,
     MAX_BATCH_IDS, MAX_TARGET_LEN, RETRY_AFTER_SECONDS,
 };
-pub(crate) use routes::{json, json_error, method_not_allowed};
+pub(crate) use routes::{json, json_error, method_not_allowed, openapi};
 pub use service::{App, Limits};

@@ -11,6 +11,7 @@ use crate::builder::ingest;
 use crate::generation::shard::Shard;
 use crate::generation::table::{Bucket, Found, Table};
 use crate::metrics as m;
+use crate::server::openapi::Port;
 
 /// The response header that names the generation an answer came from.
 pub const GENERATION_HEADER: &str = "x-promo-generation";
@@ -149,6 +150,7 @@ pub(super) fn route_from(
                 None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
             },
         ),
+        "/openapi.json" => ("openapi", openapi(Port::Public)),
         _ => ("other", json_error(StatusCode::NOT_FOUND, "no such route")),
     };
     let response = if matches!(*method, Method::GET | Method::HEAD) {
@@ -502,6 +504,14 @@ pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Full<Byt
         error: &'a str,
     }
     json(status, &ErrorBody { error: message })
+}
+
+/// `GET /openapi.json`: `port`'s part of the OpenAPI document.
+pub(crate) fn openapi(port: Port) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(crate::server::openapi::part(port)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    r
 }
 
 /// `body` as JSON with `status`.

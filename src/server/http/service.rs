@@ -69,12 +69,13 @@ pub(super) struct Counters {
     pub(super) open_connections: metrics::Gauge,
 }
 
-const ROUTES: [&str; 6] = [
+const ROUTES: [&str; 7] = [
     "promotions",
     "batch",
     "healthz",
     "readyz",
     "metrics",
+    "openapi",
     "other",
 ];
 

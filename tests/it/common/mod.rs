@@ -3,6 +3,7 @@
 
 pub mod http_file;
 pub mod nginx;
+pub mod openapi;
 pub mod proxy;
 pub mod s3;
 
@@ -394,10 +395,13 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
     c.request_with(method, path, true)
 }
 
-/// A keep-alive HTTP/1.1 client, just enough for these tests.
+/// A keep-alive HTTP/1.1 client, just enough for these tests. Every
+/// answer it reads is checked against docs/openapi.json (see
+/// [`openapi`]) unless it talks to something other than promo.
 pub struct Client {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    checked: bool,
 }
 
 impl Client {
@@ -408,6 +412,16 @@ impl Client {
         Client {
             reader: BufReader::new(s.try_clone().unwrap()),
             writer: s,
+            checked: true,
+        }
+    }
+
+    /// A client of something that is not promo (nginx in front of it may
+    /// answer its own errors): its answers are not checked.
+    pub fn connect_unchecked(addr: SocketAddr) -> Client {
+        Client {
+            checked: false,
+            ..Client::connect(addr)
         }
     }
 
@@ -442,8 +456,68 @@ impl Client {
     /// wait on Nagle and delayed ACKs), and reads one response.
     pub fn send(&mut self, bytes: &[u8], head_only: bool) -> Response {
         self.writer.write_all(bytes).unwrap();
-        read_response(&mut self.reader, head_only)
+        let response = read_response(&mut self.reader, head_only);
+        if self.checked {
+            check_answer(bytes, &response, head_only);
+        }
+        response
     }
+}
+
+/// Runs curl with `args` (one URL of promo's among them): the status and
+/// the body. The answer is checked against docs/openapi.json.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["--silent", "--max-time", "60", "--write-out"])
+        .arg("\n%{http_code} %{method} %{url_effective} %{content_type}")
+        .args(args)
+        .output()
+        .expect("curl must be installed (make test installs it: scripts/tools.sh)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, written) = text.rsplit_once('\n').unwrap();
+    let mut fields = written.splitn(4, ' ');
+    let code: u16 = fields.next().unwrap_or_default().parse().unwrap_or(0);
+    let (method, url) = (
+        fields.next().unwrap_or_default(),
+        fields.next().unwrap_or_default(),
+    );
+    let content_type = fields.next().filter(|c| !c.is_empty());
+    if code != 0 {
+        // The path and query: what follows the scheme and the authority.
+        let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let target = after_scheme.find('/').map_or("/", |at| &after_scheme[at..]);
+        let answer = openapi::Answer {
+            status: code,
+            content_type,
+            body: body.as_bytes(),
+            head: method == "HEAD",
+        };
+        openapi::check(method, target, &answer);
+    }
+    (code, body.to_string())
+}
+
+/// Checks `response`, the answer to the request that begins `request`,
+/// against docs/openapi.json; a request whose first line is not an HTTP
+/// request line (a test of garbage) is not checked.
+pub fn check_answer(request: &[u8], response: &Response, head_only: bool) {
+    let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
+    else {
+        return;
+    };
+    if !version.starts_with("HTTP/") || !target.starts_with('/') {
+        return;
+    }
+    let answer = openapi::Answer {
+        status: response.status,
+        content_type: response.header("content-type"),
+        body: &response.body,
+        head: head_only,
+    };
+    openapi::check(method, target, &answer);
 }
 
 /// Reads one response with a Content-Length body (what promo sends).
