@@ -232,16 +232,23 @@ fn the_image_builds_serves_as_a_non_root_user_on_a_read_only_root_and_stops_on_s
         .trim()
         .parse()
         .unwrap();
+    // busybox's `args` in the image, as it ships.
+    let busybox = |args: &[&str]| {
+        let mut all = vec![
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/busybox",
+            "promo:latest",
+        ];
+        all.extend_from_slice(args);
+        podman_ok(&all)
+    };
     // The manual pages and the shell completions are where the system
     // looks for them.
-    let installed = podman_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "/bin/busybox",
-        "promo:latest",
+    let installed = busybox(&[
         "ls",
         "/usr/share/man/man1",
         "/usr/share/bash-completion/completions",
@@ -254,22 +261,10 @@ fn the_image_builds_serves_as_a_non_root_user_on_a_read_only_root_and_stops_on_s
             "no {file}: {installed}"
         );
     }
-    let promo: u64 = podman_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "/bin/busybox",
-        "promo:latest",
-        "stat",
-        "-c",
-        "%s",
-        "/usr/local/bin/promo",
-    ])
-    .trim()
-    .parse()
-    .unwrap();
+    let promo: u64 = busybox(&["stat", "-c", "%s", "/usr/local/bin/promo"])
+        .trim()
+        .parse()
+        .unwrap();
     let rest = size - promo;
     eprintln!(
         "container image: promo:latest is {size} bytes ({} MB): promo {promo}, the rest {rest}",
