@@ -44,6 +44,7 @@ DEBIAN=(
     groff:groff-base
     zsh:zsh
     fish:fish
+    h2load:nghttp2-client
 )
 # command:PyPI requirement.
 PYPI=(

@@ -272,3 +272,74 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Quiet<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// What every HTTP/2 connection begins with (RFC 9113, section 3.4): a
+/// client that speaks HTTP/2 without asking first (h2c with prior
+/// knowledge) sends it before anything else.
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client on `stream` begins with the HTTP/2 preface, read
+/// without taking it (the connection's server reads it again); `None` if it
+/// closes or sends nothing within `wait`. An HTTP/1 request differs from
+/// the preface at its first or second byte, so it is told at once.
+pub async fn sends_h2_preface(stream: &tokio::net::TcpStream, wait: Duration) -> Option<bool> {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // Part of the preface so far: the rest is on its way.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
+/// Serves an HTTP/2 connection with `http` until the client closes it, it
+/// fails, or `stop` turns true (then streams in flight are finished first:
+/// GOAWAY, as HTTP/1's graceful shutdown).
+pub async fn serve_h2<S, Svc>(
+    stream: S,
+    http: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    service: Svc,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<http_body_util::Full<Bytes>>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+{
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("HTTP/2 connection ended with an error: {e}");
+                }
+                break;
+            }
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                conn.as_mut().graceful_shutdown();
+                stopping = true;
+            }
+        }
+    }
+}

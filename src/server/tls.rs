@@ -183,7 +183,8 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
                 ),
             )
         })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first, as clients that speak both prefer it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -216,7 +217,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = pair(dir.path(), "a");
         let tls = Tls::load(good.clone()).unwrap();
-        assert_eq!(tls.config.load().alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(
+            tls.config.load().alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
 
         let missing = TlsFiles {
             cert: dir.path().join("nope.crt"),

@@ -16,6 +16,7 @@ mod disk_full;
 mod fault;
 mod feeds;
 mod fleet;
+mod http2;
 mod manual;
 mod monitoring;
 mod network;

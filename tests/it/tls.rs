@@ -193,7 +193,7 @@ fn curl_and_rustls_get_answers_over_tls_1_2_and_1_3() {
 
     let url = format!("https://localhost:{port}/promotions/{ID}");
     for versions in [&["--tlsv1.2", "--tls-max", "1.2"][..], &["--tlsv1.3"]] {
-        let mut args = vec!["--cacert", ca_file.to_str().unwrap()];
+        let mut args = vec!["--cacert", ca_file.to_str().unwrap(), "--http1.1"];
         args.extend_from_slice(versions);
         args.extend_from_slice(&["--write-out", "\n%{http_code} %{http_version}", &url]);
         let out = curl(&args);
@@ -201,6 +201,20 @@ fn curl_and_rustls_get_answers_over_tls_1_2_and_1_3() {
         assert!(out.status.success(), "{versions:?}: {out:?}");
         assert_eq!(text, format!("{expected}\n200 1.1"), "{versions:?}");
     }
+    // HTTP/2, chosen by ALPN (curl offers h2 first): the same answer.
+    let out = curl(&[
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        "--http2",
+        "--write-out",
+        "\n%{http_code} %{http_version}",
+        &url,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{expected}\n200 2")
+    );
     // curl checks the certificate: without the CA it refuses.
     assert!(!curl(&[&url]).status.success());
 

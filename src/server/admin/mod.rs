@@ -215,7 +215,14 @@ pub async fn run(
     admin: Admin,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let http = http::connection_builder(admin.header_timeout, UPLOAD_READ_BUFFER);
+    // HTTP/1.1 or HTTP/2 (h2c with prior knowledge, or h2 by ALPN), told
+    // apart by the preface.
+    let mut http = http::h2_builder(admin.header_timeout);
+    http.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(admin.header_timeout)
+        .max_buf_size(UPLOAD_READ_BUFFER.max(http::MAX_HEAD_LEN))
+        .keep_alive(true);
     tokio::pin!(shutdown);
     while let Some(stream) = http::accept(&listener, &mut shutdown).await {
         let (admin, http) = (admin.clone(), http.clone());
@@ -232,8 +239,11 @@ pub async fn run(
     }
 }
 
-async fn serve_connection<I>(io: I, admin: Admin, http: &hyper::server::conn::http1::Builder)
-where
+async fn serve_connection<I>(
+    io: I,
+    admin: Admin,
+    http: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {

@@ -47,6 +47,7 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     let mut http = connection_builder(app.limits.header_timeout, MAX_HEAD_LEN);
     // Responses are a few hundred bytes: one copy beats a writev.
     http.writev(false);
+    let h2 = h2_builder(app.limits.header_timeout);
     tokio::pin!(shutdown);
     loop {
         let Some(stream) = accept(&listener, &mut shutdown).await else {
@@ -63,15 +64,21 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (app, http, stopping) = (app.clone(), http.clone(), stopping.clone());
+        let (app, http, h2, stopping) = (app.clone(), http.clone(), h2.clone(), stopping.clone());
         tokio::spawn(async move {
             let open = app.counters.open_connections.clone();
             open.increment(1);
             let timeout = app.limits.header_timeout;
             match app.tls.clone() {
-                None => {
-                    connection::serve(stream, false, &http, service(app), timeout, stopping).await
-                }
+                // HTTP/2 with prior knowledge (h2c), or HTTP/1.
+                None => match connection::sends_h2_preface(&stream, timeout).await {
+                    Some(true) => connection::serve_h2(stream, &h2, service(app), stopping).await,
+                    Some(false) => {
+                        connection::serve(stream, true, &http, service(app), timeout, stopping)
+                            .await
+                    }
+                    None => {}
+                },
                 // The handshake counts against the connection cap and the
                 // header timeout, as a request head does: a client that
                 // stalls or sends plain HTTP holds one permit, briefly.
@@ -79,7 +86,13 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
                 // for a handshake it never makes (4.8 KB of 5.4).
                 Some(tls) => {
                     Box::pin(async move {
-                        if let Some(stream) = tls::accept(&tls, stream, timeout).await {
+                        let Some(stream) = tls::accept(&tls, stream, timeout).await else {
+                            return;
+                        };
+                        // HTTP/2 when the client chose it (ALPN).
+                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            connection::serve_h2(stream, &h2, service(app), stopping).await
+                        } else {
                             connection::serve(stream, true, &http, service(app), timeout, stopping)
                                 .await
                         }
@@ -115,6 +128,41 @@ pub fn connection_builder(
         .max_header_size(MAX_HEAD_LEN)
         .keep_alive(true);
     http
+}
+
+/// Most streams one HTTP/2 connection has open at once: a client wanting
+/// more opens another connection (and takes another permit).
+pub const H2_MAX_STREAMS: u32 = 128;
+/// Each stream's and the connection's receive windows: a batch's body is
+/// at most 64 KiB, an upload streams through the connection's window.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Resets a client may cause before the connection is closed: rapid reset
+/// (CVE-2023-44487) opens and cancels streams faster than they end.
+const H2_MAX_PENDING_RESETS: usize = 20;
+const H2_MAX_LOCAL_RESETS: usize = 256;
+
+/// HTTP/2 with promo's limits: [`H2_MAX_STREAMS`] streams, a header list of
+/// at most [`MAX_HEAD_LEN`], bounded windows and send buffers, the resets
+/// above, and a ping after `header_timeout` of silence that must be
+/// answered within it. (hyper-util's auto builder: on the admin port it
+/// also serves HTTP/1.1, told apart by the preface.)
+pub fn h2_builder(
+    header_timeout: Duration,
+) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(MAX_HEAD_LEN as u32)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(64 * 1024)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .keep_alive_interval(header_timeout)
+        .keep_alive_timeout(header_timeout);
+    b
 }
 
 /// The next connection, or `None` once `shutdown` completes. A failed

@@ -18,7 +18,9 @@ mod routes;
 mod service;
 
 pub(crate) use listener::accept;
-pub use listener::{bind, connection_builder, run, MAX_HEAD_LEN, SHUTDOWN_GRACE};
+pub use listener::{
+    bind, connection_builder, h2_builder, run, H2_MAX_STREAMS, MAX_HEAD_LEN, SHUTDOWN_GRACE,
+};
 pub use routes::{
     batch, promotion, route, BadBody, Lookup, Routed, BATCH, GENERATION_HEADER, MAX_BATCH_BYTES,
     MAX_BATCH_IDS, MAX_TARGET_LEN, RETRY_AFTER_SECONDS,

@@ -268,14 +268,15 @@ type Answer = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallib
 /// promo's routes as a hyper service, for each request of a connection.
 pub(super) fn service(
     app: App,
-) -> impl hyper::service::HttpService<
-    hyper::body::Incoming,
-    ResBody = Full<Bytes>,
+) -> impl hyper::service::Service<
+    Request<hyper::body::Incoming>,
+    Response = Response<Full<Bytes>>,
     Error = Infallible,
-    Future: Unpin + Send,
+    Future: Unpin + Send + 'static,
 > + Clone
        + Unpin
-       + Send {
+       + Send
+       + 'static {
     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         use futures_util::future::Either;
         share_the_core();
