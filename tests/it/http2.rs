@@ -1,7 +1,10 @@
 //! HTTP/2 beside HTTP/1.1 on the plain ports: h2c with prior knowledge
 //! (HTTP/2 over TLS, chosen by ALPN, is in tls.rs). The same request gets
 //! the same status, content type and bytes either way; many lookups share
-//! one connection; the admin port takes an upload over HTTP/2.
+//! one connection; the admin port takes an upload over HTTP/2; and the
+//! known abuses of HTTP/2 (floods of PING, SETTINGS and streams, rapid
+//! reset, an HPACK bomb) leave the server up, answering, and within a few
+//! MiB of memory.
 
 use crate::common;
 
@@ -131,4 +134,146 @@ fn the_admin_port_takes_an_upload_over_h2c() {
         2
     );
     assert_eq!(server.live_generation(), 2);
+}
+
+/// An HTTP/2 frame: 9 bytes of header, then the payload (RFC 9113, 4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const DATA_HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
+
+/// A GET of `/` as an HPACK block of static-table entries alone:
+/// `:method GET`, `:scheme http`, `:path /`, and `:authority` "x".
+const GET_ROOT: [u8; 6] = [0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
+
+/// An HPACK bomb: a 4,000-byte header value put in the dynamic table once,
+/// then streams whose 2,000 one-byte references to it would decode to 8 MB
+/// of headers each, far past the 16 KiB header list allowed.
+fn hpack_bomb() -> impl Iterator<Item = Vec<u8>> {
+    // A literal with incremental indexing and a new name, "a"; its value's
+    // length, 4000, as a 7-bit prefix integer (127, then 3873 in 7-bit groups).
+    let mut first = GET_ROOT.to_vec();
+    first.extend_from_slice(&[0x40, 0x01, b'a', 0x7f, 0xa1, 0x1e]);
+    first.extend(std::iter::repeat_n(b'v', 4000));
+    let bomb: Vec<u8> = GET_ROOT
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(0xbe, 2000))
+        .collect();
+    let first = frame(DATA_HEADERS, END_STREAM_AND_HEADERS, 1, &first);
+    std::iter::once(first).chain(
+        (1..2_000u32).map(move |i| frame(DATA_HEADERS, END_STREAM_AND_HEADERS, 2 * i + 1, &bomb)),
+    )
+}
+
+/// The server's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Sends `frames` after the preface and a SETTINGS frame on a new
+/// connection, as fast as the socket takes them, then waits for the
+/// server to answer or close; how the connection ended.
+fn abuse(addr: std::net::SocketAddr, frames: Frames) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_write_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = s.try_clone().unwrap();
+    // Whatever the server sends is read and dropped, so that its writes
+    // (pongs, acks) never stall on a full socket: the flood is the test.
+    let drained = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n as u64,
+            }
+        }
+    });
+    let mut outcome = "sent everything".to_string();
+    let mut out = H2_PREFACE_BYTES.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    if let Err(e) = s.write_all(&out) {
+        return format!("closed at once: {e}");
+    }
+    for (sent, f) in frames.enumerate() {
+        if let Err(e) = s.write_all(&f) {
+            outcome = format!("closed by the server after {sent} frames: {e}");
+            break;
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let read = drained.join().unwrap();
+    format!("{outcome}; read {read} bytes")
+}
+
+/// What a client sends, a frame at a time.
+type Frames = Box<dyn Iterator<Item = Vec<u8>>>;
+
+const H2_PREFACE_BYTES: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[test]
+fn floods_and_rapid_resets_leave_the_server_up_and_its_memory_bounded() {
+    let (_dir, server) = served();
+    let pid = server.child.id();
+    let url = format!("http://{}/promotions/{}", server.addr, id_of_fixture());
+    let before = rss_kib(pid);
+    let floods: Vec<(&str, Frames)> = vec![
+        (
+            "PING flood",
+            Box::new((0..200_000u64).map(|i| frame(PING, 0, 0, &i.to_be_bytes()))),
+        ),
+        (
+            "SETTINGS flood",
+            Box::new((0..200_000).map(|_| frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]))),
+        ),
+        (
+            "rapid reset",
+            Box::new((0..100_000u32).flat_map(|i| {
+                let stream = 2 * i + 1;
+                let mut f = frame(DATA_HEADERS, END_STREAM_AND_HEADERS, stream, &GET_ROOT);
+                f.extend(frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+                [f]
+            })),
+        ),
+        ("HPACK bomb", Box::new(hpack_bomb())),
+        (
+            "streams past the limit",
+            Box::new(
+                (0..10_000u32)
+                    .map(|i| frame(DATA_HEADERS, END_STREAM_AND_HEADERS, 2 * i + 1, &GET_ROOT)),
+            ),
+        ),
+    ];
+    for (name, flood) in floods {
+        let outcome = abuse(server.addr, flood);
+        let rss = rss_kib(pid);
+        eprintln!("{name}: {outcome}; server RSS {before} KiB before, {rss} KiB after");
+        // Another client is answered, and the server holds no more than a
+        // few MiB for what it was sent (tens of MB of frames).
+        let (head, _) = fetch(&["--http2-prior-knowledge", &url]);
+        assert_eq!(head, "200 application/json 2", "after the {name}");
+        assert!(
+            rss < before + 32 * 1024,
+            "{name}: RSS {before} KiB -> {rss} KiB"
+        );
+        if name == "rapid reset" {
+            // 100,000 streams opened and cancelled: the server hangs up
+            // long before (CVE-2023-44487).
+            assert!(outcome.starts_with("closed by the server"), "{outcome}");
+        }
+    }
 }
