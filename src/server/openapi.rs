@@ -45,12 +45,13 @@ pub fn part(port: Port) -> Bytes {
     }
 }
 
-/// Whether `item` (a path item or a server entry) belongs to `port`: its
-/// `x-promo-port` names it, alone or in a list.
-fn serves(item: &Value, port: Port) -> bool {
+/// Whether `item` (a path item or a server entry) belongs to the port
+/// named `port` ([`Port::name`]): its `x-promo-port` names it, alone or in
+/// a list. (The tests' check of answers against the document uses it too.)
+pub fn serves(item: &Value, port: &str) -> bool {
     match item.get("x-promo-port") {
-        Some(Value::String(p)) => p == port.name(),
-        Some(Value::Array(ports)) => ports.iter().any(|p| p == port.name()),
+        Some(Value::String(p)) => p == port,
+        Some(Value::Array(ports)) => ports.iter().any(|p| p == port),
         _ => false,
     }
 }
@@ -59,10 +60,10 @@ fn render(port: Port) -> Bytes {
     // The unit tests parse the document: a bad edit fails `make test`.
     let mut doc: Value = serde_json::from_str(DOCUMENT).expect("docs/openapi.json is JSON");
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
-        paths.retain(|_, item| serves(item, port));
+        paths.retain(|_, item| serves(item, port.name()));
     }
     if let Some(servers) = doc.get_mut("servers").and_then(Value::as_array_mut) {
-        servers.retain(|s| serves(s, port));
+        servers.retain(|s| serves(s, port.name()));
     }
     if let Some(tags) = doc.get_mut("tags").and_then(Value::as_array_mut) {
         tags.retain(|t| t["name"] == port.name());

@@ -39,18 +39,7 @@ fn start(extra: &[&str]) -> Admin {
     let token = dir.path().join("token");
     // Trailing whitespace and a newline, as `echo` or an editor leaves.
     std::fs::write(&token, format!("  {TOKEN} \n")).unwrap();
-    let admin_port = free_port();
-    let listen = format!("127.0.0.1:{admin_port}");
-    let mut args = vec![
-        "--admin-listen",
-        &listen,
-        "--admin-token-file",
-        token.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let server = Server::start_with(&data, &args);
-    let admin: SocketAddr = listen.parse().unwrap();
-    server.wait_log("admin port listening on", Duration::from_secs(20));
+    let (server, admin) = Server::start_with_admin(&data, &token, extra);
     Admin {
         server,
         admin,

@@ -12,17 +12,17 @@ use std::process::Command;
 
 use common::*;
 
-/// curl's answer to `args`: status, content type, HTTP version and body.
+/// curl's answer to `args` (checked against docs/openapi.json): "status
+/// content-type version", and the body.
 fn fetch(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["--silent", "--max-time", "20", "--write-out"])
-        .arg("\n%{http_code} %{content_type} %{http_version}")
-        .args(args)
-        .output()
-        .expect("curl must be installed (make test installs it: scripts/tools.sh)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, head) = text.rsplit_once('\n').unwrap();
-    (head.to_string(), body.to_string())
+    let a = curl_answer(args);
+    let head = format!(
+        "{} {} {}",
+        a.status,
+        a.content_type.unwrap_or_default(),
+        a.http_version
+    );
+    (head, a.body)
 }
 
 fn served() -> (tempfile::TempDir, Server) {
@@ -105,20 +105,7 @@ fn the_admin_port_takes_an_upload_over_h2c() {
     build_ok(&data, &fixture("promotions.csv"), &[]);
     let token = dir.path().join("token");
     std::fs::write(&token, "h2-token").unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let server = Server::start_with(
-        &data,
-        &[
-            "--admin-listen",
-            &admin,
-            "--admin-token-file",
-            token.to_str().unwrap(),
-        ],
-    );
-    server.wait_log(
-        "admin port listening on",
-        std::time::Duration::from_secs(20),
-    );
+    let (server, admin) = Server::start_with_admin(&data, &token, &[]);
     let feed = format!("@{}", fixture("promotions.csv").display());
     let (head, body) = fetch(&[
         "--http2-prior-knowledge",

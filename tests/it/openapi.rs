@@ -30,20 +30,7 @@ impl Ports {
         build_ok(&data, &feed(dir.path(), 1), &[]);
         let token = dir.path().join("token");
         std::fs::write(&token, TOKEN).unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let server = Server::start_with(
-            &data,
-            &[
-                "--admin-listen",
-                &admin.to_string(),
-                "--admin-token-file",
-                token.to_str().unwrap(),
-            ],
-        );
-        server.wait_log(
-            "admin port listening on",
-            std::time::Duration::from_secs(20),
-        );
+        let (server, admin) = Server::start_with_admin(&data, &token, &[]);
         Ports { server, admin, dir }
     }
 

@@ -192,29 +192,21 @@ fn curl_and_rustls_get_answers_over_tls_1_2_and_1_3() {
     let expected = promo_get(&data, ID).unwrap();
 
     let url = format!("https://localhost:{port}/promotions/{ID}");
-    for versions in [&["--tlsv1.2", "--tls-max", "1.2"][..], &["--tlsv1.3"]] {
-        let mut args = vec!["--cacert", ca_file.to_str().unwrap(), "--http1.1"];
-        args.extend_from_slice(versions);
+    // HTTP/1.1 over TLS 1.2 and 1.3, and HTTP/2 chosen by ALPN (curl
+    // offers h2 first): the same answer.
+    for (flags, version) in [
+        (&["--tlsv1.2", "--tls-max", "1.2", "--http1.1"][..], "1.1"),
+        (&["--tlsv1.3", "--http1.1"], "1.1"),
+        (&["--http2"], "2"),
+    ] {
+        let mut args = vec!["--cacert", ca_file.to_str().unwrap()];
+        args.extend_from_slice(flags);
         args.extend_from_slice(&["--write-out", "\n%{http_code} %{http_version}", &url]);
         let out = curl(&args);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{versions:?}: {out:?}");
-        assert_eq!(text, format!("{expected}\n200 1.1"), "{versions:?}");
+        assert!(out.status.success(), "{flags:?}: {out:?}");
+        assert_eq!(text, format!("{expected}\n200 {version}"), "{flags:?}");
     }
-    // HTTP/2, chosen by ALPN (curl offers h2 first): the same answer.
-    let out = curl(&[
-        "--cacert",
-        ca_file.to_str().unwrap(),
-        "--http2",
-        "--write-out",
-        "\n%{http_code} %{http_version}",
-        &url,
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("{expected}\n200 2")
-    );
     // curl checks the certificate: without the CA it refuses.
     assert!(!curl(&[&url]).status.success());
 
@@ -517,20 +509,15 @@ fn the_admin_port_speaks_https_with_the_same_certificate() {
     let leaf = ca.leaf(dir.path(), "server");
     let token = dir.path().join("token");
     std::fs::write(&token, "tls-admin-token\n").unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let server = https_server(
-        &data,
-        &leaf,
-        &[
-            "--admin-listen",
-            &admin,
-            "--admin-token-file",
-            token.to_str().unwrap(),
-        ],
-    );
-    server.wait_log("admin port listening on", Duration::from_secs(20));
+    let tls = [
+        "--tls-cert",
+        leaf.cert.to_str().unwrap(),
+        "--tls-key",
+        leaf.key.to_str().unwrap(),
+    ];
+    let (server, admin) = Server::start_with_admin(&data, &token, &tls);
     assert!(server.log().contains("(HTTPS, bearer token required)"));
-    let port = admin.rsplit(':').next().unwrap();
+    let port = admin.port();
     let upload = format!("https://localhost:{port}/upload");
     let file = format!("file=@{}", fixture("promotions.csv").display());
     let out = curl(&[

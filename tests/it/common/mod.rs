@@ -226,6 +226,24 @@ impl Server {
         Server::spawn(cmd)
     }
 
+    /// `promo serve` with an admin port on loopback that asks for the
+    /// token in `token_file`, and `extra` arguments; waits until the admin
+    /// port listens. Returns the server and the admin port's address.
+    pub fn start_with_admin(dir: &Path, token_file: &Path, extra: &[&str]) -> (Server, SocketAddr) {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listen = admin.to_string();
+        let mut args = vec![
+            "--admin-listen",
+            &listen,
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let server = Server::start_with(dir, &args);
+        server.wait_log("admin port listening on", Duration::from_secs(20));
+        (server, admin)
+    }
+
     /// Runs `cmd`, a `promo serve` (perhaps wrapped), and waits until it
     /// says where it listens.
     pub fn spawn(mut cmd: Command) -> Server {
@@ -464,37 +482,54 @@ impl Client {
     }
 }
 
-/// Runs curl with `args` (one URL of promo's among them): the status and
-/// the body. The answer is checked against docs/openapi.json.
-pub fn curl(args: &[&str]) -> (u16, String) {
+/// What curl saw of one answer.
+pub struct CurlAnswer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    /// `1.1` or `2`.
+    pub http_version: String,
+    pub body: String,
+}
+
+/// Runs curl with `args` (one URL of promo's among them). The answer is
+/// checked against docs/openapi.json.
+pub fn curl_answer(args: &[&str]) -> CurlAnswer {
     let out = Command::new("curl")
         .args(["--silent", "--max-time", "60", "--write-out"])
-        .arg("\n%{http_code} %{method} %{url_effective} %{content_type}")
+        .arg("\n%{http_code} %{http_version} %{method} %{url_effective} %{content_type}")
         .args(args)
         .output()
         .expect("curl must be installed (make test installs it: scripts/tools.sh)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, written) = text.rsplit_once('\n').unwrap();
-    let mut fields = written.splitn(4, ' ');
-    let code: u16 = fields.next().unwrap_or_default().parse().unwrap_or(0);
-    let (method, url) = (
-        fields.next().unwrap_or_default(),
-        fields.next().unwrap_or_default(),
-    );
-    let content_type = fields.next().filter(|c| !c.is_empty());
-    if code != 0 {
+    let mut fields = written.splitn(5, ' ');
+    let mut field = || fields.next().unwrap_or_default();
+    let (status, http_version, method, url) = (field(), field(), field(), field());
+    let answer = CurlAnswer {
+        status: status.parse().unwrap_or(0),
+        content_type: Some(field()).filter(|c| !c.is_empty()).map(str::to_owned),
+        http_version: http_version.to_string(),
+        body: body.to_string(),
+    };
+    if answer.status != 0 {
         // The path and query: what follows the scheme and the authority.
         let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
         let target = after_scheme.find('/').map_or("/", |at| &after_scheme[at..]);
-        let answer = openapi::Answer {
-            status: code,
-            content_type,
-            body: body.as_bytes(),
+        let checked = openapi::Answer {
+            status: answer.status,
+            content_type: answer.content_type.as_deref(),
+            body: answer.body.as_bytes(),
             head: method == "HEAD",
         };
-        openapi::check(method, target, &answer);
+        openapi::check(method, target, &checked);
     }
-    (code, body.to_string())
+    answer
+}
+
+/// [`curl_answer`]'s status and body.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let answer = curl_answer(args);
+    (answer.status, answer.body)
 }
 
 /// Checks `response`, the answer to the request that begins `request`,

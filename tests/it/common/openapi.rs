@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, LazyLock, Mutex};
 
+use promo::server::openapi::serves;
 use serde_json::{json, Value};
 
 /// The document, as the server compiles it in.
@@ -217,15 +218,6 @@ fn unmatched<'a>(
             };
             (applies && what["status"] == status).then(|| &what["response"])
         })
-}
-
-/// Whether the path item is served on `port` (its `x-promo-port` names it).
-fn serves(item: &Value, port: &str) -> bool {
-    match &item["x-promo-port"] {
-        Value::String(p) => p == port,
-        Value::Array(ports) => ports.iter().any(|p| p == port),
-        _ => false,
-    }
 }
 
 /// `v`, or what its `$ref` points to (and so on).
