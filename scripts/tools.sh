@@ -19,7 +19,8 @@
 # image with podman (runc as its runtime: it also runs where crun refuses a
 # host's cgroups), from base images mmdebstrap makes where no registry
 # answers, and brings deploy/compose.yaml up with podman-compose (whose
-# services find each other by name through the CNI plugin dnsname).
+# services find each other by name through the CNI plugin dnsname); `podman
+# kube play` runs deploy/k8s in a pod, whose pause container needs catatonit.
 #
 # APT_GET names the apt-get to call (a test gives a stand-in).
 set -euo pipefail
@@ -39,6 +40,7 @@ DEBIAN=(
     podman:podman
     runc:runc
     podman-compose:podman-compose
+    catatonit:catatonit
     mmdebstrap:mmdebstrap
     dnsname:golang-github-containernetworking-plugin-dnsname
     groff:groff-base

@@ -34,7 +34,7 @@ pub struct Build {
     /// Then upload the generation to this object store and make it the
     /// store's newest (s3://bucket/prefix, gs://, az://, file:///dir);
     /// the store keeps the newest --keep generations.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "PROMO_PUBLISH")]
     publish: Option<String>,
     /// Write the build's outcome here in the Prometheus text format, for
     /// node_exporter's textfile collector (a PATH ending in .prom in its

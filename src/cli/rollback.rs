@@ -16,7 +16,7 @@ pub struct Rollback {
     /// Roll back this object store instead of the data directory: its
     /// generation before the newest (or --to N) is published again, and
     /// every replica swaps to it.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "PROMO_PUBLISH")]
     publish: Option<String>,
     /// Make generation N live again, any that is kept (see `promo
     /// inspect`, or `promo inspect --source URL` with --publish),

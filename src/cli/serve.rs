@@ -79,7 +79,12 @@ pub struct Serve {
     guards: Guards,
     /// Publish each uploaded or rolled-back generation to this object
     /// store too (s3://bucket/prefix, gs://, az://, file:///dir).
-    #[arg(long, value_name = "URL", requires = "admin_listen")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PROMO_PUBLISH",
+        requires = "admin_listen"
+    )]
     publish: Option<String>,
 }
 

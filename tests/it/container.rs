@@ -24,11 +24,11 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn podman_cmd(program: &str) -> Command {
+pub fn podman_cmd(program: &str) -> Command {
     let mut c = Command::new(program);
     c.current_dir(root());
     if std::env::var_os("CONTAINERS_CONF").is_none() {
@@ -37,7 +37,7 @@ fn podman_cmd(program: &str) -> Command {
     c
 }
 
-fn podman(args: &[&str]) -> Output {
+pub fn podman(args: &[&str]) -> Output {
     podman_cmd("podman")
         .args(args)
         .output()
@@ -46,7 +46,7 @@ fn podman(args: &[&str]) -> Output {
         })
 }
 
-fn podman_ok(args: &[&str]) -> String {
+pub fn podman_ok(args: &[&str]) -> String {
     let out = podman(args);
     assert!(
         out.status.success(),
@@ -167,7 +167,7 @@ fn why_not(error: &str) -> String {
 
 /// True where podman runs containers, once the images `scripts/image.sh
 /// target` makes are there; else prints why and the test ends.
-fn containers_run_here(test: &str, target: &'static str) -> bool {
+pub fn containers_run_here(test: &str, target: &'static str) -> bool {
     match prepared() {
         Ok(()) => {
             images(target);
@@ -210,7 +210,7 @@ fn remove_container(name: &str) -> Vec<String> {
 }
 
 /// Removes what a test made, however it ends.
-struct Cleanup(Vec<Vec<String>>);
+pub struct Cleanup(pub Vec<Vec<String>>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

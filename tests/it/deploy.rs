@@ -105,6 +105,8 @@ fn the_kubernetes_manifests_match_the_schemas() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     for kind in [
         "deployment/promo",
+        "configmap/promo",
+        "persistentvolumeclaim/promo-store",
         "service/promo",
         "cronjob/promo-build",
         "poddisruptionbudget/promo",

@@ -17,6 +17,7 @@ mod fault;
 mod feeds;
 mod fleet;
 mod http2;
+mod kube;
 mod manual;
 mod monitoring;
 mod network;

@@ -154,19 +154,6 @@ fn a_schema_broken_on_purpose_fails_the_check() {
     assert!(why.contains("status 200"), "{why}");
 }
 
-/// `program` on the PATH, resolved through its links.
-fn on_path(program: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(program))
-        .find(|p| p.exists())
-        .and_then(|p| p.canonicalize().ok())
-        .unwrap_or_else(|| {
-            panic!("{program} is not installed: make test installs it (scripts/tools.sh)")
-        })
-}
-
 #[test]
 fn a_client_generated_from_the_document_looks_up_batches_and_uploads() {
     let ports = Ports::start();

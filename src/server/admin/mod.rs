@@ -50,6 +50,31 @@ use crate::server::tls::{self, Tls};
 /// (BENCHMARKS.md, "Measurements behind the design").
 const UPLOAD_READ_BUFFER: usize = 1 << 20;
 
+/// Most of a refused request's body read (and dropped) before the refusal
+/// is sent, and the longest time spent on it. A client that sends its body
+/// without waiting (curl with a file of some kilobytes) would otherwise
+/// find its connection reset, and the refusal lost, when the server
+/// closes it with the body unread. A larger body is cut off at this.
+const DRAINED_WHEN_REFUSED: usize = 1 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and drops `body`, up to [`DRAINED_WHEN_REFUSED`] bytes or
+/// [`DRAIN_TIME`].
+async fn drain(mut body: hyper::body::Incoming) {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut left = DRAINED_WHEN_REFUSED;
+        while let Some(Ok(frame)) = body.frame().await {
+            let len = frame.data_ref().map_or(0, Bytes::len);
+            if len >= left {
+                break;
+            }
+            left -= len;
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
+}
+
 /// What the admin port is told.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
@@ -139,6 +164,7 @@ impl Admin {
         let started = Instant::now();
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let (route, response) = if !self.authorized(req.headers()) {
+            drain(req.into_body()).await;
             let mut r = json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             r.headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -482,6 +482,19 @@ impl Client {
     }
 }
 
+/// `program` on the PATH, resolved through its links.
+pub fn on_path(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.exists())
+        .and_then(|p| p.canonicalize().ok())
+        .unwrap_or_else(|| {
+            panic!("{program} is not installed: make test installs it (scripts/tools.sh)")
+        })
+}
+
 /// What curl saw of one answer.
 pub struct CurlAnswer {
     pub status: u16,
