@@ -644,8 +644,9 @@ impl Fetcher {
 /// Applies the downloaded deltas of `chain` in turn, the first to the
 /// generation at `base`, each to what the one before rebuilt (each result
 /// verified as it is written: its checksum, order, shard, prices and
-/// dates), checks the last one's header against the manifest, and
-/// publishes it as `target`'s generation. Blocking: it reads and writes
+/// dates), checks the last one's header against the manifest, reads it
+/// back (verifying it again, and warming it), and publishes it as
+/// `target`'s generation. Blocking: it reads and writes
 /// whole generations.
 fn rebuild(
     url: &str,
@@ -694,6 +695,13 @@ fn rebuild(
         };
         return Err((Fallback::Checksum, e));
     }
+    // Read back whole, as a download is verified. The rebuild was written
+    // past the page cache; a generation that fits in memory is served from
+    // it, and without this read the first lookups after the swap would
+    // each stall a serving thread on a disk read (BENCHMARKS.md, "Deltas
+    // at 10^8 rows"). `verify` leaves the file in the page cache when it
+    // fits there twice over, as it does a download.
+    table.verify().map_err(rebuilt)?;
     let entry = lock
         .publish_as(dir, &tmp, target.sequence, target.sidecar())
         .map_err(disk)?;
