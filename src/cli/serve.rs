@@ -31,6 +31,12 @@ pub struct Serve {
     /// thread's connections until the disk answers).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// A serving thread offers its core to other threads (sched_yield)
+    /// after this many answers (0: never): under load it always has a
+    /// request to answer, and what shares the cores (a load balancer, the
+    /// kernel) would otherwise wait for the scheduler's next tick.
+    #[arg(long, value_name = "ANSWERS", default_value_t = http::ANSWERS_PER_YIELD)]
+    yield_every: u32,
     /// Seconds a client has to send a request's headers, on a new
     /// connection or for the next request on a kept-alive one; then it
     /// is disconnected.
@@ -148,6 +154,7 @@ impl Serve {
                 .map(|(cert, key)| server::tls::TlsFiles { cert, key }),
             admin,
             threads: self.threads,
+            answers_per_yield: self.yield_every,
             shard: guards.shard,
             handover: self.handover,
             ..server::Config::new(data_dir, self.listen)

@@ -74,6 +74,9 @@ pub struct Config {
     /// Start even though another promo server listens on the port, and
     /// share it until that one stops (see [`claim`]).
     pub handover: bool,
+    /// Answers a serving thread gives between two offers of its core to
+    /// other threads (0: never); see [`http::ANSWERS_PER_YIELD`].
+    pub answers_per_yield: u32,
 }
 
 impl Config {
@@ -89,6 +92,7 @@ impl Config {
             admin: None,
             shard: None,
             handover: false,
+            answers_per_yield: http::ANSWERS_PER_YIELD,
         }
     }
 }
@@ -131,7 +135,8 @@ impl Server {
             None => None,
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let mut app = http::App::new(live.clone(), Some(metrics.clone()), config.limits);
+        let mut app = http::App::new(live.clone(), Some(metrics.clone()), config.limits)
+            .with_answers_per_yield(config.answers_per_yield);
         if let Some(tls) = &tls {
             app = app.with_tls(tls.clone());
         }

@@ -26,4 +26,4 @@ pub use routes::{
     MAX_BATCH_IDS, MAX_TARGET_LEN, RETRY_AFTER_SECONDS,
 };
 pub(crate) use routes::{json, json_error, method_not_allowed, openapi};
-pub use service::{App, Limits};
+pub use service::{App, Limits, ANSWERS_PER_YIELD};

@@ -57,6 +57,9 @@ pub struct App {
     pub(super) connections: Arc<Semaphore>,
     /// HTTPS: every connection shakes hands first.
     pub(super) tls: Option<Arc<Tls>>,
+    /// Answers a serving thread gives between two offers of its core
+    /// (see [`share_the_core`]); 0: never.
+    pub(super) answers_per_yield: u32,
 }
 
 /// Metric handles registered once, so that a request does not look its
@@ -150,6 +153,15 @@ impl App {
             limits,
             connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             tls: None,
+            answers_per_yield: ANSWERS_PER_YIELD,
+        }
+    }
+
+    /// Offers the core every `answers` answers instead (0: never).
+    pub fn with_answers_per_yield(self, answers: u32) -> App {
+        App {
+            answers_per_yield: answers,
+            ..self
         }
     }
 
@@ -279,7 +291,7 @@ pub(super) fn service(
        + 'static {
     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         use futures_util::future::Either;
-        share_the_core();
+        share_the_core(app.answers_per_yield);
         if req.method() == Method::POST && req.uri().path() == BATCH {
             // Only a batch has a body to wait for.
             let app = app.clone();
@@ -299,11 +311,13 @@ pub(super) fn service(
     })
 }
 
-/// Requests a serving thread answers between two offers of its core.
-const ANSWERS_PER_YIELD: u32 = 32;
+/// Requests a serving thread answers between two offers of its core, by
+/// default (`promo serve --yield-every`).
+pub const ANSWERS_PER_YIELD: u32 = 32;
 
 /// Offers the core to whatever else waits for it (`sched_yield`), once
-/// every [`ANSWERS_PER_YIELD`] requests this thread answers.
+/// every `every` requests this thread answers (by default
+/// [`ANSWERS_PER_YIELD`]; 0: never).
 ///
 /// Why: under load a serving thread always has a connection ready, so it
 /// never sleeps, and the kernel takes the core from it only at a timer
@@ -315,13 +329,16 @@ const ANSWERS_PER_YIELD: u32 = 32;
 /// cadences and fixed intervals tried (BENCHMARKS.md, "Measurements
 /// behind the design"). With nothing else to run, a yield returns at
 /// once: one system call every 32 answers.
-fn share_the_core() {
+fn share_the_core(every: u32) {
     thread_local! {
         static ANSWERED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     }
+    if every == 0 {
+        return;
+    }
     ANSWERED.with(|answered| {
         let n = answered.get() + 1;
-        if n < ANSWERS_PER_YIELD {
+        if n < every {
             answered.set(n);
         } else {
             answered.set(0);
