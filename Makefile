@@ -42,6 +42,7 @@ lint:
 
 # promo beside nginx, DuckDB and GNU sort; writes BENCHMARKS.md and benchmarks.png.
 # Sizes: make bench BENCH_ARGS="--rows 1000000 --big-rows 0 --duration 5"
+# One part again, the rest of the last run kept: make bench BENCH_ARGS="--only http2"
 bench:
 	python3 -m scripts.bench $(BENCH_ARGS)
 

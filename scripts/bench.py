@@ -32,9 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import (bench_beyond, bench_connections, bench_delta, bench_feeds, bench_fleet, bench_ports,
-               bench_scale, procfs)
-from .bench_common import generate, log, run, start_nginx, warm, wrk
+from . import (bench_beyond, bench_connections, bench_delta, bench_feeds, bench_fleet, bench_http2,
+               bench_ports, bench_scale, procfs)
+from .bench_common import certificate, generate, log, run, start_nginx, warm, wrk
 from .paths import BENCH_DATA, BENCH_VENV, CRITERION, FLOOR, PROMO, ROOT, unrooted
 from .processes import Serve, http_get, start, stop, stop_nginx, wait_ready
 
@@ -199,12 +199,7 @@ def bench_serve(work, data, ids, duration, results, rounds=3):
 def bench_tls(work, data, ids, duration, results, rounds=3):
     """promo over TLS, nginx over TLS with the same certificate and fixed
     body, and promo over plain HTTP, alternately."""
-    tls = work / "tls"
-    tls.mkdir(exist_ok=True)
-    cert, key = tls / "cert.pem", tls / "key.pem"
-    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "2", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cert, key = certificate(work)
     plain = Serve(data, ready="/healthz", limit=120)
     https = Serve(data, "--tls-cert", cert, "--tls-key", key, scheme="https", ready="/healthz", limit=120)
     plain_url, https_url = plain.url, https.url
@@ -327,7 +322,8 @@ def write_report(results, path, chart):
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `make bench` (scripts/bench.py) on {results['date']}.",
+        f"Written by `make bench` (scripts/bench.py) on {results['date']}"
+        + "".join(f"; {part} run again on {day}" for part, day in results.get("rerun", {}).items()) + ".",
         f"Machine: {results['machine']['cores']} cores ({results['machine']['cpu']}), "
         f"{results['machine']['memory_gib']} GiB, Linux {results['machine']['kernel']}. "
         "A shared virtual machine: absolute figures move between runs, so each peer "
@@ -360,6 +356,7 @@ def write_report(results, path, chart):
         lines += ["", "Criterion (`benches/build.rs`, 1M rows): " + ", ".join(
             f"{k}: {v:.3f} s" for k, v in sorted(results["build_criterion"].items())) + "."]
     lines += serve_report(results)
+    lines += bench_http2.report(results)
     lines += ["", "## Lookup (criterion, `benches/lookup.rs`)", "",
               "| records | hit | miss | hit, cache-resident | one random record read | one dependent record read | pages touched (mean / max) |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -491,12 +488,16 @@ def main():
     ap.add_argument("--no-fleet", action="store_true", help="skip the fleet bench (S3, replicas, nginx)")
     ap.add_argument("--work", type=Path, default=BENCH_DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--only", choices=sorted(PARTS), action="append",
+                    help="run this part again, keeping the other figures of the last run's results.json")
     args = ap.parse_args()
     started = time.time()
     ensure_tools()
     log("building promo (release)")
     run(["cargo", "build", "--release", "--bins", "--example", "hyper_floor"], cwd=ROOT)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.only:
+        return rerun(args, started)
     results = {"date": datetime.date.today().isoformat(), "machine": procfs.machine(), "duration": args.duration}
     data = bench_build(args.work, args.rows, results)
     generation = sorted(data.glob("gen-*.promo"))[-1]
@@ -505,6 +506,7 @@ def main():
     bench_swap(args.work, generation, ids, args.duration, results)
     bench_batch(data, ids, args.duration, results)
     bench_tls(args.work, data, ids, args.duration, results)
+    bench_http2.bench_http2(args.work, data, ids, args.duration, results)
     bench_connections.bench_idle_connections(args.work, data, ids, results)
     bench_feeds.bench_feeds(args.work, csv, results)
     if not args.no_fleet:
@@ -522,11 +524,38 @@ def main():
     # Last: it drops the page cache before each of its runs.
     bench_ports.bench_upload(args.work, csv, results)
     results["seconds"] = time.time() - started
+    finish(args, results, started)
+
+
+def finish(args, results, started):
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
     png = args.out.with_name("benchmarks.png")
     chart(results, png)
     write_report(results, args.out, png)
-    log(f"wrote {args.out} and {png} in {results['seconds'] / 60:.1f} minutes")
+    log(f"wrote {args.out} and {png} in {(time.time() - started) / 60:.1f} minutes")
+
+
+# The parts `--only` runs again: (args, the last run's 10M-row data
+# directory, its ids, results) -> None.
+PARTS = {
+    "http2": lambda args, data, ids, results: bench_http2.bench_http2(args.work, data, ids, args.duration,
+                                                                      results),
+    "delta": lambda args, data, ids, results: bench_delta.bench_delta(args.work, results, args.rows,
+                                                                      args.big_rows),
+}
+
+
+def rerun(args, started):
+    """The parts in args.only run again; the report is written after each."""
+    results = json.loads((args.work / "results.json").read_text())
+    generations = sorted((args.work / "data-build").glob("gen-*.promo"))
+    if not generations or results["build"]["rows"] != args.rows:
+        raise SystemExit(f"--only needs a whole run of make bench at --rows {args.rows} first")
+    _, ids = generate(args.work, args.rows)
+    for part in args.only:
+        PARTS[part](args, args.work / "data-build", ids, results)
+        results.setdefault("rerun", {})[part] = datetime.date.today().isoformat()
+        finish(args, results, started)
 
 
 if __name__ == "__main__":

@@ -61,15 +61,31 @@ def wrk(url, ids, duration, extra=(), batch=0):
     }
 
 
-def start_nginx(work, body, tls=None, connections=4096):
+def certificate(work):
+    """A new self-signed ECDSA P-256 certificate for localhost, in `work`:
+    (cert, key)."""
+    tls = work / "tls"
+    tls.mkdir(exist_ok=True)
+    cert, key = tls / "cert.pem", tls / "key.pem"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+def start_nginx(work, body, tls=None, connections=4096, http2=False):
     """nginx returning `body` for every /promotions/ path: (process, url).
     With `tls` (cert, key), over TLS 1.3 only; `connections` per worker.
+    With `http2`, HTTP/2 only on plain HTTP (h2c with prior knowledge), h2
+    by ALPN beside HTTP/1.1 over TLS; the caller waits for it to answer.
     processes.stop_nginx stops it."""
     port = free_port()
-    prefix = work / ("nginx-tls" if tls else "nginx")
+    prefix = work / ("nginx" + ("-tls" if tls else "") + ("-h2" if http2 else ""))
     prefix.mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
     listen = f"127.0.0.1:{port}"
+    if http2:
+        listen += " http2"
     if tls:
         listen += (f" ssl;\n        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
                    "        ssl_protocols TLSv1.3")
@@ -92,5 +108,6 @@ http {{
 """)
     proc = nginx(prefix, conf)
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-    wait_ready(url + "/promotions/x", 30)
+    if not http2:
+        wait_ready(url + "/promotions/x", 30)
     return proc, url
