@@ -157,59 +157,61 @@ impl Played {
     }
 }
 
-#[test]
-fn the_kubernetes_files_play_under_podman_and_what_it_does_not_play_checks_against_them() {
-    if !containers_run_here("kube play", "compose") {
-        return;
+type Secrets = BTreeMap<String, BTreeMap<String, String>>;
+
+/// One run of the test: its directory, names of its own (so that it shares
+/// nothing with another run, or a real install), and what it made,
+/// removed however it ends, the last made first.
+struct Run {
+    // Before `dir`: dropped first, while the files it names still exist.
+    cleanup: Cleanup,
+    dir: tempfile::TempDir,
+    id: u32,
+}
+
+impl Run {
+    fn new() -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        readable(dir.path(), 0o755);
+        Run {
+            cleanup: Cleanup(vec![]),
+            dir,
+            id: std::process::id(),
+        }
     }
-    let run = std::process::id();
-    // Names of the test's own, so that a run beside another (or beside a
-    // real install) shares nothing with it.
-    let unique = |name: &str| format!("{name}-test-{run}");
-    let dir = tempfile::tempdir().unwrap();
-    readable(dir.path(), 0o755);
-    // What the test made, removed however it ends (the last made first).
-    let mut cleanup = Cleanup(vec![]);
 
-    let shipped = manifest("deployment.yaml", "Deployment", "promo");
-    let configmap = manifest("configmap.yaml", "ConfigMap", "promo");
-    let template = &shipped["spec"]["template"];
-    let pod_security = &template["spec"]["securityContext"];
-    let container = &template["spec"]["containers"][0];
-    let port_of = |name: &str| -> u64 {
-        items(&container["ports"])
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("the Deployment's container has no port named {name}"))
-            ["containerPort"]
-            .as_u64()
-            .unwrap()
-    };
+    fn name(&self, name: &str) -> String {
+        format!("{name}-test-{}", self.id)
+    }
 
-    // The Secrets, made as the operator would (secrets.yaml's comment):
-    // promo-tls as `kubectl create secret tls` makes it, from a new
-    // certificate; secrets.yaml's others with their placeholders, the admin
-    // token replaced by a new one.
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).unwrap();
-    let token = format!("kube-test-{run}-{}", common::id(41, u64::from(run)));
-    let mut secrets: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `args` when the test ends.
+    fn undo(&mut self, args: &[&str]) {
+        self.cleanup
+            .0
+            .push(args.iter().map(|a| a.to_string()).collect());
+    }
+}
+
+/// The Secrets as an operator makes them (secrets.yaml's comment): promo-tls
+/// as `kubectl create secret tls` makes it, from `cert` and `key`;
+/// secrets.yaml's others with their placeholders, the admin token replaced
+/// by `token`.
+fn operator_secrets(cert: &str, key: &str, token: &str) -> Secrets {
+    let mut secrets = Secrets::new();
+    let tls = [("tls.crt", cert), ("tls.key", key)];
     secrets.insert(
         "promo-tls".into(),
-        BTreeMap::from([
-            ("tls.crt".to_string(), cert.pem()),
-            ("tls.key".to_string(), key.serialize_pem()),
-        ]),
+        tls.map(|(k, v)| (k.to_string(), v.to_string())).into(),
     );
     for secret in manifests("secrets.yaml") {
         let mut data: BTreeMap<String, String> =
             serde_json::from_value(secret["stringData"].clone()).unwrap();
         if secret["metadata"]["name"] == "promo-admin" {
-            let placeholder = data.insert("token".into(), token.clone());
+            let placeholder = data.insert("token".into(), token.to_string());
             assert!(
                 placeholder.is_some(),
                 "promo-admin has no token key: {secret}"
@@ -217,65 +219,70 @@ fn the_kubernetes_files_play_under_podman_and_what_it_does_not_play_checks_again
         }
         secrets.insert(secret["metadata"]["name"].as_str().unwrap().into(), data);
     }
+    secrets
+}
 
-    // The test's copy of the Deployment.
+/// The Deployment as the test plays it, and what it took out to check
+/// another way.
+struct ForPodman {
+    deployment: Value,
+    /// Each container port's name, and the host port publishing it.
+    ports: BTreeMap<String, u16>,
+    /// (kind, probe) for the readiness, liveness and startup probes.
+    probes: Vec<(String, Value)>,
+    /// The Secrets made podman secrets; the others are directories.
+    podman_secrets: Vec<String>,
+}
+
+/// The test's copy of `shipped`, changed where podman 4.3 needs it.
+fn for_podman(run: &mut Run, shipped: &Value, secrets: &Secrets) -> ForPodman {
     let mut deployment = shipped.clone();
-    deployment["metadata"]["name"] = json!(unique("promo"));
+    deployment["metadata"]["name"] = json!(run.name("promo"));
     // One host: one replica, whose ports the host publishes (a real
     // cluster reaches them through the Services).
     deployment["spec"]["replicas"] = json!(1);
     let pod = &mut deployment["spec"]["template"]["spec"];
+    let container = &mut pod["containers"][0];
     let mut ports = BTreeMap::new();
-    for port in pod["containers"][0]["ports"].as_array_mut().unwrap() {
+    for port in container["ports"].as_array_mut().unwrap() {
         let host = common::free_port();
         ports.insert(port["name"].as_str().unwrap().to_string(), host);
         port["hostPort"] = json!(host);
         port["hostIP"] = json!("127.0.0.1");
     }
     // podman runs an httpGet probe as curl inside the container, and the
-    // image has no curl: the probes are checked from outside below.
+    // image has no curl: the probes are checked from outside.
     let probes: Vec<(String, Value)> = ["readinessProbe", "livenessProbe", "startupProbe"]
         .iter()
-        .filter_map(|p| {
-            let probe = pod["containers"][0].as_object_mut().unwrap().remove(*p)?;
-            Some((p.to_string(), probe))
-        })
+        .filter_map(|p| Some((p.to_string(), container.as_object_mut()?.remove(*p)?)))
         .collect();
     assert_eq!(probes.len(), 3, "{container}");
-    // podman 4.3 reads envFrom's secretRef from podman's own secrets, a
-    // JSON map of base64 values.
+    // envFrom's secretRef names podman's own secrets, which 4.3 reads as
+    // a JSON map of base64 values.
     let mut podman_secrets = vec![];
-    for from in pod["containers"][0]["envFrom"].as_array_mut().unwrap() {
-        if let Some(name) = from["secretRef"]["name"].as_str().map(str::to_string) {
-            let data: BTreeMap<_, _> = secrets[&name]
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        base64::engine::general_purpose::STANDARD.encode(v),
-                    )
-                })
-                .collect();
-            let file = dir.path().join(format!("{name}.json"));
-            std::fs::write(&file, serde_json::to_vec(&data).unwrap()).unwrap();
-            podman_ok(&["secret", "create", &unique(&name), file.to_str().unwrap()]);
-            cleanup.0.push(
-                ["podman", "secret", "rm", &unique(&name)]
-                    .map(String::from)
-                    .to_vec(),
-            );
-            from["secretRef"]["name"] = json!(unique(&name));
-            podman_secrets.push(name);
-        } else {
-            assert_eq!(from["configMapRef"]["name"], configmap["metadata"]["name"]);
-        }
+    for from in container["envFrom"].as_array_mut().unwrap() {
+        let Some(name) = from["secretRef"]["name"].as_str().map(str::to_string) else {
+            assert_eq!(from["configMapRef"]["name"], "promo");
+            continue;
+        };
+        let encoded: BTreeMap<_, _> = secrets[&name]
+            .iter()
+            .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
+            .collect();
+        let file = run.path(&format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec(&encoded).unwrap()).unwrap();
+        let podman_name = run.name(&name);
+        podman_ok(&["secret", "create", &podman_name, file.to_str().unwrap()]);
+        run.undo(&["podman", "secret", "rm", &podman_name]);
+        from["secretRef"]["name"] = json!(podman_name);
+        podman_secrets.push(name);
     }
-    // podman 4.3 has no secret volumes: each Secret's keys become files
-    // in a directory, as the kubelet writes them.
+    // 4.3 has no secret volumes: each Secret's keys are files in a
+    // directory, as the kubelet writes them.
     let mut claims = vec![];
     for volume in pod["volumes"].as_array_mut().unwrap() {
         if let Some(name) = volume["secret"]["secretName"].as_str().map(str::to_string) {
-            let files = dir.path().join(&name);
+            let files = run.path(&name);
             std::fs::create_dir(&files).unwrap();
             readable(&files, 0o755);
             for (key, value) in &secrets[&name] {
@@ -286,143 +293,61 @@ fn the_kubernetes_files_play_under_podman_and_what_it_does_not_play_checks_again
                 json!({"name": volume["name"], "hostPath": {"path": files, "type": "Directory"}});
         } else if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
             claims.push(claim.to_string());
-            volume["persistentVolumeClaim"]["claimName"] = json!(unique(claim));
+            volume["persistentVolumeClaim"]["claimName"] = json!(run.name(claim));
         }
     }
     assert_eq!(claims, ["promo-store"], "the Deployment's claims");
-    // A claim is a podman volume. podman 4.3 does not apply fsGroup: the
-    // volume is given the pod's user and group instead.
+    ForPodman {
+        deployment,
+        ports,
+        probes,
+        podman_secrets,
+    }
+}
+
+/// The store's claim as the test plays it: a podman volume of the test's
+/// own. podman 4.3 applies no fsGroup, so the volume is given the pod's
+/// user and group instead.
+fn store_claim(run: &mut Run, pod_security: &Value) -> Value {
     let mut store = manifest("pvc.yaml", "PersistentVolumeClaim", "promo-store");
-    store["metadata"]["name"] = json!(unique("promo-store"));
+    store["metadata"]["name"] = json!(run.name("promo-store"));
     store["metadata"]["annotations"] = json!({
         "volume.podman.io/uid": pod_security["runAsUser"].to_string(),
         "volume.podman.io/gid": pod_security["fsGroup"].to_string(),
     });
-    cleanup.0.push(
-        ["podman", "volume", "rm", "-f", &unique("promo-store")]
-            .map(String::from)
-            .to_vec(),
-    );
+    run.undo(&["podman", "volume", "rm", "-f", &run.name("promo-store")]);
+    store
+}
 
-    let write = |name: &str, docs: &[&Value]| -> PathBuf {
-        let path = dir.path().join(name);
-        let text: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
-        std::fs::write(&path, text.join("\n---\n")).unwrap();
-        path
-    };
-    let play = write("play.yaml", &[&configmap, &store, &deployment]);
-    // podman 4.3 refuses to play a claim whose volume exists: played
-    // again, the Deployment mounts the volume the first play made.
-    let replay = write("replay.yaml", &[&configmap, &deployment]);
-    let down = ["podman", "kube", "down", play.to_str().unwrap()]
-        .map(String::from)
-        .to_vec();
-    cleanup.0.push(down.clone());
-    let container_name = format!(
-        "{}-pod-0-{}",
-        unique("promo"),
-        container["name"].as_str().unwrap()
-    );
-
-    let played = podman_ok(&["kube", "play", play.to_str().unwrap()]);
-    eprintln!(
-        "kube play: {}",
-        played.split_whitespace().collect::<Vec<_>>().join(" ")
-    );
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, cert.pem()).unwrap();
-    let promo = Played { ca, ports };
-
-    // The probes, from outside: alive and started, not ready without a
-    // generation (the store is empty).
-    for (kind, probe) in &probes {
-        let get = &probe["httpGet"];
-        assert_eq!(get["scheme"], "HTTPS", "{kind}");
-        let port = get["port"].as_str().unwrap();
-        let path = get["path"].as_str().unwrap();
-        let expected = if kind == "readinessProbe" { 503 } else { 200 };
-        let answer = promo.wait(port, path, expected, Duration::from_secs(120));
-        eprintln!(
-            "kube play: {kind} GET {path} on {port} ({}): {} {}",
-            port_of(port),
-            answer.status,
-            answer.body.trim()
-        );
-    }
-
-    // An upload with another token is refused; with the Secret's, it is
-    // built, published to the store, and served.
-    let csv = dir.path().join("upload.csv");
-    let rows = feed(&csv, 1000, |_| false);
-    let data = format!("@{}", csv.display());
-    for (auth, status) in [("another-token", 401), (token.as_str(), 200)] {
-        let header = format!("Authorization: Bearer {auth}");
-        let answer = promo.curl("admin", "/upload", &["-H", &header, "--data-binary", &data]);
-        assert_eq!(
-            answer.status,
-            status,
-            "{}\npromo's log:\n{}",
-            answer.body,
-            logs(&container_name)
-        );
-        eprintln!(
-            "kube play: POST /upload with {auth:?}: {} {}",
-            answer.status,
-            answer.body.trim()
-        );
-    }
-    let first = promo.lookup(&rows[7].0, &rows[7].1);
-    let (kind, probe) = &probes[0];
-    let ready = promo.curl(
-        probe["httpGet"]["port"].as_str().unwrap(),
-        probe["httpGet"]["path"].as_str().unwrap(),
-        &[],
-    );
-    assert_eq!(ready.status, 200, "{kind}: {}", ready.body);
-    eprintln!("kube play: GET /promotions/{} through host port {}: price {}, generation {first}; {kind}: {}", rows[7].0, promo.ports["https"], rows[7].1, ready.body.trim());
-    // The replica runs as the pod's user, on a read-only root.
-    let status = podman_ok(&["exec", &container_name, "cat", "/proc/1/status"]);
-    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
-    assert_eq!(
-        uid.split_whitespace().next(),
-        Some(pod_security["runAsUser"].to_string().as_str())
-    );
-    assert!(
-        !podman(&["exec", &container_name, "sh", "-c", "echo x > /x"])
-            .status
-            .success()
-    );
-
-    // The CronJob's build, run as its pod would run it: its image, args,
-    // user, read-only root, environment and volumes (the feeds' claim is
-    // the directory with the partner's file, the builder's a volume of
-    // its own, the store the played one).
+/// Runs the CronJob's build as its pod would run it: its image, args,
+/// user, read-only root, capabilities, environment and volumes (the feeds'
+/// claim is a directory holding the partner's file, with the 1,000 rows
+/// it returns; the builder's a volume of its own; the store the played
+/// one). Returns the rows and the build's log lines that say what it
+/// published.
+fn run_cronjob(run: &mut Run, secrets: &Secrets) -> (Vec<(String, String, String)>, String) {
+    let configmap = manifest("configmap.yaml", "ConfigMap", "promo");
     let cronjob = manifest("cronjob.yaml", "CronJob", "promo-build");
+    assert_eq!(cronjob["spec"]["schedule"], "*/30 * * * *");
     let job = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"];
     let build = &job["containers"][0];
-    let feeds = dir.path().join("feeds");
+    let feeds = run.path("feeds");
     std::fs::create_dir(&feeds).unwrap();
     readable(&feeds, 0o755);
     let args: Vec<&str> = items(&build["args"])
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    let feed_path = Path::new(args[1]);
-    let changed = feed(&feeds.join(feed_path.file_name().unwrap()), 1000, |i| {
-        i % 100 == 7
-    });
-    let mut cmd: Vec<String> = vec![
-        "run".into(),
-        "--rm".into(),
-        "--network".into(),
-        "none".into(),
-    ];
+    let file = Path::new(args[1]).file_name().unwrap();
+    // 10 of the 1,000 prices changed since the upload.
+    let rows = feed(&feeds.join(file), 1000, |i| i % 100 == 7);
+
     let security = &build["securityContext"];
-    let user = format!(
-        "{}:{}",
-        job["securityContext"]["runAsUser"], job["securityContext"]["runAsGroup"]
-    );
-    cmd.extend(["--user".into(), user]);
+    let user = &job["securityContext"];
+    let mut cmd: Vec<String> = ["run", "--rm", "--network", "none", "--user"]
+        .map(String::from)
+        .into();
+    cmd.push(format!("{}:{}", user["runAsUser"], user["runAsGroup"]));
     if security["readOnlyRootFilesystem"] == true {
         cmd.push("--read-only".into());
     }
@@ -433,23 +358,19 @@ fn the_kubernetes_files_play_under_podman_and_what_it_does_not_play_checks_again
         cmd.extend(["--security-opt".into(), "no-new-privileges".into()]);
     }
     for from in items(&build["envFrom"]) {
-        let values: BTreeMap<String, String> =
-            if let Some(name) = from["configMapRef"]["name"].as_str() {
+        let values: BTreeMap<String, String> = match from["configMapRef"]["name"].as_str() {
+            Some(name) => {
                 assert_eq!(name, "promo");
                 serde_json::from_value(configmap["data"].clone()).unwrap()
-            } else {
-                secrets[from["secretRef"]["name"].as_str().unwrap()].clone()
-            };
+            }
+            None => secrets[from["secretRef"]["name"].as_str().unwrap()].clone(),
+        };
         for (k, v) in values {
             cmd.extend(["--env".into(), format!("{k}={v}")]);
         }
     }
-    let builder = unique("promo-builder");
-    cleanup.0.push(
-        ["podman", "volume", "rm", "-f", &builder]
-            .map(String::from)
-            .to_vec(),
-    );
+    let builder = run.name("promo-builder");
+    run.undo(&["podman", "volume", "rm", "-f", &builder]);
     for mount in items(&build["volumeMounts"]) {
         let volume = items(&job["volumes"])
             .iter()
@@ -461,7 +382,7 @@ fn the_kubernetes_files_play_under_podman_and_what_it_does_not_play_checks_again
         {
             "promo-feeds" => feeds.to_str().unwrap().to_string(),
             "promo-builder" => builder.clone(),
-            "promo-store" => unique("promo-store"),
+            "promo-store" => run.name("promo-store"),
             other => panic!("the CronJob mounts a claim this test does not know: {other}"),
         };
         let ro = if mount["readOnly"] == true { ":ro" } else { "" };
@@ -472,54 +393,19 @@ fn the_kubernetes_files_play_under_podman_and_what_it_does_not_play_checks_again
     }
     cmd.push(build["image"].as_str().unwrap().into());
     cmd.extend(args.iter().map(|a| a.to_string()));
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let out = podman(&cmd);
+    let out = podman(&cmd.iter().map(String::as_str).collect::<Vec<_>>());
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the CronJob's build: {log}");
-    eprintln!(
-        "kube play: the CronJob's build ({}): {}",
-        args.join(" "),
-        log.lines()
-            .filter(|l| l.contains("published"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    // The played replica fetches it from the store.
-    let second = promo.lookup(&changed[7].0, &changed[7].1);
-    assert!(second > first, "generation {second} after {first}");
-    eprintln!(
-        "kube play: the replica serves the build: price {} from generation {second}",
-        changed[7].1
-    );
+    let published: Vec<&str> = log.lines().filter(|l| l.contains("published")).collect();
+    (rows, format!("{}: {}", args.join(" "), published.join(" ")))
+}
 
-    // preStop's command, in the played container.
-    let pre_stop: Vec<&str> = items(&container["lifecycle"]["preStop"]["exec"]["command"])
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    assert!(!pre_stop.is_empty());
-    let mut exec = vec!["exec", &container_name];
-    exec.extend(&pre_stop);
-    podman_ok(&exec);
-    eprintln!("kube play: preStop {pre_stop:?} ran in the container");
-
-    // Down, and played again: the pod and its emptyDir are gone, the
-    // store's volume is not, and the new replica serves the newest
-    // generation from it.
-    podman_ok(&down.iter().skip(1).map(String::as_str).collect::<Vec<_>>());
-    assert!(!podman(&["container", "exists", &container_name])
-        .status
-        .success());
-    assert!(podman(&["volume", "exists", &unique("promo-store")])
-        .status
-        .success());
-    podman_ok(&["kube", "play", replay.to_str().unwrap()]);
-    let again = promo.lookup(&changed[7].0, &changed[7].1);
-    assert_eq!(again, second);
-    eprintln!("kube play: down and played again: generation {again} from the store's volume");
-
-    // The kinds podman does not play, checked against what it played.
-    let labels = &template["metadata"]["labels"];
+/// The kinds podman does not play, checked against the Deployment it
+/// played: the Services select its pods and target ports it published,
+/// the autoscaler scales it, the disruption budget selects its pods.
+fn check_unplayed(shipped: &Value, ports: &BTreeMap<String, u16>) {
+    let labels = &shipped["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&shipped["spec"]["selector"]["matchLabels"], labels));
     for service in manifests("service.yaml") {
         let name = &service["metadata"]["name"];
         assert!(
@@ -529,13 +415,12 @@ fn the_kubernetes_files_play_under_podman_and_what_it_does_not_play_checks_again
         for port in items(&service["spec"]["ports"]) {
             let target = port["targetPort"].as_str().unwrap();
             assert!(
-                promo.ports.contains_key(target),
+                ports.contains_key(target),
                 "Service {name}: no container port {target}"
             );
             eprintln!(
-                "kube play: Service {name} port {} -> {target} ({}), answered above",
-                port["port"],
-                port_of(target)
+                "kube play: Service {name} port {} -> the container's {target} port, answered above",
+                port["port"]
             );
         }
     }
@@ -552,14 +437,149 @@ fn the_kubernetes_files_play_under_podman_and_what_it_does_not_play_checks_again
     assert!(hpa["spec"]["minReplicas"].as_u64() <= shipped["spec"]["replicas"].as_u64());
     let pdb = manifest("pdb.yaml", "PodDisruptionBudget", "promo");
     assert!(selects(&pdb["spec"]["selector"]["matchLabels"], labels));
-    assert!(selects(&shipped["spec"]["selector"]["matchLabels"], labels));
-    assert_eq!(cronjob["spec"]["schedule"], "*/30 * * * *");
+}
+
+#[test]
+fn the_kubernetes_files_play_under_podman_and_what_it_does_not_play_checks_against_them() {
+    if !containers_run_here("kube play", "compose") {
+        return;
+    }
+    let mut run = Run::new();
+    let shipped = manifest("deployment.yaml", "Deployment", "promo");
+    let configmap = manifest("configmap.yaml", "ConfigMap", "promo");
+    let container = &shipped["spec"]["template"]["spec"]["containers"][0];
+    let pod_security = &shipped["spec"]["template"]["spec"]["securityContext"];
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap().pem();
+    let token = format!("kube-test-{}", common::id(41, u64::from(run.id)));
+    let secrets = operator_secrets(&cert, &key.serialize_pem(), &token);
+    let copy = for_podman(&mut run, &shipped, &secrets);
+    let store = store_claim(&mut run, pod_security);
+    let write = |name: &str, docs: &[&Value]| -> PathBuf {
+        let path = run.path(name);
+        let text: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
+        std::fs::write(&path, text.join("\n---\n")).unwrap();
+        path
+    };
+    let play = write("play.yaml", &[&configmap, &store, &copy.deployment]);
+    // podman 4.3 refuses to play a claim whose volume exists: played
+    // again, the Deployment mounts the volume the first play made.
+    let replay = write("replay.yaml", &[&configmap, &copy.deployment]);
+    let (play, replay) = (play.to_str().unwrap(), replay.to_str().unwrap());
+    run.undo(&["podman", "kube", "down", play]);
+    let name = format!(
+        "{}-pod-0-{}",
+        run.name("promo"),
+        container["name"].as_str().unwrap()
+    );
+
+    let played = podman_ok(&["kube", "play", play]);
     eprintln!(
-        "kube play: not played by podman, checked here instead: Service (2), CronJob (its build run \
-         in the image), readiness, liveness and startup probes (GET from outside), preStop (run in \
-         the container), HorizontalPodAutoscaler and PodDisruptionBudget (their targets and \
-         selectors); Secrets made podman secrets ({}) and files ({})",
-        podman_secrets.join(", "),
-        secrets.keys().filter(|s| !podman_secrets.contains(s)).cloned().collect::<Vec<_>>().join(", ")
+        "kube play: {}",
+        played.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    let ca = run.path("ca.pem");
+    std::fs::write(&ca, &cert).unwrap();
+    let promo = Played {
+        ca,
+        ports: copy.ports.clone(),
+    };
+
+    // The probes, from outside: alive and started, not ready without a
+    // generation (the store is empty).
+    for (kind, probe) in &copy.probes {
+        let get = &probe["httpGet"];
+        assert_eq!(get["scheme"], "HTTPS", "{kind}");
+        let (port, path) = (get["port"].as_str().unwrap(), get["path"].as_str().unwrap());
+        let expected = if kind == "readinessProbe" { 503 } else { 200 };
+        let answer = promo.wait(port, path, expected, Duration::from_secs(120));
+        eprintln!(
+            "kube play: {kind} GET {path} on the {port} port: {} {}",
+            answer.status,
+            answer.body.trim()
+        );
+    }
+
+    // An upload with another token is refused; with the Secret's, it is
+    // built, published to the store and served.
+    let csv = run.path("upload.csv");
+    let rows = feed(&csv, 1000, |_| false);
+    let data = format!("@{}", csv.display());
+    for (auth, status) in [("another-token", 401), (token.as_str(), 200)] {
+        let header = format!("Authorization: Bearer {auth}");
+        let answer = promo.curl("admin", "/upload", &["-H", &header, "--data-binary", &data]);
+        assert_eq!(
+            answer.status,
+            status,
+            "{}\npromo's log:\n{}",
+            answer.body,
+            logs(&name)
+        );
+        eprintln!(
+            "kube play: POST /upload with {auth:?}: {} {}",
+            answer.status,
+            answer.body.trim()
+        );
+    }
+    let first = promo.lookup(&rows[7].0, &rows[7].1);
+    eprintln!(
+        "kube play: GET /promotions/{} through host port {}: price {}, generation {first}",
+        rows[7].0, promo.ports["https"], rows[7].1
+    );
+    // The replica runs as the pod's user, on a read-only root.
+    let status = podman_ok(&["exec", &name, "cat", "/proc/1/status"]);
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+    let user = pod_security["runAsUser"].to_string();
+    assert_eq!(uid.split_whitespace().next(), Some(user.as_str()));
+    let write_root = podman(&["exec", &name, "sh", "-c", "echo x > /x"]);
+    assert!(!write_root.status.success());
+
+    // The CronJob's build publishes to the store; the replica serves it.
+    let (changed, log) = run_cronjob(&mut run, &secrets);
+    eprintln!("kube play: the CronJob's build ({log})");
+    let second = promo.lookup(&changed[7].0, &changed[7].1);
+    assert!(second > first, "generation {second} after {first}");
+    eprintln!(
+        "kube play: the replica serves it: price {} from generation {second}",
+        changed[7].1
+    );
+
+    // preStop's command, in the played container.
+    let pre_stop: Vec<&str> = items(&container["lifecycle"]["preStop"]["exec"]["command"])
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(!pre_stop.is_empty());
+    podman_ok(&[&["exec", name.as_str()][..], &pre_stop].concat());
+    eprintln!("kube play: preStop {pre_stop:?} ran in the container");
+
+    // Down, and played again: the pod and its emptyDir are gone, the
+    // store's volume is not, and the new replica serves the newest
+    // generation from it.
+    podman_ok(&["kube", "down", play]);
+    assert!(!podman(&["container", "exists", &name]).status.success());
+    let volume = run.name("promo-store");
+    assert!(podman(&["volume", "exists", &volume]).status.success());
+    podman_ok(&["kube", "play", replay]);
+    let again = promo.lookup(&changed[7].0, &changed[7].1);
+    assert_eq!(again, second);
+    eprintln!("kube play: down and played again: generation {again} from the store's volume");
+
+    check_unplayed(&shipped, &copy.ports);
+    let files: Vec<&String> = secrets
+        .keys()
+        .filter(|s| !copy.podman_secrets.contains(s))
+        .collect();
+    eprintln!(
+        "kube play: not played by podman, checked here instead: Service (2), CronJob (its build \
+         run in the image), readiness, liveness and startup probes (GET from outside), preStop \
+         (run in the container), HorizontalPodAutoscaler and PodDisruptionBudget (their targets \
+         and selectors); Secrets made podman secrets ({}) and files ({files:?})",
+        copy.podman_secrets.join(", ")
     );
 }
