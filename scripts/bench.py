@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,9 +33,9 @@ from pathlib import Path
 
 from . import (bench_beyond, bench_connections, bench_delta, bench_feeds, bench_fleet, bench_http2,
                bench_ports, bench_scale, procfs)
-from .bench_common import certificate, generate, log, run, start_nginx, warm, wrk
-from .paths import BENCH_DATA, BENCH_VENV, CRITERION, FLOOR, PROMO, ROOT, unrooted
-from .processes import Serve, http_get, start, stop, stop_nginx, wait_ready
+from .bench_common import Floor, alternate, certificate, generate, log, run, start_nginx, warm, wrk
+from .paths import BENCH_DATA, BENCH_VENV, CRITERION, PROMO, ROOT, unrooted
+from .processes import Serve, http_get, stop_nginx
 
 BATCH = 1000
 
@@ -147,38 +146,6 @@ def bench_big_build(work, rows, results):
                             "command": f"promo build {csv.name} --memory-limit 1GiB"}
     csv.unlink()  # the generation is what the next steps need; keep the disk free
     return data, ids
-
-
-class Floor:
-    """examples/hyper_floor.rs: promo's HTTP stack answering `body` to every
-    request, with no routing, lookup or counting."""
-
-    def __init__(self, work, body, threads):
-        path = work / "floor-body.json"
-        path.write_bytes(body)
-        self.proc = start([FLOOR, "127.0.0.1:0", threads, path], stdout=subprocess.PIPE, text=True)
-        self.url = "http://" + self.proc.stdout.readline().strip()
-        wait_ready(self.url + "/promotions/x", 30)
-
-    def stop(self):
-        stop(self.proc, signal.SIGKILL, 30)
-
-
-def alternate(servers, ids, duration, rounds, what):
-    """wrk against each of `servers` ({name: url}) in turn, `rounds` times:
-    every run, and each server's medians."""
-    for url in servers.values():
-        wrk(url, ids, 3)  # warm up
-    runs = {name: [] for name in servers}
-    for r in range(rounds):
-        for name, url in servers.items():
-            log(f"{what}: {name}, round {r + 1} of {rounds}")
-            runs[name].append(wrk(url, ids, duration))
-    med = {name: {k: statistics.median(w[k] for w in rs) for k in ("rps", "p50", "p99")}
-           for name, rs in runs.items()}
-    for name in med:
-        med[name]["command"] = runs[name][0]["command"]
-    return runs, med
 
 
 def bench_serve(work, data, ids, duration, results, rounds=3):

@@ -5,11 +5,13 @@ it imports none of them."""
 
 import os
 import re
+import signal
+import statistics
 import subprocess
 import time
 
-from .paths import GEN, WRK_SCRIPT
-from .processes import free_port, nginx, wait_ready
+from .paths import FLOOR, GEN, WRK_SCRIPT
+from .processes import free_port, nginx, start, stop, wait_ready
 
 
 def log(msg):
@@ -111,3 +113,35 @@ http {{
     if not http2:
         wait_ready(url + "/promotions/x", 30)
     return proc, url
+
+
+class Floor:
+    """examples/hyper_floor.rs: promo's HTTP stack answering `body` to every
+    request, with no routing, lookup or counting."""
+
+    def __init__(self, work, body, threads):
+        path = work / "floor-body.json"
+        path.write_bytes(body)
+        self.proc = start([FLOOR, "127.0.0.1:0", threads, path], stdout=subprocess.PIPE, text=True)
+        self.url = "http://" + self.proc.stdout.readline().strip()
+        wait_ready(self.url + "/promotions/x", 30)
+
+    def stop(self):
+        stop(self.proc, signal.SIGKILL, 30)
+
+
+def alternate(servers, ids, duration, rounds, what):
+    """wrk against each of `servers` ({name: url}) in turn, `rounds` times:
+    every run, and each server's medians."""
+    for url in servers.values():
+        wrk(url, ids, 3)  # warm up
+    runs = {name: [] for name in servers}
+    for r in range(rounds):
+        for name, url in servers.items():
+            log(f"{what}: {name}, round {r + 1} of {rounds}")
+            runs[name].append(wrk(url, ids, duration))
+    med = {name: {k: statistics.median(w[k] for w in rs) for k in ("rps", "p50", "p99")}
+           for name, rs in runs.items()}
+    for name in med:
+        med[name]["command"] = runs[name][0]["command"]
+    return runs, med

@@ -18,15 +18,15 @@ import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
-from .bench_common import certificate, log, run, start_nginx, wrk
-from .paths import FLOOR, ROOT
-from .processes import Serve, start, stop, stop_nginx
+from .bench_common import Floor, alternate, certificate, log, run, start_nginx
+from .paths import ROOT
+from .processes import Serve, http_get, stop_nginx
 
 # The commit before HTTP/2 (29ae33f): the HTTP/1.1 baseline.
 BEFORE_HTTP2 = "ca95cd7"
@@ -78,7 +78,7 @@ def wait_h2(url, limit=120):
                               url], capture_output=True, text=True)
         if out.stdout == "200 2":
             return
-        subprocess.run(["sleep", "0.2"])
+        time.sleep(0.2)
     raise RuntimeError(f"{url} never answered 200 over HTTP/2")
 
 
@@ -104,8 +104,7 @@ def bench_h2(work, data, ids, duration, results, rounds=3):
         plain = running.enter_context(stopped(Serve(data)))
         https = running.enter_context(stopped(Serve(data, "--tls-cert", cert, "--tls-key", key,
                                                     scheme="https")))
-        body = subprocess.run(["curl", "-s", f"{plain.url}/promotions/{first}"], capture_output=True,
-                              check=True).stdout
+        body = http_get(f"{plain.url}/promotions/{first}")[1]
         nginx_plain, nginx_plain_url = start_nginx(work, body, http2=True)
         running.callback(stop_nginx, nginx_plain)
         nginx_tls, nginx_tls_url = start_nginx(work, body, (cert, key), http2=True)
@@ -152,17 +151,10 @@ def bench_http1_before(work, data, ids, duration, results, rounds=3):
     """HTTP/1.1 under wrk: promo now against promo before HTTP/2."""
     before = before_http2(work)
     with contextlib.ExitStack() as running:
-        servers = {"now": running.enter_context(stopped(Serve(data))),
-                   "before": running.enter_context(stopped(Serve(data, promo=before)))}
-        for s in servers.values():
-            wrk(s.url, ids, 3)
-        runs = {name: [] for name in servers}
-        for r in range(rounds):
-            for name, s in servers.items():
-                log(f"http1 before/after HTTP/2: {name}, round {r + 1} of {rounds}")
-                runs[name].append(wrk(s.url, ids, duration))
-    results["http1_before"] = {"runs": runs, "rounds": rounds, "commit": BEFORE_HTTP2,
-                               **medians(runs, ["rps", "p50", "p99"])}
+        servers = {"now": running.enter_context(stopped(Serve(data))).url,
+                   "before": running.enter_context(stopped(Serve(data, promo=before))).url}
+        runs, med = alternate(servers, ids, duration, rounds, "http1 before/after HTTP/2")
+    results["http1_before"] = {"runs": runs, "rounds": rounds, "commit": BEFORE_HTTP2, **med}
 
 
 def bench_cadence(work, data, ids, duration, results, rounds=3):
@@ -170,27 +162,16 @@ def bench_cadence(work, data, ids, duration, results, rounds=3):
     taking turns under the serve bench's wrk load."""
     first = Path(ids).read_text().split()[0]
     with contextlib.ExitStack() as running:
-        promos = {f"promo_{c}": running.enter_context(stopped(Serve(data, "--yield-every", c)))
-                  for c in CADENCES}
-        body = subprocess.run(["curl", "-s", f"{promos['promo_32'].url}/promotions/{first}"],
-                              capture_output=True, check=True).stdout
-        nginx, nginx_url = start_nginx(work, body)
+        urls = {f"promo_{c}": running.enter_context(stopped(Serve(data, "--yield-every", c))).url
+                for c in CADENCES}
+        body = http_get(f"{urls['promo_32']}/promotions/{first}")[1]
+        nginx, urls["nginx"] = start_nginx(work, body)
         running.callback(stop_nginx, nginx)
-        body_file = work / "floor-body.json"
-        body_file.write_bytes(body)
-        floor = start([FLOOR, "127.0.0.1:0", os.cpu_count(), body_file], stdout=subprocess.PIPE, text=True)
-        running.callback(stop, floor, signal.SIGKILL, 30)
-        floor_url = "http://" + floor.stdout.readline().strip()
-        urls = {**{name: s.url for name, s in promos.items()}, "floor": floor_url, "nginx": nginx_url}
-        for url in urls.values():
-            wrk(url, ids, 3)
-        runs = {name: [] for name in urls}
-        for r in range(rounds):
-            for name, url in urls.items():
-                log(f"cadence: {name}, round {r + 1} of {rounds}")
-                runs[name].append(wrk(url, ids, duration))
-    results["cadence"] = {"runs": runs, "rounds": rounds, "cadences": CADENCES,
-                          **medians(runs, ["rps", "p50", "p99"])}
+        floor = Floor(work, body, os.cpu_count())
+        running.callback(floor.stop)
+        urls["floor"] = floor.url
+        runs, med = alternate(urls, ids, duration, rounds, "cadence")
+    results["cadence"] = {"runs": runs, "rounds": rounds, "cadences": CADENCES, **med}
 
 
 def bench_http2(work, data, ids, duration, results):

@@ -209,6 +209,13 @@ fn remove_container(name: &str) -> Vec<String> {
         .to_vec()
 }
 
+/// Gives `path` `mode`: a directory or file the container's user (not
+/// this test's) can read.
+pub fn readable(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 /// Removes what a test made, however it ends.
 pub struct Cleanup(pub Vec<Vec<String>>);
 
@@ -290,13 +297,8 @@ fn the_image_builds_serves_as_a_non_root_user_on_a_read_only_root_and_stops_on_s
         .collect();
     common::write_csv(&feeds.path().join("feed.csv"), &rows);
     // The container's user (10001) reads the mounted feed.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(feeds.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        feeds.path().join("feed.csv"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    readable(feeds.path(), 0o755);
+    readable(&feeds.path().join("feed.csv"), 0o644);
 
     let name = format!("promo-test-{}", std::process::id());
     let volume = format!("{name}-data");

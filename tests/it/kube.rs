@@ -11,7 +11,7 @@
 //! secrets and directories, the claim's owner, names of its own.
 
 use crate::common;
-use crate::container::{containers_run_here, podman, podman_ok, root, Cleanup};
+use crate::container::{containers_run_here, podman, podman_ok, readable, root, Cleanup};
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -60,12 +60,6 @@ fn items(v: &Value) -> &[Value] {
 fn selects(selector: &Value, labels: &Value) -> bool {
     let selector = selector.as_object().expect("a selector");
     !selector.is_empty() && selector.iter().all(|(k, v)| &labels[k] == v)
-}
-
-/// A directory or file the container's user (not this test's) can read.
-fn readable(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// A feed of `n` ids of set 40, priced `i + 1` unless `bumped(i)`.
